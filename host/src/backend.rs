@@ -1,0 +1,195 @@
+//! The one contract: every loaded capability instance, wasm or native, is reached through the
+//! object-safe [`Backend`] trait, held as `Arc<dyn Backend>`.
+//!
+//! A call carries a [`CallControl`], the call's side channel both ways: the caller asks for
+//! cooperative or forced cancellation and sets a deadline through it; the backend reports
+//! progress, accounts and usage into it. The wasm backend answers from the component's
+//! exports ([`wasm`]); the native backend is an HTTP client of a worker subprocess.
+
+pub mod control;
+pub mod wasm;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cjm_guest::contract::{CapabilityInfo, Envelope, Status};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use control::{Account, CallControl, CancelState};
+
+use crate::error::Result;
+
+/// How a capability runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// A Python capability served by the cjm-substrate worker (the default of v2.0 manifests).
+    #[default]
+    Python,
+    /// A wasm component run in the host's sandbox.
+    Wasm,
+    /// A native binary serving the worker contract (for example built on cjm-native-worker).
+    Native,
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuntimeKind::Python => "python",
+            RuntimeKind::Wasm => "wasm",
+            RuntimeKind::Native => "native",
+        })
+    }
+}
+
+/// Which entry point a call goes to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// `execute(*args, **kwargs)`.
+    Execute {
+        /// Positional arguments.
+        args: Vec<Value>,
+    },
+    /// `task(task, method, **kwargs)`, the typed task channel adapters use.
+    Task {
+        /// The task (for example `sentence_segmentation`).
+        task: String,
+        /// The protocol method (for example `segment_text`).
+        method: String,
+    },
+}
+
+/// One call to a capability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRequest {
+    /// The entry point.
+    pub target: Target,
+    /// Keyword arguments, key order kept.
+    pub kwargs: Map<String, Value>,
+    /// Correlation data and control flags.
+    pub envelope: Envelope,
+}
+
+impl CallRequest {
+    /// `execute` with keyword arguments.
+    pub fn execute(kwargs: Map<String, Value>) -> Self {
+        CallRequest {
+            target: Target::Execute { args: Vec::new() },
+            kwargs,
+            envelope: Envelope::default(),
+        }
+    }
+
+    /// `execute` with positional and keyword arguments.
+    pub fn execute_with_args(args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
+        CallRequest {
+            target: Target::Execute { args },
+            kwargs,
+            envelope: Envelope::default(),
+        }
+    }
+
+    /// A task method call.
+    pub fn task(
+        task: impl Into<String>,
+        method: impl Into<String>,
+        kwargs: Map<String, Value>,
+    ) -> Self {
+        CallRequest {
+            target: Target::Task {
+                task: task.into(),
+                method: method.into(),
+            },
+            kwargs,
+            envelope: Envelope::default(),
+        }
+    }
+
+    /// The same request with `envelope`.
+    pub fn with_envelope(mut self, envelope: Envelope) -> Self {
+        self.envelope = envelope;
+        self
+    }
+}
+
+/// A loaded capability instance of either kind. Every method may be called concurrently; a
+/// backend serialises what its capability cannot do at once.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// How it runs.
+    fn kind(&self) -> RuntimeKind;
+
+    /// Identity, config schema and structural surface, as read at load.
+    fn info(&self) -> &CapabilityInfo;
+
+    /// Liveness answer (`{"status": "running", ...}`).
+    async fn health(&self) -> Result<Value>;
+
+    /// Resource use of the instance (`{"pid", "cpu_percent", "memory_rss_mb", ...}`).
+    async fn stats(&self) -> Result<Value>;
+
+    /// Applies the effective configuration. Always called once after load, before any call.
+    async fn initialize(&self, config: Value) -> Result<()>;
+
+    /// Moves from `old` to `new` configuration.
+    async fn reconfigure(&self, old: Value, new: Value) -> Result<()>;
+
+    /// The configuration in force.
+    async fn current_config(&self) -> Result<Value>;
+
+    /// Live options per config field.
+    async fn config_options(&self) -> Result<Value>;
+
+    /// Runs one call under `control`. A cancelled call ends in [`crate::Error::Cancelled`].
+    async fn call(&self, request: CallRequest, control: Arc<CallControl>) -> Result<Value>;
+
+    /// Fetches what the capability needs ahead of time.
+    async fn prefetch(&self) -> Result<Status>;
+
+    /// Enable hook.
+    async fn on_enable(&self) -> Result<Status>;
+
+    /// Disable hook.
+    async fn on_disable(&self) -> Result<Status>;
+
+    /// Releases the instance: `cleanup`, then the worker or instance pool goes away. Calls
+    /// after shutdown fail.
+    async fn shutdown(&self) -> Result<()>;
+}
+
+/// One log record for the diagnostics store: the columns of its `records` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRecord {
+    /// The worker session (a native worker spawn, or a wasm instance pool).
+    pub worker_session_id: Option<String>,
+    /// The job the record belongs to.
+    pub job_id: Option<String>,
+    /// `DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`.
+    pub level: String,
+    /// The logger name.
+    pub logger_name: String,
+    /// The message.
+    pub message: String,
+    /// Exception text, when any.
+    pub exc_text: Option<String>,
+}
+
+/// Where backends write what capabilities log and print: the diagnostics store, or nowhere.
+/// Implementations must not block the caller for long (buffer and write behind).
+pub trait DiagnosticsSink: Send + Sync {
+    /// Stores a log record.
+    fn record(&self, record: LogRecord);
+    /// Stores one line of a capability's stdout or stderr (`stream` is `stdout` / `stderr`).
+    fn chunk(&self, worker_session_id: &str, stream: &str, content: &str);
+}
+
+/// A sink that drops everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoDiagnostics;
+
+impl DiagnosticsSink for NoDiagnostics {
+    fn record(&self, _: LogRecord) {}
+    fn chunk(&self, _: &str, _: &str, _: &str) {}
+}

@@ -1,0 +1,417 @@
+//! One wasm instance: a fresh `Store` with its sandbox, limits and the host services the guest
+//! imports, and the calls into the component's exports with every trap turned into a typed
+//! error.
+
+use std::sync::Arc;
+
+use cjm_guest::contract::{CallError, Envelope, JobError, Progress};
+use serde_json::{Map, Value};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::Capability;
+use super::bindings::cjm::capability::{host, types as wit};
+use super::runtime::LoadedComponent;
+use super::sandbox::{Capture, Limits, MemoryDenied, SandboxGrants};
+use crate::backend::{Account, CallControl, DiagnosticsSink, LogRecord};
+use crate::error::{Error, Result};
+
+/// Why the epoch callback stopped a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interrupted {
+    /// The caller forced cancellation.
+    Forced,
+    /// The call ran past its deadline.
+    Deadline,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Interrupted::Forced => "call forcibly cancelled",
+            Interrupted::Deadline => "call ran past its deadline",
+        })
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// The data of one store: the WASI context and what the host imports need.
+pub struct InstanceState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: Limits,
+    /// The call in progress, if any.
+    call: Option<Arc<CallControl>>,
+    /// When the export running now must stop (the grant's time limit, or sooner).
+    deadline: Option<std::time::Instant>,
+    job_id: Option<String>,
+    session: Arc<str>,
+    sink: Arc<dyn DiagnosticsSink>,
+    /// The message of the last guest panic, reported through the log import before the trap.
+    last_panic: Option<String>,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit::Host for InstanceState {}
+
+impl host::Host for InstanceState {
+    fn progress(&mut self, fraction: f64, message: String) {
+        if let Some(call) = &self.call {
+            call.set_progress(Progress {
+                progress: fraction,
+                message,
+            });
+        }
+    }
+
+    fn cancelled(&mut self) -> bool {
+        self.call.as_ref().is_some_and(|c| c.cancel_requested())
+    }
+
+    fn log(&mut self, level: host::LogLevel, logger: String, message: String) {
+        let level = match level {
+            host::LogLevel::Debug => "DEBUG",
+            host::LogLevel::Info => "INFO",
+            host::LogLevel::Warning => "WARNING",
+            host::LogLevel::Error => "ERROR",
+            host::LogLevel::Critical => "CRITICAL",
+        };
+        if logger == "panic" {
+            self.last_panic = Some(message.clone());
+        }
+        self.sink.record(LogRecord {
+            worker_session_id: Some(self.session.to_string()),
+            job_id: self.job_id.clone(),
+            level: level.to_owned(),
+            logger_name: logger,
+            message,
+            exc_text: None,
+        });
+    }
+
+    fn record_account(&mut self, event_type: String, payload: String) {
+        if let Some(call) = &self.call {
+            let payload = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+            call.push_account(Account {
+                event_type,
+                payload,
+            });
+        }
+    }
+
+    fn report_usage(&mut self, usage: String) {
+        if let (Some(call), Ok(Value::Object(usage))) = (&self.call, serde_json::from_str(&usage)) {
+            call.add_usage(&usage);
+        }
+    }
+}
+
+/// A live instance of a component.
+pub(crate) struct Instance {
+    store: Store<InstanceState>,
+    bindings: Capability,
+    /// The configuration generation this instance was initialized with.
+    pub(crate) generation: u64,
+}
+
+impl Instance {
+    /// Instantiates `component` in a fresh store under `grants`.
+    pub(crate) fn new(
+        component: &LoadedComponent,
+        grants: &SandboxGrants,
+        session: Arc<str>,
+        sink: Arc<dyn DiagnosticsSink>,
+    ) -> Result<Self> {
+        let capture = grants.capture_stdio.then(|| Capture {
+            session: Arc::clone(&session),
+            sink: Arc::clone(&sink),
+        });
+        let state = InstanceState {
+            wasi: grants.wasi_ctx(capture)?,
+            table: ResourceTable::new(),
+            limits: Limits {
+                memory: grants.memory_limit_bytes(),
+                table_elements: 100_000,
+            },
+            call: None,
+            deadline: None,
+            job_id: None,
+            session,
+            sink,
+            last_panic: None,
+        };
+        let mut store = Store::new(component.pre.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        // Every tick past the deadline asks the callback; it stops the guest when the call
+        // was forced or its wall-clock deadline passed, and lets it run on otherwise.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|cx| {
+            let state = cx.data();
+            match &state.call {
+                Some(call) if call.forced() => Err(Interrupted::Forced.into()),
+                _ if state
+                    .deadline
+                    .is_some_and(|d| std::time::Instant::now() >= d) =>
+                {
+                    Err(Interrupted::Deadline.into())
+                }
+                _ => Ok(UpdateDeadline::Continue(1)),
+            }
+        });
+        let bindings = component
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| Error::Engine(e.context("cannot instantiate the component")))?;
+        Ok(Instance {
+            store,
+            bindings,
+            generation: 0,
+        })
+    }
+
+    fn begin(
+        &mut self,
+        control: Option<Arc<CallControl>>,
+        job_id: Option<String>,
+        limit_secs: f64,
+    ) {
+        let state = self.store.data_mut();
+        state.deadline = std::time::Instant::now()
+            .checked_add(std::time::Duration::from_secs_f64(limit_secs.max(0.0)));
+        state.call = control;
+        state.job_id = job_id;
+        state.last_panic = None;
+        self.store.set_epoch_deadline(1);
+    }
+
+    fn end(&mut self) {
+        let state = self.store.data_mut();
+        state.call = None;
+        state.deadline = None;
+        state.job_id = None;
+    }
+
+    /// Maps a trap (or host error raised during a call) to the host's error. Every such
+    /// error leaves the instance unusable: the caller discards it.
+    fn trap(&self, e: wasmtime::Error, limit_secs: f64) -> Error {
+        if let Some(why) = e.downcast_ref::<Interrupted>() {
+            return match why {
+                Interrupted::Forced => Error::Cancelled,
+                Interrupted::Deadline => Error::job(JobError::transient(format!(
+                    "the call exceeded its time limit of {limit_secs}s and was stopped"
+                ))),
+            };
+        }
+        if let Some(denied) = e.downcast_ref::<MemoryDenied>() {
+            let mb = |b: usize| (b as f64 / (1024.0 * 1024.0) * 100.0).round() / 100.0;
+            return Error::job(
+                JobError::resource(format!("the guest exceeded its {denied}")).with_shortfall(
+                    "system_ram_mb",
+                    mb(denied.desired),
+                    mb(denied.limit),
+                ),
+            );
+        }
+        let panic = self.store.data().last_panic.clone();
+        let job = match (e.downcast_ref::<Trap>(), panic) {
+            (_, Some(panic)) => JobError::fatal(format!("the guest panicked: {panic}")),
+            (Some(Trap::StackOverflow), None) => {
+                JobError::fatal("the guest overflowed its stack (unbounded recursion?)")
+            }
+            (Some(trap), None) => JobError::fatal(format!("the guest trapped: {trap}")),
+            (None, None) => JobError::fatal(format!("the guest failed: {e:#}")),
+        };
+        Error::job(job.with_repr(format!("{e:?}")))
+    }
+
+    /// Runs `f` as one guest call under `control`; traps become typed errors.
+    fn run<T>(
+        &mut self,
+        control: Option<Arc<CallControl>>,
+        job_id: Option<String>,
+        limit_secs: f64,
+        f: impl FnOnce(&Capability, &mut Store<InstanceState>) -> wasmtime::Result<T>,
+    ) -> std::result::Result<T, Trapped> {
+        self.begin(control, job_id, limit_secs);
+        let out = f(&self.bindings, &mut self.store);
+        self.end();
+        out.map_err(|e| Trapped(self.trap(e, limit_secs)))
+    }
+
+    /// Reads the component's info.
+    pub(crate) fn info(&mut self, limit: f64) -> std::result::Result<wit::CapabilityInfo, Trapped> {
+        self.run(None, None, limit, |b, s| {
+            b.cjm_capability_guest().call_info(s)
+        })
+    }
+
+    /// Initializes with `config`.
+    pub(crate) fn initialize(&mut self, config: &Value, limit: f64) -> Result<(), Outcome> {
+        let config = config.to_string();
+        let r = self.run(None, None, limit, |b, s| {
+            b.cjm_capability_guest().call_initialize(s, &config)
+        })?;
+        r.map_err(|e| Outcome::Failed(Error::job(job_error(e))))
+    }
+
+    /// Moves from `old` to `new` configuration.
+    pub(crate) fn reconfigure(
+        &mut self,
+        old: &Value,
+        new: &Value,
+        limit: f64,
+    ) -> Result<(), Outcome> {
+        let (old, new) = (old.to_string(), new.to_string());
+        let r = self.run(None, None, limit, |b, s| {
+            b.cjm_capability_guest().call_reconfigure(s, &old, &new)
+        })?;
+        r.map_err(|e| Outcome::Failed(Error::job(job_error(e))))
+    }
+
+    /// Reads a JSON answer of a no-argument export (`current-config`, `config-options`).
+    pub(crate) fn read_json(&mut self, which: JsonExport, limit: f64) -> Result<Value, Outcome> {
+        let text = self.run(None, None, limit, |b, s| match which {
+            JsonExport::CurrentConfig => b.cjm_capability_guest().call_current_config(s),
+            JsonExport::ConfigOptions => b.cjm_capability_guest().call_config_options(s),
+        })?;
+        parse_guest_json(&text).map_err(Outcome::Failed)
+    }
+
+    /// Runs a status hook (`prefetch`, `on-enable`, `on-disable`) or `cleanup`.
+    pub(crate) fn hook(&mut self, which: Hook, limit: f64) -> Result<String, Outcome> {
+        let r = self.run(None, None, limit, |b, s| {
+            let g = b.cjm_capability_guest();
+            match which {
+                Hook::Prefetch => g.call_prefetch(s),
+                Hook::OnEnable => g.call_on_enable(s),
+                Hook::OnDisable => g.call_on_disable(s),
+                Hook::Cleanup => g.call_cleanup(s).map(|r| r.map(|()| "cleaned".to_owned())),
+            }
+        })?;
+        r.map_err(|e| Outcome::Failed(Error::job(job_error(e))))
+    }
+
+    /// Runs `execute` or a task method.
+    pub(crate) fn call(
+        &mut self,
+        target: &crate::backend::Target,
+        kwargs: &Map<String, Value>,
+        envelope: &Envelope,
+        control: Arc<CallControl>,
+        limit: f64,
+    ) -> Result<Value, Outcome> {
+        let kwargs = Value::Object(kwargs.clone()).to_string();
+        let env = wit_envelope(envelope);
+        let r = self.run(Some(control), envelope.job_id.clone(), limit, |b, s| {
+            let g = b.cjm_capability_guest();
+            match target {
+                crate::backend::Target::Execute { args } => {
+                    let args = Value::Array(args.clone()).to_string();
+                    g.call_execute(s, &args, &kwargs, &env)
+                }
+                crate::backend::Target::Task { task, method } => {
+                    g.call_task(s, task, method, &kwargs, &env)
+                }
+            }
+        })?;
+        match r {
+            Ok(text) => parse_guest_json(&text).map_err(Outcome::Failed),
+            Err(e) => Err(Outcome::Failed(call_error(e).into())),
+        }
+    }
+}
+
+/// A trap: the instance must be discarded.
+#[derive(Debug)]
+pub(crate) struct Trapped(pub(crate) Error);
+
+/// Why an instance call produced no value: the guest answered with an error (the instance
+/// stays usable) or trapped (it does not).
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Failed(Error),
+    Trapped(Error),
+}
+
+impl From<Trapped> for Outcome {
+    fn from(t: Trapped) -> Self {
+        Outcome::Trapped(t.0)
+    }
+}
+
+/// The no-argument exports answering JSON.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum JsonExport {
+    CurrentConfig,
+    ConfigOptions,
+}
+
+/// The status hooks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Hook {
+    Prefetch,
+    OnEnable,
+    OnDisable,
+    Cleanup,
+}
+
+fn parse_guest_json(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| {
+        Error::job(JobError::fatal(format!(
+            "the guest answered invalid JSON: {e}"
+        )))
+    })
+}
+
+fn wit_envelope(e: &Envelope) -> wit::Envelope {
+    wit::Envelope {
+        job_id: e.job_id.clone(),
+        run_id: e.run_id.clone(),
+        composition_id: e.composition_id.clone(),
+        node_id: e.node_id.clone(),
+        actor: e.actor.clone(),
+        control: (!e.control.is_empty()).then(|| Value::Object(e.control.clone()).to_string()),
+    }
+}
+
+/// The guest's error record, field for field.
+pub(crate) fn job_error(e: wit::JobError) -> JobError {
+    use cjm_guest::contract::ErrorCategory;
+    let category = match e.category {
+        wit::ErrorCategory::UserInput => ErrorCategory::UserInput,
+        wit::ErrorCategory::Transient => ErrorCategory::Transient,
+        wit::ErrorCategory::Resource => ErrorCategory::Resource,
+        wit::ErrorCategory::Fatal => ErrorCategory::Fatal,
+    };
+    let mut out = JobError::new(category, e.message).with_retriable(e.retriable);
+    out.original_exc_repr = e.original_exc_repr;
+    out.traceback = e.traceback;
+    out.retry_after_seconds = e.retry_after_seconds;
+    out.fields_invalid = e.fields_invalid;
+    out.resource_shortfall = e
+        .resource_shortfall
+        .map(|s| cjm_guest::contract::ResourceShortfall {
+            resource: s.resource,
+            needed: s.needed,
+            available: s.available,
+        });
+    out
+}
+
+fn call_error(e: wit::CallError) -> CallError {
+    match e {
+        wit::CallError::Failed(e) => CallError::Failed(job_error(e)),
+        wit::CallError::Cancelled => CallError::Cancelled,
+        wit::CallError::NotFound(what) => CallError::NotFound(what),
+    }
+}

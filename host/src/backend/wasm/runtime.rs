@@ -1,0 +1,263 @@
+//! `WasmRuntime`: one wasmtime `Engine` per host (component model, epoch interruption), the
+//! epoch ticker, and the compile cache of precompiled components.
+//!
+//! A component is compiled once: the precompiled form lands in the cache dir under a key of
+//! the component's sha256 and the engine's compatibility hash (so a changed wasmtime or engine
+//! configuration never loads a stale artifact), and the host keeps one `InstancePre` per
+//! component in memory.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings::CapabilityPre;
+use super::instance::InstanceState;
+use crate::error::{Error, Result};
+
+/// How often the epoch advances: the granularity of deadlines and forced cancellation.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// A component compiled, linked against the host's imports, and checked to implement the
+/// `cjm:capability` world: ready to instantiate cheaply, any number of times.
+pub struct LoadedComponent {
+    pub(crate) pre: CapabilityPre<InstanceState>,
+    path: PathBuf,
+    sha256: String,
+}
+
+impl std::fmt::Debug for LoadedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedComponent")
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedComponent {
+    /// Where the component was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sha256 (hex) of the component's bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
+/// The wasm engine of one host. Cheap to share (`Arc`).
+pub struct WasmRuntime {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    cache_dir: Option<PathBuf>,
+    engine_key: String,
+    loaded: Mutex<HashMap<String, Arc<LoadedComponent>>>,
+}
+
+impl std::fmt::Debug for WasmRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmRuntime")
+            .field("cache_dir", &self.cache_dir)
+            .field("engine_key", &self.engine_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasmRuntime {
+    /// An engine whose precompiled components are cached under `cache_dir` (none: compile
+    /// in memory every time).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            // A guest recursing without bound traps at this depth instead of exhausting the
+            // host thread's stack.
+            .max_wasm_stack(1024 * 1024);
+        let engine = Engine::new(&config).map_err(Error::Engine)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(Error::Engine)?;
+        super::bindings::Capability::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(Error::Engine)?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_key = format!("{:016x}", hasher.finish());
+
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+
+        // The ticker lives as long as the engine does — which is as long as any component or
+        // instance made by it, not merely this runtime value — and ends when the last goes.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("cjm-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| Error::io("<epoch thread>", e))?;
+
+        Ok(WasmRuntime {
+            engine,
+            linker,
+            cache_dir,
+            engine_key,
+            loaded: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads the component at `path`: from memory if already loaded, else from the compile
+    /// cache, else compiled (and cached). A file that is not a valid component implementing
+    /// the `cjm:capability` world is an [`Error::InvalidComponent`] naming the file.
+    pub fn load(&self, path: &Path) -> Result<Arc<LoadedComponent>> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if let Some(found) = self.lock_loaded().get(&sha256) {
+            return Ok(Arc::clone(found));
+        }
+        check_header(path, &bytes)?;
+        let component = self.compile_cached(path, &bytes, &sha256)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(path, "its imports cannot be satisfied by the host", e))?;
+        let pre = CapabilityPre::new(instance_pre)
+            .map_err(|e| invalid(path, "it does not implement the cjm:capability world", e))?;
+        let loaded = Arc::new(LoadedComponent {
+            pre,
+            path: path.to_owned(),
+            sha256: sha256.clone(),
+        });
+        self.lock_loaded().insert(sha256, Arc::clone(&loaded));
+        Ok(loaded)
+    }
+
+    /// Forgets components loaded in memory (the on-disk cache stays): the next load reads the
+    /// precompiled artifact again. Used to measure a cold load.
+    pub fn forget_loaded(&self) {
+        self.lock_loaded().clear();
+    }
+
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedComponent>>> {
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cache file of a component with `sha256`.
+    pub fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        self.cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{sha256}-{}.cwasm", self.engine_key)))
+    }
+
+    fn compile_cached(&self, path: &Path, bytes: &[u8], sha256: &str) -> Result<Component> {
+        let Some(cached) = self.cache_path(sha256) else {
+            return self.compile(path, bytes);
+        };
+        // Read into memory rather than mapping the file: a mapped cache file truncated by
+        // another process would crash the host with SIGBUS.
+        if let Ok(bytes) = std::fs::read(&cached) {
+            // SAFETY: the file is in the host's own cache dir, written by `store_cache` below
+            // from `Component::serialize` of this very engine configuration (the file name
+            // carries the engine's compatibility hash), and wasmtime checks its header again.
+            #[allow(unsafe_code)]
+            let loaded = unsafe { Component::deserialize(&self.engine, &bytes) };
+            match loaded {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(path = %cached.display(), error = %e, "discarding unusable precompiled component");
+                }
+            }
+        }
+        let component = self.compile(path, bytes)?;
+        self.store_cache(&cached, &component);
+        Ok(component)
+    }
+
+    fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component> {
+        Component::from_binary(&self.engine, bytes)
+            .map_err(|e| invalid(path, "it is not a valid wasm component", e))
+    }
+
+    /// Writes the precompiled form atomically (temp file + rename). A failure only costs a
+    /// recompilation next time, so it is logged, not returned.
+    fn store_cache(&self, cached: &Path, component: &Component) {
+        let write = || -> std::io::Result<()> {
+            let bytes = component.serialize().map_err(std::io::Error::other)?;
+            let tmp = cached.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, cached)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(path = %cached.display(), error = %e, "cannot write the component cache");
+        }
+    }
+}
+
+fn invalid(path: &Path, reason: &str, e: wasmtime::Error) -> Error {
+    Error::InvalidComponent {
+        path: path.to_owned(),
+        reason: format!("{reason}: {e:#}"),
+        source: Some(e),
+    }
+}
+
+/// Tells the common mistakes apart before the engine's own, terser errors: not wasm at all,
+/// a core module instead of a component, a file cut short.
+fn check_header(path: &Path, bytes: &[u8]) -> Result<()> {
+    let fail = |reason: &str| {
+        Err(Error::InvalidComponent {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+            source: None,
+        })
+    };
+    if bytes.is_empty() {
+        return fail("the file is empty");
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return fail("not a WebAssembly file (no \\0asm header)");
+    }
+    match &bytes[4..8] {
+        [1, 0, 0, 0] => fail(
+            "a core wasm module, not a component: build for wasm32-wasip2 (or wrap it with \
+             `wasm-tools component new`)",
+        ),
+        [_, _, 1, 0] => Ok(()),
+        _ => fail("unknown WebAssembly version or layer"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_check_names_the_mistake() {
+        let p = Path::new("x.wasm");
+        let msg = |b: &[u8]| check_header(p, b).unwrap_err().to_string();
+        assert!(msg(b"").contains("empty"));
+        assert!(msg(b"hello world").contains("not a WebAssembly file"));
+        assert!(msg(b"\0asm\x01\0\0\0").contains("core wasm module"));
+        assert!(check_header(p, b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

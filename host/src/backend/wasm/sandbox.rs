@@ -1,0 +1,328 @@
+//! The sandbox: what a wasm capability may touch. Everything is denied unless a grant in the
+//! capability's manifest says otherwise — no preopened dirs, no environment, no sockets, no
+//! inherited stdio; linear memory and tables capped; each call under a wall-clock deadline.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+
+use crate::backend::DiagnosticsSink;
+use crate::error::{Error, Result};
+
+/// One host directory made visible to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the guest sees it (for example `/data`).
+    pub guest: String,
+    /// Whether the guest may create, write and delete; read-only otherwise.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// What a wasm capability is granted. The default grants nothing but a bounded amount of
+/// memory and time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxGrants {
+    /// Preopened directories.
+    pub dirs: Vec<DirGrant>,
+    /// Names of host environment variables passed through (their values are read at
+    /// instantiation; unset names are skipped).
+    pub env: Vec<String>,
+    /// Whether the guest's stdout and stderr are captured into the diagnostics store
+    /// (otherwise they are discarded).
+    pub capture_stdio: bool,
+    /// Linear memory cap per instance, in MiB.
+    pub memory_limit_mb: u64,
+    /// Wall-clock limit per call, in seconds.
+    pub time_limit_secs: f64,
+    /// How many instances may serve calls at once (the per-instance concurrency cap).
+    pub max_instances: u32,
+}
+
+impl Default for SandboxGrants {
+    fn default() -> Self {
+        SandboxGrants {
+            dirs: Vec::new(),
+            env: Vec::new(),
+            capture_stdio: false,
+            memory_limit_mb: 256,
+            time_limit_secs: 60.0,
+            max_instances: 1,
+        }
+    }
+}
+
+impl SandboxGrants {
+    /// Checks the grants: directories exist, limits are positive.
+    pub fn validate(&self) -> Result<()> {
+        for dir in &self.dirs {
+            if !dir.host.is_dir() {
+                return Err(Error::InvalidGrant(format!(
+                    "preopened dir {} does not exist or is not a directory",
+                    dir.host.display()
+                )));
+            }
+            if dir.guest.is_empty() {
+                return Err(Error::InvalidGrant(format!(
+                    "preopened dir {} has an empty guest path",
+                    dir.host.display()
+                )));
+            }
+        }
+        if self.memory_limit_mb == 0 {
+            return Err(Error::InvalidGrant(
+                "memory_limit_mb must be positive".into(),
+            ));
+        }
+        if !(self.time_limit_secs.is_finite() && self.time_limit_secs > 0.0) {
+            return Err(Error::InvalidGrant(
+                "time_limit_secs must be a positive number".into(),
+            ));
+        }
+        if self.max_instances == 0 {
+            return Err(Error::InvalidGrant(
+                "max_instances must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The memory cap in bytes.
+    pub fn memory_limit_bytes(&self) -> usize {
+        usize::try_from(self.memory_limit_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+
+    /// Builds the WASI context of one instance from the grants. Network is never granted:
+    /// TCP, UDP and name lookup stay disabled and every socket address is refused.
+    pub(crate) fn wasi_ctx(&self, capture: Option<Capture>) -> Result<WasiCtx> {
+        let mut b = WasiCtxBuilder::new();
+        for dir in &self.dirs {
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            b.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
+                Error::InvalidGrant(format!("cannot preopen {}: {e:#}", dir.host.display()))
+            })?;
+        }
+        for name in &self.env {
+            if let Ok(value) = std::env::var(name) {
+                b.env(name, value);
+            }
+        }
+        if let Some(capture) = capture {
+            b.stdout(capture.stream("stdout"));
+            b.stderr(capture.stream("stderr"));
+        }
+        b.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        Ok(b.build())
+    }
+}
+
+/// Why the limiter refused to grow memory, for the typed error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemoryDenied {
+    pub(crate) desired: usize,
+    pub(crate) limit: usize,
+}
+
+impl std::fmt::Display for MemoryDenied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory limit exceeded: wanted {} bytes, limit {} bytes",
+            self.desired, self.limit
+        )
+    }
+}
+
+impl std::error::Error for MemoryDenied {}
+
+/// Caps linear memory and tables of one store; growth past the cap traps with
+/// [`MemoryDenied`] so the host can tell an out-of-memory guest from other traps.
+pub(crate) struct Limits {
+    pub(crate) memory: usize,
+    pub(crate) table_elements: usize,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            return Err(MemoryDenied {
+                desired,
+                limit: self.memory,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_elements)
+    }
+}
+
+/// Captures a guest's stdout/stderr line by line into the diagnostics store, attributed to
+/// the instance pool's session. Carriage-return progress frames collapse to the last frame.
+#[derive(Clone)]
+pub(crate) struct Capture {
+    pub(crate) session: Arc<str>,
+    pub(crate) sink: Arc<dyn DiagnosticsSink>,
+}
+
+impl Capture {
+    fn stream(&self, name: &'static str) -> CaptureStream {
+        CaptureStream {
+            capture: self.clone(),
+            name,
+            pending: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+}
+
+/// Keeps at most this much of an unterminated line; a guest printing without newlines must
+/// not grow host memory without bound.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Clone)]
+struct CaptureStream {
+    capture: Capture,
+    name: &'static str,
+    pending: Arc<Mutex<Vec<u8>>>,
+}
+
+impl CaptureStream {
+    fn push(&self, bytes: &[u8]) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        for &b in bytes {
+            if b == b'\n' {
+                let line = std::mem::take(&mut *pending);
+                self.emit(&line);
+            } else if pending.len() < MAX_LINE {
+                pending.push(b);
+            }
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        let frame = text.rsplit('\r').next().unwrap_or(text);
+        self.capture
+            .sink
+            .chunk(&self.capture.session, self.name, frame);
+    }
+}
+
+impl IsTerminal for CaptureStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CaptureStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CaptureStream {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CaptureStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_LINE)
+    }
+}
+
+impl tokio::io::AsyncWrite for CaptureStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.push(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_are_validated() {
+        assert!(SandboxGrants::default().validate().is_ok());
+        let bad = SandboxGrants {
+            dirs: vec![DirGrant {
+                host: "/definitely/not/here".into(),
+                guest: "/data".into(),
+                writable: false,
+            }],
+            ..SandboxGrants::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("/definitely/not/here")
+        );
+        let zero = SandboxGrants {
+            max_instances: 0,
+            ..SandboxGrants::default()
+        };
+        assert!(zero.validate().is_err());
+    }
+}

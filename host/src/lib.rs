@@ -1,0 +1,22 @@
+//! `cjm-host`: the embeddable capability host.
+//!
+//! A *capability* is a tool with a declared contract. It runs either as a sandboxed
+//! WebAssembly component inside the host or as an isolated native subprocess worker, behind
+//! one contract ([`backend::Backend`]).
+//!
+//! Modules, one concept each:
+//! - [`backend`]: the one contract as a trait, with the `wasm` implementation (and the
+//!   native one, an HTTP client of a worker subprocess);
+//! - [`error`]: the host's error type; the domain taxonomy travels as `JobError` data.
+//!
+//! The contract types shared with guests and workers (JobError, envelope, capability info,
+//! structural surface) live in `cjm_guest::contract` and are re-exported as [`contract`].
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod manifest;
+pub mod store;
+
+pub use cjm_guest::contract;
+pub use error::{Error, Result};

@@ -1,0 +1,376 @@
+//! The durable stores: SQLite files under the data dir, and the secrets file.
+//!
+//! | store | file | class |
+//! |---|---|---|
+//! | [`ConfigStore`] | `capability_configs.db` | per-instance config, enabled flag, worker-env overrides |
+//! | [`EmpiricalStore`] | `empirical_resources.db` | Welford aggregates per (instance, config hash) |
+//! | [`JournalStore`] | `journal.db` | precious: append-only, never deleted, failures loud |
+//! | [`DiagnosticsStore`] | `diagnostics.db` | disposable: log records and stream chunks, retention |
+//! | [`SecretStore`] | `secrets/secrets.json` | 0600 JSON, atomic writes, values never shown |
+//!
+//! File names and table schemas are cjm-substrate's, so a Python host and Python workers
+//! share them (Python workers write diagnostics records directly).
+//!
+//! Every database is opened the same way: one connection behind a mutex (the API is
+//! synchronous; async callers use `spawn_blocking`), WAL journal, `synchronous=NORMAL`, a
+//! 10 s busy timeout for other connections and processes, `prepare_cached` statements, and
+//! migrations keyed by `PRAGMA user_version` (a database made by the Python tools has
+//! version 0 and is adopted by the first migration, which only creates what is missing).
+//!
+//! Durability: WAL with `synchronous=NORMAL` syncs at checkpoints, not at every commit. A
+//! committed transaction survives the *process* being killed (the WAL is in the OS page
+//! cache); an OS crash or power loss may lose the last commits before the latest sync, never
+//! corrupt the file. That is the trade cjm-substrate made for its journal too: an append
+//! costs microseconds instead of an fsync's milliseconds.
+//!
+//! A file that is not a SQLite database, or is corrupt, is reported as
+//! [`Error::CorruptDatabase`] and left in place, never replaced.
+
+pub mod config_store;
+pub mod diagnostics;
+pub mod empirical;
+pub mod journal;
+pub mod secrets;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+
+pub use config_store::{CapabilityConfigRecord, ConfigStore};
+pub use diagnostics::{
+    ChunkQuery, DiagnosticRecord, DiagnosticsStore, DiagnosticsWriter, RecordQuery,
+    RetentionOutcome, StreamChunk,
+};
+pub use empirical::{EmpiricalRecord, EmpiricalStore, ResourceSample};
+pub use journal::{JobSnapshot, JournalEvent, JournalQuery, JournalStore, event_types};
+pub use secrets::{SecretStore, SecretValue};
+
+use crate::error::{Error, Result};
+
+/// How long a connection waits for another writer's lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One schema step: runs inside the migration's transaction.
+pub(crate) type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
+
+/// A SQLite database of one store: a connection behind a mutex.
+#[derive(Debug)]
+pub(crate) struct Db {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    store: &'static str,
+}
+
+impl Db {
+    /// Opens (creating when missing) the database at `path` and brings its schema to the
+    /// last of `migrations` (migration `i` makes `user_version` `i + 1`).
+    pub(crate) fn open(path: &Path, store: &'static str, migrations: &[Migration]) -> Result<Db> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        if let Ok(meta) = std::fs::metadata(path)
+            && !meta.is_file()
+        {
+            return Err(Error::NotAFile {
+                path: path.to_owned(),
+                found: if meta.is_dir() {
+                    "a directory"
+                } else {
+                    "not a regular file"
+                },
+            });
+        }
+        let sqlite = |source| sqlite_error(store, path, source);
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+        // Reading the header (and the schema) first: a file that is not a database fails
+        // here, before anything could write to it.
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sqlite)?;
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(sqlite)?;
+        let latest = i64::try_from(migrations.len()).unwrap_or(i64::MAX);
+        if version > latest {
+            return Err(Error::SchemaTooNew {
+                store,
+                path: path.to_owned(),
+                found: version,
+                supported: latest,
+            });
+        }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(sqlite)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(store, path = %path.display(), mode, "database is not in WAL mode");
+        }
+        conn.execute_batch("PRAGMA synchronous=NORMAL")
+            .map_err(sqlite)?;
+        if version < latest {
+            migrate(&mut conn, migrations).map_err(sqlite)?;
+        }
+        Ok(Db {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+            store,
+        })
+    }
+
+    /// The database file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection, locked. A panic of an earlier holder does not make the store
+    /// unusable: SQLite rolled back whatever that holder left open.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the locked connection, mapping its error.
+    pub(crate) fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.lock();
+        f(&mut conn).map_err(|e| self.error(e))
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction (the write lock taken up front, so a
+    /// read-modify-write never fails half way on a lock upgrade).
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// This store's error for a SQLite failure.
+    pub(crate) fn error(&self, source: rusqlite::Error) -> Error {
+        sqlite_error(self.store, &self.path, source)
+    }
+}
+
+fn migrate(conn: &mut Connection, migrations: &[Migration]) -> rusqlite::Result<()> {
+    for (i, step) in migrations.iter().enumerate() {
+        let target = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have migrated while this one waited for the lock.
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current < target {
+            step(&tx)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {target}"))?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Maps a SQLite error: corruption and non-database files become
+/// [`Error::CorruptDatabase`], the rest [`Error::Sqlite`].
+pub(crate) fn sqlite_error(store: &'static str, path: &Path, source: rusqlite::Error) -> Error {
+    match source.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Error::CorruptDatabase {
+            store,
+            path: path.to_owned(),
+            source,
+        },
+        _ => Error::Sqlite { store, source },
+    }
+}
+
+/// Now as ISO-8601 UTC with microseconds (`2026-05-01T12:00:00.123456+00:00`), the form of
+/// Python's `datetime.now(timezone.utc).isoformat()`; such strings sort as the times do.
+pub fn now_iso() -> String {
+    iso_from_system_time(SystemTime::now())
+}
+
+/// `t` as ISO-8601 UTC with microseconds.
+pub fn iso_from_system_time(t: SystemTime) -> String {
+    let micros = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    };
+    iso_from_unix_micros(micros)
+}
+
+/// Microseconds since the Unix epoch as ISO-8601 UTC.
+pub fn iso_from_unix_micros(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}+00:00",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Seconds since the Unix epoch, as Python's `time.time()`.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stores are shared across threads (and `spawn_blocking`) behind `Arc`.
+    #[test]
+    fn stores_and_errors_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<JournalStore>();
+        send_sync::<DiagnosticsStore>();
+        send_sync::<DiagnosticsWriter>();
+        send_sync::<ConfigStore>();
+        send_sync::<EmpiricalStore>();
+        send_sync::<SecretStore>();
+        send_sync::<crate::manifest::hash::StatCache>();
+        send_sync::<Error>();
+    }
+
+    #[test]
+    fn iso_timestamps_match_python_isoformat() {
+        assert_eq!(iso_from_unix_micros(0), "1970-01-01T00:00:00.000000+00:00");
+        // datetime.fromtimestamp(1779796840.183479, timezone.utc).isoformat()
+        assert_eq!(
+            iso_from_unix_micros(1_779_796_840_183_479),
+            "2026-05-26T12:00:40.183479+00:00"
+        );
+        assert_eq!(
+            iso_from_unix_micros(951_782_400_000_000),
+            "2000-02-29T00:00:00.000000+00:00"
+        );
+        assert_eq!(iso_from_unix_micros(-1), "1969-12-31T23:59:59.999999+00:00");
+        assert!(now_iso().as_str() > "2026-01-01");
+    }
+
+    #[test]
+    fn a_non_database_file_is_reported_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let junk = b"this is not a database, but somebody's data".repeat(200);
+        std::fs::write(&path, &junk).unwrap();
+        let err = Db::open(&path, "journal", &[]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::CorruptDatabase {
+                    store: "journal",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("left untouched"),
+            "{msg}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            junk,
+            "the file must not be replaced"
+        );
+    }
+
+    #[test]
+    fn a_damaged_database_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t (a TEXT); CREATE INDEX i ON t(a); BEGIN").unwrap();
+            for i in 0..2000 {
+                conn.execute(
+                    "INSERT INTO t VALUES (?1)",
+                    [format!("row {i} {}", "x".repeat(50))],
+                )
+                .unwrap();
+            }
+            conn.execute_batch("COMMIT").unwrap();
+        }
+        // Scribble over the schema page (page 1 after its 100-byte header).
+        let mut bytes = std::fs::read(&path).unwrap();
+        for b in &mut bytes[100..4096] {
+            *b = 0xA5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Db::open(&path, "empirical", &[]).unwrap_err();
+        assert!(matches!(err, Error::CorruptDatabase { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn migrations_run_once_and_newer_schemas_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let steps: &[Migration] = &[
+            |tx| tx.execute_batch("CREATE TABLE a (x INTEGER)"),
+            |tx| tx.execute_batch("ALTER TABLE a ADD COLUMN y INTEGER"),
+        ];
+        let db = Db::open(&path, "test", steps).unwrap();
+        assert_eq!(
+            db.with(|c| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)))
+                .unwrap(),
+            2
+        );
+        let mode: String = db
+            .with(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        drop(db);
+        Db::open(&path, "test", steps).unwrap();
+        let err = Db::open(&path, "test", &steps[..1]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SchemaTooNew {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let dirpath = dir.path().join("d.db");
+        std::fs::create_dir(&dirpath).unwrap();
+        assert!(matches!(
+            Db::open(&dirpath, "test", steps),
+            Err(Error::NotAFile { .. })
+        ));
+    }
+}

@@ -1,0 +1,5 @@
+//! Workspace integration tests: one binary, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod sandbox;
+mod wasm;
