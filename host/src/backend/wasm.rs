@@ -280,11 +280,18 @@ impl WasmBackend {
         )))
     }
 
-    /// Runs blocking work off the async runtime.
+    /// Runs guest work without stalling the async runtime. On a multi-threaded runtime the
+    /// call runs in place (`block_in_place` hands this worker's other tasks to the rest of the
+    /// pool), which saves the thread hop of `spawn_blocking` — most guest calls take
+    /// microseconds. Elsewhere it goes to the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&WasmBackend) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
+            return tokio::task::block_in_place(|| f(self));
+        }
         let me = self.clone();
         tokio::task::spawn_blocking(move || f(&me))
             .await
