@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used)]
 //! Builds the wasm fixtures once for the integration tests and benchmarks: the test guests of
 //! `tests/guests` and the example capabilities, for `wasm32-wasip2`, in release. Writes
 //! `gen.rs` with the path of each component.

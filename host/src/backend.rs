@@ -7,6 +7,7 @@
 //! exports ([`wasm`]); the native backend is an HTTP client of a worker subprocess.
 
 pub mod control;
+pub mod native;
 pub mod wasm;
 
 use std::fmt;
@@ -183,6 +184,20 @@ pub trait DiagnosticsSink: Send + Sync {
     fn record(&self, record: LogRecord);
     /// Stores one line of a capability's stdout or stderr (`stream` is `stdout` / `stderr`).
     fn chunk(&self, worker_session_id: &str, stream: &str, content: &str);
+}
+
+/// Lifecycle events of workers (spawned, ready, died, stopped, killed), for the journal.
+pub trait WorkerEvents: Send + Sync {
+    /// One event of the worker session `worker_session_id`.
+    fn event(&self, event_type: &str, worker_session_id: &str, payload: Value);
+}
+
+/// Drops worker events.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoEvents;
+
+impl WorkerEvents for NoEvents {
+    fn event(&self, _: &str, _: &str, _: Value) {}
 }
 
 /// A sink that drops everything.

@@ -28,8 +28,16 @@ fn fixture() -> Fixture {
 }
 
 fn ready(f: &Fixture, path: &str) -> WasmBackend {
-    let b = WasmBackend::load(&f.rt, Path::new(path), SandboxGrants::default(), Arc::new(NoDiagnostics)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let b = WasmBackend::load(
+        &f.rt,
+        Path::new(path),
+        SandboxGrants::default(),
+        Arc::new(NoDiagnostics),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(b.initialize(json!({}))).unwrap();
     b
 }
@@ -48,9 +56,15 @@ fn noop_execute_warm(bencher: Bencher) {
 fn noop_execute_warm_async(bencher: Bencher) {
     let f = fixture();
     let b = ready(&f, fixtures::NOOP);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
     let req = CallRequest::execute(kwargs(json!({"x": 1})));
-    bencher.bench_local(|| rt.block_on(b.call(req.clone(), Arc::new(CallControl::new()))).unwrap());
+    bencher.bench_local(|| {
+        rt.block_on(b.call(req.clone(), Arc::new(CallControl::new())))
+            .unwrap()
+    });
 }
 
 /// `segment_text` over 10 KB of English prose.
@@ -64,7 +78,11 @@ fn segment_text_10kb(bencher: Bencher) {
     while text.len() < 10 * 1024 {
         text.push_str(para);
     }
-    let req = CallRequest::task("sentence_segmentation", "segment_text", kwargs(json!({"text": text})));
+    let req = CallRequest::task(
+        "sentence_segmentation",
+        "segment_text",
+        kwargs(json!({"text": text})),
+    );
     bencher.bench_local(|| b.call_blocking(&req, Arc::new(CallControl::new())).unwrap());
 }
 
@@ -73,7 +91,11 @@ fn segment_text_10kb(bencher: Bencher) {
 #[divan::bench(args = ["noop", "sentence-split"])]
 fn load_precompiled(bencher: Bencher, which: &str) {
     let f = fixture();
-    let path = if which == "noop" { fixtures::NOOP } else { fixtures::SENTENCE_SPLIT };
+    let path = if which == "noop" {
+        fixtures::NOOP
+    } else {
+        fixtures::SENTENCE_SPLIT
+    };
     f.rt.load(Path::new(path)).unwrap();
     bencher.bench_local(|| {
         f.rt.forget_loaded();

@@ -60,3 +60,61 @@ pub fn kwargs(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value
         other => panic!("kwargs must be an object, got {other}"),
     }
 }
+
+/// The repository root.
+pub fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The pinned cjm-substrate release the Python interop tests run against.
+pub const CJM_SUBSTRATE: &str = "cjm-substrate==0.0.74";
+
+/// A Python interpreter with `cjm-substrate` installed, created once and cached under
+/// `target/py-venv` (uv when present, else `python3 -m venv` + pip). The package declares
+/// Python >= 3.12 but runs on 3.11: `--ignore-requires-python`.
+pub fn python_with_substrate() -> std::path::PathBuf {
+    static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv = repo_root().join("target").join("py-venv");
+            let python = venv.join("bin").join("python");
+            let ready = venv.join(".cjm-ready");
+            if ready.is_file() {
+                return python;
+            }
+            let run = |cmd: &mut std::process::Command| {
+                let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+                assert!(
+                    out.status.success(),
+                    "{cmd:?} failed:\n{}\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let _ = std::fs::remove_dir_all(&venv);
+            run(std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv));
+            run(std::process::Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--ignore-requires-python",
+                CJM_SUBSTRATE,
+            ]));
+            std::fs::write(&ready, CJM_SUBSTRATE).unwrap();
+            python
+        })
+        .clone()
+}
+
+/// The echo capability written for the real cjm-substrate worker (its source dir, to put on
+/// `PYTHONPATH`).
+pub fn echo_capability_dir() -> std::path::PathBuf {
+    repo_root().join("host/tests/fixtures/python/capability/cjm-capability-echo")
+}

@@ -56,10 +56,15 @@ fn build_examples() -> anyhow::Result<PathBuf> {
         .status()
         .context("cannot run cargo to build the examples")?;
     if !status.success() {
-        bail!("building the examples failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)");
+        bail!(
+            "building the examples failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)"
+        );
     }
     let out = target_dir.join("wasm32-wasip2").join("release");
-    for (from, to) in [("sentence_split.wasm", "sentence-split.wasm"), ("text_stats.wasm", "text-stats.wasm")] {
+    for (from, to) in [
+        ("sentence_split.wasm", "sentence-split.wasm"),
+        ("text_stats.wasm", "text-stats.wasm"),
+    ] {
         std::fs::copy(out.join(from), out.join(to)).with_context(|| format!("copying {from}"))?;
     }
     Ok(out)
@@ -72,50 +77,86 @@ async fn demo(data_dir: &Path, components: &Path) -> anyhow::Result<()> {
         let path = components.join(format!("{name}.wasm"));
         let t = Instant::now();
         let b = WasmBackend::load(&runtime, &path, grants, Arc::new(NoDiagnostics))?;
-        println!("loaded {:<15} {} v{} in {:.1} ms", name, b.info().name, b.info().version, ms(t));
+        println!(
+            "loaded {:<15} {} v{} in {:.1} ms",
+            name,
+            b.info().name,
+            b.info().version,
+            ms(t)
+        );
         Ok(b)
     };
     let splitter = load("sentence-split", SandboxGrants::default())?;
-    let stats = load("text-stats", SandboxGrants { max_instances: 2, ..SandboxGrants::default() })?;
+    let stats = load(
+        "text-stats",
+        SandboxGrants {
+            max_instances: 2,
+            ..SandboxGrants::default()
+        },
+    )?;
     splitter.initialize(json!({"language": "en"})).await?;
-    stats.initialize(json!({"case_sensitive": false, "top_n": 2})).await?;
+    stats
+        .initialize(json!({"case_sensitive": false, "top_n": 2}))
+        .await?;
 
     let t = Instant::now();
     let seg = splitter
         .call(
-            CallRequest::task("sentence_segmentation", "segment_text", obj(json!({"text": DEMO_TEXT}))),
+            CallRequest::task(
+                "sentence_segmentation",
+                "segment_text",
+                obj(json!({"text": DEMO_TEXT})),
+            ),
             Arc::new(CallControl::new()),
         )
         .await?;
     let spans = seg["data"]["spans"].as_array().cloned().unwrap_or_default();
-    println!("\nsentence-split found {} sentences in {:.2} ms", spans.len(), ms(t));
+    println!(
+        "\nsentence-split found {} sentences in {:.2} ms",
+        spans.len(),
+        ms(t)
+    );
 
     let chars: Vec<char> = DEMO_TEXT.chars().collect();
     let sentences: Vec<String> = spans
         .iter()
         .map(|s| {
             let (a, b) = (as_index(&s["start_char"]), as_index(&s["end_char"]));
-            chars[a.min(chars.len())..b.min(chars.len())].iter().collect()
+            chars[a.min(chars.len())..b.min(chars.len())]
+                .iter()
+                .collect()
         })
         .collect();
 
     let t = Instant::now();
     let calls = sentences.iter().map(|sentence| {
         let stats = stats.clone();
-        let req = CallRequest::task("text_statistics", "compute_stats", obj(json!({"text": sentence})));
+        let req = CallRequest::task(
+            "text_statistics",
+            "compute_stats",
+            obj(json!({"text": sentence})),
+        );
         tokio::spawn(async move { stats.call(req, Arc::new(CallControl::new())).await })
     });
     let mut results = Vec::new();
     for call in calls {
         results.push(call.await??);
     }
-    println!("text-stats ran {} calls on a pool of 2 instances in {:.2} ms\n", results.len(), ms(t));
+    println!(
+        "text-stats ran {} calls on a pool of 2 instances in {:.2} ms\n",
+        results.len(),
+        ms(t)
+    );
 
     let mut total_words = 0;
     for (i, (sentence, r)) in sentences.iter().zip(&results).enumerate() {
         total_words += r["words"].as_u64().unwrap_or(0);
         let short: String = sentence.chars().take(60).collect();
-        let ellipsis = if sentence.chars().count() > 60 { "..." } else { "" };
+        let ellipsis = if sentence.chars().count() > 60 {
+            "..."
+        } else {
+            ""
+        };
         println!(
             "{:>2}. {:>3} words  top {:<28} {short}{ellipsis}",
             i + 1,
@@ -123,7 +164,11 @@ async fn demo(data_dir: &Path, components: &Path) -> anyhow::Result<()> {
             r["top_words"].to_string()
         );
     }
-    println!("\n{} sentences, {total_words} words; done in {:.0} ms", sentences.len(), ms(started));
+    println!(
+        "\n{} sentences, {total_words} words; done in {:.0} ms",
+        sentences.len(),
+        ms(started)
+    );
     Ok(())
 }
 
@@ -135,7 +180,9 @@ fn obj(v: Value) -> serde_json::Map<String, Value> {
 }
 
 fn as_index(v: &Value) -> usize {
-    v.as_u64().and_then(|n| usize::try_from(n).ok()).unwrap_or(0)
+    v.as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 fn ms(t: Instant) -> f64 {

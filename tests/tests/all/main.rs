@@ -1,5 +1,6 @@
 //! Workspace integration tests: one binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod native;
 mod sandbox;
 mod wasm;

@@ -1,0 +1,687 @@
+//! The native backend: a capability in its own subprocess behind the HTTP/JSON worker contract
+//! (`CONTRACT.md`), a Python capability through the real cjm-substrate worker or a binary built
+//! on `cjm-native-worker`.
+//!
+//! - [`process`]: spawning per the contract, output pumping, group termination.
+//! - this module: [`NativeBackend`], the contract's client and the worker's supervisor. A
+//!   worker that died (killed, crashed, forcibly cancelled) is respawned and re-initialized
+//!   with the configuration in force on the next call.
+
+pub mod process;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cjm_guest::contract::{CapabilityInfo, JobError, Progress, Status, StructuralSurface};
+use reqwest::{Method, StatusCode};
+use serde_json::{Map, Value, json};
+
+pub use process::WorkerSpec;
+
+use self::process::{Process, describe_exit};
+use crate::backend::{
+    Account, Backend, CallControl, CallRequest, CancelState, DiagnosticsSink, RuntimeKind, Target,
+    WorkerEvents,
+};
+use crate::error::{Error, Result};
+
+/// How often progress is polled during a call.
+const PROGRESS_POLL: Duration = Duration::from_millis(200);
+/// Time allowed to lifecycle endpoints.
+const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Live {
+    base: String,
+    session: String,
+    pid: u32,
+}
+
+struct Inner {
+    spec: WorkerSpec,
+    kind: RuntimeKind,
+    sink: Arc<dyn DiagnosticsSink>,
+    events: Arc<dyn WorkerEvents>,
+    http: reqwest::Client,
+    info: CapabilityInfo,
+    /// The worker process; the async lock serialises spawns and terminations.
+    process: tokio::sync::Mutex<Option<Process>>,
+    /// Where to reach the live worker, readable without waiting on `process`.
+    live: Mutex<Option<Live>>,
+    /// The configuration in force, re-applied after a respawn.
+    config: Mutex<Option<Value>>,
+}
+
+/// A capability served by a worker subprocess.
+#[derive(Clone)]
+pub struct NativeBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NativeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NativeBackend")
+            .field("spec", &self.inner.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An answer of the worker: status, accounts header, body.
+struct Answer {
+    status: StatusCode,
+    accounts: Option<String>,
+    body: bytes::Bytes,
+}
+
+impl NativeBackend {
+    /// Spawns the worker of `spec`, waits until it is ready and reads its identity, config
+    /// schema and structural surface. The capability is not initialized yet.
+    pub async fn start(
+        spec: WorkerSpec,
+        kind: RuntimeKind,
+        sink: Arc<dyn DiagnosticsSink>,
+        events: Arc<dyn WorkerEvents>,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| {
+                Error::job(JobError::fatal(format!(
+                    "cannot build the HTTP client: {e}"
+                )))
+            })?;
+        let mut me = NativeBackend {
+            inner: Arc::new(Inner {
+                info: CapabilityInfo {
+                    name: spec.name.clone(),
+                    version: String::new(),
+                    description: String::new(),
+                    config_schema: Value::Null,
+                    structural_surface: StructuralSurface::default(),
+                    tasks: Vec::new(),
+                    extra: Map::new(),
+                },
+                spec,
+                kind,
+                sink,
+                events,
+                http,
+                process: tokio::sync::Mutex::new(None),
+                live: Mutex::new(None),
+                config: Mutex::new(None),
+            }),
+        };
+        me.ensure_worker().await?;
+        let info = me.read_info().await;
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                me.stop_worker("introspection failed").await;
+                return Err(e);
+            }
+        };
+        match Arc::get_mut(&mut me.inner) {
+            Some(inner) => inner.info = info,
+            None => {
+                me.stop_worker("introspection failed").await;
+                return Err(Error::job(JobError::fatal(
+                    "native backend shared before start finished",
+                )));
+            }
+        }
+        Ok(me)
+    }
+
+    /// The worker session id of the live worker, if one runs.
+    pub fn session_id(&self) -> Option<String> {
+        self.live().map(|l| l.0)
+    }
+
+    /// The pid of the live worker, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        lock(&self.inner.live).as_ref().map(|l| l.pid)
+    }
+
+    fn live(&self) -> Option<(String, String)> {
+        lock(&self.inner.live)
+            .as_ref()
+            .map(|l| (l.session.clone(), l.base.clone()))
+    }
+
+    fn name(&self) -> &str {
+        &self.inner.spec.name
+    }
+
+    /// Spawns a worker unless a live one runs; a fresh worker gets the configuration in force.
+    async fn ensure_worker(&self) -> Result<String> {
+        let mut guard = self.inner.process.lock().await;
+        if let Some(p) = guard.as_mut() {
+            match p.exited() {
+                None => return Ok(format!("http://127.0.0.1:{}", p.port)),
+                Some(status) => {
+                    self.died(p, &format!("worker {}", describe_exit(Some(status))));
+                    *guard = None;
+                }
+            }
+        }
+        let session = uuid::Uuid::new_v4().to_string();
+        let started = Instant::now();
+        let mut p = Process::spawn(
+            &self.inner.spec,
+            session.clone(),
+            Arc::clone(&self.inner.sink),
+        )?;
+        self.inner.events.event(
+            "worker_spawned",
+            &session,
+            json!({"capability_name": self.name(), "pid": p.pid, "program": self.inner.spec.program}),
+        );
+        let base = format!("http://127.0.0.1:{}", p.port);
+        if let Err(e) = self.wait_ready(&mut p, &base).await {
+            let status = p.terminate(self.inner.spec.stop_grace).await;
+            self.inner.events.event(
+                "worker_died",
+                &session,
+                json!({"capability_name": self.name(), "pid": p.pid, "during": "startup",
+                       "reason": describe_exit(status)}),
+            );
+            return Err(e);
+        }
+        self.inner.events.event(
+            "worker_ready",
+            &session,
+            json!({"capability_name": self.name(), "pid": p.pid, "port": p.port,
+                   "startup_ms": started.elapsed().as_secs_f64() * 1000.0}),
+        );
+        *lock(&self.inner.live) = Some(Live {
+            base: base.clone(),
+            session,
+            pid: p.pid,
+        });
+        *guard = Some(p);
+        drop(guard);
+        let config = lock(&self.inner.config).clone();
+        if let Some(config) = config {
+            self.post_initialize(&base, &config).await?;
+        }
+        Ok(base)
+    }
+
+    async fn wait_ready(&self, p: &mut Process, base: &str) -> Result<()> {
+        let deadline = Instant::now() + self.inner.spec.ready_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(status) = p.exited() {
+                return Err(self.worker_failed(
+                    p,
+                    &format!(
+                        "worker {} before it became ready",
+                        describe_exit(Some(status))
+                    ),
+                ));
+            }
+            let probe = self
+                .inner
+                .http
+                .get(format!("{base}/health"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if let Ok(r) = probe
+                && r.status() == StatusCode::OK
+            {
+                let body = r.bytes().await.unwrap_or_default();
+                return match serde_json::from_slice::<Value>(&body) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(self.worker_failed(
+                        p,
+                        &format!(
+                            "worker answered /health with non-JSON ({e}): {}",
+                            snippet(&body)
+                        ),
+                    )),
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(self.worker_failed(
+                    p,
+                    &format!(
+                        "worker did not become ready within {:.1}s",
+                        self.inner.spec.ready_timeout.as_secs_f64()
+                    ),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// A transient error naming the capability and what happened, with the worker's last
+    /// output lines attached.
+    fn worker_failed(&self, p: &Process, what: &str) -> Error {
+        let tail = p.tail.text();
+        let mut e = JobError::transient(format!("capability '{}': {what}", self.name()));
+        if !tail.is_empty() {
+            e.message.push_str(&format!("; last output:\n{tail}"));
+            e = e.with_traceback(tail);
+        }
+        Error::job(e.stamped(self.name(), &p.session))
+    }
+
+    fn died(&self, p: &Process, reason: &str) {
+        self.inner.events.event(
+            "worker_died",
+            &p.session,
+            json!({"capability_name": self.name(), "pid": p.pid, "reason": reason}),
+        );
+        let mut live = lock(&self.inner.live);
+        if live.as_ref().is_some_and(|l| l.pid == p.pid) {
+            *live = None;
+        }
+    }
+
+    async fn stop_worker(&self, why: &str) -> Option<std::process::ExitStatus> {
+        let mut guard = self.inner.process.lock().await;
+        let mut p = guard.take()?;
+        let status = p.terminate(self.inner.spec.stop_grace).await;
+        self.inner.events.event(
+            "worker_stopped",
+            &p.session,
+            json!({"capability_name": self.name(), "pid": p.pid, "reason": why,
+                   "exit": describe_exit(status)}),
+        );
+        *lock(&self.inner.live) = None;
+        status
+    }
+
+    async fn read_info(&self) -> Result<CapabilityInfo> {
+        let health = self.get_json("/health").await?;
+        let schema = self.get_json("/config_schema").await?;
+        // A worker that predates /structural_surface has none: recorded as empty, not fatal.
+        let surface = match self.get_json("/structural_surface").await {
+            Ok(v) => serde_json::from_value(v).unwrap_or_default(),
+            Err(Error::NotFound(_)) => StructuralSurface::default(),
+            Err(e) => return Err(e),
+        };
+        let text = |k: &str| {
+            health
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let mut extra = Map::new();
+        for key in ["substrate_version", "runtime"] {
+            if let Some(v) = health.get(key) {
+                extra.insert(key.to_owned(), v.clone());
+            }
+        }
+        Ok(CapabilityInfo {
+            name: Some(text("name"))
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| self.name().to_owned()),
+            version: text("version"),
+            description: text("description"),
+            config_schema: schema,
+            structural_surface: surface,
+            tasks: Vec::new(),
+            extra,
+        })
+    }
+
+    /// Sends one request to the live worker (spawning one if needed). A transport failure is
+    /// checked against the process: a dead worker becomes a typed error (SIGKILL: `resource`,
+    /// assumed out of memory; anything else: `transient`).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer> {
+        let base = match self.live() {
+            Some((_, base)) => base,
+            None => self.ensure_worker().await?,
+        };
+        let mut req = self.inner.http.request(method, format!("{base}{path}"));
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
+        let sent = async {
+            let r = req.send().await?;
+            let status = r.status();
+            let accounts = r
+                .headers()
+                .get("x-cjm-accounts")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = r.bytes().await?;
+            Ok::<_, reqwest::Error>(Answer {
+                status,
+                accounts,
+                body,
+            })
+        }
+        .await;
+        match sent {
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(self.transport_failed(path, e).await),
+        }
+    }
+
+    async fn transport_failed(&self, path: &str, e: reqwest::Error) -> Error {
+        // Give a dying worker a moment to be reaped so its exit status is known.
+        for _ in 0..20 {
+            let mut guard = self.inner.process.lock().await;
+            if let Some(p) = guard.as_mut()
+                && let Some(status) = p.exited()
+            {
+                use std::os::unix::process::ExitStatusExt as _;
+                let reason = describe_exit(Some(status));
+                self.died(p, &format!("worker {reason} during {path}"));
+                let err = self.worker_failed(p, &format!("worker {reason} during {path}"));
+                *guard = None;
+                return match (status.signal(), err) {
+                    (Some(9), Error::Job(mut job)) => {
+                        job.category = cjm_guest::ErrorCategory::Resource;
+                        job.retriable = true;
+                        job.message.push_str(" (SIGKILL: assumed out of memory)");
+                        Error::Job(job)
+                    }
+                    (_, err) => err,
+                };
+            }
+            drop(guard);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Error::job(
+            JobError::transient(format!("capability '{}': {path} failed: {e}", self.name()))
+                .stamped(self.name(), &self.session_id().unwrap_or_default()),
+        )
+    }
+
+    async fn get_json(&self, path: &str) -> Result<Value> {
+        let a = self
+            .send(Method::GET, path, None, Some(LIFECYCLE_TIMEOUT))
+            .await?;
+        self.answer_json(path, a)
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
+        let a = self
+            .send(
+                Method::POST,
+                path,
+                Some(body.to_string().into_bytes()),
+                Some(LIFECYCLE_TIMEOUT),
+            )
+            .await?;
+        self.answer_json(path, a)
+    }
+
+    async fn post_initialize(&self, base: &str, config: &Value) -> Result<()> {
+        let r = self
+            .inner
+            .http
+            .post(format!("{base}/initialize"))
+            .header("content-type", "application/json")
+            .body(config.to_string())
+            .timeout(LIFECYCLE_TIMEOUT)
+            .send()
+            .await;
+        let a = match r {
+            Ok(r) => Answer {
+                status: r.status(),
+                accounts: None,
+                body: r.bytes().await.unwrap_or_default(),
+            },
+            Err(e) => return Err(self.transport_failed("/initialize", e).await),
+        };
+        self.answer_json("/initialize", a).map(|_| ())
+    }
+
+    /// Maps a worker answer to a value or a typed error.
+    fn answer_json(&self, path: &str, a: Answer) -> Result<Value> {
+        let session = self.session_id().unwrap_or_default();
+        let parsed = || -> Result<Value> {
+            if a.body.is_empty() {
+                return Ok(Value::Null);
+            }
+            serde_json::from_slice(&a.body).map_err(|e| {
+                Error::job(
+                    JobError::transient(format!(
+                        "capability '{}': {path} answered non-JSON ({e}): {}",
+                        self.name(),
+                        snippet(&a.body)
+                    ))
+                    .stamped(self.name(), &session),
+                )
+            })
+        };
+        let detail = |v: &Value| {
+            v.get("detail")
+                .map(|d| {
+                    d.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| d.to_string())
+                })
+                .unwrap_or_else(|| snippet(&a.body))
+        };
+        match a.status {
+            StatusCode::OK => parsed(),
+            StatusCode::CONFLICT => Err(Error::Cancelled),
+            StatusCode::NOT_FOUND => Err(Error::NotFound(detail(&parsed().unwrap_or_default()))),
+            status => {
+                let body = parsed().unwrap_or(Value::Null);
+                if let Some(job) = body.get("_job_error")
+                    && let Ok(job) = serde_json::from_value::<JobError>(job.clone())
+                {
+                    return Err(Error::job(job.stamped(self.name(), &session)));
+                }
+                let e = if status == StatusCode::BAD_REQUEST
+                    || status == StatusCode::UNPROCESSABLE_ENTITY
+                {
+                    JobError::user_input(format!(
+                        "capability '{}': {path}: {}",
+                        self.name(),
+                        detail(&body)
+                    ))
+                } else {
+                    JobError::transient(format!(
+                        "capability '{}': {path} answered HTTP {status}: {}",
+                        self.name(),
+                        detail(&body)
+                    ))
+                };
+                Err(Error::job(e.stamped(self.name(), &session)))
+            }
+        }
+    }
+
+    async fn status_hook(&self, path: &str) -> Result<Status> {
+        let v = self.post_json(path, &json!({})).await?;
+        Ok(Status::new(
+            v.get("status").and_then(Value::as_str).unwrap_or("ok"),
+        ))
+    }
+
+    /// Runs one call, cancelling through the contract: a cooperative request becomes
+    /// `POST /cancel`, a forced one kills the worker's process group (the next call respawns
+    /// it). Progress is polled from `GET /progress` while the call runs.
+    async fn run_call(&self, request: CallRequest, control: Arc<CallControl>) -> Result<Value> {
+        let (path, mut body) = match request.target {
+            Target::Execute { args } => {
+                ("/execute", json!({"args": args, "kwargs": request.kwargs}))
+            }
+            Target::Task { task, method } => (
+                "/task",
+                json!({"task": task, "method": method, "kwargs": request.kwargs}),
+            ),
+        };
+        if !request.envelope.is_empty()
+            && let Some(obj) = body.as_object_mut()
+        {
+            obj.insert(
+                "envelope".into(),
+                serde_json::to_value(&request.envelope).unwrap_or_default(),
+            );
+        }
+        self.ensure_worker().await?;
+        let pid = self.pid();
+        let call = self.send(
+            Method::POST,
+            path,
+            Some(body.to_string().into_bytes()),
+            None,
+        );
+        tokio::pin!(call);
+        let mut seen = control.state();
+        let mut poll = tokio::time::interval(PROGRESS_POLL);
+        poll.tick().await;
+        let mut last_progress: Option<Progress> = None;
+        let answer = loop {
+            tokio::select! {
+                answer = &mut call => break answer,
+                state = control.changed_from(seen) => {
+                    seen = state;
+                    match state {
+                        CancelState::Requested => {
+                            let _ = self.post_json("/cancel", &json!({})).await;
+                        }
+                        CancelState::Forced => self.kill(pid, "forced cancellation").await,
+                        CancelState::Running => {}
+                    }
+                }
+                _ = poll.tick() => {
+                    if let Ok(v) = self.get_json("/progress").await
+                        && let Ok(p) = serde_json::from_value::<Progress>(v)
+                        && last_progress.as_ref() != Some(&p)
+                    {
+                        control.set_progress(p.clone());
+                        last_progress = Some(p);
+                    }
+                }
+            }
+        };
+        if control.forced() {
+            return Err(Error::Cancelled);
+        }
+        let answer = answer?;
+        if let Some(accounts) = &answer.accounts
+            && let Ok(list) = serde_json::from_str::<Vec<Account>>(accounts)
+        {
+            list.into_iter().for_each(|a| control.push_account(a));
+        }
+        self.answer_json(path, answer)
+    }
+
+    async fn kill(&self, pid: Option<u32>, why: &str) {
+        let guard = self.inner.process.lock().await;
+        if let Some(p) = guard.as_ref()
+            && Some(p.pid) == pid
+        {
+            p.kill_now();
+            self.inner.events.event(
+                "worker_killed",
+                &p.session,
+                json!({"capability_name": self.name(), "pid": p.pid, "reason": why}),
+            );
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The start of a body, for messages.
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let cut: String = text.chars().take(300).collect();
+    if cut.len() < text.len() {
+        format!("{cut}...")
+    } else {
+        cut
+    }
+}
+
+#[async_trait]
+impl Backend for NativeBackend {
+    fn kind(&self) -> RuntimeKind {
+        self.inner.kind
+    }
+
+    fn info(&self) -> &CapabilityInfo {
+        &self.inner.info
+    }
+
+    async fn health(&self) -> Result<Value> {
+        self.get_json("/health").await
+    }
+
+    async fn stats(&self) -> Result<Value> {
+        self.get_json("/stats").await
+    }
+
+    async fn initialize(&self, config: Value) -> Result<()> {
+        let base = self.ensure_worker().await?;
+        self.post_initialize(&base, &config).await?;
+        *lock(&self.inner.config) = Some(config);
+        Ok(())
+    }
+
+    async fn reconfigure(&self, old: Value, new: Value) -> Result<()> {
+        self.post_json(
+            "/reconfigure",
+            &json!({"old_config": old, "new_config": new}),
+        )
+        .await?;
+        *lock(&self.inner.config) = Some(new);
+        Ok(())
+    }
+
+    async fn current_config(&self) -> Result<Value> {
+        self.get_json("/config").await
+    }
+
+    async fn config_options(&self) -> Result<Value> {
+        self.get_json("/config_options").await
+    }
+
+    async fn call(&self, request: CallRequest, control: Arc<CallControl>) -> Result<Value> {
+        if control.cancel_requested() {
+            return Err(Error::Cancelled);
+        }
+        self.run_call(request, control).await
+    }
+
+    async fn prefetch(&self) -> Result<Status> {
+        self.status_hook("/prefetch").await
+    }
+
+    async fn on_enable(&self) -> Result<Status> {
+        self.status_hook("/on_enable").await
+    }
+
+    async fn on_disable(&self) -> Result<Status> {
+        self.status_hook("/on_disable").await
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        if self.live().is_some() {
+            // Cleanup is best effort: the worker is terminated whatever it answers.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.post_json("/cleanup", &json!({})),
+            )
+            .await;
+        }
+        self.stop_worker("unload").await;
+        Ok(())
+    }
+}

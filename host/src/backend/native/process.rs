@@ -1,0 +1,289 @@
+//! The worker process: spawned per the contract (a listening socket bound by the host and
+//! inherited as `--fd`, `--ppid`, its own process group, the env contract), its stdout and
+//! stderr pumped line by line into the diagnostics store, and terminated as a group.
+
+use std::collections::VecDeque;
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use command_fds::{CommandFdExt, FdMapping};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::backend::DiagnosticsSink;
+use crate::error::{Error, Result};
+
+/// The descriptor number the listening socket has in the child.
+pub const CHILD_FD: i32 = 3;
+
+/// How many output lines are kept for error messages.
+const TAIL_LINES: usize = 40;
+
+/// How to start one worker. `Debug` shows environment names, never values (they may be
+/// secrets).
+#[derive(Clone)]
+pub struct WorkerSpec {
+    /// The capability name (for messages and the journal).
+    pub name: String,
+    /// The program to run.
+    pub program: PathBuf,
+    /// Its arguments, before the `--fd`/`--ppid` the host appends.
+    pub args: Vec<String>,
+    /// Environment variables set for the worker (manifest env vars, resolved worker env,
+    /// data dirs). The worker also inherits the host's environment.
+    pub env: Vec<(String, String)>,
+    /// How long the worker may take to answer `GET /health`.
+    pub ready_timeout: Duration,
+    /// How long a worker gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+impl std::fmt::Debug for WorkerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerSpec")
+            .field("name", &self.name)
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field(
+                "env",
+                &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            )
+            .field("ready_timeout", &self.ready_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerSpec {
+    /// A worker for a native binary (`command[0]` with `command[1..]`).
+    pub fn native(name: impl Into<String>, command: &[String]) -> Result<Self> {
+        let name = name.into();
+        let (program, args) = command.split_first().ok_or_else(|| {
+            Error::job(cjm_guest::JobError::user_input(format!(
+                "capability '{name}' has an empty native command"
+            )))
+        })?;
+        Ok(Self::new(name, program.into(), args.to_vec()))
+    }
+
+    /// A Python capability served by the cjm-substrate worker of `python`.
+    pub fn python(
+        name: impl Into<String>,
+        python: impl Into<PathBuf>,
+        module: &str,
+        class: &str,
+        adapters: &[String],
+    ) -> Self {
+        let mut args = vec![
+            "-m".into(),
+            "cjm_substrate.core.worker".into(),
+            "--module".into(),
+            module.into(),
+            "--class".into(),
+            class.into(),
+        ];
+        if !adapters.is_empty() {
+            args.push("--adapters".into());
+            args.push(adapters.join(","));
+        }
+        Self::new(name.into(), python.into(), args)
+    }
+
+    fn new(name: String, program: PathBuf, args: Vec<String>) -> Self {
+        WorkerSpec {
+            name,
+            program,
+            args,
+            env: Vec::new(),
+            ready_timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(3),
+        }
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// The last lines a worker printed, for error messages.
+#[derive(Clone, Default)]
+pub(crate) struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+impl Tail {
+    fn push(&self, line: String) {
+        let mut lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// The lines, oldest first, one per line.
+    pub(crate) fn text(&self) -> String {
+        let lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        lines.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// A running worker process.
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) port: u16,
+    pub(crate) session: String,
+    pub(crate) tail: Tail,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Process {
+    /// Spawns the worker of `spec`: binds the listening socket, starts the child in its own
+    /// process group with the socket as fd 3, and pumps its output into `sink`.
+    pub(crate) fn spawn(
+        spec: &WorkerSpec,
+        session: String,
+        sink: Arc<dyn DiagnosticsSink>,
+    ) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("127.0.0.1:0", e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| Error::io("127.0.0.1:0", e))?
+            .port();
+        let fd: OwnedFd = listener.into();
+
+        let mut std_cmd = std::process::Command::new(&spec.program);
+        std_cmd
+            .args(&spec.args)
+            .arg("--fd")
+            .arg(CHILD_FD.to_string())
+            .arg("--ppid")
+            .arg(std::process::id().to_string())
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .env("CJM_WORKER_SESSION_ID", &session)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: termination signals the whole subtree (a model server the
+            // worker started included), and a Ctrl-C at the host's terminal is the host's.
+            .process_group(0);
+        std_cmd
+            .fd_mappings(vec![FdMapping {
+                parent_fd: fd,
+                child_fd: CHILD_FD,
+            }])
+            .map_err(|e| Error::io(&spec.program, std::io::Error::other(e.to_string())))?;
+        let mut cmd = Command::from(std_cmd);
+        cmd.kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| Error::io(&spec.program, e))?;
+        let pid = child.id().unwrap_or_default();
+
+        let tail = Tail::default();
+        let mut pumps = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            pumps.push(pump(
+                out,
+                "stdout",
+                session.clone(),
+                Arc::clone(&sink),
+                tail.clone(),
+            ));
+        }
+        if let Some(err) = child.stderr.take() {
+            pumps.push(pump(err, "stderr", session.clone(), sink, tail.clone()));
+        }
+        Ok(Process {
+            child,
+            pid,
+            port,
+            session,
+            tail,
+            pumps,
+        })
+    }
+
+    /// The exit status, if the worker has exited.
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Terminates the worker's whole process group: SIGTERM, up to `grace` for it to exit,
+    /// then SIGKILL. Returns the worker's exit status.
+    pub(crate) async fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let group = Pid::from_raw(self.pid as i32);
+        if self.exited().is_none() {
+            let _ = killpg(group, Signal::SIGTERM);
+            if tokio::time::timeout(grace, self.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        }
+        // Grandchildren may outlive the leader: the group gets a SIGKILL in any case.
+        let _ = killpg(group, Signal::SIGKILL);
+        let status = self.child.wait().await.ok();
+        for p in self.pumps.drain(..) {
+            // The pipes close when the group is gone; do not wait on stray holders forever.
+            let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
+        }
+        status
+    }
+
+    /// Kills the group at once (forced cancellation).
+    pub(crate) fn kill_now(&self) {
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+    }
+}
+
+/// Describes how a worker ended, for errors and the journal.
+pub(crate) fn describe_exit(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(sig)) => format!(
+                "was killed by signal {sig} ({})",
+                Signal::try_from(sig)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown")
+            ),
+            _ => "exited".to_owned(),
+        },
+        None => "is gone".to_owned(),
+    }
+}
+
+/// Pumps one pipe into the diagnostics store line by line (carriage-return progress frames
+/// collapsed to the last), keeping the tail. Reading continuously keeps a chatty worker from
+/// blocking on a full pipe.
+fn pump(
+    pipe: impl AsyncRead + Unpin + Send + 'static,
+    stream: &'static str,
+    session: String,
+    sink: Arc<dyn DiagnosticsSink>,
+    tail: Tail,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&buf);
+                    let text = text.trim_end_matches(['\n', '\r']);
+                    let frame = text.rsplit('\r').next().unwrap_or(text);
+                    sink.chunk(&session, stream, frame);
+                    tail.push(frame.to_owned());
+                }
+            }
+        }
+    })
+}

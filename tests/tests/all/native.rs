@@ -1,0 +1,305 @@
+//! The native backend against the real cjm-substrate Python worker, and against workers that
+//! misbehave (exit at once, never become ready, answer garbage, leave grandchildren).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cjm_guest::contract::{Envelope, ErrorCategory};
+use cjm_host::Error;
+use cjm_host::backend::native::{NativeBackend, WorkerSpec};
+use cjm_host::backend::{
+    Backend, CallControl, CallRequest, NoDiagnostics, RuntimeKind, WorkerEvents,
+};
+use cjm_tests::{CollectingSink, echo_capability_dir, kwargs, python_with_substrate, repo_root};
+use serde_json::{Value, json};
+
+/// Worker events kept for assertions.
+#[derive(Default)]
+struct Events(Mutex<Vec<(String, Value)>>);
+
+impl WorkerEvents for Events {
+    fn event(&self, event_type: &str, _: &str, payload: Value) {
+        self.0.lock().unwrap().push((event_type.into(), payload));
+    }
+}
+
+impl Events {
+    fn types(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+}
+
+fn echo_spec() -> WorkerSpec {
+    WorkerSpec::python(
+        "cjm-capability-echo",
+        python_with_substrate(),
+        "cjm_capability_echo.capability",
+        "EchoCapability",
+        &["cjm_capability_echo.adapter:EchoTaskAdapter".into()],
+    )
+    .env("PYTHONPATH", echo_capability_dir().display().to_string())
+}
+
+async fn echo() -> (NativeBackend, Arc<CollectingSink>, Arc<Events>) {
+    let sink = Arc::new(CollectingSink::default());
+    let events = Arc::new(Events::default());
+    let b = NativeBackend::start(
+        echo_spec(),
+        RuntimeKind::Python,
+        sink.clone(),
+        events.clone(),
+    )
+    .await
+    .unwrap();
+    b.initialize(json!({})).await.unwrap();
+    (b, sink, events)
+}
+
+fn job(r: Result<Value, Error>) -> cjm_guest::JobError {
+    match r {
+        Err(Error::Job(e)) => *e,
+        other => panic!("expected a job error, got {other:?}"),
+    }
+}
+
+async fn run(b: &NativeBackend, req: CallRequest) -> Result<Value, Error> {
+    b.call(req, Arc::new(CallControl::new())).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_worker_execute_task_and_typed_errors() {
+    let (b, _, events) = echo().await;
+    assert_eq!(b.info().name, "cjm-capability-echo");
+    assert_eq!(b.info().version, "0.1.0");
+    assert!(b.info().config_schema.is_object());
+    assert_eq!(
+        b.info()
+            .structural_surface
+            .method("segment_text")
+            .unwrap()
+            .params,
+        ["text", "kwargs"]
+    );
+    assert_eq!(events.types()[..2], ["worker_spawned", "worker_ready"]);
+
+    let out = run(
+        &b,
+        CallRequest::execute(kwargs(json!({"action": "echo", "text": "héllo 😀"}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, json!({"text": "héllo 😀", "length": 7, "kwargs": {}}));
+    // Number types and key order cross unchanged.
+    let out = run(
+        &b,
+        CallRequest::execute(kwargs(
+            json!({"action": "types", "a": 0.0, "b": 0, "k": {"z": 1, "a": 2}}),
+        )),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["types"], json!({"a": "float", "b": "int", "k": "dict"}));
+    assert_eq!(
+        serde_json::to_string(&out["values"]).unwrap(),
+        r#"{"a":0.0,"b":0,"k":{"z":1,"a":2}}"#
+    );
+
+    let control = Arc::new(CallControl::new());
+    let req = CallRequest::task("echo", "echo", kwargs(json!({"text": "hi", "times": 2})))
+        .with_envelope(Envelope::for_job("job-7"));
+    let out = b.call(req, Arc::clone(&control)).await.unwrap();
+    assert_eq!(
+        out,
+        json!({"__wire__": "echo.result", "data": {"text": "hihi", "times": 2, "length": 4}})
+    );
+    let accounts = control.take_accounts();
+    assert_eq!(accounts[0].event_type, "task_account");
+
+    let e = job(run(
+        &b,
+        CallRequest::execute(kwargs(json!({"action": "fail", "kind": "input"}))),
+    )
+    .await);
+    assert_eq!(
+        (e.category, e.fields_invalid.as_deref()),
+        (ErrorCategory::UserInput, Some(&["text".to_owned()][..]))
+    );
+    assert!(e.traceback.unwrap().contains("CapabilityInputError"));
+    let e = job(run(
+        &b,
+        CallRequest::execute(kwargs(json!({"action": "fail", "kind": "resource"}))),
+    )
+    .await);
+    assert_eq!(e.category, ErrorCategory::Resource);
+    assert_eq!(e.resource_shortfall.unwrap().resource, "gpu_vram_mb");
+
+    let missing = run(&b, CallRequest::task("nope", "x", Default::default()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, Error::NotFound(ref d) if d.contains("No adapter bound")),
+        "{missing:?}"
+    );
+
+    let stats = b.stats().await.unwrap();
+    assert_eq!(stats["pid"].as_u64().map(|p| p as u32), b.pid());
+    b.shutdown().await.unwrap();
+    assert!(events.types().contains(&"worker_stopped".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_worker_cooperative_cancel_is_cancelled() {
+    let (b, _, _) = echo().await;
+    let control = Arc::new(CallControl::new());
+    let c2 = Arc::clone(&control);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c2.request_cancel();
+    });
+    let r = b
+        .call(
+            CallRequest::execute(kwargs(json!({"action": "slow", "steps": 100}))),
+            Arc::clone(&control),
+        )
+        .await;
+    assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
+    assert!(control.progress().progress >= 0.0, "progress was polled");
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigkilled_worker_is_a_resource_error_and_the_next_call_respawns() {
+    let (b, _, events) = echo().await;
+    let pid = b.pid().unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    let e = job(run(
+        &b,
+        CallRequest::execute(kwargs(json!({"action": "slow", "steps": 100}))),
+    )
+    .await);
+    assert_eq!(e.category, ErrorCategory::Resource, "{e}");
+    assert!(e.message.contains("SIGKILL"), "{}", e.message);
+    let out = run(
+        &b,
+        CallRequest::execute(kwargs(json!({"action": "echo", "text": "again"}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["text"], "again");
+    assert_ne!(b.pid(), Some(pid));
+    assert!(events.types().contains(&"worker_died".to_owned()));
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forced_cancel_kills_a_worker_that_ignores_cancel() {
+    let (b, _, _) = echo().await;
+    // `slow` honours check_cancel only between steps: with 30 s steps, only a kill stops it.
+    b.initialize(json!({"step_seconds": 30.0})).await.unwrap();
+    let pid = b.pid().unwrap();
+    let control = Arc::new(CallControl::new());
+    let c2 = Arc::clone(&control);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c2.force_cancel();
+    });
+    let r = b
+        .call(
+            CallRequest::execute(kwargs(json!({"action": "slow", "steps": 2}))),
+            control,
+        )
+        .await;
+    assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
+    let out = run(
+        &b,
+        CallRequest::execute(kwargs(json!({"action": "echo", "text": "back"}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["text"], "back");
+    assert_ne!(b.pid(), Some(pid));
+    b.shutdown().await.unwrap();
+}
+
+fn fake(mode: &str) -> WorkerSpec {
+    let script = repo_root().join("tests/fixtures/fake_worker.py");
+    let mut spec = WorkerSpec::native(
+        format!("fake-{mode}"),
+        &["python3".into(), script.display().to_string(), mode.into()],
+    )
+    .unwrap();
+    spec.ready_timeout = Duration::from_secs(2);
+    spec
+}
+
+async fn start(spec: WorkerSpec) -> Result<NativeBackend, Error> {
+    NativeBackend::start(
+        spec,
+        RuntimeKind::Native,
+        Arc::new(NoDiagnostics),
+        Arc::new(Events::default()),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_that_fail_to_start_are_clear_errors_with_their_last_lines() {
+    let e = start(fake("exit")).await.unwrap_err().to_string();
+    assert!(
+        e.contains("fake-exit") && e.contains("exited with code 3"),
+        "{e}"
+    );
+    assert!(e.contains("fatal: no model weights found"), "{e}");
+
+    let e = start(fake("never")).await.unwrap_err().to_string();
+    assert!(
+        e.contains("fake-never") && e.contains("did not become ready"),
+        "{e}"
+    );
+    assert!(e.contains("loading forever"), "{e}");
+
+    let e = start(fake("garbage")).await.unwrap_err().to_string();
+    assert!(e.contains("fake-garbage") && e.contains("non-JSON"), "{e}");
+
+    let missing = WorkerSpec::native("ghost", &["/no/such/worker".into()]).unwrap();
+    let e = start(missing).await.unwrap_err().to_string();
+    assert!(e.contains("/no/such/worker"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unload_kills_the_workers_grandchildren() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pids");
+    let spec = fake("grandchild").env("FAKE_WORKER_PIDFILE", pidfile.display().to_string());
+    let b = start(spec).await.unwrap();
+    let pids = std::fs::read_to_string(&pidfile).unwrap();
+    let pids: Vec<i32> = pids
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    assert!(pids.iter().all(|&p| alive(p)));
+    b.shutdown().await.unwrap();
+    // The grandchild is reparented to init and reaped there; give it a moment.
+    for _ in 0..100 {
+        if !pids.iter().any(|&p| alive(p)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !pids.iter().any(|&p| alive(p)),
+        "worker and grandchild are gone: {pids:?}"
+    );
+}
