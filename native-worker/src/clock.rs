@@ -61,9 +61,15 @@ mod tests {
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         let t = UNIX_EPOCH + Duration::from_micros(1_795_089_499_190_912);
         let (date, time, micros) = parts(t);
-        assert_eq!((date.as_str(), time.as_str(), micros), ("2026-11-19", "11:58:19", 190_912));
+        assert_eq!(
+            (date.as_str(), time.as_str(), micros),
+            ("2026-11-19", "11:58:19", 190_912)
+        );
         let iso = now_iso();
-        assert!(iso.ends_with("+00:00") && iso.as_bytes()[10] == b'T', "{iso}");
+        assert!(
+            iso.ends_with("+00:00") && iso.as_bytes()[10] == b'T',
+            "{iso}"
+        );
         assert_eq!(now_asctime().len(), "2026-11-25 11:58:19,190".len());
     }
 }

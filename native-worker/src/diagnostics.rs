@@ -293,9 +293,13 @@ mod tests {
         assert!(sink.flush(Duration::from_secs(10)));
         let conn = open_database(&path).unwrap();
         let rows: Vec<(String, Option<String>, Option<String>, String, String)> = conn
-            .prepare("SELECT ts, worker_session_id, job_id, level, message FROM records ORDER BY seq")
+            .prepare(
+                "SELECT ts, worker_session_id, job_id, level, message FROM records ORDER BY seq",
+            )
             .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();

@@ -62,7 +62,10 @@ pub fn cancelled_job_error(capability: &str) -> JobError {
     let message = cancelled_message(capability);
     JobError::transient(message.clone())
         .with_retriable(false)
-        .with_repr(format!("CapabilityCancelledError({})", py_str_repr(&message)))
+        .with_repr(format!(
+            "CapabilityCancelledError({})",
+            py_str_repr(&message)
+        ))
 }
 
 /// The message of a cancelled call: `Capability 'x' cancelled by operator`.

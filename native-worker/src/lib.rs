@@ -1,7 +1,55 @@
 //! `cjm-native-worker`: serves a capability written against the `cjm-guest` trait as a native
-//! subprocess worker over the HTTP/JSON worker contract (`CONTRACT.md`).
+//! subprocess worker over the HTTP/JSON worker contract (`CONTRACT.md`), wire compatible
+//! with the Python cjm-substrate worker: a host cannot tell the two apart except by
+//! `"runtime": "native"` in `/health`.
 //!
-//! This crate is a skeleton until the native-worker issue lands: it re-exports the trait the
-//! server will serve so capability crates can already depend on it.
+//! A worker binary is one line:
+//!
+//! ```ignore
+//! fn main() -> std::process::ExitCode {
+//!     cjm_native_worker::serve::<my_capability::MyCapability>()
+//! }
+//! ```
+//!
+//! The host spawns it with `--fd N` (a listening socket it bound on 127.0.0.1:0) and
+//! `--ppid PID`, polls `GET /health`, then drives the lifecycle and calls over HTTP.
+//!
+//! Architecture, one module per concept:
+//! - [`runtime`]: the process: command line, socket, watchdog, a single-threaded tokio
+//!   runtime, orderly shutdown ([`serve`], [`run`]).
+//! - [`args`]: the command line (`--fd`, `--port`, `--ppid`, `--log-level`).
+//! - [`server`]: the endpoints, as an axum [`Router`](axum::Router) ([`router`]); testable with
+//!   `tower::ServiceExt::oneshot`, no socket needed.
+//! - [`worker`]: the served capability behind one mutex; calls run on the blocking pool, so
+//!   `/cancel`, `/progress`, `/health` and `/stats` answer while a call runs.
+//! - `services`: the `Ctx` services of a call (cancel flag, progress, usage, accounts, logs).
+//! - [`diagnostics`]: capability log records to stderr and the host's diagnostics database.
+//! - `stats`: CPU and memory of the worker's process subtree (`/stats`).
+//! - `watchdog`: exit when the host dies (`PR_SET_PDEATHSIG` and a 250 ms poll).
+//! - `listener`: adopting the inherited socket.
+//! - [`job_error`] and [`pyjson`]: the Python worker's exact JSON shapes (all eleven
+//!   `JobError` keys, Python float repr, `json.dumps` separators and escapes).
+//! - [`error`]: this crate's failures.
 
+pub mod args;
+mod clock;
+pub mod diagnostics;
+pub mod error;
+pub mod job_error;
+mod listener;
+pub mod pyjson;
+pub mod runtime;
+pub mod server;
+mod services;
+mod stats;
+mod watchdog;
+pub mod worker;
+
+pub use args::{Listen, WorkerArgs};
 pub use cjm_guest::{Capability, DynCapability, Hosted};
+pub use diagnostics::{LogConfig, LogSink};
+pub use error::{Error, Result};
+pub use job_error::wire_job_error;
+pub use runtime::{run, serve};
+pub use server::router;
+pub use worker::Worker;

@@ -17,13 +17,16 @@ use crate::error::{Error, Result};
 pub fn open(listen: Listen) -> Result<TcpListener> {
     let listener = match listen {
         Listen::Fd(fd) => adopt(fd)?,
-        Listen::Port(port) => TcpListener::bind(("127.0.0.1", port))
-            .map_err(|source| Error::Bind { port, source })?,
+        Listen::Port(port) => {
+            TcpListener::bind(("127.0.0.1", port)).map_err(|source| Error::Bind { port, source })?
+        }
     };
-    listener.set_nonblocking(true).map_err(|source| match listen {
-        Listen::Fd(fd) => Error::Listener { fd, source },
-        Listen::Port(port) => Error::Bind { port, source },
-    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| match listen {
+            Listen::Fd(fd) => Error::Listener { fd, source },
+            Listen::Port(port) => Error::Bind { port, source },
+        })?;
     Ok(listener)
 }
 
@@ -92,7 +95,10 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let fd = file.as_fd();
         let raw_file = nix::unistd::dup(fd).unwrap().into_raw_fd();
-        assert!(matches!(open(Listen::Fd(raw_file)), Err(Error::Listener { .. })));
+        assert!(matches!(
+            open(Listen::Fd(raw_file)),
+            Err(Error::Listener { .. })
+        ));
 
         let port = open(Listen::Port(0)).unwrap();
         assert!(port.local_addr().unwrap().port() > 0);

@@ -120,10 +120,7 @@ async fn config_schema(State(w): State<Worker>) -> Response {
     info_field(&w, |info| info.config_schema.clone()).await
 }
 
-async fn info_field(
-    w: &Worker,
-    field: fn(&cjm_guest::CapabilityInfo) -> Value,
-) -> Response {
+async fn info_field(w: &Worker, field: fn(&cjm_guest::CapabilityInfo) -> Value) -> Response {
     if let Some(info) = w.cached_info() {
         return json_response(StatusCode::OK, &field(info));
     }
@@ -200,11 +197,17 @@ async fn prefetch(State(w): State<Worker>) -> Response {
 }
 
 async fn on_enable(State(w): State<Worker>) -> Response {
-    hook(w.call(Envelope::default(), |s| s.capability.on_enable()).await)
+    hook(
+        w.call(Envelope::default(), |s| s.capability.on_enable())
+            .await,
+    )
 }
 
 async fn on_disable(State(w): State<Worker>) -> Response {
-    hook(w.call(Envelope::default(), |s| s.capability.on_disable()).await)
+    hook(
+        w.call(Envelope::default(), |s| s.capability.on_disable())
+            .await,
+    )
 }
 
 /// `/on_enable`, `/on_disable`: a failure is a 200 `{"status":"error","detail":...}`.
@@ -282,9 +285,7 @@ async fn task(State(w): State<Worker>, body: Bytes) -> Response {
             }
             let started = Instant::now();
             let io_before = proc_io();
-            let result = kwargs
-                .map_err(CallError::Failed)
-                .and_then(|kw| s.capability.task(s.cx, &task, &method, kw));
+            let result = kwargs.and_then(|kw| s.capability.task(s.cx, &task, &method, kw));
             let duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
             let mut account = json!({"task": task, "method": method});
             match &result {

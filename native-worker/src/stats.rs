@@ -131,10 +131,7 @@ pub fn proc_io() -> Option<Vec<(&'static str, i64)>> {
 pub fn io_delta(before: &[(&'static str, i64)], after: &[(&'static str, i64)]) -> Value {
     let mut out = Map::new();
     for (key, value) in after {
-        let base = before
-            .iter()
-            .find(|(k, _)| k == key)
-            .map_or(0, |(_, v)| *v);
+        let base = before.iter().find(|(k, _)| k == key).map_or(0, |(_, v)| *v);
         out.insert((*key).to_owned(), Value::from(value - base));
     }
     Value::Object(out)

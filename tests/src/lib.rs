@@ -95,7 +95,7 @@ pub fn python_with_substrate() -> std::path::PathBuf {
                 );
             };
             let _ = std::fs::remove_dir_all(&venv);
-            run(std::process::Command::new("python3")
+            run(std::process::Command::new(base_python())
                 .args(["-m", "venv"])
                 .arg(&venv));
             run(std::process::Command::new(&python).args([
@@ -111,6 +111,41 @@ pub fn python_with_substrate() -> std::path::PathBuf {
             python
         })
         .clone()
+}
+
+/// The interpreter to build the venv from: a Python >= 3.12 when the machine has one (the
+/// cjm-substrate worker writes its log records into the diagnostics database only from 3.12 on,
+/// where `sqlite3.Connection.setconfig` exists), else `python3`.
+fn base_python() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    let mut candidates: Vec<std::path::PathBuf> = ["python3.13", "python3.12"]
+        .iter()
+        .filter_map(|name| {
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .map(|dir| dir.join(name))
+                .find(|p| p.is_file() && !p.to_string_lossy().contains("shims"))
+        })
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(home.join(".pyenv/versions")) {
+        let mut versions: Vec<_> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|v| v.starts_with("3.12") || v.starts_with("3.13"))
+            .collect();
+        versions.sort();
+        candidates.extend(
+            versions
+                .iter()
+                .rev()
+                .map(|v| home.join(".pyenv/versions").join(v).join("bin/python3")),
+        );
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "python3".into())
 }
 
 /// The echo capability written for the real cjm-substrate worker (its source dir, to put on

@@ -303,3 +303,45 @@ async fn unload_kills_the_workers_grandchildren() {
         "worker and grandchild are gone: {pids:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_exit_when_their_host_is_killed() {
+    use std::io::BufRead as _;
+    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_host_child"))
+        .arg(python_with_substrate())
+        .arg(echo_capability_dir())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(host.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let worker: i32 = line.trim().parse().unwrap();
+    let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    assert!(alive(worker));
+    host.kill().unwrap(); // SIGKILL: the host gets no chance to clean up
+    host.wait().unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if !alive(worker) || is_zombie(worker) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gone,
+        "worker {worker} still running 5 s after its host died"
+    );
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}

@@ -15,7 +15,6 @@ use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::backend::DiagnosticsSink;
 use crate::error::{Error, Result};
@@ -135,7 +134,7 @@ impl Tail {
 
 /// A running worker process.
 pub(crate) struct Process {
-    pub(crate) child: Child,
+    child: std::process::Child,
     pub(crate) pid: u32,
     pub(crate) port: u16,
     pub(crate) session: String,
@@ -179,14 +178,26 @@ impl Process {
                 child_fd: CHILD_FD,
             }])
             .map_err(|e| Error::io(&spec.program, std::io::Error::other(e.to_string())))?;
-        let mut cmd = Command::from(std_cmd);
-        cmd.kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| Error::io(&spec.program, e))?;
-        let pid = child.id().unwrap_or_default();
-
+        // The kernel sends the worker SIGTERM when the host dies, however it dies: a worker
+        // whose stdio pipes lost their reader cannot always report its parent's death itself
+        // (the Python worker's watchdog dies on the broken pipe when it says so).
+        // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+        // async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            std_cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        let mut child =
+            spawn_from_lasting_thread(std_cmd).map_err(|e| Error::io(&spec.program, e))?;
+        let pid = child.id();
         let tail = Tail::default();
         let mut pumps = Vec::new();
+        let program = &spec.program;
         if let Some(out) = child.stdout.take() {
+            let out =
+                tokio::process::ChildStdout::from_std(out).map_err(|e| Error::io(program, e))?;
             pumps.push(pump(
                 out,
                 "stdout",
@@ -196,6 +207,8 @@ impl Process {
             ));
         }
         if let Some(err) = child.stderr.take() {
+            let err =
+                tokio::process::ChildStderr::from_std(err).map_err(|e| Error::io(program, e))?;
             pumps.push(pump(err, "stderr", session.clone(), sink, tail.clone()));
         }
         Ok(Process {
@@ -219,16 +232,11 @@ impl Process {
         let group = Pid::from_raw(self.pid as i32);
         if self.exited().is_none() {
             let _ = killpg(group, Signal::SIGTERM);
-            if tokio::time::timeout(grace, self.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = killpg(group, Signal::SIGKILL);
-            }
+            let _ = self.wait_for(grace).await;
         }
         // Grandchildren may outlive the leader: the group gets a SIGKILL in any case.
         let _ = killpg(group, Signal::SIGKILL);
-        let status = self.child.wait().await.ok();
+        let status = self.wait_for(Duration::from_secs(5)).await;
         for p in self.pumps.drain(..) {
             // The pipes close when the group is gone; do not wait on stray holders forever.
             let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
@@ -236,10 +244,65 @@ impl Process {
         status
     }
 
+    /// Waits up to `limit` for the worker to exit (polling: the child is a std process).
+    async fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Kills the group at once (forced cancellation).
     pub(crate) fn kill_now(&self) {
         let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
     }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Spawns `cmd` from one thread that lives as long as the host. `PR_SET_PDEATHSIG` fires when
+/// the *thread* that forked the child exits, not the process: forking from a short-lived
+/// runtime thread would kill healthy workers when that thread is retired.
+fn spawn_from_lasting_thread(cmd: std::process::Command) -> std::io::Result<std::process::Child> {
+    type Request = (
+        std::process::Command,
+        std::sync::mpsc::SyncSender<std::io::Result<std::process::Child>>,
+    );
+    static SPAWNER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Request>>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        let _ = std::thread::Builder::new()
+            .name("cjm-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        Mutex::new(tx)
+    });
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    spawner
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
 }
 
 /// Describes how a worker ended, for errors and the journal.
