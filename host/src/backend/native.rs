@@ -139,6 +139,11 @@ impl NativeBackend {
         self.live().map(|l| l.0)
     }
 
+    /// The base URL of the live worker (`http://127.0.0.1:PORT`), if one runs.
+    pub fn endpoint(&self) -> Option<String> {
+        self.live().map(|l| l.1)
+    }
+
     /// The pid of the live worker, if one runs.
     pub fn pid(&self) -> Option<u32> {
         lock(&self.inner.live).as_ref().map(|l| l.pid)

@@ -39,7 +39,7 @@ impl Capability for Probe {
 
     fn execute(&mut self, cx: &Ctx<'_>, args: Vec<Value>, mut kwargs: Kwargs) -> CallResult {
         let action = opt_arg::<String>(&kwargs, "action")?.unwrap_or_else(|| "echo".into());
-        kwargs.remove("action");
+        kwargs.shift_remove("action");
         match action.as_str() {
             "echo" => Ok(json!({"args": args, "kwargs": kwargs})),
             "fail" => {
