@@ -5,8 +5,14 @@
 //! one contract ([`backend::Backend`]).
 //!
 //! Modules, one concept each:
-//! - [`backend`]: the one contract as a trait, with the `wasm` implementation (and the
-//!   native one, an HTTP client of a worker subprocess);
+//! - [`backend`]: the one contract as a trait, with the wasm sandbox (`backend::wasm`) and
+//!   the native worker supervisor and client (`backend::native`);
+//! - [`manifest`]: v2.0 capability and adapter manifests (Python-compatible), canonical
+//!   hashing, validation, discovery;
+//! - [`config`]: layered configuration (CLI > `CJM_*` env > `cjm.yaml` > defaults) and the
+//!   data dir layout;
+//! - [`store`]: the SQLite stores (config, empirical, journal, diagnostics) and the secrets
+//!   file;
 //! - [`error`]: the host's error type; the domain taxonomy travels as `JobError` data.
 //!
 //! The contract types shared with guests and workers (JobError, envelope, capability info,

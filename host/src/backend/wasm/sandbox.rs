@@ -62,6 +62,49 @@ impl Default for SandboxGrants {
 }
 
 impl SandboxGrants {
+    /// The grants a manifest's `sandbox` block declares, with `${...}` placeholders in host
+    /// paths expanded by `lookup` (for example `${CJM_CAPABILITY_DATA_DIR}`). Unset limits
+    /// take the defaults. A network grant is refused: wasm capabilities get no sockets.
+    pub fn from_manifest(
+        sandbox: &crate::manifest::Sandbox,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        use crate::manifest::{DirAccess, NetworkGrant};
+        if sandbox.network != NetworkGrant::None {
+            return Err(Error::InvalidGrant(
+                "network access is not granted to wasm capabilities".into(),
+            ));
+        }
+        let defaults = SandboxGrants::default();
+        let dirs = sandbox
+            .preopens
+            .iter()
+            .map(|p| {
+                let host = crate::manifest::runtime::expand_placeholders(&p.host, &lookup)
+                    .ok_or_else(|| {
+                        Error::InvalidGrant(format!("preopen {}: unknown placeholder", p.host))
+                    })?;
+                Ok(DirGrant {
+                    host: host.into(),
+                    guest: p.guest.clone(),
+                    writable: p.mode == DirAccess::ReadWrite,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let grants = SandboxGrants {
+            dirs,
+            env: sandbox.env.clone(),
+            capture_stdio: sandbox.capture_output,
+            memory_limit_mb: sandbox.memory_limit_mb.unwrap_or(defaults.memory_limit_mb),
+            time_limit_secs: sandbox
+                .time_limit_seconds
+                .unwrap_or(defaults.time_limit_secs),
+            max_instances: sandbox.max_concurrency.max(1),
+        };
+        grants.validate()?;
+        Ok(grants)
+    }
+
     /// Checks the grants: directories exist, limits are positive.
     pub fn validate(&self) -> Result<()> {
         for dir in &self.dirs {
@@ -301,6 +344,32 @@ impl tokio::io::AsyncWrite for CaptureStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifest_sandbox_maps_onto_grants() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = serde_json::json!({
+            "preopens": [{"host": "${CJM_CAPABILITY_DATA_DIR}", "guest": "/data", "mode": "rw"}],
+            "env": ["LANG"], "memory_limit_mb": 64, "max_concurrency": 3
+        });
+        let sandbox: crate::manifest::Sandbox = serde_json::from_value(raw).unwrap();
+        let data = dir.path().display().to_string();
+        let grants = SandboxGrants::from_manifest(&sandbox, |name| {
+            (name == "CJM_CAPABILITY_DATA_DIR").then(|| data.clone())
+        })
+        .unwrap();
+        assert_eq!(grants.dirs[0].host, dir.path());
+        assert!(grants.dirs[0].writable);
+        assert_eq!((grants.memory_limit_mb, grants.max_instances), (64, 3));
+        assert_eq!(
+            grants.time_limit_secs,
+            SandboxGrants::default().time_limit_secs
+        );
+
+        let net: crate::manifest::Sandbox =
+            serde_json::from_value(serde_json::json!({"network": "any"})).unwrap();
+        assert!(SandboxGrants::from_manifest(&net, |_| None).is_err());
+    }
 
     #[test]
     fn grants_are_validated() {
