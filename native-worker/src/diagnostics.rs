@@ -292,7 +292,8 @@ mod tests {
         sink.log(LogLevel::Error, "capability", "no job", None);
         assert!(sink.flush(Duration::from_secs(10)));
         let conn = open_database(&path).unwrap();
-        let rows: Vec<(String, Option<String>, Option<String>, String, String)> = conn
+        type Record = (String, Option<String>, Option<String>, String, String);
+        let rows: Vec<Record> = conn
             .prepare(
                 "SELECT ts, worker_session_id, job_id, level, message FROM records ORDER BY seq",
             )

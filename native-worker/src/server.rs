@@ -154,9 +154,7 @@ async fn initialize(State(w): State<Worker>, body: Bytes) -> Response {
         Err(e) => return detail(StatusCode::BAD_REQUEST, &format!("invalid json body: {e}")),
     };
     match w
-        .call(Envelope::default(), move |s| {
-            s.capability.initialize(config, s.cx)
-        })
+        .lifecycle(move |s| s.capability.initialize(config, s.cx))
         .await
     {
         Ok(Outcome { value: Ok(()), .. }) => status("ok"),
@@ -174,9 +172,7 @@ async fn reconfigure(State(w): State<Worker>, body: Bytes) -> Response {
     let old = data.remove("old_config").unwrap_or(Value::Null);
     let new = data.remove("new_config").unwrap_or(Value::Null);
     let outcome = w
-        .call(Envelope::default(), move |s| {
-            s.capability.reconfigure(old, new, s.cx)
-        })
+        .lifecycle(move |s| s.capability.reconfigure(old, new, s.cx))
         .await;
     match outcome {
         Ok(Outcome { value: Ok(()), .. }) => status("reconfigured"),
@@ -186,10 +182,7 @@ async fn reconfigure(State(w): State<Worker>, body: Bytes) -> Response {
 }
 
 async fn prefetch(State(w): State<Worker>) -> Response {
-    match w
-        .call(Envelope::default(), |s| s.capability.prefetch(s.cx))
-        .await
-    {
+    match w.lifecycle(|s| s.capability.prefetch(s.cx)).await {
         Ok(Outcome { value: Ok(st), .. }) => status(&st.status),
         Ok(Outcome { value: Err(e), .. }) => detail(StatusCode::INTERNAL_SERVER_ERROR, &e.message),
         Err(e) => e.into_response(),
@@ -197,17 +190,11 @@ async fn prefetch(State(w): State<Worker>) -> Response {
 }
 
 async fn on_enable(State(w): State<Worker>) -> Response {
-    hook(
-        w.call(Envelope::default(), |s| s.capability.on_enable())
-            .await,
-    )
+    hook(w.lifecycle(|s| s.capability.on_enable()).await)
 }
 
 async fn on_disable(State(w): State<Worker>) -> Response {
-    hook(
-        w.call(Envelope::default(), |s| s.capability.on_disable())
-            .await,
-    )
+    hook(w.lifecycle(|s| s.capability.on_disable()).await)
 }
 
 /// `/on_enable`, `/on_disable`: a failure is a 200 `{"status":"error","detail":...}`.
@@ -224,10 +211,7 @@ fn hook(outcome: crate::error::Result<Outcome<Result<cjm_guest::Status, JobError
 }
 
 async fn cleanup(State(w): State<Worker>) -> Response {
-    match w
-        .call(Envelope::default(), |s| s.capability.cleanup())
-        .await
-    {
+    match w.lifecycle(|s| s.capability.cleanup()).await {
         Ok(Outcome { value: Ok(()), .. }) => status("cleaned"),
         Ok(Outcome { value: Err(e), .. }) => detail(StatusCode::INTERNAL_SERVER_ERROR, &e.message),
         Err(e) => e.into_response(),

@@ -48,11 +48,14 @@ impl CallState {
         self.cancel.load(Ordering::SeqCst)
     }
 
-    /// Clears what a previous call left: the cancel flag and the reported usage. Progress is
-    /// kept, as the Python worker keeps it, until the capability reports again.
-    pub fn begin_call(&self) {
+    /// Clears what a previous call left: the cancel flag, and for a job the reported usage
+    /// (as the Python worker does at `/execute` and `/task`). Progress is kept, as the Python
+    /// worker keeps it, until the capability reports again.
+    pub fn begin_call(&self, job: bool) {
         self.cancel.store(false, Ordering::SeqCst);
-        *self.usage.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        if job {
+            *self.usage.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
     }
 
     /// The last progress reported.

@@ -44,6 +44,17 @@ pub(crate) struct Inner {
     pub(crate) stats: StatsProbe,
 }
 
+/// What starting a capability call resets.
+#[derive(Clone, Copy)]
+enum Begin {
+    /// A job: the cancel flag and the reported usage.
+    Job,
+    /// A lifecycle call: the cancel flag.
+    Lifecycle,
+    /// A read: nothing.
+    Query,
+}
+
 /// What a capability call produced, with the accounts it recorded.
 pub(crate) struct Outcome<R> {
     pub(crate) value: R,
@@ -118,15 +129,25 @@ impl Worker {
         &self.inner
     }
 
-    /// Runs `f` on the capability on the blocking pool, after every earlier call. The cancel
-    /// flag and reported usage are reset once the capability is ours; records logged during
-    /// the call carry `envelope`'s job id.
+    /// Runs a job call (`execute`, `task`, a stream) on the capability on the blocking pool,
+    /// after every earlier call. The cancel flag and the reported usage are reset once the
+    /// capability is ours; records logged during the call carry `envelope`'s job id.
     pub(crate) async fn call<R, F>(&self, envelope: Envelope, f: F) -> Result<Outcome<R>>
     where
         R: Send + 'static,
         F: FnOnce(&mut CallScope<'_>) -> R + Send + 'static,
     {
-        self.run(true, envelope, f).await
+        self.run(Begin::Job, envelope, f).await
+    }
+
+    /// Runs a lifecycle call (`initialize`, `prefetch`, hooks): like [`Worker::call`], but
+    /// the usage of the last job stays readable on `/stats`.
+    pub(crate) async fn lifecycle<R, F>(&self, f: F) -> Result<Outcome<R>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut CallScope<'_>) -> R + Send + 'static,
+    {
+        self.run(Begin::Lifecycle, Envelope::default(), f).await
     }
 
     /// Reads from the capability (config, options, info) without starting a call: the
@@ -136,7 +157,7 @@ impl Worker {
         R: Send + 'static,
         F: FnOnce(&mut CallScope<'_>) -> R + Send + 'static,
     {
-        Ok(self.run(false, Envelope::default(), f).await?.value)
+        Ok(self.run(Begin::Query, Envelope::default(), f).await?.value)
     }
 
     /// The capability's info if it was computed already (then no lock is taken).
@@ -144,7 +165,7 @@ impl Worker {
         self.inner.info.get()
     }
 
-    async fn run<R, F>(&self, begin: bool, envelope: Envelope, f: F) -> Result<Outcome<R>>
+    async fn run<R, F>(&self, begin: Begin, envelope: Envelope, f: F) -> Result<Outcome<R>>
     where
         R: Send + 'static,
         F: FnOnce(&mut CallScope<'_>) -> R + Send + 'static,
@@ -155,8 +176,10 @@ impl Worker {
                 .capability
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if begin {
-                inner.call.begin_call();
+            match begin {
+                Begin::Job => inner.call.begin_call(true),
+                Begin::Lifecycle => inner.call.begin_call(false),
+                Begin::Query => {}
             }
             let services = CallServices::new(&inner.call, &inner.logs, envelope.job_id.as_deref());
             let cx = Ctx::new(&services, &envelope);

@@ -1,6 +1,7 @@
 //! End to end: the `text-stats-worker` binary spawned as a host spawns it, spoken to over
 //! real loopback HTTP (`--port`, an inherited `--fd`, the `--ppid` watchdog, SIGTERM).
 #![cfg(not(target_arch = "wasm32"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -363,21 +363,7 @@ async fn cancel_stops_a_cooperative_call_with_409_and_progress_stays() {
         }
     });
     // Progress is readable while the call holds the capability.
-    let mut seen = Value::Null;
-    for _ in 0..500 {
-        seen = get(&app, "/progress").await.json();
-        if seen["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("step "))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(
-        seen["message"].as_str().unwrap().starts_with("step "),
-        "{seen}"
-    );
+    wait_for_steps(&app).await;
     assert_eq!(get(&app, "/health").await.status, StatusCode::OK);
     let r = post(&app, "/cancel", "").await;
     assert_eq!(r.body, r#"{"status":"cancelled"}"#);
@@ -405,6 +391,51 @@ async fn cancel_stops_a_cooperative_call_with_409_and_progress_stays() {
     assert_eq!(
         get(&app, "/progress").await.body,
         r#"{"progress":1.0,"message":"done"}"#
+    );
+}
+
+/// Waits until a `slow` call reports its steps.
+async fn wait_for_steps(app: &Router) {
+    let mut seen = Value::Null;
+    for _ in 0..2000 {
+        seen = get(app, "/progress").await.json();
+        if seen["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("step "))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no progress reported: {seen}");
+}
+
+#[tokio::test]
+async fn a_cancelled_stream_ends_with_the_cancellation_line() {
+    let app = initialized().await;
+    let stream = tokio::spawn({
+        let app = app.clone();
+        async move {
+            post(
+                &app,
+                "/execute_stream",
+                r#"{"kwargs":{"action":"slow","steps":100000}}"#,
+            )
+            .await
+        }
+    });
+    wait_for_steps(&app).await;
+    post(&app, "/cancel", "").await;
+    let r = stream.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.matches('\n').count(), 1);
+    let e = &r.json()["_job_error"];
+    assert_eq!(e["category"], "transient");
+    assert_eq!(e["retriable"], false);
+    assert_eq!(e["message"], "Capability 'probe' cancelled by operator");
+    assert_eq!(
+        e["original_exc_repr"],
+        r#"CapabilityCancelledError("Capability 'probe' cancelled by operator")"#
     );
 }
 
@@ -470,6 +501,10 @@ async fn stats_report_the_subtree_and_the_last_usage() {
     assert_eq!(stats["usage"], Value::Null);
 
     post(&app, "/execute", r#"{"kwargs":{"action":"usage"}}"#).await;
+    let stats = get(&app, "/stats").await.json();
+    assert_eq!(stats["usage"], json!({"characters": 42, "requests": 1}));
+    // A lifecycle call keeps the last job's usage; the next job resets it.
+    post(&app, "/prefetch", "").await;
     let stats = get(&app, "/stats").await.json();
     assert_eq!(stats["usage"], json!({"characters": 42, "requests": 1}));
     post(&app, "/execute", "{}").await;
