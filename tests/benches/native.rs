@@ -105,3 +105,54 @@ fn python_call_bare_http(bencher: Bencher) {
     });
     rt.block_on(b.shutdown()).unwrap();
 }
+
+fn rust_spec() -> WorkerSpec {
+    WorkerSpec::native(
+        "text-stats",
+        &[env!("CARGO_BIN_EXE_text_stats_worker").into()],
+    )
+    .unwrap()
+}
+
+/// Spawn of a Rust worker (cjm-native-worker) to ready, plus introspection.
+#[divan::bench(sample_count = 20, sample_size = 1)]
+fn rust_spawn_to_ready(bencher: Bencher) {
+    let rt = rt();
+    bencher.bench_local(|| {
+        rt.block_on(async {
+            let b = NativeBackend::start(
+                rust_spec(),
+                RuntimeKind::Native,
+                Arc::new(NoDiagnostics),
+                Arc::new(NoEvents),
+            )
+            .await
+            .unwrap();
+            b.shutdown().await.unwrap();
+        })
+    });
+}
+
+/// A tiny `execute` on a Rust worker through the host.
+#[divan::bench(sample_count = 500)]
+fn rust_call_through_host(bencher: Bencher) {
+    let rt = rt();
+    let b = rt.block_on(async {
+        let b = NativeBackend::start(
+            rust_spec(),
+            RuntimeKind::Native,
+            Arc::new(NoDiagnostics),
+            Arc::new(NoEvents),
+        )
+        .await
+        .unwrap();
+        b.initialize(json!({})).await.unwrap();
+        b
+    });
+    let req = CallRequest::execute(kwargs(json!({"text": ""})));
+    bencher.bench_local(|| {
+        rt.block_on(b.call(req.clone(), Arc::new(CallControl::new())))
+            .unwrap()
+    });
+    rt.block_on(b.shutdown()).unwrap();
+}

@@ -546,8 +546,10 @@ impl NativeBackend {
         );
         tokio::pin!(call);
         let mut seen = control.state();
-        let mut poll = tokio::time::interval(PROGRESS_POLL);
-        poll.tick().await;
+        // The first poll is one period away: an interval's immediate first tick still goes
+        // through the timer wheel and would cost every call up to a millisecond.
+        let mut poll =
+            tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_POLL, PROGRESS_POLL);
         let mut last_progress: Option<Progress> = None;
         let answer = loop {
             tokio::select! {

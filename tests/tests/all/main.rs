@@ -2,5 +2,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod native;
+mod parity;
 mod sandbox;
 mod wasm;
