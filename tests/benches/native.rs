@@ -109,7 +109,7 @@ fn python_call_bare_http(bencher: Bencher) {
 fn rust_spec() -> WorkerSpec {
     WorkerSpec::native(
         "text-stats",
-        &[env!("CARGO_BIN_EXE_text_stats_worker").into()],
+        &[env!("CARGO_BIN_EXE_parity_worker").into()],
     )
     .unwrap()
 }

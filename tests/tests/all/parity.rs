@@ -16,7 +16,7 @@ async fn both() -> (Vec<Arc<dyn Backend>>, tempfile::TempDir) {
     let (wasm, _) = load(&rt, fixtures::TEXT_STATS, SandboxGrants::default());
     let spec = WorkerSpec::native(
         "text-stats",
-        &[env!("CARGO_BIN_EXE_text_stats_worker").into()],
+        &[env!("CARGO_BIN_EXE_parity_worker").into()],
     )
     .unwrap();
     let native = NativeBackend::start(
