@@ -107,11 +107,7 @@ fn python_call_bare_http(bencher: Bencher) {
 }
 
 fn rust_spec() -> WorkerSpec {
-    WorkerSpec::native(
-        "text-stats",
-        &[env!("CARGO_BIN_EXE_parity_worker").into()],
-    )
-    .unwrap()
+    WorkerSpec::native("text-stats", &[env!("CARGO_BIN_EXE_parity_worker").into()]).unwrap()
 }
 
 /// Spawn of a Rust worker (cjm-native-worker) to ready, plus introspection.
