@@ -12,6 +12,7 @@
 //! - [`capability`]: the trait, the task registry, keyword-argument helpers.
 //! - [`context`]: host services a call can use (progress, cancellation, logs, accounts).
 //! - [`hosted`]: the JSON-in/JSON-out [`DynCapability`] both exports serve.
+//! - [`python`]: JSON and timestamps exactly as Python writes them.
 //! - `wasm` (wasm32 only): bindings generated from `wit/` and the export glue.
 //!
 //! ```
@@ -46,6 +47,7 @@ pub mod capability;
 pub mod context;
 pub mod contract;
 pub mod hosted;
+pub mod python;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 

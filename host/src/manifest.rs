@@ -18,7 +18,8 @@
 pub mod adapter;
 pub mod capability;
 pub mod hash;
-pub mod pyjson;
+/// JSON exactly as Python writes it (shared with the native worker).
+pub use cjm_guest::python::json as pyjson;
 pub mod runtime;
 pub mod validate;
 

@@ -34,7 +34,7 @@ pub mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
@@ -194,57 +194,8 @@ pub(crate) fn sqlite_error(store: &'static str, path: &Path, source: rusqlite::E
     }
 }
 
-/// Now as ISO-8601 UTC with microseconds (`2026-05-01T12:00:00.123456+00:00`), the form of
-/// Python's `datetime.now(timezone.utc).isoformat()`; such strings sort as the times do.
-pub fn now_iso() -> String {
-    iso_from_system_time(SystemTime::now())
-}
-
-/// `t` as ISO-8601 UTC with microseconds.
-pub fn iso_from_system_time(t: SystemTime) -> String {
-    let micros = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
-    };
-    iso_from_unix_micros(micros)
-}
-
-/// Microseconds since the Unix epoch as ISO-8601 UTC.
-pub fn iso_from_unix_micros(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}+00:00",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Seconds since the Unix epoch, as Python's `time.time()`.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
+// Timestamps are written once for the host and the native worker alike.
+pub use cjm_guest::python::time::{iso_from_system_time, iso_from_unix_micros, now_iso, unix_now};
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use cjm_guest::LogLevel;
 use rusqlite::{Connection, params};
 
-use crate::clock::{now_asctime, now_iso};
+use cjm_guest::python::time::{now_asctime, now_isoformat as now_iso};
 
 /// Records buffered for the writer thread before new ones are dropped.
 pub const CHANNEL_CAPACITY: usize = 4096;
@@ -28,34 +28,7 @@ pub const CHANNEL_CAPACITY: usize = 4096;
 /// How long a writer waits on a locked database before giving up on a batch.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,
-    worker_session_id TEXT,
-    job_id TEXT,
-    level TEXT NOT NULL DEFAULT 'INFO',
-    logger_name TEXT NOT NULL DEFAULT '',
-    message TEXT NOT NULL,
-    exc_text TEXT
-);
-CREATE INDEX IF NOT EXISTS idx_records_job ON records (job_id);
-CREATE INDEX IF NOT EXISTS idx_records_session ON records (worker_session_id);
-CREATE INDEX IF NOT EXISTS idx_records_ts ON records (ts);
-CREATE TABLE IF NOT EXISTS stream_chunks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,
-    worker_session_id TEXT,
-    stream TEXT NOT NULL DEFAULT 'stdout',
-    content TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_chunks_session ON stream_chunks (worker_session_id);
-CREATE INDEX IF NOT EXISTS idx_chunks_ts ON stream_chunks (ts);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-";
+const SCHEMA: &str = cjm_guest::contract::DIAGNOSTICS_SCHEMA;
 
 const INSERT_RECORD: &str = "INSERT INTO records (ts, worker_session_id, job_id, level, \
      logger_name, message, exc_text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)";

@@ -9,7 +9,7 @@
 use cjm_guest::{ErrorCategory, JobError};
 use serde_json::{Map, Value};
 
-use crate::clock::now_iso;
+use cjm_guest::python::time::now_isoformat as now_iso;
 
 /// The keys of the Python `JobError` dataclass, in declaration order.
 const KEYS: [&str; 11] = [

@@ -32,7 +32,6 @@
 //! - [`error`]: this crate's failures.
 
 pub mod args;
-mod clock;
 pub mod diagnostics;
 pub mod error;
 pub mod job_error;

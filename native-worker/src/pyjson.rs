@@ -36,52 +36,9 @@ fn write<T: Serialize + ?Sized>(value: &T, formatter: PyFormatter) -> serde_json
     Ok(out)
 }
 
-/// `repr(float)` of a finite `value`: the shortest digits that round-trip, positional
-/// notation for decimal exponents -4..=15 (always with a fractional part), scientific
-/// notation with a signed, at least two-digit exponent otherwise.
-pub fn python_float_repr(value: f64) -> String {
-    // `{:e}` gives the shortest round-trip digits: "1.2345e16", "-5e-324", "0e0".
-    let sci = format!("{value:e}");
-    let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exponent: i32 = exponent.parse().unwrap_or(0);
-    let (sign, mantissa) = match mantissa.strip_prefix('-') {
-        Some(rest) => ("-", rest),
-        None => ("", mantissa),
-    };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    // Position of the decimal point relative to the first digit.
-    let point = exponent + 1;
-    let mut out = String::from(sign);
-    if !(-3..=16).contains(&point) {
-        out.push_str(&digits[..1]);
-        if digits.len() > 1 {
-            out.push('.');
-            out.push_str(&digits[1..]);
-        }
-        let exp = point - 1;
-        out.push_str(&format!(
-            "e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        ));
-    } else if point <= 0 {
-        out.push_str("0.");
-        out.extend(std::iter::repeat_n('0', point.unsigned_abs() as usize));
-        out.push_str(&digits);
-    } else {
-        let point = point as usize;
-        if point >= digits.len() {
-            out.push_str(&digits);
-            out.extend(std::iter::repeat_n('0', point - digits.len()));
-            out.push_str(".0");
-        } else {
-            out.push_str(&digits[..point]);
-            out.push('.');
-            out.push_str(&digits[point..]);
-        }
-    }
-    out
-}
+/// `repr(float)` of a finite `value`, as the host writes it too (one implementation, checked
+/// against floats real Python printed).
+pub use cjm_guest::python::json::float_repr as python_float_repr;
 
 /// A serde_json formatter writing Python's separators, float repr and (when `spaced`)
 /// `ensure_ascii` escapes.

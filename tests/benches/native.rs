@@ -1,6 +1,7 @@
-//! Native backend benchmarks against the real cjm-substrate Python worker: spawn to ready, and
-//! a near-no-op call through the host next to the same HTTP request sent bare (the host's own
-//! overhead is the difference). `cargo bench -p cjm-tests --bench native`
+//! Native backend benchmarks: spawn to ready and a small call through the host, for the real
+//! cjm-substrate Python worker and for a Rust worker built on cjm-native-worker; and the
+//! Python call sent bare over keep-alive HTTP (the host's own overhead is the difference).
+//! `cargo bench -p cjm-tests --bench native`
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
@@ -9,21 +10,28 @@ use cjm_host::backend::native::{NativeBackend, WorkerSpec};
 use cjm_host::backend::{Backend, CallControl, CallRequest, NoDiagnostics, NoEvents, RuntimeKind};
 use cjm_tests::{echo_capability_dir, kwargs, python_with_substrate};
 use divan::Bencher;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn main() {
     divan::main();
 }
 
-fn spec() -> WorkerSpec {
-    WorkerSpec::python(
+fn python() -> (WorkerSpec, RuntimeKind) {
+    let spec = WorkerSpec::python(
         "cjm-capability-echo",
         python_with_substrate(),
         "cjm_capability_echo.capability",
         "EchoCapability",
         &[],
     )
-    .env("PYTHONPATH", echo_capability_dir().display().to_string())
+    .env("PYTHONPATH", echo_capability_dir().display().to_string());
+    (spec, RuntimeKind::Python)
+}
+
+fn rust() -> (WorkerSpec, RuntimeKind) {
+    let spec =
+        WorkerSpec::native("text-stats", &[env!("CARGO_BIN_EXE_parity_worker").into()]).unwrap();
+    (spec, RuntimeKind::Native)
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -34,40 +42,35 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn start() -> NativeBackend {
-    NativeBackend::start(
-        spec(),
-        RuntimeKind::Python,
-        Arc::new(NoDiagnostics),
-        Arc::new(NoEvents),
-    )
-    .await
-    .unwrap()
+async fn start((spec, kind): (WorkerSpec, RuntimeKind)) -> NativeBackend {
+    NativeBackend::start(spec, kind, Arc::new(NoDiagnostics), Arc::new(NoEvents))
+        .await
+        .unwrap()
 }
 
-/// Spawn of the Python worker to its first 200 on `/health`, plus introspection.
-#[divan::bench(sample_count = 10, sample_size = 1)]
-fn python_spawn_to_ready(bencher: Bencher) {
+/// A started and initialized worker.
+fn ready(rt: &tokio::runtime::Runtime, worker: (WorkerSpec, RuntimeKind)) -> NativeBackend {
+    rt.block_on(async {
+        let b = start(worker).await;
+        b.initialize(json!({})).await.unwrap();
+        b
+    })
+}
+
+fn spawn_to_ready(bencher: Bencher, worker: fn() -> (WorkerSpec, RuntimeKind)) {
     let rt = rt();
     bencher.bench_local(|| {
         rt.block_on(async {
-            let b = start().await;
+            let b = start(worker()).await;
             b.shutdown().await.unwrap();
         })
     });
 }
 
-/// `execute(action="echo", text="")` through the host: envelope, accounts, progress watch,
-/// typed answer.
-#[divan::bench(sample_count = 200)]
-fn python_call_through_host(bencher: Bencher) {
+fn call_through_host(bencher: Bencher, worker: (WorkerSpec, RuntimeKind), kw: Value) {
     let rt = rt();
-    let b = rt.block_on(async {
-        let b = start().await;
-        b.initialize(json!({})).await.unwrap();
-        b
-    });
-    let req = CallRequest::execute(kwargs(json!({"action": "echo", "text": ""})));
+    let b = ready(&rt, worker);
+    let req = CallRequest::execute(kwargs(kw));
     bencher.bench_local(|| {
         rt.block_on(b.call(req.clone(), Arc::new(CallControl::new())))
             .unwrap()
@@ -75,15 +78,36 @@ fn python_call_through_host(bencher: Bencher) {
     rt.block_on(b.shutdown()).unwrap();
 }
 
-/// The same request sent bare with a keep-alive client, the floor the host adds to.
+/// Spawn of the Python worker to its first 200 on `/health`, plus introspection.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn python_spawn_to_ready(bencher: Bencher) {
+    spawn_to_ready(bencher, python);
+}
+
+/// Spawn of a Rust worker (cjm-native-worker) to ready, plus introspection.
+#[divan::bench(sample_count = 20, sample_size = 1)]
+fn rust_spawn_to_ready(bencher: Bencher) {
+    spawn_to_ready(bencher, rust);
+}
+
+/// `execute(action="echo", text="")` through the host: envelope, accounts, progress watch,
+/// typed answer.
+#[divan::bench(sample_count = 200)]
+fn python_call_through_host(bencher: Bencher) {
+    call_through_host(bencher, python(), json!({"action": "echo", "text": ""}));
+}
+
+/// A tiny `execute` on a Rust worker through the host.
+#[divan::bench(sample_count = 500)]
+fn rust_call_through_host(bencher: Bencher) {
+    call_through_host(bencher, rust(), json!({"text": ""}));
+}
+
+/// The Python call sent bare with a keep-alive client: the floor the host adds to.
 #[divan::bench(sample_count = 200)]
 fn python_call_bare_http(bencher: Bencher) {
     let rt = rt();
-    let b = rt.block_on(async {
-        let b = start().await;
-        b.initialize(json!({})).await.unwrap();
-        b
-    });
+    let b = ready(&rt, python());
     let base = b.endpoint().unwrap();
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -102,53 +126,6 @@ fn python_call_bare_http(bencher: Bencher) {
                 .unwrap();
             r.bytes().await.unwrap()
         })
-    });
-    rt.block_on(b.shutdown()).unwrap();
-}
-
-fn rust_spec() -> WorkerSpec {
-    WorkerSpec::native("text-stats", &[env!("CARGO_BIN_EXE_parity_worker").into()]).unwrap()
-}
-
-/// Spawn of a Rust worker (cjm-native-worker) to ready, plus introspection.
-#[divan::bench(sample_count = 20, sample_size = 1)]
-fn rust_spawn_to_ready(bencher: Bencher) {
-    let rt = rt();
-    bencher.bench_local(|| {
-        rt.block_on(async {
-            let b = NativeBackend::start(
-                rust_spec(),
-                RuntimeKind::Native,
-                Arc::new(NoDiagnostics),
-                Arc::new(NoEvents),
-            )
-            .await
-            .unwrap();
-            b.shutdown().await.unwrap();
-        })
-    });
-}
-
-/// A tiny `execute` on a Rust worker through the host.
-#[divan::bench(sample_count = 500)]
-fn rust_call_through_host(bencher: Bencher) {
-    let rt = rt();
-    let b = rt.block_on(async {
-        let b = NativeBackend::start(
-            rust_spec(),
-            RuntimeKind::Native,
-            Arc::new(NoDiagnostics),
-            Arc::new(NoEvents),
-        )
-        .await
-        .unwrap();
-        b.initialize(json!({})).await.unwrap();
-        b
-    });
-    let req = CallRequest::execute(kwargs(json!({"text": ""})));
-    bencher.bench_local(|| {
-        rt.block_on(b.call(req.clone(), Arc::new(CallControl::new())))
-            .unwrap()
     });
     rt.block_on(b.shutdown()).unwrap();
 }

@@ -149,34 +149,8 @@ pub struct RetentionOutcome {
     pub batches: u64,
 }
 
-const SCHEMA_V1: &str = "
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,
-    worker_session_id TEXT,
-    job_id TEXT,
-    level TEXT NOT NULL DEFAULT 'INFO',
-    logger_name TEXT NOT NULL DEFAULT '',
-    message TEXT NOT NULL,
-    exc_text TEXT
-);
-CREATE INDEX IF NOT EXISTS idx_records_job ON records (job_id);
-CREATE INDEX IF NOT EXISTS idx_records_session ON records (worker_session_id);
-CREATE INDEX IF NOT EXISTS idx_records_ts ON records (ts);
-CREATE TABLE IF NOT EXISTS stream_chunks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,
-    worker_session_id TEXT,
-    stream TEXT NOT NULL DEFAULT 'stdout',
-    content TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_chunks_session ON stream_chunks (worker_session_id);
-CREATE INDEX IF NOT EXISTS idx_chunks_ts ON stream_chunks (ts);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-";
+/// The schema is the contract's: Python workers write into the same file.
+const SCHEMA_V1: &str = cjm_guest::contract::DIAGNOSTICS_SCHEMA;
 
 const MIGRATIONS: &[Migration] = &[|tx| tx.execute_batch(SCHEMA_V1)];
 

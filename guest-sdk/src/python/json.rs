@@ -2,7 +2,7 @@
 //!
 //! Two forms matter to cjm-substrate compatibility:
 //! - the *canonical* form `json.dumps(obj, sort_keys=True, separators=(",", ":"))`, whose
-//!   sha256 is every drift and config hash ([`super::hash`]);
+//!   sha256 is every drift and config hash (the host's `manifest::hash`);
 //! - the *manifest file* form `json.dump(obj, f, indent=2)` (insertion order kept), so a
 //!   manifest this host rewrites is byte for byte what the Python tools would have written.
 //!
@@ -11,7 +11,7 @@
 //! float repr (shortest round-trip digits; exponent form when the decimal exponent is below
 //! -4 or above 15: `1e+16`, `1e-05`, `0.0001`, `1000000000000000.0`, `-0.0`). Integers stay
 //! integers. serde_json cannot hold NaN or infinities, so those never arise from a `Value`;
-//! the raw-text path ([`super::hash::canonical_json_text`]) writes them as Python does
+//! the host's raw-text hashing path writes them as Python does
 //! (`NaN`, `Infinity`, `-Infinity`).
 
 use std::fmt::Write as _;
@@ -268,7 +268,7 @@ mod tests {
             cases: Vec<(String, String)>,
         }
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/python/float_reprs.json");
+            .join("../host/tests/fixtures/python/float_reprs.json");
         let sweep: Sweep = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         assert!(sweep.cases.len() > 2000);
         for (bits, want) in &sweep.cases {

@@ -1,0 +1,7 @@
+//! Python-compatible encodings, shared by the host and the native worker so that what they
+//! write is byte for byte what cjm-substrate writes: JSON as the `json` module produces it
+//! ([`json`]), timestamps as `datetime` and `logging` print them ([`time`]). Pure std +
+//! serde_json, so the guest side can use them too.
+
+pub mod json;
+pub mod time;
