@@ -22,6 +22,10 @@ pub use control::{Account, CallControl, CancelState};
 
 use crate::error::Result;
 
+/// The chunks of a streamed call, in order; the stream ends after an `Err` item or when
+/// the capability is done.
+pub type CallStream = tokio::sync::mpsc::Receiver<Result<Value>>;
+
 /// How a capability runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -145,6 +149,19 @@ pub trait Backend: Send + Sync {
 
     /// Runs one call under `control`. A cancelled call ends in [`crate::Error::Cancelled`].
     async fn call(&self, request: CallRequest, control: Arc<CallControl>) -> Result<Value>;
+
+    /// Runs one call as a stream of chunks (`execute_stream` of the worker contract). A
+    /// failure ends the stream with an `Err` item. Backends without streaming answer with
+    /// the whole result as one chunk.
+    async fn call_stream(
+        &self,
+        request: CallRequest,
+        control: Arc<CallControl>,
+    ) -> Result<CallStream> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.send(self.call(request, control).await).await;
+        Ok(rx)
+    }
 
     /// Fetches what the capability needs ahead of time.
     async fn prefetch(&self) -> Result<Status>;

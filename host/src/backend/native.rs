@@ -21,8 +21,8 @@ pub use process::WorkerSpec;
 
 use self::process::{Process, describe_exit};
 use crate::backend::{
-    Account, Backend, CallControl, CallRequest, CancelState, DiagnosticsSink, RuntimeKind, Target,
-    WorkerEvents,
+    Account, Backend, CallControl, CallRequest, CallStream, CancelState, DiagnosticsSink,
+    RuntimeKind, Target, WorkerEvents,
 };
 use crate::error::{Error, Result};
 
@@ -602,6 +602,47 @@ impl NativeBackend {
     }
 }
 
+/// The endpoint and body of a call: `/execute` `{"args","kwargs"}` or `/task`
+/// `{"task","method","kwargs"}`, with the envelope only when something in it is set.
+fn request_body(request: CallRequest) -> (&'static str, Value) {
+    let (path, mut body) = match request.target {
+        Target::Execute { args } => ("/execute", json!({"args": args, "kwargs": request.kwargs})),
+        Target::Task { task, method } => (
+            "/task",
+            json!({"task": task, "method": method, "kwargs": request.kwargs}),
+        ),
+    };
+    if !request.envelope.is_empty()
+        && let Some(obj) = body.as_object_mut()
+    {
+        obj.insert(
+            "envelope".into(),
+            serde_json::to_value(&request.envelope).unwrap_or_default(),
+        );
+    }
+    (path, body)
+}
+
+/// One NDJSON line of a stream: a chunk, or the `_job_error` that ends it.
+fn stream_item(line: &[u8], name: &str, session: &str) -> Result<Value> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        Error::job(
+            JobError::transient(format!(
+                "capability '{name}': stream line is not JSON ({e}): {}",
+                snippet(line)
+            ))
+            .stamped(name, session),
+        )
+    })?;
+    match value
+        .get("_job_error")
+        .map(|j| serde_json::from_value::<JobError>(j.clone()))
+    {
+        Some(Ok(job)) => Err(Error::job(job.stamped(name, session))),
+        _ => Ok(value),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -667,8 +708,129 @@ impl Backend for NativeBackend {
         self.run_call(request, control).await
     }
 
+    async fn call_stream(
+        &self,
+        request: CallRequest,
+        control: Arc<CallControl>,
+    ) -> Result<CallStream> {
+        if control.cancel_requested() {
+            return Err(Error::Cancelled);
+        }
+        let (_, body) = request_body(request);
+        let answer = self
+            .inner
+            .http
+            .post(format!("{}/execute_stream", self.ensure_worker().await?));
+        let mut response = match answer
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Err(self.transport_failed("/execute_stream", e).await),
+        };
+        if response.status() != StatusCode::OK {
+            let a = Answer {
+                status: response.status(),
+                accounts: None,
+                body: response.bytes().await.unwrap_or_default(),
+            };
+            self.answer_json("/execute_stream", a)?;
+            return Err(Error::job(JobError::transient(
+                "execute_stream answered without a stream",
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let me = self.clone();
+        let session = self.session_id().unwrap_or_default();
+        tokio::spawn(async move {
+            let name = me.name().to_owned();
+            let mut pending: Vec<u8> = Vec::new();
+            let mut seen = control.state();
+            loop {
+                let chunk = tokio::select! {
+                    chunk = response.chunk() => chunk,
+                    state = control.changed_from(seen) => {
+                        seen = state;
+                        match state {
+                            CancelState::Requested => { let _ = me.post_json("/cancel", &json!({})).await; }
+                            CancelState::Forced => {
+                                me.kill(me.pid(), "forced cancellation").await;
+                                let _ = tx.send(Err(Error::Cancelled)).await;
+                                return;
+                            }
+                            CancelState::Running => {}
+                        }
+                        continue;
+                    }
+                };
+                let bytes = match chunk {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(me.transport_failed("/execute_stream", e).await))
+                            .await;
+                        return;
+                    }
+                };
+                pending.extend_from_slice(&bytes);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let line = line.trim_ascii();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let item = stream_item(line, &name, &session);
+                    let last = item.is_err();
+                    if tx.send(item).await.is_err() || last {
+                        return;
+                    }
+                }
+            }
+            let rest = pending.trim_ascii();
+            if !rest.is_empty() {
+                let _ = tx.send(stream_item(rest, &name, &session)).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    /// `POST /prefetch` while watching progress: when it does not move for the configured
+    /// stall threshold, the worker is stopped and the prefetch fails with a timeout.
     async fn prefetch(&self) -> Result<Status> {
-        self.status_hook("/prefetch").await
+        let stall = self.inner.spec.prefetch_stall;
+        let hook = self.status_hook("/prefetch");
+        tokio::pin!(hook);
+        let mut last: Option<Progress> = None;
+        let mut since = Instant::now();
+        let mut poll = tokio::time::interval_at(
+            tokio::time::Instant::now() + PROGRESS_POLL,
+            PROGRESS_POLL.min(stall),
+        );
+        loop {
+            tokio::select! {
+                status = &mut hook => return status,
+                _ = poll.tick() => {
+                    let now = self.get_json("/progress").await.ok().and_then(|v| serde_json::from_value::<Progress>(v).ok());
+                    if now.is_some() && now != last {
+                        last = now;
+                        since = Instant::now();
+                    } else if since.elapsed() >= stall {
+                        self.stop_worker("prefetch stalled").await;
+                        return Err(Error::job(
+                            JobError::transient(format!(
+                                "capability '{}': prefetch made no progress for {:.0}s; the worker was stopped",
+                                self.name(),
+                                stall.as_secs_f64()
+                            ))
+                            .stamped(self.name(), ""),
+                        ));
+                    }
+                }
+            }
+        }
     }
 
     async fn on_enable(&self) -> Result<Status> {

@@ -345,3 +345,144 @@ fn is_zombie(pid: i32) -> bool {
         })
         .unwrap_or(true)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_worker_streams_ndjson_and_ends_a_failed_stream_with_its_error() {
+    let (b, _, _) = echo().await;
+    let mut s = b
+        .call_stream(
+            CallRequest::execute(kwargs(json!({"n": 3}))),
+            Arc::new(CallControl::new()),
+        )
+        .await
+        .unwrap();
+    let mut chunks = Vec::new();
+    while let Some(item) = s.recv().await {
+        chunks.push(item.unwrap());
+    }
+    assert_eq!(
+        chunks,
+        [
+            json!({"i": 0, "text": "0"}),
+            json!({"i": 1, "text": "1"}),
+            json!({"i": 2, "text": "2"})
+        ]
+    );
+
+    let mut s = b
+        .call_stream(
+            CallRequest::execute(kwargs(json!({"n": 5, "fail_at": 2}))),
+            Arc::new(CallControl::new()),
+        )
+        .await
+        .unwrap();
+    let mut items = Vec::new();
+    while let Some(item) = s.recv().await {
+        items.push(item);
+    }
+    assert_eq!(items.len(), 3);
+    let Err(Error::Job(e)) = &items[2] else {
+        panic!("{:?}", items[2])
+    };
+    assert_eq!(
+        (e.category, e.retry_after_seconds),
+        (ErrorCategory::Transient, Some(1.0))
+    );
+    assert!(e.message.contains("stream failed at 2"));
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_log_records_and_output_land_in_our_diagnostics_store_stamped_with_the_job() {
+    use cjm_host::config::HostConfig;
+    use cjm_host::store::{ChunkQuery, DiagnosticsStore, RecordQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let config = HostConfig::builder().data_dir(dir.path()).build().unwrap();
+    config.ensure_layout().unwrap();
+    let store = Arc::new(DiagnosticsStore::open(&config.diagnostics_db_path()).unwrap());
+    let writer = Arc::new(store.writer().unwrap());
+    let spec = echo_spec().with_host_env(&config).unwrap();
+    let b = NativeBackend::start(
+        spec,
+        RuntimeKind::Python,
+        writer.clone(),
+        Arc::new(Events::default()),
+    )
+    .await
+    .unwrap();
+    b.initialize(json!({})).await.unwrap();
+    let session = b.session_id().unwrap();
+    let req = CallRequest::execute(kwargs(json!({"action": "log"})))
+        .with_envelope(Envelope::for_job("job-logs"));
+    assert_eq!(run(&b, req).await.unwrap(), json!({"logged": 4}));
+    assert!(config.capability_data_dir("cjm-capability-echo").is_dir());
+    b.shutdown().await.unwrap();
+    writer.flush().unwrap();
+
+    let records = store
+        .query_records(&RecordQuery {
+            job_id: Some("job-logs".into()),
+            ..RecordQuery::default()
+        })
+        .unwrap();
+    let seen: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.level.as_str(), r.message.as_str()))
+        .collect();
+    for expected in [
+        ("INFO", "info line"),
+        ("WARNING", "warning line"),
+        ("ERROR", "error with traceback"),
+    ] {
+        assert!(seen.contains(&expected), "{expected:?} not in {seen:?}");
+    }
+    assert!(
+        records
+            .iter()
+            .all(|r| r.worker_session_id.as_deref() == Some(session.as_str()))
+    );
+    assert!(records.iter().any(|r| {
+        r.exc_text
+            .as_deref()
+            .is_some_and(|t| t.contains("ZeroDivisionError"))
+    }));
+    let chunks = store
+        .query_chunks(&ChunkQuery {
+            worker_session_id: Some(session),
+            ..ChunkQuery::default()
+        })
+        .unwrap();
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c.stream == "stdout" && c.content == "a bare print to stdout"),
+        "{chunks:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prefetch_without_progress_is_stopped_at_the_stall_threshold() {
+    let mut spec = fake("stall");
+    spec.prefetch_stall = Duration::from_secs(1);
+    let events = Arc::new(Events::default());
+    let b = NativeBackend::start(
+        spec,
+        RuntimeKind::Native,
+        Arc::new(NoDiagnostics),
+        events.clone(),
+    )
+    .await
+    .unwrap();
+    let e = match b.prefetch().await {
+        Err(Error::Job(e)) => e,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(e.category, ErrorCategory::Transient);
+    assert!(
+        e.message.contains("prefetch made no progress"),
+        "{}",
+        e.message
+    );
+    assert!(b.pid().is_none(), "the stalled worker was stopped");
+    assert!(events.types().contains(&"worker_stopped".to_owned()));
+}

@@ -42,6 +42,8 @@ pub struct WorkerSpec {
     pub ready_timeout: Duration,
     /// How long a worker gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// How long `prefetch` may go without progress before the worker is stopped.
+    pub prefetch_stall: Duration,
 }
 
 impl std::fmt::Debug for WorkerSpec {
@@ -102,7 +104,33 @@ impl WorkerSpec {
             env: Vec::new(),
             ready_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(3),
+            prefetch_stall: Duration::from_secs(300),
         }
+    }
+
+    /// Adds the environment the worker contract promises (`CONTRACT.md`): the data dirs
+    /// (`CJM_DATA_DIR`, `CAPABILITY_DATA_DIR` = `<data dir>/data/<name>`, created, and
+    /// `CJM_CAPABILITY_DATA_DIR`), `CJM_MODELS_DIR` when set, `CJM_DIAGNOSTICS_DB` (Python
+    /// workers write their log records into it) and `CJM_LOG_LEVEL`; and the configured
+    /// prefetch stall threshold. `CJM_WORKER_SESSION_ID` is set per spawn.
+    pub fn with_host_env(mut self, config: &crate::config::HostConfig) -> Result<Self> {
+        let data = config.capability_data_dir(&self.name);
+        std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
+        let data = data.display().to_string();
+        self = self
+            .env("CJM_DATA_DIR", config.data_dir.display().to_string())
+            .env("CAPABILITY_DATA_DIR", data.clone())
+            .env("CJM_CAPABILITY_DATA_DIR", data)
+            .env(
+                "CJM_DIAGNOSTICS_DB",
+                config.diagnostics_db_path().display().to_string(),
+            )
+            .env("CJM_LOG_LEVEL", config.log_level.as_str());
+        if let Some(models) = &config.models_dir {
+            self = self.env("CJM_MODELS_DIR", models.display().to_string());
+        }
+        self.prefetch_stall = config.substrate.prefetch_stall_threshold;
+        Ok(self)
     }
 
     /// Adds an environment variable.
