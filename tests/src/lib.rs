@@ -2,6 +2,8 @@
 //! Support for the workspace integration tests and benchmarks: the paths of the wasm
 //! fixtures built by `build.rs`, and small helpers to load them.
 
+pub mod probe;
+
 /// Paths of the wasm components built by `build.rs` (test guests and examples).
 pub mod fixtures {
     include!(concat!(env!("OUT_DIR"), "/gen.rs"));

@@ -1,6 +1,7 @@
 //! Workspace integration tests: one binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod contract;
 mod native;
 mod parity;
 mod sandbox;
