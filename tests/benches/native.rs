@@ -92,29 +92,33 @@ fn rust_spawn_to_ready(bencher: Bencher) {
 
 /// `execute(action="echo", text="")` through the host: envelope, accounts, progress watch,
 /// typed answer.
-#[divan::bench(sample_count = 200)]
+#[divan::bench(sample_count = 300)]
 fn python_call_through_host(bencher: Bencher) {
     call_through_host(bencher, python(), json!({"action": "echo", "text": ""}));
 }
 
 /// A tiny `execute` on a Rust worker through the host.
-#[divan::bench(sample_count = 500)]
+#[divan::bench(sample_count = 300)]
 fn rust_call_through_host(bencher: Bencher) {
     call_through_host(bencher, rust(), json!({"text": ""}));
 }
 
-/// The Python call sent bare with a keep-alive client: the floor the host adds to.
-#[divan::bench(sample_count = 200)]
-fn python_call_bare_http(bencher: Bencher) {
+/// The same calls sent bare with a keep-alive client: the floor the host adds to.
+#[divan::bench(args = ["python", "rust"], sample_count = 300)]
+fn call_bare_http(bencher: Bencher, which: &str) {
     let rt = rt();
-    let b = ready(&rt, python());
+    let (worker, kw) = match which {
+        "python" => (python(), json!({"action": "echo", "text": ""})),
+        _ => (rust(), json!({"text": ""})),
+    };
+    let b = ready(&rt, worker);
     let base = b.endpoint().unwrap();
     let http = reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
         .build()
         .unwrap();
-    let body = json!({"args": [], "kwargs": {"action": "echo", "text": ""}}).to_string();
+    let body = json!({"args": [], "kwargs": kw}).to_string();
     bencher.bench_local(|| {
         rt.block_on(async {
             let r = http
