@@ -266,4 +266,13 @@ async fn precompiled_components_are_cached_by_sha_and_engine() {
         json!({})
     );
     assert_ne!(std::fs::read(&cached).unwrap(), b"garbage");
+
+    // The source's hash is remembered by size and mtime; a replaced file is hashed again.
+    let copy = dir.path().join("copy.wasm");
+    std::fs::copy(fixtures::NOOP, &copy).unwrap();
+    assert_eq!(rt2.load(&copy).unwrap().sha256(), component.sha256());
+    rt2.forget_loaded();
+    assert_eq!(rt2.load(&copy).unwrap().sha256(), component.sha256());
+    std::fs::copy(fixtures::TEXT_STATS, &copy).unwrap();
+    assert_ne!(rt2.load(&copy).unwrap().sha256(), component.sha256());
 }

@@ -23,6 +23,12 @@ use crate::error::{Error, Result};
 /// How often the epoch advances: the granularity of deadlines and forced cancellation.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
+/// A component file's identity, and its bytes when they had to be read.
+struct Source {
+    sha256: String,
+    bytes: Option<Vec<u8>>,
+}
+
 /// A component compiled, linked against the host's imports, and checked to implement the
 /// `cjm:capability` world: ready to instantiate cheaply, any number of times.
 pub struct LoadedComponent {
@@ -130,13 +136,12 @@ impl WasmRuntime {
     /// cache, else compiled (and cached). A file that is not a valid component implementing
     /// the `cjm:capability` world is an [`Error::InvalidComponent`] naming the file.
     pub fn load(&self, path: &Path) -> Result<Arc<LoadedComponent>> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let source = self.source(path)?;
+        let sha256 = source.sha256.clone();
         if let Some(found) = self.lock_loaded().get(&sha256) {
             return Ok(Arc::clone(found));
         }
-        check_header(path, &bytes)?;
-        let component = self.compile_cached(path, &bytes, &sha256)?;
+        let component = self.compile_cached(path, source)?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -169,13 +174,58 @@ impl WasmRuntime {
             .map(|dir| dir.join(format!("{sha256}-{}.cwasm", self.engine_key)))
     }
 
-    fn compile_cached(&self, path: &Path, bytes: &[u8], sha256: &str) -> Result<Component> {
-        let Some(cached) = self.cache_path(sha256) else {
-            return self.compile(path, bytes);
-        };
+    /// The sha256 of the component at `path`, from its stat sidecar in the cache dir when the
+    /// file's size and mtime are those recorded (a host restart then never re-reads and
+    /// re-hashes megabytes of unchanged components), else by reading and hashing it.
+    fn source(&self, path: &Path) -> Result<Source> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let stamp = format!("{} {mtime}", meta.len());
+        let sidecar = self.cache_dir.as_ref().map(|dir| {
+            let key = hex::encode(Sha256::digest(path.to_string_lossy().as_bytes()));
+            dir.join("sources").join(format!("{key}.stat"))
+        });
+        if let Some(recorded) = sidecar
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            && let Some((seen, sha256)) = recorded.rsplit_once(' ')
+            && seen == stamp
+            && sha256.len() == 64
+        {
+            return Ok(Source {
+                sha256: sha256.to_owned(),
+                bytes: None,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if let Some(sidecar) = sidecar {
+            // Only an optimisation: a failure to record costs a re-hash next time.
+            let write = || -> std::io::Result<()> {
+                if let Some(dir) = sidecar.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let tmp = sidecar.with_extension(format!("tmp{}", std::process::id()));
+                std::fs::write(&tmp, format!("{stamp} {sha256}"))?;
+                std::fs::rename(&tmp, &sidecar)
+            };
+            let _ = write();
+        }
+        Ok(Source {
+            sha256,
+            bytes: Some(bytes),
+        })
+    }
+
+    fn compile_cached(&self, path: &Path, source: Source) -> Result<Component> {
+        let cached = self.cache_path(&source.sha256);
         // Read into memory rather than mapping the file: a mapped cache file truncated by
         // another process would crash the host with SIGBUS.
-        if let Ok(bytes) = std::fs::read(&cached) {
+        if let Some(bytes) = cached.as_ref().and_then(|c| std::fs::read(c).ok()) {
             // SAFETY: the file is in the host's own cache dir, written by `store_cache` below
             // from `Component::serialize` of this very engine configuration (the file name
             // carries the engine's compatibility hash), and wasmtime checks its header again.
@@ -184,12 +234,19 @@ impl WasmRuntime {
             match loaded {
                 Ok(component) => return Ok(component),
                 Err(e) => {
-                    tracing::warn!(path = %cached.display(), error = %e, "discarding unusable precompiled component");
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unusable precompiled component");
                 }
             }
         }
-        let component = self.compile(path, bytes)?;
-        self.store_cache(&cached, &component);
+        let bytes = match source.bytes {
+            Some(bytes) => bytes,
+            None => std::fs::read(path).map_err(|e| Error::io(path, e))?,
+        };
+        check_header(path, &bytes)?;
+        let component = self.compile(path, &bytes)?;
+        if let Some(cached) = cached {
+            self.store_cache(&cached, &component);
+        }
         Ok(component)
     }
 
