@@ -80,7 +80,8 @@ pub fn run(worker: Worker, args: &WorkerArgs) -> Result<()> {
         parent_gone_notice(ppid);
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(Error::Server)?;

@@ -171,7 +171,7 @@ impl Worker {
         F: FnOnce(&mut CallScope<'_>) -> R + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
+        let work = move || {
             let mut capability = inner
                 .capability
                 .lock()
@@ -195,9 +195,17 @@ impl Worker {
                 value,
                 accounts: services.take_accounts(),
             })
-        })
-        .await
-        .map_err(Error::Aborted)?
+        };
+        // On the multi-threaded runtime the call runs in place: `block_in_place` hands this
+        // thread's scheduler to a fresh one, so /cancel and /progress keep being served,
+        // without spawn_blocking's hop to another thread and back on every call.
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+            return tokio::task::block_in_place(work);
+        }
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(Error::Aborted)?
     }
 
     /// Calls the capability's `cleanup` at shutdown, unless a call still holds it after
