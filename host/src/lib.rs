@@ -5,6 +5,7 @@
 //! one contract ([`backend::Backend`]).
 //!
 //! Modules, one concept each:
+//! - [`adapter`]: adapter compatibility, manifest against manifest over every kind of capability;
 //! - [`backend`]: the one contract as a trait, with the wasm sandbox (`backend::wasm`) and
 //!   the native worker supervisor and client (`backend::native`);
 //! - [`manifest`]: v2.0 capability and adapter manifests (Python-compatible), canonical
@@ -13,16 +14,22 @@
 //!   data dir layout;
 //! - [`store`]: the SQLite stores (config, empirical, journal, diagnostics) and the secrets
 //!   file;
+//! - [`manager`]: one manager over both kinds: lifecycle, config validation, calls with
+//!   empirical samples, reload-and-retry;
+//! - [`telemetry`]: system CPU/RAM, process-subtree and GPU (NVML) telemetry, the platform string;
 //! - [`error`]: the host's error type; the domain taxonomy travels as `JobError` data.
 //!
 //! The contract types shared with guests and workers (JobError, envelope, capability info,
 //! structural surface) live in `cjm_guest::contract` and are re-exported as [`contract`].
 
+pub mod adapter;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod manager;
 pub mod manifest;
 pub mod store;
+pub mod telemetry;
 
 pub use cjm_guest::contract;
 pub use error::{Error, Result};

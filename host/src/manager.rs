@@ -1,0 +1,592 @@
+//! `CapabilityManager`: one manager over wasm and native capabilities. A caller never branches
+//! on the kind: it discovers manifests, loads a capability by name into an instance, configures,
+//! enables/disables and calls it, and the manager keeps configs, enabled flags, empirical
+//! samples and the journal.
+//!
+//! - [`config`]: schema defaults and strict validation of capability configs.
+//! - this module: lifecycle (discover, load, unload, reload, enable/disable), config updates,
+//!   calls with empirical samples, journaled accounts and reload-and-retry on resource errors.
+
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use cjm_guest::contract::{CapabilityInfo, ErrorCategory, JobError};
+use serde_json::{Value, json};
+
+use crate::backend::native::{NativeBackend, WorkerSpec};
+use crate::backend::wasm::{SandboxGrants, WasmBackend, WasmRuntime};
+use crate::backend::{Backend, CallControl, CallRequest, RuntimeKind, WorkerEvents};
+use crate::config::HostConfig;
+use crate::error::{Error, Result};
+use crate::manifest::{self, CapabilityManifest, Loaded};
+use crate::store::{
+    CapabilityConfigRecord, ConfigStore, DiagnosticsStore, DiagnosticsWriter, EmpiricalStore,
+    JournalEvent, JournalStore, ResourceSample, SecretStore,
+};
+
+/// How often a call failing with a resource error is retried after a reload.
+const MAX_RETRIES: u32 = 1;
+
+/// A loaded capability instance.
+pub struct Instance {
+    id: String,
+    name: String,
+    backend: RwLock<Arc<dyn Backend>>,
+    config: Mutex<Value>,
+    enabled: AtomicBool,
+    permits: tokio::sync::Semaphore,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The capability name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The backend serving it now (replaced on reload).
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Value {
+        self.config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether calls are accepted.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::SeqCst)
+    }
+}
+
+struct Stores {
+    journal: JournalStore,
+    configs: ConfigStore,
+    empirical: EmpiricalStore,
+    secrets: SecretStore,
+    diagnostics: Arc<DiagnosticsWriter>,
+}
+
+/// One manager over every capability of a host.
+#[derive(Clone)]
+pub struct CapabilityManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: HostConfig,
+    wasm: WasmRuntime,
+    stores: Stores,
+    manifests: RwLock<BTreeMap<String, Loaded<CapabilityManifest>>>,
+    instances: RwLock<BTreeMap<String, Arc<Instance>>>,
+    loading: tokio::sync::Mutex<()>,
+}
+
+/// Journals worker lifecycle events of one instance.
+struct JournalEvents {
+    inner: std::sync::Weak<Inner>,
+    name: String,
+    instance_id: String,
+}
+
+impl WorkerEvents for JournalEvents {
+    fn event(&self, event_type: &str, worker_session_id: &str, payload: Value) {
+        if let Some(inner) = self.inner.upgrade() {
+            let mut e = JournalEvent::new(event_type)
+                .instance(&self.instance_id)
+                .payload(payload);
+            e.capability_name = Some(self.name.clone());
+            e.worker_session_id = Some(worker_session_id.to_owned());
+            if let Err(err) = inner.stores.journal.append(&e) {
+                tracing::error!(error = %err, event_type, "cannot journal a worker event");
+            }
+        }
+    }
+}
+
+/// Instance ids are `[A-Za-z0-9_-]{1,64}`.
+fn valid_instance_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn user(message: String) -> Error {
+    Error::job(JobError::user_input(message))
+}
+
+impl CapabilityManager {
+    /// A manager over the data dir of `config`: opens the stores (a corrupt database is an
+    /// error, never replaced) and discovers the manifests.
+    pub fn open(config: HostConfig) -> Result<Self> {
+        config.ensure_layout()?;
+        let diagnostics = Arc::new(DiagnosticsStore::open(&config.diagnostics_db_path())?);
+        let stores = Stores {
+            journal: JournalStore::open(&config.journal_db_path())?,
+            configs: ConfigStore::open(&config.config_store_path())?,
+            empirical: EmpiricalStore::open(&config.empirical_db_path())?,
+            secrets: SecretStore::new(config.secrets_dir().join("secrets.json")),
+            diagnostics: Arc::new(diagnostics.writer()?),
+        };
+        let wasm = WasmRuntime::new(Some(config.component_cache_dir()))?;
+        let me = CapabilityManager {
+            inner: Arc::new(Inner {
+                config,
+                wasm,
+                stores,
+                manifests: RwLock::new(BTreeMap::new()),
+                instances: RwLock::new(BTreeMap::new()),
+                loading: tokio::sync::Mutex::new(()),
+            }),
+        };
+        me.discover();
+        Ok(me)
+    }
+
+    /// Rescans the manifests dir; returns the per-file problems (one bad file never stops the
+    /// others from loading).
+    pub fn discover(&self) -> Vec<Error> {
+        let found = manifest::discover(&[self.inner.config.manifests_dir()]);
+        let mut map = self
+            .inner
+            .manifests
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.clear();
+        for m in found.capabilities {
+            map.insert(m.manifest.code.name.clone(), m);
+        }
+        found.errors
+    }
+
+    /// The names of the discovered capabilities.
+    pub fn capabilities(&self) -> Vec<String> {
+        self.inner
+            .manifests
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The loaded instances.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.inner
+            .instances
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The instance `id`; unknown ids are a typed error.
+    pub fn instance(&self, id: &str) -> Result<Arc<Instance>> {
+        self.inner
+            .instances
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| user(format!("no loaded capability instance '{id}'")))
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &JournalStore {
+        &self.inner.stores.journal
+    }
+
+    /// The empirical store.
+    pub fn empirical(&self) -> &EmpiricalStore {
+        &self.inner.stores.empirical
+    }
+
+    /// The secret store.
+    pub fn secrets(&self) -> &SecretStore {
+        &self.inner.stores.secrets
+    }
+
+    fn manifest(&self, name: &str) -> Result<Loaded<CapabilityManifest>> {
+        self.inner
+            .manifests
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                user(format!(
+                    "unknown capability '{name}' (no manifest in {})",
+                    self.inner.config.manifests_dir().display()
+                ))
+            })
+    }
+
+    /// Loads capability `name` as instance `instance_id` (default: `name-6hex`), with `config`
+    /// (default: the persisted config, else the schema's defaults). Loading an id that is
+    /// already loaded returns it unchanged. Nothing half-loaded is left behind on failure.
+    pub async fn load(
+        &self,
+        name: &str,
+        config: Option<Value>,
+        instance_id: Option<&str>,
+    ) -> Result<Arc<Instance>> {
+        let id = match instance_id {
+            Some(id) if !valid_instance_id(id) => {
+                return Err(user(format!(
+                    "invalid instance id '{id}': expected [A-Za-z0-9_-]{{1,64}}"
+                )));
+            }
+            Some(id) => id.to_owned(),
+            None => format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]),
+        };
+        let _guard = self.inner.loading.lock().await;
+        if let Ok(existing) = self.instance(&id) {
+            return Ok(existing);
+        }
+        let loaded = self.manifest(name)?;
+        let backend = self.build_backend(&loaded, &id).await?;
+        let stored = self.inner.stores.configs.get(&id)?;
+        let given = config.or_else(|| stored.as_ref().map(|r| r.config.clone()));
+        let schema = backend.info().config_schema.clone();
+        let effective = config::effective(&schema, given.as_ref());
+        let ready = async {
+            config::validate(name, &schema, &effective, false)?;
+            backend.initialize(effective.clone()).await
+        }
+        .await;
+        if let Err(e) = ready {
+            let _ = backend.shutdown().await;
+            return Err(e);
+        }
+        let enabled = stored.as_ref().is_none_or(|r| r.enabled);
+        let record = CapabilityConfigRecord {
+            config: effective.clone(),
+            enabled,
+            ..stored.unwrap_or_default()
+        };
+        self.inner.stores.configs.set(&id, &record)?;
+        let max = match &loaded.manifest.install.wasm {
+            Some(w) => w.sandbox.max_concurrency.max(1) as usize,
+            None => 1,
+        };
+        let instance = Arc::new(Instance {
+            id: id.clone(),
+            name: name.to_owned(),
+            backend: RwLock::new(backend),
+            config: Mutex::new(effective),
+            enabled: AtomicBool::new(enabled),
+            permits: tokio::sync::Semaphore::new(max),
+        });
+        self.journal_event(
+            &instance,
+            "capability_loaded",
+            json!({"runtime": instance.backend().kind().to_string()}),
+        )?;
+        self.inner
+            .instances
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::clone(&instance));
+        Ok(instance)
+    }
+
+    async fn build_backend(
+        &self,
+        loaded: &Loaded<CapabilityManifest>,
+        id: &str,
+    ) -> Result<Arc<dyn Backend>> {
+        let m = &loaded.manifest;
+        let name = m.code.name.clone();
+        let config = &self.inner.config;
+        let data_dir = config.capability_data_dir(&name);
+        let lookup = |placeholder: &str| match placeholder {
+            "CJM_CAPABILITY_DATA_DIR" => Some(data_dir.display().to_string()),
+            "CJM_MODELS_DIR" => config.models_dir.as_ref().map(|d| d.display().to_string()),
+            _ => None,
+        };
+        let events: Arc<dyn WorkerEvents> = Arc::new(JournalEvents {
+            inner: Arc::downgrade(&self.inner),
+            name: name.clone(),
+            instance_id: id.to_owned(),
+        });
+        let sink = Arc::clone(&self.inner.stores.diagnostics);
+        let kind = m.install.runtime.unwrap_or_default();
+        let spec = match kind {
+            RuntimeKind::Wasm => {
+                let wasm = m.install.wasm.as_ref().ok_or_else(|| {
+                    user(format!(
+                        "capability '{name}' is a wasm capability without an install.wasm block"
+                    ))
+                })?;
+                std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+                let grants = SandboxGrants::from_manifest(&wasm.sandbox, lookup)?;
+                let path = loaded.dir().join(&wasm.component);
+                let backend = WasmBackend::load(&self.inner.wasm, &path, grants, sink)?;
+                return Ok(Arc::new(backend));
+            }
+            RuntimeKind::Python => {
+                let python = std::path::PathBuf::from(&m.install.python_path);
+                if !python.is_file() {
+                    return Err(user(format!(
+                        "capability '{name}': python path {} does not exist",
+                        python.display()
+                    )));
+                }
+                WorkerSpec::python(&name, python, &m.code.module, &m.code.class_name, &[])
+            }
+            RuntimeKind::Native => {
+                let native = m.install.native.as_ref().ok_or_else(|| {
+                    user(format!(
+                        "capability '{name}' is a native capability without an install.native block"
+                    ))
+                })?;
+                WorkerSpec::native(&name, &native.command)?
+            }
+        };
+        let mut spec = spec.with_host_env(config)?;
+        for (k, v) in &m.install.env_vars {
+            spec = spec.env(k, v);
+        }
+        for (k, v) in self.worker_env(m, &lookup)? {
+            spec = spec.env(k, v);
+        }
+        Ok(Arc::new(
+            NativeBackend::start(spec, kind, sink, events).await?,
+        ))
+    }
+
+    /// Resolves the manifest's `worker_env`: secrets from the secret store (keyed by
+    /// capability name, shared by all its instances), visible defaults with `${...}`
+    /// templates expanded; a required variable with neither is an error naming it.
+    fn worker_env(
+        &self,
+        m: &CapabilityManifest,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, String)>> {
+        let name = &m.code.name;
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        for spec in m.code.worker_env.iter().flatten() {
+            let value = if spec.secret {
+                self.inner
+                    .stores
+                    .secrets
+                    .get(name, &spec.name, None)?
+                    .map(|s| s.expose().to_owned())
+            } else {
+                spec.default
+                    .as_deref()
+                    .and_then(|d| manifest::runtime::expand_placeholders(d, lookup))
+            };
+            match value {
+                Some(v) => out.push((spec.name.clone(), v)),
+                None if spec.required => missing.push(spec.name.clone()),
+                None => {}
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::job(
+                JobError::user_input(format!(
+                    "capability '{name}' misses required environment: {}",
+                    missing.join(", ")
+                ))
+                .with_fields(missing),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Unloads an instance: its worker or instance pool goes away; its persisted config stays.
+    pub async fn unload(&self, id: &str) -> Result<()> {
+        let instance = self
+            .inner
+            .instances
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id)
+            .ok_or_else(|| user(format!("no loaded capability instance '{id}'")))?;
+        let result = instance.backend().shutdown().await;
+        self.journal_event(&instance, "capability_unloaded", json!({}))?;
+        result
+    }
+
+    /// Replaces an instance's backend by a fresh one with the same configuration.
+    pub async fn reload(&self, id: &str) -> Result<()> {
+        let instance = self.instance(id)?;
+        let loaded = self.manifest(&instance.name)?;
+        let fresh = self.build_backend(&loaded, id).await?;
+        if let Err(e) = fresh.initialize(instance.config()).await {
+            let _ = fresh.shutdown().await;
+            return Err(e);
+        }
+        let old = std::mem::replace(
+            &mut *instance
+                .backend
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+            fresh,
+        );
+        let _ = old.shutdown().await;
+        self.journal_event(&instance, "capability_reloaded", json!({}))
+    }
+
+    /// Enables or disables an instance (persisted). A disabled instance refuses calls.
+    pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
+        let instance = self.instance(id)?;
+        instance.enabled.store(enabled, Ordering::SeqCst);
+        self.inner.stores.configs.set_enabled(id, enabled)?;
+        // The hook runs once the instance is free: an in-flight call finishes first.
+        let _permit = instance.permits.acquire().await;
+        let backend = instance.backend();
+        let _ = if enabled {
+            backend.on_enable().await
+        } else {
+            backend.on_disable().await
+        };
+        self.journal_event(
+            &instance,
+            if enabled {
+                "capability_enabled"
+            } else {
+                "capability_disabled"
+            },
+            json!({}),
+        )
+    }
+
+    /// Validates `new` against the schema, reconfigures the instance and persists it.
+    pub async fn update_config(&self, id: &str, new: Value) -> Result<()> {
+        let instance = self.instance(id)?;
+        let backend = instance.backend();
+        let schema = backend.info().config_schema.clone();
+        config::validate(&instance.name, &schema, &new, false)?;
+        let old = instance.config();
+        backend.reconfigure(old.clone(), new.clone()).await?;
+        *instance
+            .config
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = new.clone();
+        let mut record = self.inner.stores.configs.get(id)?.unwrap_or_default();
+        record.config = new.clone();
+        self.inner.stores.configs.set(id, &record)?;
+        self.journal_event(&instance, "config_changed", json!({"old": old, "new": new}))
+    }
+
+    /// Identity, schema and surface of a loaded instance.
+    pub fn info(&self, id: &str) -> Result<CapabilityInfo> {
+        Ok(self.instance(id)?.backend().info().clone())
+    }
+
+    /// Runs one call on instance `id` (a disabled or unknown instance is refused with a typed
+    /// error). After every call an empirical sample is recorded under (instance, config
+    /// hash) and the accounts the capability reported are journaled; a resource error
+    /// reloads the instance and retries once.
+    pub async fn call(&self, id: &str, request: CallRequest) -> Result<Value> {
+        let instance = self.instance(id)?;
+        if !instance.enabled() {
+            return Err(user(format!("capability instance '{id}' is disabled")));
+        }
+        // Held through a reload-and-retry: no other call reaches the backend being replaced.
+        let _permit = instance
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| user(format!("capability instance '{id}' is shutting down")))?;
+        let config_hash = manifest::hash::config_hash(Some(&instance.config()));
+        let mut attempt = 0;
+        loop {
+            let control = Arc::new(CallControl::new());
+            let started = Instant::now();
+            let result = instance
+                .backend()
+                .call(request.clone(), Arc::clone(&control))
+                .await;
+            self.record(&instance, &config_hash, &control, started, result.is_ok())?;
+            match result {
+                Err(Error::Job(e))
+                    if e.category == ErrorCategory::Resource && attempt < MAX_RETRIES =>
+                {
+                    attempt += 1;
+                    self.journal_event(
+                        &instance,
+                        "retry",
+                        json!({"attempt": attempt, "error": e.message}),
+                    )?;
+                    self.reload(id).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        instance: &Instance,
+        config_hash: &str,
+        control: &CallControl,
+        started: Instant,
+        ok: bool,
+    ) -> Result<()> {
+        let mut sample = ResourceSample::new(0.0, 0.0, 0.0, started.elapsed().as_secs_f64(), ok);
+        for (unit, amount) in control.usage() {
+            if let Some(n) = amount.as_f64() {
+                sample.api_usage.insert(unit, n);
+            }
+        }
+        self.inner.stores.empirical.record_sample(
+            &instance.id,
+            &instance.name,
+            config_hash,
+            &sample,
+        )?;
+        for account in control.take_accounts() {
+            let mut e = JournalEvent::new(account.event_type)
+                .instance(&instance.id)
+                .payload(account.payload);
+            e.capability_name = Some(instance.name.clone());
+            e.worker_reported = true;
+            self.inner.stores.journal.append(&e)?;
+        }
+        Ok(())
+    }
+
+    fn journal_event(&self, instance: &Instance, event_type: &str, payload: Value) -> Result<()> {
+        let mut e = JournalEvent::new(event_type)
+            .instance(&instance.id)
+            .payload(payload);
+        e.capability_name = Some(instance.name.clone());
+        self.inner.stores.journal.append(&e).map(|_| ())
+    }
+
+    /// Unloads every instance.
+    pub async fn shutdown(&self) -> Result<()> {
+        let ids: Vec<String> = self.instances().iter().map(|i| i.id.clone()).collect();
+        for id in ids {
+            self.unload(&id).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! Capability configuration against its JSON Schema: defaults from the schema, strict
+//! validation with a real JSON Schema validator (unknown keys refused unless lenient), errors
+//! that name every bad field.
+
+use cjm_guest::contract::JobError;
+use serde_json::{Map, Value};
+
+/// The defaults the schema declares (`properties.*.default`), as an object.
+pub fn defaults(schema: &Value) -> Value {
+    let mut out = Map::new();
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (name, prop) in props {
+            if let Some(default) = prop.get("default") {
+                out.insert(name.clone(), default.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// `given` laid over the schema's defaults: what `initialize` receives.
+pub fn effective(schema: &Value, given: Option<&Value>) -> Value {
+    let mut out = defaults(schema);
+    if let (Some(Value::Object(given)), Value::Object(out)) = (given, &mut out) {
+        for (k, v) in given {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// Validates `config` against `schema`. Every problem is listed and every bad field named in
+/// `fields_invalid`; keys the schema does not declare are refused unless `lenient`.
+pub fn validate(
+    capability: &str,
+    schema: &Value,
+    config: &Value,
+    lenient: bool,
+) -> Result<(), JobError> {
+    let Value::Object(obj) = config else {
+        return Err(JobError::user_input(format!(
+            "the configuration of '{capability}' must be a JSON object"
+        )));
+    };
+    let mut problems: Vec<String> = Vec::new();
+    let mut fields: Vec<String> = Vec::new();
+    if !lenient && let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for key in obj.keys().filter(|k| !props.contains_key(*k)) {
+            problems.push(format!("{key}: unknown field"));
+            fields.push(key.clone());
+        }
+    }
+    if schema.is_object() {
+        let validator = jsonschema::validator_for(schema).map_err(|e| {
+            JobError::fatal(format!(
+                "capability '{capability}' has an invalid config schema: {e}"
+            ))
+        })?;
+        for error in validator.iter_errors(config) {
+            let path = error.instance_path().to_string();
+            let field = path
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let field = if field.is_empty() {
+                // A `required` failure is reported at the object: the field is in the message.
+                error
+                    .to_string()
+                    .split('"')
+                    .nth(1)
+                    .unwrap_or("config")
+                    .to_owned()
+            } else {
+                field
+            };
+            problems.push(format!("{field}: {error}"));
+            if !fields.contains(&field) {
+                fields.push(field);
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(JobError::user_input(format!(
+        "invalid configuration for '{capability}': {}",
+        problems.join("; ")
+    ))
+    .with_fields(fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Value {
+        json!({"type": "object", "properties": {
+            "top_n": {"type": "integer", "minimum": 0, "default": 3},
+            "lang": {"type": "string", "default": "en"}},
+            "required": ["lang"]})
+    }
+
+    #[test]
+    fn defaults_and_effective_config() {
+        assert_eq!(defaults(&schema()), json!({"top_n": 3, "lang": "en"}));
+        assert_eq!(
+            effective(&schema(), Some(&json!({"top_n": 5}))),
+            json!({"top_n": 5, "lang": "en"})
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let e = validate(
+            "x",
+            &schema(),
+            &json!({"top_n": -1, "colour": "red", "lang": 3}),
+            false,
+        )
+        .unwrap_err();
+        let fields = e.fields_invalid.clone().unwrap();
+        for f in ["top_n", "colour", "lang"] {
+            assert!(fields.contains(&f.to_owned()), "{fields:?}");
+        }
+        assert!(e.message.contains("colour: unknown field"), "{}", e.message);
+        assert!(validate("x", &schema(), &json!({"lang": "en", "extra": 1}), true).is_ok());
+        let e = validate("x", &schema(), &json!({}), false).unwrap_err();
+        assert_eq!(e.fields_invalid.unwrap(), ["lang"]);
+    }
+}

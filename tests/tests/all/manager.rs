@@ -1,0 +1,235 @@
+//! The capability manager over both kinds: the same manager calls against the wasm and the
+//! native build of `text-stats` behave the same; configs and enabled flags survive a restart;
+//! a resource error reloads and retries; bad input is typed and leaves nothing behind.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cjm_guest::contract::ErrorCategory;
+use cjm_host::Error;
+use cjm_host::backend::CallRequest;
+use cjm_host::config::HostConfig;
+use cjm_host::manager::CapabilityManager;
+use cjm_host::store::JournalQuery;
+use cjm_tests::{fixtures, kwargs};
+use serde_json::{Value, json};
+
+fn write_manifest(data_dir: &Path, name: &str, install: Value) {
+    let dir = data_dir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let doc = json!({
+        "format_version": "2.0",
+        "install": install,
+        "code": {"name": name, "version": "0.1.0", "description": "test manifest"},
+        "drift_tracking": {},
+        "overrides": {}
+    });
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&doc).unwrap(),
+    )
+    .unwrap();
+}
+
+/// A data dir with `text-stats` as wasm and as a native worker, `probe` as a native worker,
+/// and a Python capability whose interpreter does not exist.
+fn data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = std::fs::read(fixtures::TEXT_STATS).unwrap();
+    let sha = {
+        use std::fmt::Write as _;
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&wasm);
+        digest.iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    };
+    write_manifest(
+        dir.path(),
+        "text-stats",
+        json!({"runtime": "wasm", "wasm": {"component": fixtures::TEXT_STATS, "sha256": format!("sha256:{sha}"), "sandbox": {}}}),
+    );
+    write_manifest(
+        dir.path(),
+        "text-stats-native",
+        json!({"runtime": "native", "native": {"command": [env!("CARGO_BIN_EXE_parity_worker")]}}),
+    );
+    write_manifest(
+        dir.path(),
+        "probe",
+        json!({"runtime": "native", "native": {"command": [env!("CARGO_BIN_EXE_probe_worker")]}}),
+    );
+    let doc = json!({
+        "format_version": "2.0",
+        "install": {"python_path": "/no/such/env/bin/python"},
+        "code": {"name": "ghost", "version": "1", "description": "d", "module": "m", "class": "C"},
+        "drift_tracking": {}, "overrides": {}
+    });
+    std::fs::write(dir.path().join("manifests/ghost.json"), doc.to_string()).unwrap();
+    dir
+}
+
+fn manager(dir: &Path) -> CapabilityManager {
+    CapabilityManager::open(HostConfig::builder().data_dir(dir).build().unwrap()).unwrap()
+}
+
+fn job(r: Result<Value, Error>) -> cjm_guest::JobError {
+    match r {
+        Err(Error::Job(e)) => *e,
+        other => panic!("expected a job error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_manager_calls_behave_the_same_on_wasm_and_native() {
+    let dir = data_dir();
+    let m = manager(dir.path());
+    let problems: Vec<String> = m.discover().iter().map(ToString::to_string).collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(m.capabilities().contains(&"text-stats".to_owned()));
+    let mut answers = Vec::new();
+    for name in ["text-stats", "text-stats-native"] {
+        let bad = m
+            .load(name, Some(json!({"top_n": "x", "colour": 1})), Some("bad"))
+            .await
+            .unwrap_err();
+        let Error::Job(bad) = bad else {
+            panic!("{bad:?}")
+        };
+        let fields = bad.fields_invalid.clone().unwrap();
+        assert!(
+            fields.contains(&"top_n".into()) && fields.contains(&"colour".into()),
+            "{name}: {fields:?}"
+        );
+        assert!(
+            m.instance("bad").is_err(),
+            "nothing half-loaded is left behind"
+        );
+
+        let id = format!("{name}-1");
+        let inst = m
+            .load(name, Some(json!({"top_n": 1})), Some(&id))
+            .await
+            .unwrap();
+        assert_eq!(
+            inst.config(),
+            json!({"case_sensitive": false, "top_n": 1}),
+            "defaults filled in"
+        );
+        assert_eq!(m.info(&id).unwrap().name, "text-stats");
+        // Idempotent re-load.
+        assert!(Arc::ptr_eq(
+            &inst,
+            &m.load(name, None, Some(&id)).await.unwrap()
+        ));
+
+        let req = CallRequest::execute(kwargs(json!({"text": "a b a"})));
+        let out = m.call(&id, req.clone()).await.unwrap();
+        m.update_config(&id, json!({"case_sensitive": false, "top_n": 2}))
+            .await
+            .unwrap();
+        let out2 = m.call(&id, req.clone()).await.unwrap();
+        let e = job(m
+            .call(&id, CallRequest::execute(kwargs(json!({"txt": 1}))))
+            .await);
+        assert_eq!(
+            (e.category, e.fields_invalid.clone()),
+            (ErrorCategory::UserInput, Some(vec!["text".into()]))
+        );
+
+        m.set_enabled(&id, false).await.unwrap();
+        let e = job(m.call(&id, req.clone()).await);
+        assert!(e.message.contains("disabled"), "{name}: {}", e.message);
+        m.set_enabled(&id, true).await.unwrap();
+        m.reload(&id).await.unwrap();
+        assert_eq!(
+            m.call(&id, req.clone()).await.unwrap(),
+            out2,
+            "{name}: same answer after reload"
+        );
+
+        let rows = m.empirical().list_records(Some(name)).unwrap();
+        let calls: u64 = rows.iter().map(|r| r.sample_count).sum();
+        assert_eq!(
+            calls, 4,
+            "{name}: one empirical sample per call, by (instance, config hash)"
+        );
+        assert_eq!(rows.len(), 2, "{name}: two configs, two profiles");
+        answers.push((out, out2));
+        m.unload(&id).await.unwrap();
+    }
+    assert_eq!(answers[0], answers[1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configs_and_enabled_flags_survive_a_restart() {
+    let dir = data_dir();
+    {
+        let m = manager(dir.path());
+        m.load(
+            "text-stats",
+            Some(json!({"case_sensitive": true})),
+            Some("ts"),
+        )
+        .await
+        .unwrap();
+        m.set_enabled("ts", false).await.unwrap();
+        m.shutdown().await.unwrap();
+    }
+    let m = manager(dir.path());
+    let inst = m.load("text-stats", None, Some("ts")).await.unwrap();
+    assert_eq!(inst.config()["case_sensitive"], true);
+    assert!(!inst.enabled());
+    let e = job(m
+        .call("ts", CallRequest::execute(kwargs(json!({"text": "x"}))))
+        .await);
+    assert!(e.message.contains("disabled"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_error_reloads_and_retries_once_in_the_journal() {
+    let dir = data_dir();
+    let m = manager(dir.path());
+    m.load("probe", None, Some("p")).await.unwrap();
+    let e = job(m
+        .call(
+            "p",
+            CallRequest::execute(kwargs(json!({"action": "fail", "kind": "resource"}))),
+        )
+        .await);
+    assert_eq!(e.category, ErrorCategory::Resource);
+    let events = m.journal().query(&JournalQuery::default()).unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let retry = types
+        .iter()
+        .position(|t| *t == "retry")
+        .expect("a retry row");
+    assert!(types[retry..].contains(&"capability_reloaded"), "{types:?}");
+    assert!(types[retry..].contains(&"worker_spawned"), "{types:?}");
+    assert_eq!(
+        types.iter().filter(|t| **t == "retry").count(),
+        1,
+        "one retry"
+    );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_typed_and_leaves_nothing_behind() {
+    let dir = data_dir();
+    let m = manager(dir.path());
+    let msg = |r: Result<Arc<cjm_host::manager::Instance>, Error>| r.unwrap_err().to_string();
+    assert!(msg(m.load("nope", None, None).await).contains("unknown capability 'nope'"));
+    assert!(msg(m.load("text-stats", None, Some("bad id!")).await).contains("invalid instance id"));
+    assert!(
+        msg(m.load("ghost", None, None).await).contains("/no/such/env/bin/python does not exist")
+    );
+    assert!(
+        m.call("missing", CallRequest::execute(Default::default()))
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no loaded capability instance 'missing'")
+    );
+    assert!(m.instances().is_empty());
+}
