@@ -129,6 +129,12 @@ pub trait Backend: Send + Sync {
     /// Identity, config schema and structural surface, as read at load.
     fn info(&self) -> &CapabilityInfo;
 
+    /// The pid of the process serving the capability, when it has one of its own (a native
+    /// worker); telemetry measures that process and its descendants.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
     /// Liveness answer (`{"status": "running", ...}`).
     async fn health(&self) -> Result<Value>;
 

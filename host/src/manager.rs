@@ -22,11 +22,12 @@ use crate::backend::wasm::{SandboxGrants, WasmBackend, WasmRuntime};
 use crate::backend::{Backend, CallControl, CallRequest, RuntimeKind, WorkerEvents};
 use crate::config::HostConfig;
 use crate::error::{Error, Result};
-use crate::manifest::{self, CapabilityManifest, Loaded};
+use crate::manifest::{self, AdapterManifest, CapabilityManifest, Loaded};
 use crate::store::{
     CapabilityConfigRecord, ConfigStore, DiagnosticsStore, DiagnosticsWriter, EmpiricalStore,
     JournalEvent, JournalStore, ResourceSample, SecretStore,
 };
+use crate::telemetry::Telemetry;
 
 /// How often a call failing with a resource error is retried after a reload.
 const MAX_RETRIES: u32 = 1;
@@ -39,6 +40,36 @@ pub struct Instance {
     config: Mutex<Value>,
     enabled: AtomicBool,
     permits: tokio::sync::Semaphore,
+    drift: Drift,
+    adapters: Vec<String>,
+}
+
+/// What the live capability reports that differs from its manifest: flagged, never fatal
+/// (the manifest is then due for regeneration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// The live config schema hashes differently from `drift_tracking.config_schema_hash`.
+    pub config_schema: bool,
+    /// The live structural surface hashes differently from the recorded one.
+    pub structural_surface: bool,
+}
+
+impl Drift {
+    fn of(manifest: &CapabilityManifest, info: &CapabilityInfo) -> Self {
+        use crate::manifest::hash::{config_schema_hash, structural_surface_hash};
+        let tracked = &manifest.drift_tracking;
+        let surface = serde_json::to_value(&info.structural_surface).ok();
+        Drift {
+            config_schema: tracked
+                .config_schema_hash
+                .as_ref()
+                .is_some_and(|h| *h != config_schema_hash(Some(&info.config_schema))),
+            structural_surface: tracked
+                .structural_surface_hash
+                .as_ref()
+                .is_some_and(|h| *h != structural_surface_hash(surface.as_ref())),
+        }
+    }
 }
 
 impl std::fmt::Debug for Instance {
@@ -78,6 +109,62 @@ impl Instance {
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::SeqCst)
     }
+
+    /// The adapters bound to it at load (unit names), one per task.
+    pub fn adapters(&self) -> &[String] {
+        &self.adapters
+    }
+
+    /// Drift of the live capability against its manifest.
+    pub fn drift(&self) -> Drift {
+        self.drift
+    }
+}
+
+/// A handle pre-bound to one instance: calls without repeating the instance id.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    manager: CapabilityManager,
+    id: String,
+}
+
+impl Binding {
+    /// The instance id it is bound to.
+    pub fn instance_id(&self) -> &str {
+        &self.id
+    }
+
+    /// `execute(**kwargs)`.
+    pub async fn execute(&self, kwargs: serde_json::Map<String, Value>) -> Result<Value> {
+        self.manager
+            .call(&self.id, CallRequest::execute(kwargs))
+            .await
+    }
+
+    /// `task(task, method, **kwargs)`.
+    pub async fn task(
+        &self,
+        task: &str,
+        method: &str,
+        kwargs: serde_json::Map<String, Value>,
+    ) -> Result<Value> {
+        self.manager
+            .call(&self.id, CallRequest::task(task, method, kwargs))
+            .await
+    }
+
+    /// Any call.
+    pub async fn call(&self, request: CallRequest) -> Result<Value> {
+        self.manager.call(&self.id, request).await
+    }
+}
+
+impl std::fmt::Debug for CapabilityManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapabilityManager")
+            .field("data_dir", &self.inner.config.data_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Stores {
@@ -99,8 +186,12 @@ struct Inner {
     wasm: WasmRuntime,
     stores: Stores,
     manifests: RwLock<BTreeMap<String, Loaded<CapabilityManifest>>>,
+    adapters: RwLock<Vec<Loaded<AdapterManifest>>>,
+    telemetry: Telemetry,
     instances: RwLock<BTreeMap<String, Arc<Instance>>>,
-    loading: tokio::sync::Mutex<()>,
+    /// One lock per instance id being loaded: loads of different ids run concurrently, two
+    /// loads of one id do not race.
+    loading: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Journals worker lifecycle events of one instance.
@@ -157,8 +248,10 @@ impl CapabilityManager {
                 wasm,
                 stores,
                 manifests: RwLock::new(BTreeMap::new()),
+                adapters: RwLock::new(Vec::new()),
+                telemetry: Telemetry::new(),
                 instances: RwLock::new(BTreeMap::new()),
-                loading: tokio::sync::Mutex::new(()),
+                loading: Mutex::new(BTreeMap::new()),
             }),
         };
         me.discover();
@@ -178,6 +271,11 @@ impl CapabilityManager {
         for m in found.capabilities {
             map.insert(m.manifest.code.name.clone(), m);
         }
+        *self
+            .inner
+            .adapters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = found.adapters;
         found.errors
     }
 
@@ -262,11 +360,35 @@ impl CapabilityManager {
             Some(id) => id.to_owned(),
             None => format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]),
         };
-        let _guard = self.inner.loading.lock().await;
+        let lock = Arc::clone(
+            self.inner
+                .loading
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(id.clone())
+                .or_default(),
+        );
+        let _guard = lock.lock().await;
+        let result = self.load_locked(name, config, id.clone()).await;
+        self.inner
+            .loading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        result
+    }
+
+    async fn load_locked(
+        &self,
+        name: &str,
+        config: Option<Value>,
+        id: String,
+    ) -> Result<Arc<Instance>> {
         if let Ok(existing) = self.instance(&id) {
             return Ok(existing);
         }
         let loaded = self.manifest(name)?;
+        let bound = self.bound_adapters(&loaded.manifest, None)?;
         let backend = self.build_backend(&loaded, &id).await?;
         let stored = self.inner.stores.configs.get(&id)?;
         let given = config.or_else(|| stored.as_ref().map(|r| r.config.clone()));
@@ -292,7 +414,17 @@ impl CapabilityManager {
             Some(w) => w.sandbox.max_concurrency.max(1) as usize,
             None => 1,
         };
+        let drift = Drift::of(&loaded.manifest, backend.info());
+        if drift != Drift::default() {
+            tracing::warn!(
+                capability = name,
+                ?drift,
+                "the live capability drifted from its manifest"
+            );
+        }
         let instance = Arc::new(Instance {
+            adapters: bound.iter().map(|a| a.name.clone()).collect(),
+            drift,
             id: id.clone(),
             name: name.to_owned(),
             backend: RwLock::new(backend),
@@ -311,6 +443,24 @@ impl CapabilityManager {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, Arc::clone(&instance));
         Ok(instance)
+    }
+
+    /// The adapters a capability binds: every compatible one (one per task) unless
+    /// `requested` names them, in which case an incompatible one is refused with its missing
+    /// members named. Matched manifest against manifest, no code loaded.
+    pub fn bound_adapters(
+        &self,
+        capability: &CapabilityManifest,
+        requested: Option<&[String]>,
+    ) -> Result<Vec<AdapterManifest>> {
+        let adapters = self
+            .inner
+            .adapters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let chosen =
+            crate::adapter::resolve(capability, adapters.iter().map(|a| &a.manifest), requested)?;
+        Ok(chosen.into_iter().cloned().collect())
     }
 
     async fn build_backend(
@@ -355,7 +505,13 @@ impl CapabilityManager {
                         python.display()
                     )));
                 }
-                WorkerSpec::python(&name, python, &m.code.module, &m.code.class_name, &[])
+                // The worker binds the task adapters itself (`--adapters module:Class,...`).
+                let specs: Vec<String> = self
+                    .bound_adapters(m, None)?
+                    .iter()
+                    .map(crate::adapter::worker_spec)
+                    .collect();
+                WorkerSpec::python(&name, python, &m.code.module, &m.code.class_name, &specs)
             }
             RuntimeKind::Native => {
                 let native = m.install.native.as_ref().ok_or_else(|| {
@@ -520,11 +676,20 @@ impl CapabilityManager {
         loop {
             let control = Arc::new(CallControl::new());
             let started = Instant::now();
-            let result = instance
-                .backend()
-                .call(request.clone(), Arc::clone(&control))
-                .await;
-            self.record(&instance, &config_hash, &control, started, result.is_ok())?;
+            let backend = instance.backend();
+            let result = backend.call(request.clone(), Arc::clone(&control)).await;
+            let usage = match backend.pid() {
+                Some(pid) => self.measure(pid).await,
+                None => (0.0, 0.0, 0.0),
+            };
+            self.record(
+                &instance,
+                &config_hash,
+                &control,
+                started,
+                result.is_ok(),
+                usage,
+            )?;
             match result {
                 Err(Error::Job(e))
                     if e.category == ErrorCategory::Resource && attempt < MAX_RETRIES =>
@@ -542,6 +707,23 @@ impl CapabilityManager {
         }
     }
 
+    /// CPU percent, RSS and GPU memory (MB) of a worker and its descendants, measured after
+    /// a call (sysinfo + NVML, on a blocking thread: a process-table scan takes milliseconds).
+    async fn measure(&self, pid: u32) -> (f64, f64, f64) {
+        let telemetry = self.inner.telemetry.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some(tree) = telemetry.process_tree(pid) else {
+                return (0.0, 0.0, 0.0);
+            };
+            let gpu = telemetry
+                .gpu_memory_of(&tree.subtree_pids)
+                .map_or(0.0, |g| g.gpu_memory_mb);
+            (tree.cpu_percent, tree.memory_rss_mb, gpu)
+        })
+        .await
+        .unwrap_or((0.0, 0.0, 0.0))
+    }
+
     fn record(
         &self,
         instance: &Instance,
@@ -549,8 +731,9 @@ impl CapabilityManager {
         control: &CallControl,
         started: Instant,
         ok: bool,
+        (cpu, rss, gpu): (f64, f64, f64),
     ) -> Result<()> {
-        let mut sample = ResourceSample::new(0.0, 0.0, 0.0, started.elapsed().as_secs_f64(), ok);
+        let mut sample = ResourceSample::new(cpu, rss, gpu, started.elapsed().as_secs_f64(), ok);
         for (unit, amount) in control.usage() {
             if let Some(n) = amount.as_f64() {
                 sample.api_usage.insert(unit, n);
@@ -579,6 +762,36 @@ impl CapabilityManager {
             .payload(payload);
         e.capability_name = Some(instance.name.clone());
         self.inner.stores.journal.append(&e).map(|_| ())
+    }
+
+    /// A handle pre-bound to instance `id`.
+    pub fn binding(&self, id: &str) -> Result<Binding> {
+        self.instance(id)?;
+        Ok(Binding {
+            manager: self.clone(),
+            id: id.to_owned(),
+        })
+    }
+
+    /// Stores a secret for capability `name` (shared by all its instances) and reloads its
+    /// loaded instances, since worker environments are fixed at spawn. The value never
+    /// reaches the journal or an error message.
+    pub async fn set_secret(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        self.manifest(name)?;
+        self.inner
+            .stores
+            .secrets
+            .set(name, key, crate::store::SecretValue::new(value), None)?;
+        let ids: Vec<String> = self
+            .instances()
+            .iter()
+            .filter(|i| i.name == name)
+            .map(|i| i.id.clone())
+            .collect();
+        for id in ids {
+            self.reload(&id).await?;
+        }
+        Ok(())
     }
 
     /// Unloads every instance.

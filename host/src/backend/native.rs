@@ -668,6 +668,10 @@ impl Backend for NativeBackend {
         &self.inner.info
     }
 
+    fn pid(&self) -> Option<u32> {
+        NativeBackend::pid(self)
+    }
+
     async fn health(&self) -> Result<Value> {
         self.get_json("/health").await
     }

@@ -233,3 +233,111 @@ async fn bad_input_is_typed_and_leaves_nothing_behind() {
     );
     assert!(m.instances().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loads_run_concurrently_bindings_secrets_and_drift() {
+    let dir = data_dir();
+    let m = manager(dir.path());
+    let loads = (0..4).map(|i| {
+        let m = m.clone();
+        tokio::spawn(async move { m.load("text-stats", None, Some(&format!("ts-{i}"))).await })
+    });
+    for l in loads {
+        l.await.unwrap().unwrap();
+    }
+    assert_eq!(m.instances().len(), 4);
+    let b = m.binding("ts-2").unwrap();
+    assert_eq!(
+        b.execute(kwargs(json!({"text": "one two"}))).await.unwrap()["words"],
+        2
+    );
+    assert!(m.binding("nope").is_err());
+
+    // A secret for an unknown capability is refused; for a known one its workers respawn.
+    assert!(
+        m.set_secret("nope", "API_KEY", "s3cret")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("unknown capability")
+    );
+    let probe = m.load("probe", None, Some("p")).await.unwrap();
+    let before = probe.backend().stats().await.unwrap()["pid"].clone();
+    m.set_secret("probe", "API_KEY", "s3cret").await.unwrap();
+    let after = probe.backend().stats().await.unwrap()["pid"].clone();
+    assert_ne!(
+        before, after,
+        "the worker was respawned with the new environment"
+    );
+    let journal = m.journal().query(&JournalQuery::default()).unwrap();
+    assert!(
+        !serde_json::to_string(&journal.iter().map(|e| &e.payload).collect::<Vec<_>>())
+            .unwrap()
+            .contains("s3cret")
+    );
+
+    // A manifest whose recorded schema hash no longer matches the live capability is flagged.
+    assert_eq!(m.instance("ts-0").unwrap().drift(), Default::default());
+    let path = dir.path().join("manifests/text-stats.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    doc["drift_tracking"]["config_schema_hash"] = json!(format!("sha256:{}", "0".repeat(64)));
+    std::fs::write(&path, doc.to_string()).unwrap();
+    m.discover();
+    let drifted = m.load("text-stats", None, Some("ts-drift")).await.unwrap();
+    assert!(drifted.drift().config_schema && !drifted.drift().structural_surface);
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compatible_adapters_bind_at_load_and_native_samples_are_measured() {
+    let dir = data_dir();
+    let adapter = cjm_tests::repo_root()
+        .join("host/tests/fixtures/python/manifests/adapter-sentence_segmentation-GenericSentenceSegmentationAdapter.json");
+    std::fs::copy(
+        &adapter,
+        dir.path()
+            .join("manifests/adapter-sentence_segmentation.json"),
+    )
+    .unwrap();
+    write_manifest(
+        dir.path(),
+        "sentence-split",
+        json!({"runtime": "wasm", "wasm": {"component": fixtures::SENTENCE_SPLIT, "sha256": format!("sha256:{}", "0".repeat(64)), "sandbox": {}}}),
+    );
+    // The wasm manifest records the surface the guest reports (what install writes).
+    let path = dir.path().join("manifests/sentence-split.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let surface = cjm_guest::Hosted::<sentence_split_surface::SentenceSplit>::new().surface();
+    doc["code"]["structural_surface"] = serde_json::to_value(surface).unwrap();
+    std::fs::write(&path, doc.to_string()).unwrap();
+
+    let m = manager(dir.path());
+    let split = m.load("sentence-split", None, Some("ss")).await.unwrap();
+    assert_eq!(
+        split.adapters(),
+        ["cjm_sentence_segmentation_adapter_interface.generic.GenericSentenceSegmentationAdapter"]
+    );
+    let stats = m.load("text-stats", None, Some("ts")).await.unwrap();
+    assert!(
+        stats.adapters().is_empty(),
+        "no surface recorded: nothing binds"
+    );
+
+    m.load("probe", None, Some("p")).await.unwrap();
+    m.call(
+        "p",
+        CallRequest::execute(kwargs(json!({"action": "echo", "text": "x"}))),
+    )
+    .await
+    .unwrap();
+    let rows = m.empirical().list_records(Some("probe")).unwrap();
+    assert!(
+        rows[0].memory_mb_peak_max > 0.0,
+        "the worker's RSS was measured: {rows:?}"
+    );
+    m.shutdown().await.unwrap();
+}
+
+mod sentence_split_surface {
+    pub use sentence_split::SentenceSplit;
+}
