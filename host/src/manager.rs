@@ -764,6 +764,11 @@ impl CapabilityManager {
         self.inner.stores.journal.append(&e).map(|_| ())
     }
 
+    /// The live config options of instance `id` (passed through from the capability).
+    pub async fn config_options(&self, id: &str) -> Result<Value> {
+        self.instance(id)?.backend().config_options().await
+    }
+
     /// A handle pre-bound to instance `id`.
     pub fn binding(&self, id: &str) -> Result<Binding> {
         self.instance(id)?;
