@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: schema defaults and strict validation of capability configs.
 //! - this module: lifecycle (discover, load, unload, reload, enable/disable), config updates,
-//!   calls with empirical samples, journaled accounts and reload-and-retry on resource errors.
+//!   calls with empirical samples, journaled accounts, and on resource errors eviction of idle
+//!   instances plus reload-and-retry.
 
 pub mod config;
 
@@ -40,6 +41,8 @@ pub struct Instance {
     config: Mutex<Value>,
     enabled: AtomicBool,
     permits: tokio::sync::Semaphore,
+    max_concurrency: usize,
+    last_used: Mutex<Instant>,
     drift: Drift,
     adapters: Vec<String>,
 }
@@ -431,6 +434,8 @@ impl CapabilityManager {
             config: Mutex::new(effective),
             enabled: AtomicBool::new(enabled),
             permits: tokio::sync::Semaphore::new(max),
+            max_concurrency: max,
+            last_used: Mutex::new(Instant::now()),
         });
         self.journal_event(
             &instance,
@@ -677,6 +682,10 @@ impl CapabilityManager {
             let control = Arc::new(CallControl::new());
             let started = Instant::now();
             let backend = instance.backend();
+            *instance
+                .last_used
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
             let result = backend.call(request.clone(), Arc::clone(&control)).await;
             let usage = match backend.pid() {
                 Some(pid) => self.measure(pid).await,
@@ -695,16 +704,62 @@ impl CapabilityManager {
                     if e.category == ErrorCategory::Resource && attempt < MAX_RETRIES =>
                 {
                     attempt += 1;
+                    let evicted = self.evict_idle(id).await?;
                     self.journal_event(
                         &instance,
                         "retry",
-                        json!({"attempt": attempt, "error": e.message}),
+                        json!({"attempt": attempt, "error": e.message, "evicted": evicted}),
                     )?;
                     self.reload(id).await?;
                 }
                 other => return other,
             }
         }
+    }
+
+    /// Frees resources for a retry: unloads every idle instance but `except`, most expensive
+    /// first by measured peak (GPU memory, then RAM), least recently used first among equals.
+    /// Returns the evicted ids (each also journaled as `capability_evicted`).
+    async fn evict_idle(&self, except: &str) -> Result<Vec<String>> {
+        let mut idle: Vec<(f64, f64, Instant, String)> = Vec::new();
+        for i in self.instances() {
+            if i.id == except || i.permits.available_permits() < i.max_concurrency {
+                continue;
+            }
+            let peaks = self.inner.stores.empirical.list_records(Some(&i.name))?;
+            let peak = |f: fn(&crate::store::EmpiricalRecord) -> f64| {
+                peaks
+                    .iter()
+                    .filter(|r| r.instance_id == i.id)
+                    .map(f)
+                    .fold(0.0, f64::max)
+            };
+            let last = *i.last_used.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.push((
+                peak(|r| r.gpu_memory_mb_peak_max),
+                peak(|r| r.memory_mb_peak_max),
+                last,
+                i.id.clone(),
+            ));
+        }
+        idle.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then(b.1.total_cmp(&a.1))
+                .then(a.2.cmp(&b.2))
+        });
+        let mut evicted = Vec::new();
+        for (gpu, ram, _, id) in idle {
+            if let Ok(instance) = self.instance(&id) {
+                self.journal_event(
+                    &instance,
+                    "capability_evicted",
+                    json!({"gpu_memory_mb_peak": gpu, "memory_mb_peak": ram, "for": except}),
+                )?;
+            }
+            self.unload(&id).await?;
+            evicted.push(id);
+        }
+        Ok(evicted)
     }
 
     /// CPU percent, RSS and GPU memory (MB) of a worker and its descendants, measured after

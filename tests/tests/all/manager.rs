@@ -190,6 +190,7 @@ async fn configs_and_enabled_flags_survive_a_restart() {
 async fn a_resource_error_reloads_and_retries_once_in_the_journal() {
     let dir = data_dir();
     let m = manager(dir.path());
+    m.load("text-stats", None, Some("idle-wasm")).await.unwrap();
     m.load("probe", None, Some("p")).await.unwrap();
     let e = job(m
         .call(
