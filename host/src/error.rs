@@ -69,6 +69,10 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// The job queue refused an operation.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+
     /// A SQLite store failed.
     #[error("{store} store: {source}")]
     Sqlite {
@@ -222,6 +226,8 @@ impl Error {
         match self {
             Error::Job(e) => (**e).clone(),
             Error::NotFound(what) => JobError::user_input(format!("not found: {what}")),
+            Error::Queue(crate::queue::QueueError::Wedged(_)) => JobError::fatal(self.to_string()),
+            Error::Queue(_) => JobError::user_input(self.to_string()),
             Error::InvalidComponent { .. } | Error::InvalidGrant(_) | Error::Json { .. } => {
                 JobError::user_input(self.to_string())
             }

@@ -16,6 +16,8 @@
 //!   file;
 //! - [`manager`]: one manager over both kinds: lifecycle, config validation, calls with
 //!   empirical samples, reload-and-retry;
+//! - [`queue`]: the job queue: admission over lanes, cancellation, events, compositions;
+//! - [`host`]: [`Host::builder`] assembles manager and queue in one call;
 //! - [`telemetry`]: system CPU/RAM, process-subtree and GPU (NVML) telemetry, the platform string;
 //! - [`error`]: the host's error type; the domain taxonomy travels as `JobError` data.
 //!
@@ -26,10 +28,13 @@ pub mod adapter;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod host;
 pub mod manager;
 pub mod manifest;
+pub mod queue;
 pub mod store;
 pub mod telemetry;
 
 pub use cjm_guest::contract;
 pub use error::{Error, Result};
+pub use host::{Host, HostBuilder};

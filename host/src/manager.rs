@@ -25,8 +25,8 @@ use crate::config::HostConfig;
 use crate::error::{Error, Result};
 use crate::manifest::{self, AdapterManifest, CapabilityManifest, Loaded};
 use crate::store::{
-    CapabilityConfigRecord, ConfigStore, DiagnosticsStore, DiagnosticsWriter, EmpiricalStore,
-    JournalEvent, JournalStore, ResourceSample, SecretStore,
+    CapabilityConfigRecord, ConfigStore, DiagnosticsStore, DiagnosticsWriter, EmpiricalRecord,
+    EmpiricalStore, JournalEvent, JournalStore, ResourceSample, SecretStore,
 };
 use crate::telemetry::Telemetry;
 
@@ -45,6 +45,10 @@ pub struct Instance {
     last_used: Mutex<Instant>,
     drift: Drift,
     adapters: Vec<String>,
+    /// The hash of `config` (the empirical key), kept with it.
+    config_hash: Mutex<String>,
+    /// The empirical aggregate of (id, config hash): what admission reads, in memory.
+    profile: Mutex<Option<EmpiricalRecord>>,
 }
 
 /// What the live capability reports that differs from its manifest: flagged, never fatal
@@ -122,6 +126,36 @@ impl Instance {
     pub fn drift(&self) -> Drift {
         self.drift
     }
+
+    /// How many calls it serves at once (its pool size; 1 for a native worker).
+    pub fn max_concurrency(&self) -> usize {
+        self.max_concurrency
+    }
+
+    /// The hash of the configuration in force (the empirical key).
+    pub fn config_hash(&self) -> String {
+        lock(&self.config_hash).clone()
+    }
+
+    /// The measured peaks of the configuration in force (`None`: not measured yet).
+    pub fn peaks(&self) -> Option<crate::queue::Peaks> {
+        lock(&self.profile)
+            .as_ref()
+            .map(|r| crate::queue::Peaks {
+                gpu_mb: r.gpu_memory_mb_peak_max,
+                ram_mb: r.memory_mb_peak_max,
+            })
+    }
+
+    /// What running it with the configuration in force has cost so far: `None` until its
+    /// first call with this configuration was measured (the queue then runs it alone).
+    pub fn profile(&self) -> Option<EmpiricalRecord> {
+        lock(&self.profile).clone()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A handle pre-bound to one instance: calls without repeating the instance id.
@@ -320,6 +354,16 @@ impl CapabilityManager {
         &self.inner.stores.journal
     }
 
+    /// The host configuration it was opened with.
+    pub fn host_config(&self) -> &HostConfig {
+        &self.inner.config
+    }
+
+    /// The resource telemetry (sysinfo + NVML).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.inner.telemetry
+    }
+
     /// The empirical store.
     pub fn empirical(&self) -> &EmpiricalStore {
         &self.inner.stores.empirical
@@ -418,6 +462,8 @@ impl CapabilityManager {
             None => 1,
         };
         let drift = Drift::of(&loaded.manifest, backend.info());
+        let config_hash = manifest::hash::config_hash(Some(&effective));
+        let profile = self.inner.stores.empirical.get_record(&id, &config_hash)?;
         if drift != Drift::default() {
             tracing::warn!(
                 capability = name,
@@ -436,6 +482,8 @@ impl CapabilityManager {
             permits: tokio::sync::Semaphore::new(max),
             max_concurrency: max,
             last_used: Mutex::new(Instant::now()),
+            config_hash: Mutex::new(config_hash),
+            profile: Mutex::new(profile),
         });
         self.journal_event(
             &instance,
@@ -650,6 +698,9 @@ impl CapabilityManager {
             .config
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = new.clone();
+        let hash = manifest::hash::config_hash(Some(&new));
+        *lock(&instance.profile) = self.inner.stores.empirical.get_record(id, &hash)?;
+        *lock(&instance.config_hash) = hash;
         let mut record = self.inner.stores.configs.get(id)?.unwrap_or_default();
         record.config = new.clone();
         self.inner.stores.configs.set(id, &record)?;
@@ -666,6 +717,19 @@ impl CapabilityManager {
     /// hash) and the accounts the capability reported are journaled; a resource error
     /// reloads the instance and retries once.
     pub async fn call(&self, id: &str, request: CallRequest) -> Result<Value> {
+        self.call_with(id, request, Arc::new(CallControl::new()))
+            .await
+    }
+
+    /// [`call`](Self::call) with the caller's [`CallControl`]: the caller cancels through
+    /// it and sees progress, accounts and usage (the job queue does). A retry after a
+    /// resource error reuses it; a call cancelled meanwhile is not retried.
+    pub async fn call_with(
+        &self,
+        id: &str,
+        request: CallRequest,
+        control: Arc<CallControl>,
+    ) -> Result<Value> {
         let instance = self.instance(id)?;
         if !instance.enabled() {
             return Err(user(format!("capability instance '{id}' is disabled")));
@@ -676,10 +740,9 @@ impl CapabilityManager {
             .acquire()
             .await
             .map_err(|_| user(format!("capability instance '{id}' is shutting down")))?;
-        let config_hash = manifest::hash::config_hash(Some(&instance.config()));
+        let config_hash = instance.config_hash();
         let mut attempt = 0;
         loop {
-            let control = Arc::new(CallControl::new());
             let started = Instant::now();
             let backend = instance.backend();
             *instance
@@ -701,15 +764,21 @@ impl CapabilityManager {
             )?;
             match result {
                 Err(Error::Job(e))
-                    if e.category == ErrorCategory::Resource && attempt < MAX_RETRIES =>
+                    if e.category == ErrorCategory::Resource
+                        && attempt < MAX_RETRIES
+                        && !control.cancel_requested() =>
                 {
                     attempt += 1;
                     let evicted = self.evict_idle(id).await?;
-                    self.journal_event(
-                        &instance,
-                        "retry",
-                        json!({"attempt": attempt, "error": e.message, "evicted": evicted}),
-                    )?;
+                    let mut event = JournalEvent::new(crate::store::event_types::RETRY_STARTED)
+                        .instance(&instance.id)
+                        .payload(
+                            json!({"attempt": attempt, "error": e.message, "evicted": evicted}),
+                        );
+                    event.capability_name = Some(instance.name.clone());
+                    event.job_id = request.envelope.job_id.clone();
+                    event.run_id = request.envelope.run_id.clone();
+                    self.inner.stores.journal.append(&event)?;
                     self.reload(id).await?;
                 }
                 other => return other,
@@ -794,12 +863,15 @@ impl CapabilityManager {
                 sample.api_usage.insert(unit, n);
             }
         }
-        self.inner.stores.empirical.record_sample(
+        let record = self.inner.stores.empirical.record_sample(
             &instance.id,
             &instance.name,
             config_hash,
             &sample,
         )?;
+        if *lock(&instance.config_hash) == config_hash {
+            *lock(&instance.profile) = Some(record);
+        }
         for account in control.take_accounts() {
             let mut e = JournalEvent::new(account.event_type)
                 .instance(&instance.id)

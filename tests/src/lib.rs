@@ -155,3 +155,39 @@ fn base_python() -> std::path::PathBuf {
 pub fn echo_capability_dir() -> std::path::PathBuf {
     repo_root().join("host/tests/fixtures/python/capability/cjm-capability-echo")
 }
+
+/// Writes a v2.0 capability manifest `name` with `install` into `data_dir/manifests`.
+pub fn write_manifest(data_dir: &Path, name: &str, install: serde_json::Value) {
+    let dir = data_dir.join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let doc = serde_json::json!({
+        "format_version": "2.0",
+        "install": install,
+        "code": {"name": name, "version": "0.1.0", "description": "test manifest"},
+        "drift_tracking": {},
+        "overrides": {}
+    });
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&doc).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The `install` block of a wasm capability: the component at `path` with its sha256 and
+/// `sandbox` grants.
+pub fn wasm_install(path: &str, sandbox: serde_json::Value) -> serde_json::Value {
+    use std::fmt::Write as _;
+    let bytes = std::fs::read(path).unwrap();
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+    let hex = digest.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    });
+    serde_json::json!({"runtime": "wasm", "wasm": {"component": path, "sha256": format!("sha256:{hex}"), "sandbox": sandbox}})
+}
+
+/// The `install` block of a native worker started as `command`.
+pub fn native_install(command: &[&str]) -> serde_json::Value {
+    serde_json::json!({"runtime": "native", "native": {"command": command}})
+}

@@ -105,6 +105,13 @@ impl Capability for Probe {
                 cx.progress(1.0, "done");
                 Ok(json!({"steps": steps}))
             }
+            // Sleeps without ever checking for cancellation: only a forced cancel stops it.
+            "sleep" => {
+                let seconds: f64 = opt_arg(&kwargs, "seconds")?.unwrap_or(1.0);
+                cx.progress(0.0, "sleeping");
+                std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
+                Ok(json!({"slept": seconds}))
+            }
             "log" => {
                 cx.info("info line");
                 cx.warn("warning line");

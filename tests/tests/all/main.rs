@@ -5,5 +5,6 @@ mod contract;
 mod manager;
 mod native;
 mod parity;
+mod queue;
 mod sandbox;
 mod wasm;

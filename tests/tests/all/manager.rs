@@ -11,43 +11,17 @@ use cjm_host::backend::CallRequest;
 use cjm_host::config::HostConfig;
 use cjm_host::manager::CapabilityManager;
 use cjm_host::store::JournalQuery;
-use cjm_tests::{fixtures, kwargs};
+use cjm_tests::{fixtures, kwargs, wasm_install, write_manifest};
 use serde_json::{Value, json};
-
-fn write_manifest(data_dir: &Path, name: &str, install: Value) {
-    let dir = data_dir.join("manifests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let doc = json!({
-        "format_version": "2.0",
-        "install": install,
-        "code": {"name": name, "version": "0.1.0", "description": "test manifest"},
-        "drift_tracking": {},
-        "overrides": {}
-    });
-    std::fs::write(
-        dir.join(format!("{name}.json")),
-        serde_json::to_string_pretty(&doc).unwrap(),
-    )
-    .unwrap();
-}
 
 /// A data dir with `text-stats` as wasm and as a native worker, `probe` as a native worker,
 /// and a Python capability whose interpreter does not exist.
 fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let wasm = std::fs::read(fixtures::TEXT_STATS).unwrap();
-    let sha = {
-        use std::fmt::Write as _;
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(&wasm);
-        digest.iter().fold(String::new(), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-    };
     write_manifest(
         dir.path(),
         "text-stats",
-        json!({"runtime": "wasm", "wasm": {"component": fixtures::TEXT_STATS, "sha256": format!("sha256:{sha}"), "sandbox": {}}}),
+        wasm_install(fixtures::TEXT_STATS, json!({})),
     );
     write_manifest(
         dir.path(),
@@ -203,12 +177,12 @@ async fn a_resource_error_reloads_and_retries_once_in_the_journal() {
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let retry = types
         .iter()
-        .position(|t| *t == "retry")
+        .position(|t| *t == "retry_started")
         .expect("a retry row");
     assert!(types[retry..].contains(&"capability_reloaded"), "{types:?}");
     assert!(types[retry..].contains(&"worker_spawned"), "{types:?}");
     assert_eq!(
-        types.iter().filter(|t| **t == "retry").count(),
+        types.iter().filter(|t| **t == "retry_started").count(),
         1,
         "one retry"
     );

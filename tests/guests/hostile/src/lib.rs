@@ -70,12 +70,14 @@ impl Capability for Hostile {
                     .map_err(|e| io(&path, e))
             }
             "loop_forever" => {
+                cx.progress(0.0, "looping");
                 let mut x: u64 = 0;
                 loop {
                     x = std::hint::black_box(x.wrapping_add(1));
                 }
             }
             "loop_cooperative" => {
+                cx.progress(0.0, "looping");
                 let mut i: u64 = 0;
                 loop {
                     i = std::hint::black_box(i.wrapping_add(1));

@@ -1,0 +1,337 @@
+//! Admission: which pending job runs next.
+//!
+//! Pending jobs are indexed per instance (priority, then FIFO) with a second ordered set of
+//! each instance's head, so one admission decision looks at one head per instance, never at
+//! every pending job: 10,000 jobs waiting on one capped instance cost the scan one entry.
+//! The ladder, per head in priority order, with skip-ahead (a blocked head never stalls the
+//! ones behind it):
+//! 1. **lanes**: at most `lanes` jobs run;
+//! 2. **exclusivity**: a job whose (instance, config) has no empirical profile runs alone
+//!    (its first run is its measurement), and nothing is admitted beside it;
+//! 3. **per-instance cap**: running jobs of an instance <= its concurrency (1 for a native
+//!    worker, the pool size for a wasm capability);
+//! 4. **resources**: a measured GPU peak is admitted against the reservation ledger (sum of
+//!    running peaks + this one <= total x headroom) and live free VRAM; without GPU
+//!    telemetry a GPU-profiled job runs alone. A measured RAM peak is admitted against live
+//!    available memory.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::telemetry::Telemetry;
+
+/// Priority (higher first), then submission order.
+pub(crate) type Order = (Reverse<i64>, u64);
+
+/// Pending jobs by instance, plus each instance's head in global order.
+#[derive(Default)]
+pub(crate) struct PendingIndex {
+    by_instance: HashMap<String, BTreeMap<Order, String>>,
+    heads: BTreeSet<(Order, String)>,
+    len: usize,
+}
+
+impl PendingIndex {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn insert(&mut self, instance: &str, order: Order, job_id: String) {
+        let queue = self.by_instance.entry(instance.to_owned()).or_default();
+        let old_head = queue.first_key_value().map(|(k, _)| *k);
+        queue.insert(order, job_id);
+        self.len += 1;
+        if old_head.is_none_or(|h| order < h) {
+            if let Some(h) = old_head {
+                self.heads.remove(&(h, instance.to_owned()));
+            }
+            self.heads.insert((order, instance.to_owned()));
+        }
+    }
+
+    /// Removes one pending job; its id.
+    pub(crate) fn remove(&mut self, instance: &str, order: Order) -> Option<String> {
+        let queue = self.by_instance.get_mut(instance)?;
+        let was_head = queue.first_key_value().is_some_and(|(k, _)| *k == order);
+        let id = queue.remove(&order)?;
+        self.len -= 1;
+        if was_head {
+            self.heads.remove(&(order, instance.to_owned()));
+            match queue.first_key_value() {
+                Some((next, _)) => {
+                    self.heads.insert((*next, instance.to_owned()));
+                }
+                None => {
+                    self.by_instance.remove(instance);
+                }
+            }
+        }
+        Some(id)
+    }
+
+    /// Instance heads in priority order.
+    pub(crate) fn heads(&self) -> impl Iterator<Item = &(Order, String)> {
+        self.heads.iter()
+    }
+
+    /// Every pending job id in priority order (for inspection; sorts).
+    pub(crate) fn all(&self) -> Vec<String> {
+        let mut all: Vec<(&Order, &String)> =
+            self.by_instance.values().flat_map(|q| q.iter()).collect();
+        all.sort_by_key(|(o, _)| **o);
+        all.into_iter().map(|(_, id)| id.clone()).collect()
+    }
+}
+
+/// Live free resources admission checks measured peaks against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ResourceView {
+    /// Available system memory, MB.
+    pub memory_available_mb: Option<f64>,
+    /// Total GPU memory, MB (none without GPU telemetry).
+    pub gpu_total_mb: Option<f64>,
+    /// Free GPU memory now, MB.
+    pub gpu_free_mb: Option<f64>,
+}
+
+/// Where admission gets live resource figures. The default reads sysinfo and NVML
+/// ([`SystemResources`]); an embedder may supply its own (a cluster agent's view, or a
+/// fixed view in a test of the GPU rules on a machine without a GPU).
+pub trait ResourceSource: Send + Sync {
+    /// The current view; called under the queue's lock, so it must be cheap (cache).
+    fn view(&self) -> ResourceView;
+}
+
+/// Live figures from [`Telemetry`], refreshed at most every `max_age`.
+pub struct SystemResources {
+    telemetry: Telemetry,
+    max_age: Duration,
+    cached: Mutex<Option<(Instant, ResourceView)>>,
+}
+
+impl SystemResources {
+    /// Figures from `telemetry`, at most 250 ms old.
+    pub fn new(telemetry: Telemetry) -> Self {
+        SystemResources {
+            telemetry,
+            max_age: Duration::from_millis(250),
+            cached: Mutex::new(None),
+        }
+    }
+}
+
+impl ResourceSource for SystemResources {
+    fn view(&self) -> ResourceView {
+        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, view)) = *cached
+            && at.elapsed() < self.max_age
+        {
+            return view;
+        }
+        let gpu = self.telemetry.gpu_status();
+        let view = ResourceView {
+            memory_available_mb: self.telemetry.system().map(|s| s.memory_available_mb),
+            gpu_total_mb: gpu.total_memory_mb(),
+            gpu_free_mb: gpu.free_memory_mb(),
+        };
+        *cached = Some((Instant::now(), view));
+        view
+    }
+}
+
+/// What the ladder needs to know about the running set.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    pub(crate) running: usize,
+    pub(crate) by_instance: HashMap<String, usize>,
+    /// A job without a profile runs: nothing else is admitted.
+    pub(crate) exclusive: bool,
+    /// Sum of the GPU peaks of running jobs, MB.
+    pub(crate) gpu_reserved_mb: f64,
+}
+
+/// Why a head was not admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Blocked {
+    Exclusive,
+    InstanceCap(usize),
+    Gpu(String),
+    Memory(String),
+}
+
+
+/// What admitting a job reserves.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct Grant {
+    pub(crate) exclusive: bool,
+    pub(crate) gpu_mb: f64,
+}
+
+/// The measured peaks of an (instance, config): what admission reserves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Peaks {
+    /// Worst GPU memory peak, MB.
+    pub gpu_mb: f64,
+    /// Worst resident memory peak, MB.
+    pub ram_mb: f64,
+}
+
+/// The admission limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) lanes: usize,
+    pub(crate) gpu_headroom: f64,
+}
+
+/// Decides one head: its instance's profile and cap against the ledger and live figures.
+pub(crate) fn decide(
+    ledger: &Ledger,
+    limits: Limits,
+    instance: &str,
+    cap: usize,
+    profile: Option<Peaks>,
+    view: &mut dyn FnMut() -> ResourceView,
+) -> Result<Grant, Blocked> {
+    let Some(profile) = profile else {
+        return if ledger.running == 0 {
+            Ok(Grant {
+                exclusive: true,
+                gpu_mb: 0.0,
+            })
+        } else {
+            Err(Blocked::Exclusive)
+        };
+    };
+    let running_here = ledger.by_instance.get(instance).copied().unwrap_or(0);
+    if running_here >= cap.max(1) {
+        return Err(Blocked::InstanceCap(cap.max(1)));
+    }
+    let gpu = profile.gpu_mb;
+    let ram = profile.ram_mb;
+    let live = if gpu > 0.0 || ram > 0.0 {
+        Some(view())
+    } else {
+        None
+    };
+    let mut grant = Grant {
+        exclusive: false,
+        gpu_mb: 0.0,
+    };
+    if gpu > 0.0 {
+        let live = live.unwrap_or_default();
+        match (live.gpu_total_mb, live.gpu_free_mb) {
+            (Some(total), Some(free)) => {
+                let budget = total * limits.gpu_headroom;
+                if ledger.gpu_reserved_mb + gpu > budget {
+                    return Err(Blocked::Gpu(format!(
+                        "GPU ledger: {:.0} MB reserved + {gpu:.0} MB > {budget:.0} MB ({:.0}% of {total:.0} MB)",
+                        ledger.gpu_reserved_mb,
+                        limits.gpu_headroom * 100.0
+                    )));
+                }
+                if gpu > free {
+                    return Err(Blocked::Gpu(format!(
+                        "GPU: needs {gpu:.0} MB, {free:.0} MB free"
+                    )));
+                }
+                grant.gpu_mb = gpu;
+            }
+            _ if ledger.running == 0 => {
+                grant.exclusive = true;
+                grant.gpu_mb = gpu;
+            }
+            _ => {
+                return Err(Blocked::Gpu(
+                    "GPU-profiled job without GPU telemetry runs alone".into(),
+                ));
+            }
+        }
+    }
+    if ram > 0.0
+        && let Some(available) = live.and_then(|v| v.memory_available_mb)
+        && ram > available
+    {
+        return Err(Blocked::Memory(format!(
+            "memory: needs {ram:.0} MB, {available:.0} MB available"
+        )));
+    }
+    Ok(grant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(gpu: f64, ram: f64) -> Peaks {
+        Peaks {
+            gpu_mb: gpu,
+            ram_mb: ram,
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        lanes: 4,
+        gpu_headroom: 0.9,
+    };
+
+    fn gpu_view(total: f64, free: f64) -> impl FnMut() -> ResourceView {
+        move || ResourceView {
+            memory_available_mb: Some(1000.0),
+            gpu_total_mb: Some(total),
+            gpu_free_mb: Some(free),
+        }
+    }
+
+    #[test]
+    fn the_ladder() {
+        let mut none = || ResourceView::default();
+        let idle = Ledger::default();
+        let busy = Ledger {
+            running: 1,
+            by_instance: HashMap::from([("i".to_owned(), 1)]),
+            ..Ledger::default()
+        };
+        // Exclusivity: no profile runs alone.
+        assert!(decide(&idle, LIMITS, "i", 1, None, &mut none).unwrap().exclusive);
+        assert_eq!(decide(&busy, LIMITS, "j", 1, None, &mut none), Err(Blocked::Exclusive));
+        // Per-instance cap.
+        let p = profile(0.0, 0.0);
+        assert_eq!(decide(&busy, LIMITS, "i", 1, Some(p), &mut none), Err(Blocked::InstanceCap(1)));
+        assert!(decide(&busy, LIMITS, "i", 2, Some(p), &mut none).is_ok());
+        assert!(decide(&busy, LIMITS, "j", 1, Some(p), &mut none).is_ok());
+        // GPU: ledger, then live free memory, then no telemetry.
+        let g = profile(4000.0, 0.0);
+        let reserved = Ledger { gpu_reserved_mb: 5000.0, ..Ledger::default() };
+        assert!(matches!(decide(&reserved, LIMITS, "j", 1, Some(g), &mut gpu_view(9000.0, 9000.0)), Err(Blocked::Gpu(m)) if m.contains("ledger")));
+        assert_eq!(decide(&reserved, LIMITS, "j", 1, Some(g), &mut gpu_view(12000.0, 9000.0)).unwrap().gpu_mb, 4000.0);
+        assert!(matches!(decide(&idle, LIMITS, "j", 1, Some(g), &mut gpu_view(12000.0, 3000.0)), Err(Blocked::Gpu(m)) if m.contains("3000 MB free")));
+        assert!(decide(&idle, LIMITS, "j", 1, Some(g), &mut none).unwrap().exclusive);
+        assert!(decide(&busy, LIMITS, "j", 1, Some(g), &mut none).is_err());
+        // RAM against live available memory.
+        let m = profile(0.0, 2000.0);
+        assert!(matches!(decide(&idle, LIMITS, "j", 1, Some(m), &mut gpu_view(0.0, 0.0)), Err(Blocked::Memory(_))));
+        assert!(decide(&idle, LIMITS, "j", 1, Some(profile(0.0, 500.0)), &mut gpu_view(0.0, 0.0)).is_ok());
+    }
+
+    #[test]
+    fn heads_follow_priority_then_fifo() {
+        let mut p = PendingIndex::default();
+        p.insert("a", (Reverse(0), 1), "a1".into());
+        p.insert("a", (Reverse(0), 2), "a2".into());
+        p.insert("b", (Reverse(5), 3), "b3".into());
+        p.insert("a", (Reverse(9), 4), "a4".into());
+        let heads: Vec<_> = p.heads().map(|(_, i)| i.clone()).collect();
+        assert_eq!(heads, ["a", "b"]);
+        assert_eq!(p.all(), ["a4", "b3", "a1", "a2"]);
+        assert_eq!(p.remove("a", (Reverse(9), 4)).unwrap(), "a4");
+        let heads: Vec<_> = p.heads().map(|(_, i)| i.clone()).collect();
+        assert_eq!(heads, ["b", "a"]);
+        p.remove("b", (Reverse(5), 3));
+        assert_eq!(p.len(), 2);
+        assert_eq!(p.heads().count(), 1);
+    }
+}

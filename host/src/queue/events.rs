@@ -1,0 +1,347 @@
+//! Events and their one emission path.
+//!
+//! Every event passes through [`Emitter`]: journal-class events are appended to the journal
+//! *first* (group commit: whoever flushes writes everything queued so far in one
+//! transaction) and fanned out to subscribers after the commit, in journal order; liveness
+//! events (progress, resource snapshots) fan out only. A journal append failure wedges the
+//! queue: it keeps running what it admitted (leaking no lane), new submissions are refused
+//! loudly. Subscribers get a bounded buffer each; a full buffer drops the event for that
+//! subscriber and counts it, so a slow subscriber never blocks the queue.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+
+use crate::store::{JournalEvent, JournalStore, event_types};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A job changed state (`payload.from`, `payload.to`; terminal ones carry
+    /// `job_snapshot`).
+    StateTransition,
+    /// A job was admitted (`payload`: lanes, exclusivity, the GPU ledger, the profile used).
+    AdmissionDecided,
+    /// The cancel state machine of a job moved (`payload.from`, `payload.to`).
+    CancelPhaseChanged,
+    /// A composition member finished and downstream nodes were enqueued.
+    CompositionAdvanced,
+    /// A composition reached its terminal status.
+    CompositionFinished,
+    /// Progress of a running job (liveness: not journaled).
+    ProgressChanged,
+}
+
+/// The journal event type of a composition's terminal status.
+pub const COMPOSITION_FINISHED: &str = "composition_finished";
+
+impl EventKind {
+    /// Its journal event type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::StateTransition => event_types::STATE_TRANSITION,
+            EventKind::AdmissionDecided => event_types::ADMISSION_DECIDED,
+            EventKind::CancelPhaseChanged => event_types::CANCEL_PHASE_CHANGED,
+            EventKind::CompositionAdvanced => event_types::COMPOSITION_ADVANCED,
+            EventKind::CompositionFinished => COMPOSITION_FINISHED,
+            EventKind::ProgressChanged => "progress_changed",
+        }
+    }
+
+    /// Whether it becomes a journal row (liveness events do not).
+    pub fn journaled(self) -> bool {
+        !matches!(self, EventKind::ProgressChanged)
+    }
+}
+
+/// One event, as subscribers receive it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The job (none for composition-level events).
+    pub job_id: Option<String>,
+    /// The instance the job runs on.
+    pub instance_id: Option<String>,
+    /// The capability of the instance.
+    pub capability_name: Option<String>,
+    /// The composition the job belongs to.
+    pub composition_id: Option<String>,
+    /// The composition node.
+    pub node_id: Option<String>,
+    /// Host-tier run correlation.
+    pub run_id: Option<String>,
+    /// Who asked.
+    pub actor: Option<String>,
+    /// When (ISO-8601 UTC).
+    pub ts: String,
+    /// Per-kind detail.
+    pub payload: Value,
+    /// Its journal `seq` (journal-class events whose append succeeded).
+    pub seq: Option<i64>,
+}
+
+impl JobEvent {
+    pub(crate) fn new(kind: EventKind, payload: Value) -> Self {
+        JobEvent {
+            kind,
+            job_id: None,
+            instance_id: None,
+            capability_name: None,
+            composition_id: None,
+            node_id: None,
+            run_id: None,
+            actor: None,
+            ts: cjm_guest::python::time::now_iso(),
+            payload,
+            seq: None,
+        }
+    }
+
+    fn journal_row(&self) -> JournalEvent {
+        let mut e = JournalEvent::new(self.kind.as_str()).payload(self.payload.clone());
+        e.ts.clone_from(&self.ts);
+        e.job_id.clone_from(&self.job_id);
+        e.capability_instance_id.clone_from(&self.instance_id);
+        e.capability_name.clone_from(&self.capability_name);
+        e.composition_id.clone_from(&self.composition_id);
+        e.node_id.clone_from(&self.node_id);
+        e.run_id.clone_from(&self.run_id);
+        e.actor.clone_from(&self.actor);
+        e
+    }
+}
+
+/// Which events a subscription receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything.
+    All,
+    /// The events of one job.
+    Job(String),
+    /// The events of one composition and of its member jobs.
+    Composition(String),
+}
+
+impl Scope {
+    fn matches(&self, e: &JobEvent) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Job(id) => e.job_id.as_deref() == Some(id),
+            Scope::Composition(id) => e.composition_id.as_deref() == Some(id),
+        }
+    }
+}
+
+/// A live event stream with a bounded buffer.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::Receiver<JobEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the queue is gone.
+    pub async fn next(&mut self) -> Option<JobEvent> {
+        self.rx.recv().await
+    }
+
+    /// An event already buffered, without waiting.
+    pub fn try_next(&mut self) -> Option<JobEvent> {
+        self.rx.try_recv().ok()
+    }
+
+    /// How many events were dropped because this subscriber's buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+struct Subscriber {
+    scope: Scope,
+    tx: mpsc::Sender<JobEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The subscribers.
+#[derive(Default)]
+pub(crate) struct Bus {
+    subscribers: Mutex<Vec<Subscriber>>,
+    count: AtomicUsize,
+}
+
+impl Bus {
+    pub(crate) fn subscribe(&self, scope: Scope, buffer: usize) -> Subscription {
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subs.push(Subscriber {
+            scope,
+            tx,
+            dropped: Arc::clone(&dropped),
+        });
+        self.count.store(subs.len(), Ordering::Release);
+        Subscription { rx, dropped }
+    }
+
+    /// Offers `e` to every matching subscriber without waiting; closed ones are removed.
+    pub(crate) fn publish(&self, e: &JobEvent) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subs.retain(|s| {
+            if !s.scope.matches(e) {
+                return !s.tx.is_closed();
+            }
+            match s.tx.try_send(e.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.dropped.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        self.count.store(subs.len(), Ordering::Release);
+    }
+}
+
+/// Set once a job's (or a composition's) terminal event is journaled and published.
+#[derive(Debug, Default)]
+pub(crate) struct Done {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Done {
+    pub(crate) fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Waits until set.
+    pub(crate) async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+pub(crate) enum Item {
+    Event(JobEvent),
+    Done(Arc<Done>),
+}
+
+/// The one emission path: items are queued in order (under the queue's state lock, so the
+/// order is the order of the state changes) and flushed after the lock is released.
+#[derive(Default)]
+pub(crate) struct Emitter {
+    queued: Mutex<Vec<Item>>,
+    writer: Mutex<Vec<Item>>,
+    wedged: Mutex<Option<String>>,
+    is_wedged: AtomicBool,
+}
+
+impl Emitter {
+    pub(crate) fn push(&self, item: Item) {
+        self.queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(item);
+    }
+
+    pub(crate) fn wedged(&self) -> Option<String> {
+        if !self.is_wedged.load(Ordering::Acquire) {
+            return None;
+        }
+        self.wedged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Writes and publishes everything queued. If another thread is writing, it picks our
+    /// items up before it lets go (checked again after it releases the writer).
+    pub(crate) fn flush(&self, journal: &JournalStore, bus: &Bus) {
+        loop {
+            let Ok(mut batch) = self.writer.try_lock() else {
+                return;
+            };
+            loop {
+                {
+                    let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+                    if queued.is_empty() {
+                        break;
+                    }
+                    std::mem::swap(&mut *queued, &mut *batch);
+                }
+                self.write(journal, bus, &mut batch);
+                batch.clear();
+            }
+            drop(batch);
+            if self
+                .queued
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+            {
+                return;
+            }
+        }
+    }
+
+    fn write(&self, journal: &JournalStore, bus: &Bus, batch: &mut [Item]) {
+        let rows: Vec<JournalEvent> = batch
+            .iter()
+            .filter_map(|i| match i {
+                Item::Event(e) if e.kind.journaled() => Some(e.journal_row()),
+                _ => None,
+            })
+            .collect();
+        match journal.append_batch(&rows) {
+            Ok(seqs) => {
+                let mut seqs = seqs.into_iter();
+                for item in batch.iter_mut() {
+                    if let Item::Event(e) = item
+                        && e.kind.journaled()
+                    {
+                        e.seq = seqs.next();
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, rows = rows.len(), "journal append failed: the queue is wedged and refuses new submissions");
+                let mut wedged = self.wedged.lock().unwrap_or_else(PoisonError::into_inner);
+                if wedged.is_none() {
+                    *wedged = Some(err.to_string());
+                }
+                self.is_wedged.store(true, Ordering::Release);
+            }
+        }
+        for item in batch.iter() {
+            match item {
+                Item::Event(e) => bus.publish(e),
+                Item::Done(d) => d.set(),
+            }
+        }
+    }
+}

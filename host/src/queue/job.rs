@@ -1,0 +1,313 @@
+//! Jobs: what is submitted ([`JobSpec`]), what the queue tracks ([`Job`]) and its states.
+
+use std::time::Duration;
+
+use cjm_guest::contract::JobError;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::backend::{CallRequest, Target};
+use crate::store::JobSnapshot;
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for admission.
+    Pending,
+    /// Admitted and executing.
+    Running,
+    /// Finished with a result.
+    Completed,
+    /// Finished with a [`JobError`].
+    Failed,
+    /// Cancelled before or while running.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Its wire and journal name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the job has finished.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => JobStatus::Pending,
+            "running" => JobStatus::Running,
+            "completed" => JobStatus::Completed,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The cancellation state machine of a running job: `cooperative` (the capability's own
+/// check: the wasm guest's `cancelled()`, the worker's `/cancel`), then `force` after the
+/// grace period (the epoch traps the wasm call; the worker's process group is killed), then
+/// `reloading` (a fresh instance or worker replaces it), then `completed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelPhase {
+    /// Asked to stop; the capability sees it at its next check.
+    Cooperative,
+    /// Stopped by force.
+    Force,
+    /// The forcibly stopped instance or worker is being replaced.
+    Reloading,
+    /// Cancellation finished.
+    Completed,
+}
+
+impl CancelPhase {
+    /// Its wire and journal name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelPhase::Cooperative => "cooperative",
+            CancelPhase::Force => "force",
+            CancelPhase::Reloading => "reloading",
+            CancelPhase::Completed => "completed",
+        }
+    }
+}
+
+/// What to run: a call on one capability instance and how to queue it.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// The target instance.
+    pub instance_id: String,
+    /// The call.
+    pub request: CallRequest,
+    /// Higher runs first; FIFO within a priority.
+    pub priority: i64,
+    /// A wall-clock limit for the call (cancelled when it passes).
+    pub timeout: Option<Duration>,
+}
+
+impl JobSpec {
+    /// `execute(**kwargs)` on `instance_id`.
+    pub fn execute(instance_id: impl Into<String>, kwargs: Map<String, Value>) -> Self {
+        Self::call(instance_id, CallRequest::execute(kwargs))
+    }
+
+    /// `task(task, method, **kwargs)` on `instance_id` (routed to its bound adapter).
+    pub fn task(
+        instance_id: impl Into<String>,
+        task: impl Into<String>,
+        method: impl Into<String>,
+        kwargs: Map<String, Value>,
+    ) -> Self {
+        Self::call(instance_id, CallRequest::task(task, method, kwargs))
+    }
+
+    /// Any call on `instance_id`.
+    pub fn call(instance_id: impl Into<String>, request: CallRequest) -> Self {
+        JobSpec {
+            instance_id: instance_id.into(),
+            request,
+            priority: 0,
+            timeout: None,
+        }
+    }
+
+    /// The same job at `priority`.
+    pub fn priority(mut self, priority: i64) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// The same job tagged with a host-tier run id (on every journal row of the job).
+    pub fn run_id(mut self, run_id: impl Into<String>) -> Self {
+        self.request.envelope.run_id = Some(run_id.into());
+        self
+    }
+
+    /// The same job tagged with who asked for it.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.request.envelope.actor = Some(actor.into());
+        self
+    }
+
+    /// The same job with the per-call control flag `name` (force, cache bypass, ...).
+    pub fn control(mut self, name: impl Into<String>, value: Value) -> Self {
+        self.request.envelope.control.insert(name.into(), value);
+        self
+    }
+
+    /// The same job with a wall-clock limit.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// A job as the queue tracks it (a copy: [`JobQueue::get`](super::JobQueue::get) returns a
+/// snapshot).
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    /// Its id (a UUIDv7: time-ordered, unique across hosts).
+    pub id: String,
+    /// The target instance.
+    pub instance_id: String,
+    /// The capability of the instance, when it was loaded at submit.
+    pub capability_name: Option<String>,
+    /// The task of a task-channel call.
+    pub task_name: Option<String>,
+    /// The method of a task-channel call.
+    pub method: Option<String>,
+    /// Its priority.
+    pub priority: i64,
+    /// Where it is.
+    pub status: JobStatus,
+    /// When it was submitted (ISO-8601 UTC).
+    pub submitted_at: String,
+    /// When it started running.
+    pub started_at: Option<String>,
+    /// When it finished.
+    pub completed_at: Option<String>,
+    /// Last progress, 0..1 (-1 indeterminate).
+    pub progress: f64,
+    /// Last status message.
+    pub status_message: String,
+    /// The result of a completed job (kept in memory, never journaled).
+    pub result: Option<Value>,
+    /// Why it failed or was cancelled.
+    pub error: Option<JobError>,
+    /// The composition it is a member of.
+    pub composition_id: Option<String>,
+    /// The composition node it runs.
+    pub node_id: Option<String>,
+    /// Host-tier run correlation.
+    pub run_id: Option<String>,
+    /// Who asked for it.
+    pub actor: Option<String>,
+    /// Per-call control flags.
+    pub control: Map<String, Value>,
+    /// When cancellation was asked.
+    pub cancel_requested_at: Option<String>,
+    /// Where cancellation is.
+    pub cancel_phase: Option<CancelPhase>,
+    /// Reactive retries (resource errors) while it ran.
+    pub retry_count: u32,
+}
+
+impl Job {
+    pub(crate) fn new(id: String, spec: &JobSpec, capability_name: Option<String>) -> Self {
+        let (task_name, method) = match &spec.request.target {
+            Target::Task { task, method } => (Some(task.clone()), Some(method.clone())),
+            Target::Execute { .. } => (None, None),
+        };
+        let envelope = &spec.request.envelope;
+        Job {
+            id,
+            instance_id: spec.instance_id.clone(),
+            capability_name,
+            task_name,
+            method,
+            priority: spec.priority,
+            status: JobStatus::Pending,
+            submitted_at: cjm_guest::python::time::now_iso(),
+            started_at: None,
+            completed_at: None,
+            progress: 0.0,
+            status_message: String::new(),
+            result: None,
+            error: None,
+            composition_id: envelope.composition_id.clone(),
+            node_id: envelope.node_id.clone(),
+            run_id: envelope.run_id.clone(),
+            actor: envelope.actor.clone(),
+            control: envelope.control.clone(),
+            cancel_requested_at: None,
+            cancel_phase: None,
+            retry_count: 0,
+        }
+    }
+
+    /// The record of a job as its terminal journal row keeps it (no kwargs, no result).
+    pub fn snapshot(&self) -> JobSnapshot {
+        JobSnapshot {
+            id: self.id.clone(),
+            capability_instance_id: Some(self.instance_id.clone()),
+            status: self.status.as_str().to_owned(),
+            priority: self.priority,
+            submitted_at: Some(self.submitted_at.clone()),
+            started_at: self.started_at.clone(),
+            completed_at: self.completed_at.clone(),
+            retry_count: self.retry_count,
+            composition_id: self.composition_id.clone(),
+            node_id: self.node_id.clone(),
+            task_name: self.task_name.clone(),
+            method: self.method.clone(),
+            run_id: self.run_id.clone(),
+            actor: self.actor.clone(),
+            error: self.error.clone(),
+            extra: Map::new(),
+        }
+    }
+
+    /// A job record rehydrated from its terminal journal row (no kwargs, no result).
+    pub fn from_snapshot(s: JobSnapshot) -> Self {
+        Job {
+            id: s.id,
+            instance_id: s.capability_instance_id.unwrap_or_default(),
+            capability_name: None,
+            task_name: s.task_name,
+            method: s.method,
+            priority: s.priority,
+            status: JobStatus::parse(&s.status).unwrap_or(JobStatus::Failed),
+            submitted_at: s.submitted_at.unwrap_or_default(),
+            started_at: s.started_at,
+            completed_at: s.completed_at,
+            progress: 0.0,
+            status_message: String::new(),
+            result: None,
+            error: s.error,
+            composition_id: s.composition_id,
+            node_id: s.node_id,
+            run_id: s.run_id,
+            actor: s.actor,
+            control: Map::new(),
+            cancel_requested_at: None,
+            cancel_phase: None,
+            retry_count: s.retry_count,
+        }
+    }
+}
+
+/// Counts by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// Jobs waiting.
+    pub pending: usize,
+    /// Jobs running.
+    pub running: usize,
+    /// Jobs completed since the queue started.
+    pub completed: u64,
+    /// Jobs failed since the queue started.
+    pub failed: u64,
+    /// Jobs cancelled since the queue started.
+    pub cancelled: u64,
+}
