@@ -168,9 +168,9 @@ impl HostBuilder {
         let mut failure = None;
         while let Some(done) = loads.join_next().await {
             let outcome = done.unwrap_or_else(|e| {
-                Err(crate::Error::job(cjm_guest::contract::JobError::fatal(format!(
-                    "loading a capability panicked: {e}"
-                ))))
+                Err(crate::Error::job(cjm_guest::contract::JobError::fatal(
+                    format!("loading a capability panicked: {e}"),
+                )))
             });
             if let Err(e) = outcome {
                 failure.get_or_insert(e);

@@ -25,10 +25,17 @@ use crate::config::HostConfig;
 use crate::error::{Error, Result};
 use crate::manifest::{self, AdapterManifest, CapabilityManifest, Loaded};
 use crate::store::{
-    CapabilityConfigRecord, ConfigStore, DiagnosticsStore, DiagnosticsWriter, EmpiricalRecord,
+    BufferedSample, CapabilityConfigRecord, ConfigStore, DiagnosticsStore, DiagnosticsWriter,
+    EmpiricalRecord,
     EmpiricalStore, JournalEvent, JournalStore, ResourceSample, SecretStore,
 };
 use crate::telemetry::Telemetry;
+
+/// How long after-call samples may wait before they are written to the empirical store.
+const SAMPLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long a worker's process-subtree measurement is reused.
+const MEASURE_REUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often a call failing with a resource error is retried after a reload.
 const MAX_RETRIES: u32 = 1;
@@ -49,6 +56,9 @@ pub struct Instance {
     config_hash: Mutex<String>,
     /// The empirical aggregate of (id, config hash): what admission reads, in memory.
     profile: Mutex<Option<EmpiricalRecord>>,
+    /// The last process-subtree measurement of its worker (reused for a moment: a
+    /// process-table scan costs milliseconds, a call tens of microseconds).
+    measured: Mutex<Option<(Instant, (f64, f64, f64))>>,
 }
 
 /// What the live capability reports that differs from its manifest: flagged, never fatal
@@ -139,12 +149,10 @@ impl Instance {
 
     /// The measured peaks of the configuration in force (`None`: not measured yet).
     pub fn peaks(&self) -> Option<crate::queue::Peaks> {
-        lock(&self.profile)
-            .as_ref()
-            .map(|r| crate::queue::Peaks {
-                gpu_mb: r.gpu_memory_mb_peak_max,
-                ram_mb: r.memory_mb_peak_max,
-            })
+        lock(&self.profile).as_ref().map(|r| crate::queue::Peaks {
+            gpu_mb: r.gpu_memory_mb_peak_max,
+            ram_mb: r.memory_mb_peak_max,
+        })
     }
 
     /// What running it with the configuration in force has cost so far: `None` until its
@@ -229,6 +237,19 @@ struct Inner {
     /// One lock per instance id being loaded: loads of different ids run concurrently, two
     /// loads of one id do not race.
     loading: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// After-call samples not yet folded into the empirical store (written in one
+    /// transaction at most [`SAMPLE_FLUSH`] later; the in-memory profiles are already
+    /// up to date).
+    samples: Mutex<Vec<BufferedSample>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let samples = std::mem::take(&mut *lock(&self.samples));
+        if let Err(e) = self.stores.empirical.record_samples(&samples) {
+            tracing::error!(error = %e, "cannot write the last empirical samples");
+        }
+    }
 }
 
 /// Journals worker lifecycle events of one instance.
@@ -289,6 +310,7 @@ impl CapabilityManager {
                 telemetry: Telemetry::new(),
                 instances: RwLock::new(BTreeMap::new()),
                 loading: Mutex::new(BTreeMap::new()),
+                samples: Mutex::new(Vec::new()),
             }),
         };
         me.discover();
@@ -366,6 +388,10 @@ impl CapabilityManager {
 
     /// The empirical store.
     pub fn empirical(&self) -> &EmpiricalStore {
+        // Readers see every sample taken so far.
+        if let Err(e) = self.flush_samples() {
+            tracing::error!(error = %e, "cannot write empirical samples");
+        }
         &self.inner.stores.empirical
     }
 
@@ -484,6 +510,7 @@ impl CapabilityManager {
             last_used: Mutex::new(Instant::now()),
             config_hash: Mutex::new(config_hash),
             profile: Mutex::new(profile),
+            measured: Mutex::new(None),
         });
         self.journal_event(
             &instance,
@@ -699,6 +726,7 @@ impl CapabilityManager {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = new.clone();
         let hash = manifest::hash::config_hash(Some(&new));
+        self.flush_samples()?;
         *lock(&instance.profile) = self.inner.stores.empirical.get_record(id, &hash)?;
         *lock(&instance.config_hash) = hash;
         let mut record = self.inner.stores.configs.get(id)?.unwrap_or_default();
@@ -751,7 +779,7 @@ impl CapabilityManager {
                 .unwrap_or_else(PoisonError::into_inner) = Instant::now();
             let result = backend.call(request.clone(), Arc::clone(&control)).await;
             let usage = match backend.pid() {
-                Some(pid) => self.measure(pid).await,
+                Some(pid) => self.measure(&instance, pid).await,
                 None => (0.0, 0.0, 0.0),
             };
             self.record(
@@ -790,6 +818,7 @@ impl CapabilityManager {
     /// first by measured peak (GPU memory, then RAM), least recently used first among equals.
     /// Returns the evicted ids (each also journaled as `capability_evicted`).
     async fn evict_idle(&self, except: &str) -> Result<Vec<String>> {
+        self.flush_samples()?;
         let mut idle: Vec<(f64, f64, Instant, String)> = Vec::new();
         for i in self.instances() {
             if i.id == except || i.permits.available_permits() < i.max_concurrency {
@@ -833,7 +862,18 @@ impl CapabilityManager {
 
     /// CPU percent, RSS and GPU memory (MB) of a worker and its descendants, measured after
     /// a call (sysinfo + NVML, on a blocking thread: a process-table scan takes milliseconds).
-    async fn measure(&self, pid: u32) -> (f64, f64, f64) {
+    async fn measure(&self, instance: &Instance, pid: u32) -> (f64, f64, f64) {
+        if let Some((at, usage)) = *lock(&instance.measured)
+            && at.elapsed() < MEASURE_REUSE
+        {
+            return usage;
+        }
+        let usage = self.measure_now(pid).await;
+        *lock(&instance.measured) = Some((Instant::now(), usage));
+        usage
+    }
+
+    async fn measure_now(&self, pid: u32) -> (f64, f64, f64) {
         let telemetry = self.inner.telemetry.clone();
         tokio::task::spawn_blocking(move || {
             let Some(tree) = telemetry.process_tree(pid) else {
@@ -863,14 +903,42 @@ impl CapabilityManager {
                 sample.api_usage.insert(unit, n);
             }
         }
-        let record = self.inner.stores.empirical.record_sample(
-            &instance.id,
-            &instance.name,
-            config_hash,
-            &sample,
-        )?;
-        if *lock(&instance.config_hash) == config_hash {
-            *lock(&instance.profile) = Some(record);
+        {
+            let mut profile = lock(&instance.profile);
+            if *lock(&instance.config_hash) == config_hash {
+                profile
+                    .get_or_insert_with(|| {
+                        EmpiricalRecord::first(&instance.id, &instance.name, config_hash)
+                    })
+                    .fold(&sample);
+            }
+        }
+        let first = {
+            let mut pending = lock(&self.inner.samples);
+            pending.push(BufferedSample {
+                instance_id: instance.id.clone(),
+                capability_name: instance.name.clone(),
+                config_hash: config_hash.to_owned(),
+                sample,
+            });
+            pending.len() == 1
+        };
+        if first {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let weak = Arc::downgrade(&self.inner);
+                    rt.spawn(async move {
+                        tokio::time::sleep(SAMPLE_FLUSH).await;
+                        if let Some(inner) = weak.upgrade() {
+                            let manager = CapabilityManager { inner };
+                            if let Err(e) = manager.flush_samples() {
+                                tracing::error!(error = %e, "cannot write empirical samples");
+                            }
+                        }
+                    });
+                }
+                Err(_) => self.flush_samples()?,
+            }
         }
         for account in control.take_accounts() {
             let mut e = JournalEvent::new(account.event_type)
@@ -881,6 +949,12 @@ impl CapabilityManager {
             self.inner.stores.journal.append(&e)?;
         }
         Ok(())
+    }
+
+    /// Writes the buffered after-call samples into the empirical store (one transaction).
+    pub fn flush_samples(&self) -> Result<()> {
+        let samples = std::mem::take(&mut *lock(&self.inner.samples));
+        self.inner.stores.empirical.record_samples(&samples)
     }
 
     fn journal_event(&self, instance: &Instance, event_type: &str, payload: Value) -> Result<()> {
@@ -926,8 +1000,9 @@ impl CapabilityManager {
         Ok(())
     }
 
-    /// Unloads every instance.
+    /// Unloads every instance and writes the buffered empirical samples.
     pub async fn shutdown(&self) -> Result<()> {
+        self.flush_samples()?;
         let ids: Vec<String> = self.instances().iter().map(|i| i.id.clone()).collect();
         for id in ids {
             self.unload(&id).await?;

@@ -235,16 +235,16 @@ impl JobQueue {
                 Some(e) => Arc::clone(&e.done),
                 None => {
                     drop(st);
-                    return self.from_journal(job_id);
+                    return self.journal_record(job_id);
                 }
             }
         };
         wait_done(&done, timeout, job_id).await?;
         self.get(job_id)
-            .map_or_else(|| self.from_journal(job_id), Ok)
+            .map_or_else(|| self.journal_record(job_id), Ok)
     }
 
-    fn from_journal(&self, job_id: &str) -> Result<Job> {
+    fn journal_record(&self, job_id: &str) -> Result<Job> {
         let rows = self
             .inner
             .manager
@@ -252,7 +252,11 @@ impl JobQueue {
             .query(&crate::store::JournalQuery::job(job_id))?;
         rows.into_iter()
             .rev()
-            .find_map(|e| e.is_terminal_transition().then(|| e.job_snapshot()).flatten())
+            .find_map(|e| {
+                e.is_terminal_transition()
+                    .then(|| e.job_snapshot())
+                    .flatten()
+            })
             .map(Job::from_snapshot)
             .ok_or_else(|| QueueError::UnknownJob(job_id.to_owned()).into())
     }
@@ -319,9 +323,7 @@ impl JobQueue {
 
     /// A live stream of events in `scope`.
     pub fn subscribe(&self, scope: Scope) -> Subscription {
-        self.inner
-            .bus
-            .subscribe(scope, SUBSCRIBER_BUFFER)
+        self.inner.bus.subscribe(scope, SUBSCRIBER_BUFFER)
     }
 
     /// Submits a composition; returns its run id. Validated first: structure (duplicate ids,
@@ -526,7 +528,10 @@ impl Inner {
                 break;
             };
             st.ledger.running += 1;
-            *st.ledger.by_instance.entry(instance_id.clone()).or_default() += 1;
+            *st.ledger
+                .by_instance
+                .entry(instance_id.clone())
+                .or_default() += 1;
             st.ledger.exclusive |= grant.exclusive;
             st.ledger.gpu_reserved_mb += grant.gpu_mb;
             let detail = json!({
@@ -557,7 +562,10 @@ impl Inner {
                 }
             }));
             entry.control = Some(Arc::clone(&control));
-            let request = entry.request.take().unwrap_or_else(|| CallRequest::execute(Default::default()));
+            let request = entry
+                .request
+                .take()
+                .unwrap_or_else(|| CallRequest::execute(Default::default()));
             self.emitter.push(Item::Event(job_event(
                 EventKind::AdmissionDecided,
                 &entry.job,
@@ -594,7 +602,11 @@ impl Inner {
     async fn run(self: Arc<Self>, launch: Launch) {
         let result = self
             .manager
-            .call_with(&launch.instance_id, launch.request, Arc::clone(&launch.control))
+            .call_with(
+                &launch.instance_id,
+                launch.request,
+                Arc::clone(&launch.control),
+            )
             .await;
         if launch.control.forced() {
             self.cancel_phase(&launch.id, CancelPhase::Reloading);
@@ -687,9 +699,10 @@ impl Inner {
         entry.job.result.clone_from(&value);
         entry.job.error.clone_from(&error);
         self.terminal(st, job_id, JobStatus::Running, status);
-        let member = st.jobs.get(job_id).and_then(|e| {
-            Some((e.job.composition_id.clone()?, e.job.node_id.clone()?))
-        });
+        let member = st
+            .jobs
+            .get(job_id)
+            .and_then(|e| Some((e.job.composition_id.clone()?, e.job.node_id.clone()?)));
         if let Some((comp, node)) = member {
             let state = match status {
                 JobStatus::Completed => NodeState::Completed,
@@ -750,9 +763,10 @@ impl Inner {
                 let (instance, order) = (entry.job.instance_id.clone(), entry.order);
                 st.pending.remove(&instance, order);
                 self.terminal(st, job_id, JobStatus::Pending, JobStatus::Cancelled);
-                let member = st.jobs.get(job_id).and_then(|e| {
-                    Some((e.job.composition_id.clone()?, e.job.node_id.clone()?))
-                });
+                let member = st
+                    .jobs
+                    .get(job_id)
+                    .and_then(|e| Some((e.job.composition_id.clone()?, e.job.node_id.clone()?)));
                 if let Some((comp, node)) = member {
                     self.advance(st, &comp, &node, NodeState::Cancelled, None, None);
                 }
@@ -845,9 +859,9 @@ impl Inner {
             let Some(node) = run.composition.nodes.iter().find(|n| n.id == node_id) else {
                 continue;
             };
-            let resolved = node.resolve(&results).map_err(|m| {
-                JobError::user_input(format!("composition binding failed: {m}"))
-            });
+            let resolved = node
+                .resolve(&results)
+                .map_err(|m| JobError::user_input(format!("composition binding failed: {m}")));
             let checked = resolved.and_then(|kwargs| {
                 self.check_instance(&node.instance_id)
                     .map(|name| (kwargs, name))
@@ -859,13 +873,12 @@ impl Inner {
                         (Some(t), Some(m)) => CallRequest::task(t, m, kwargs),
                         _ => CallRequest::execute(kwargs),
                     };
-                    let mut spec = JobSpec::call(&node.instance_id, request).priority(
-                        if node.priority != 0 {
+                    let mut spec =
+                        JobSpec::call(&node.instance_id, request).priority(if node.priority != 0 {
                             node.priority
                         } else {
                             run.composition.priority
-                        },
-                    );
+                        });
                     let env = &mut spec.request.envelope;
                     env.composition_id = Some(comp_id.to_owned());
                     env.node_id = Some(node.id.clone());
@@ -925,7 +938,8 @@ impl Inner {
         }
         for job in jobs {
             let status = st.jobs.get(&job).map(|e| e.job.status);
-            if status == Some(JobStatus::Pending) || (running && status == Some(JobStatus::Running)) {
+            if status == Some(JobStatus::Pending) || (running && status == Some(JobStatus::Running))
+            {
                 let _ = self.cancel_job(st, &job);
             }
         }

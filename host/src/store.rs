@@ -43,7 +43,7 @@ pub use diagnostics::{
     ChunkQuery, DiagnosticRecord, DiagnosticsStore, DiagnosticsWriter, RecordQuery,
     RetentionOutcome, StreamChunk,
 };
-pub use empirical::{EmpiricalRecord, EmpiricalStore, ResourceSample};
+pub use empirical::{BufferedSample, EmpiricalRecord, EmpiricalStore, ResourceSample};
 pub use journal::{JobSnapshot, JournalEvent, JournalQuery, JournalStore, event_types};
 pub use secrets::{SecretStore, SecretValue};
 

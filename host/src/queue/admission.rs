@@ -163,7 +163,6 @@ pub(crate) enum Blocked {
     Memory(String),
 }
 
-
 /// What admitting a job reserves.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub(crate) struct Grant {
@@ -296,25 +295,71 @@ mod tests {
             ..Ledger::default()
         };
         // Exclusivity: no profile runs alone.
-        assert!(decide(&idle, LIMITS, "i", 1, None, &mut none).unwrap().exclusive);
-        assert_eq!(decide(&busy, LIMITS, "j", 1, None, &mut none), Err(Blocked::Exclusive));
+        assert!(
+            decide(&idle, LIMITS, "i", 1, None, &mut none)
+                .unwrap()
+                .exclusive
+        );
+        assert_eq!(
+            decide(&busy, LIMITS, "j", 1, None, &mut none),
+            Err(Blocked::Exclusive)
+        );
         // Per-instance cap.
         let p = profile(0.0, 0.0);
-        assert_eq!(decide(&busy, LIMITS, "i", 1, Some(p), &mut none), Err(Blocked::InstanceCap(1)));
+        assert_eq!(
+            decide(&busy, LIMITS, "i", 1, Some(p), &mut none),
+            Err(Blocked::InstanceCap(1))
+        );
         assert!(decide(&busy, LIMITS, "i", 2, Some(p), &mut none).is_ok());
         assert!(decide(&busy, LIMITS, "j", 1, Some(p), &mut none).is_ok());
         // GPU: ledger, then live free memory, then no telemetry.
         let g = profile(4000.0, 0.0);
-        let reserved = Ledger { gpu_reserved_mb: 5000.0, ..Ledger::default() };
-        assert!(matches!(decide(&reserved, LIMITS, "j", 1, Some(g), &mut gpu_view(9000.0, 9000.0)), Err(Blocked::Gpu(m)) if m.contains("ledger")));
-        assert_eq!(decide(&reserved, LIMITS, "j", 1, Some(g), &mut gpu_view(12000.0, 9000.0)).unwrap().gpu_mb, 4000.0);
-        assert!(matches!(decide(&idle, LIMITS, "j", 1, Some(g), &mut gpu_view(12000.0, 3000.0)), Err(Blocked::Gpu(m)) if m.contains("3000 MB free")));
-        assert!(decide(&idle, LIMITS, "j", 1, Some(g), &mut none).unwrap().exclusive);
+        let reserved = Ledger {
+            gpu_reserved_mb: 5000.0,
+            ..Ledger::default()
+        };
+        assert!(
+            matches!(decide(&reserved, LIMITS, "j", 1, Some(g), &mut gpu_view(9000.0, 9000.0)), Err(Blocked::Gpu(m)) if m.contains("ledger"))
+        );
+        assert_eq!(
+            decide(
+                &reserved,
+                LIMITS,
+                "j",
+                1,
+                Some(g),
+                &mut gpu_view(12000.0, 9000.0)
+            )
+            .unwrap()
+            .gpu_mb,
+            4000.0
+        );
+        assert!(
+            matches!(decide(&idle, LIMITS, "j", 1, Some(g), &mut gpu_view(12000.0, 3000.0)), Err(Blocked::Gpu(m)) if m.contains("3000 MB free"))
+        );
+        assert!(
+            decide(&idle, LIMITS, "j", 1, Some(g), &mut none)
+                .unwrap()
+                .exclusive
+        );
         assert!(decide(&busy, LIMITS, "j", 1, Some(g), &mut none).is_err());
         // RAM against live available memory.
         let m = profile(0.0, 2000.0);
-        assert!(matches!(decide(&idle, LIMITS, "j", 1, Some(m), &mut gpu_view(0.0, 0.0)), Err(Blocked::Memory(_))));
-        assert!(decide(&idle, LIMITS, "j", 1, Some(profile(0.0, 500.0)), &mut gpu_view(0.0, 0.0)).is_ok());
+        assert!(matches!(
+            decide(&idle, LIMITS, "j", 1, Some(m), &mut gpu_view(0.0, 0.0)),
+            Err(Blocked::Memory(_))
+        ));
+        assert!(
+            decide(
+                &idle,
+                LIMITS,
+                "j",
+                1,
+                Some(profile(0.0, 500.0)),
+                &mut gpu_view(0.0, 0.0)
+            )
+            .is_ok()
+        );
     }
 
     #[test]

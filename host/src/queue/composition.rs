@@ -63,7 +63,7 @@ impl OutputRef {
                     m.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
                 Value::Array(_) => "an array".to_owned(),
-                other => format!("{}", json_type(other)),
+                other => json_type(other).to_string(),
             };
             format!(
                 "the result of node '{}' has no field '{field}' (it is {shape})",
@@ -175,9 +175,9 @@ impl Node {
             let value = match arg {
                 Arg::Value(v) => v.clone(),
                 Arg::Output(r) => {
-                    let result = results.get(&r.node).ok_or_else(|| {
-                        format!("node '{}' has no result to bind", r.node)
-                    })?;
+                    let result = results
+                        .get(&r.node)
+                        .ok_or_else(|| format!("node '{}' has no result to bind", r.node))?;
                     r.extract(result)
                         .map_err(|e| format!("kwarg '{name}' of node '{}': {e}", self.id))?
                 }
@@ -239,10 +239,7 @@ impl Composition {
                 problems.push(format!("duplicate node id '{}'", n.id));
             }
             if n.task.is_some() != n.method.is_some() {
-                problems.push(format!(
-                    "node '{}': task and method go together",
-                    n.id
-                ));
+                problems.push(format!("node '{}': task and method go together", n.id));
             }
         }
         let mut deps = BTreeMap::new();
@@ -404,7 +401,10 @@ impl CompositionRun {
             .collect();
         for (node, ups) in &deps {
             for up in ups {
-                dependents.entry(up.clone()).or_default().insert(node.clone());
+                dependents
+                    .entry(up.clone())
+                    .or_default()
+                    .insert(node.clone());
             }
         }
         let nodes = composition
@@ -551,7 +551,10 @@ mod tests {
         ]);
         let problems = cyclic.validate().unwrap_err();
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].starts_with("dependency cycle: "), "{problems:?}");
+        assert!(
+            problems[0].starts_with("dependency cycle: "),
+            "{problems:?}"
+        );
         assert!(Composition::new(vec![]).validate().unwrap().is_empty());
     }
 
@@ -570,7 +573,10 @@ mod tests {
         );
         run.record("a", NodeState::Completed, Some(json!({"other": 5})), None);
         let err = b.resolve(&run.results()).unwrap_err();
-        assert!(err.contains("has no field 'out'") && err.contains("[other]"), "{err}");
+        assert!(
+            err.contains("has no field 'out'") && err.contains("[other]"),
+            "{err}"
+        );
         run.record("b", NodeState::Failed, None, None);
         assert_eq!(run.skip_dependents("b"), ["c"]);
         assert!(!run.all_terminal());
@@ -581,17 +587,67 @@ mod tests {
     fn terminal_status_precedence() {
         use NodeState::*;
         let cases: &[(&str, bool, bool, &[NodeState], NodeState)] = &[
-            ("user cancel dominates a failure", true, true, &[Failed, Completed], Cancelled),
-            ("user cancel dominates success", true, true, &[Completed, Completed], Cancelled),
-            ("fail-fast failure with housekeeping cancels", false, true, &[Failed, Cancelled, Skipped], Failed),
-            ("fail-fast failure", false, true, &[Failed, Completed], Failed),
-            ("a directly cancelled member", false, true, &[Cancelled, Completed, Skipped], Cancelled),
-            ("best-effort with a failed member", false, false, &[Failed, Completed, Skipped], Completed),
-            ("best-effort with a cancelled member", false, false, &[Cancelled, Completed], Cancelled),
-            ("all completed", false, true, &[Completed, Completed], Completed),
+            (
+                "user cancel dominates a failure",
+                true,
+                true,
+                &[Failed, Completed],
+                Cancelled,
+            ),
+            (
+                "user cancel dominates success",
+                true,
+                true,
+                &[Completed, Completed],
+                Cancelled,
+            ),
+            (
+                "fail-fast failure with housekeeping cancels",
+                false,
+                true,
+                &[Failed, Cancelled, Skipped],
+                Failed,
+            ),
+            (
+                "fail-fast failure",
+                false,
+                true,
+                &[Failed, Completed],
+                Failed,
+            ),
+            (
+                "a directly cancelled member",
+                false,
+                true,
+                &[Cancelled, Completed, Skipped],
+                Cancelled,
+            ),
+            (
+                "best-effort with a failed member",
+                false,
+                false,
+                &[Failed, Completed, Skipped],
+                Completed,
+            ),
+            (
+                "best-effort with a cancelled member",
+                false,
+                false,
+                &[Cancelled, Completed],
+                Cancelled,
+            ),
+            (
+                "all completed",
+                false,
+                true,
+                &[Completed, Completed],
+                Completed,
+            ),
         ];
         for (name, cancel, fail_fast, states, want) in cases {
-            let nodes: Vec<Node> = (0..states.len()).map(|i| Node::new(format!("n{i}"), "x")).collect();
+            let nodes: Vec<Node> = (0..states.len())
+                .map(|i| Node::new(format!("n{i}"), "x"))
+                .collect();
             let mut comp = Composition::new(nodes);
             comp.fail_fast = *fail_fast;
             let deps = comp.validate().unwrap();

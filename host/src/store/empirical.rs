@@ -104,7 +104,8 @@ impl EmpiricalRecord {
         (self.sample_count >= 2).then(|| self.duration_seconds_m2 / (self.sample_count - 1) as f64)
     }
 
-    fn first(instance_id: &str, capability_name: &str, config_hash: &str) -> Self {
+    /// The aggregate before any sample.
+    pub fn first(instance_id: &str, capability_name: &str, config_hash: &str) -> Self {
         EmpiricalRecord {
             instance_id: instance_id.to_owned(),
             capability_name: capability_name.to_owned(),
@@ -124,7 +125,8 @@ impl EmpiricalRecord {
     }
 
     /// Folds `s` in (Welford: `mean += (x - mean) / n`, `m2 += (x - old mean) * (x - new mean)`).
-    fn fold(&mut self, s: &ResourceSample) {
+    /// Folds one sample in (Welford means, max of peaks, counts, usage sums).
+    pub fn fold(&mut self, s: &ResourceSample) {
         let first = self.sample_count == 0;
         self.sample_count += 1;
         self.success_count += u64::from(s.success);
@@ -195,6 +197,61 @@ const COLUMNS: &str = "instance_id, capability_name, config_hash, sample_count, 
      memory_mb_peak_max, memory_mb_peak_mean, gpu_memory_mb_peak_max, gpu_memory_mb_peak_mean, \
      duration_seconds_mean, duration_seconds_m2, last_observed, api_usage_totals";
 
+/// A sample waiting to be folded into its aggregate ([`EmpiricalStore::record_samples`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferedSample {
+    /// The instance.
+    pub instance_id: String,
+    /// Its capability.
+    pub capability_name: String,
+    /// The hash of its config.
+    pub config_hash: String,
+    /// The observation.
+    pub sample: ResourceSample,
+}
+
+fn fold_into(
+    tx: &rusqlite::Transaction<'_>,
+    instance_id: &str,
+    capability_name: &str,
+    config_hash: &str,
+    sample: &ResourceSample,
+) -> rusqlite::Result<EmpiricalRecord> {
+    let select = format!(
+        "SELECT {COLUMNS} FROM empirical_resources WHERE instance_id = ?1 AND config_hash = ?2"
+    );
+    let insert = format!(
+        "INSERT OR REPLACE INTO empirical_resources ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+    );
+    let existing = tx
+        .prepare_cached(&select)?
+        .query_row([instance_id, config_hash], row_to_record)
+        .optional()?;
+    let mut record = existing
+        .unwrap_or_else(|| EmpiricalRecord::first(instance_id, capability_name, config_hash));
+    record.capability_name = capability_name.to_owned();
+    record.fold(sample);
+    let usage = serde_json::to_string(&record.api_usage_totals)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    tx.prepare_cached(&insert)?.execute(params![
+        record.instance_id,
+        record.capability_name,
+        record.config_hash,
+        i64::try_from(record.sample_count).unwrap_or(i64::MAX),
+        i64::try_from(record.success_count).unwrap_or(i64::MAX),
+        record.cpu_percent_mean,
+        record.memory_mb_peak_max,
+        record.memory_mb_peak_mean,
+        record.gpu_memory_mb_peak_max,
+        record.gpu_memory_mb_peak_mean,
+        record.duration_seconds_mean,
+        record.duration_seconds_m2,
+        record.last_observed,
+        usage,
+    ])?;
+    Ok(record)
+}
+
 /// The empirical store.
 #[derive(Debug)]
 pub struct EmpiricalStore {
@@ -219,43 +276,22 @@ impl EmpiricalStore {
         config_hash: &str,
         sample: &ResourceSample,
     ) -> Result<EmpiricalRecord> {
-        let select = format!(
-            "SELECT {COLUMNS} FROM empirical_resources WHERE instance_id = ?1 AND config_hash = ?2"
-        );
-        let insert = format!(
-            "INSERT OR REPLACE INTO empirical_resources ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-        );
-        let record = self.db.write(|tx| {
-            let existing = tx
-                .prepare_cached(&select)?
-                .query_row([instance_id, config_hash], row_to_record)
-                .optional()?;
-            let mut record = existing.unwrap_or_else(|| {
-                EmpiricalRecord::first(instance_id, capability_name, config_hash)
-            });
-            record.capability_name = capability_name.to_owned();
-            record.fold(sample);
-            let usage = serde_json::to_string(&record.api_usage_totals)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            tx.prepare_cached(&insert)?.execute(params![
-                record.instance_id,
-                record.capability_name,
-                record.config_hash,
-                i64::try_from(record.sample_count).unwrap_or(i64::MAX),
-                i64::try_from(record.success_count).unwrap_or(i64::MAX),
-                record.cpu_percent_mean,
-                record.memory_mb_peak_max,
-                record.memory_mb_peak_mean,
-                record.gpu_memory_mb_peak_max,
-                record.gpu_memory_mb_peak_mean,
-                record.duration_seconds_mean,
-                record.duration_seconds_m2,
-                record.last_observed,
-                usage,
-            ])?;
-            Ok(record)
-        })?;
-        Ok(record)
+        self.db
+            .write(|tx| fold_into(tx, instance_id, capability_name, config_hash, sample))
+    }
+
+    /// Folds many samples, each `(instance_id, capability_name, config_hash, sample)`, in one
+    /// write transaction (all or none): how a busy host batches its after-call samples.
+    pub fn record_samples(&self, samples: &[BufferedSample]) -> Result<()> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        self.db.write(|tx| {
+            for s in samples {
+                fold_into(tx, &s.instance_id, &s.capability_name, &s.config_hash, &s.sample)?;
+            }
+            Ok(())
+        })
     }
 
     /// The aggregate of (`instance_id`, `config_hash`): `None` means no profile yet (the

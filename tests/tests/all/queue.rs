@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use cjm_host::config::QueueConfig;
 use cjm_host::queue::{
-    Composition, EventKind, JobQueue, JobSpec, JobStatus, Node, NodeState, OutputRef,
-    QueueError, ResourceSource, ResourceView, Scope,
+    Composition, EventKind, JobQueue, JobSpec, JobStatus, Node, NodeState, OutputRef, QueueError,
+    ResourceSource, ResourceView, Scope,
 };
 use cjm_host::store::{JournalEvent, JournalQuery, ResourceSample};
 use cjm_host::{Error, Host};
@@ -23,12 +23,32 @@ const T: Option<Duration> = Some(Duration::from_secs(60));
 fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_manifest(d, "noop", wasm_install(fixtures::NOOP, json!({"max_concurrency": 4})));
+    write_manifest(
+        d,
+        "noop",
+        wasm_install(fixtures::NOOP, json!({"max_concurrency": 4})),
+    );
     write_manifest(d, "hostile", wasm_install(fixtures::HOSTILE, json!({})));
-    write_manifest(d, "text-stats", wasm_install(fixtures::TEXT_STATS, json!({})));
-    write_manifest(d, "sentence-split", wasm_install(fixtures::SENTENCE_SPLIT, json!({})));
-    write_manifest(d, "text-stats-native", native_install(&[env!("CARGO_BIN_EXE_parity_worker")]));
-    write_manifest(d, "probe", native_install(&[env!("CARGO_BIN_EXE_probe_worker")]));
+    write_manifest(
+        d,
+        "text-stats",
+        wasm_install(fixtures::TEXT_STATS, json!({})),
+    );
+    write_manifest(
+        d,
+        "sentence-split",
+        wasm_install(fixtures::SENTENCE_SPLIT, json!({})),
+    );
+    write_manifest(
+        d,
+        "text-stats-native",
+        native_install(&[env!("CARGO_BIN_EXE_parity_worker")]),
+    );
+    write_manifest(
+        d,
+        "probe",
+        native_install(&[env!("CARGO_BIN_EXE_probe_worker")]),
+    );
     dir
 }
 
@@ -51,7 +71,10 @@ async fn host(dir: &Path, lanes: u32, load: &[(&str, &str)]) -> Host {
 }
 
 fn rows(q: &JobQueue, job: &str) -> Vec<JournalEvent> {
-    q.manager().journal().query(&JournalQuery::job(job)).unwrap()
+    q.manager()
+        .journal()
+        .query(&JournalQuery::job(job))
+        .unwrap()
 }
 
 /// The `seq` of the job's transition into `to`.
@@ -119,27 +142,73 @@ async fn jobs_on_both_kinds_and_history_survives_a_restart() {
     let dir = data_dir();
     let text = "The cat sat on the mat. The cat ran away!";
     let (a, b, t) = {
-        let h = host(dir.path(), 4, &[("text-stats", "ts"), ("text-stats-native", "tsn"), ("probe", "p")]).await;
+        let h = host(
+            dir.path(),
+            4,
+            &[
+                ("text-stats", "ts"),
+                ("text-stats-native", "tsn"),
+                ("probe", "p"),
+            ],
+        )
+        .await;
         let q = h.queue();
-        let direct = h.manager().binding("ts").unwrap().execute(kwargs(json!({"text": text}))).await.unwrap();
+        let direct = h
+            .manager()
+            .binding("ts")
+            .unwrap()
+            .execute(kwargs(json!({"text": text})))
+            .await
+            .unwrap();
         let a = q
-            .submit(JobSpec::execute("ts", kwargs(json!({"text": text}))).run_id("run-1").actor("tester"))
+            .submit(
+                JobSpec::execute("ts", kwargs(json!({"text": text})))
+                    .run_id("run-1")
+                    .actor("tester"),
+            )
             .unwrap();
-        let b = q.submit(JobSpec::execute("tsn", kwargs(json!({"text": text})))).unwrap();
+        let b = q
+            .submit(JobSpec::execute("tsn", kwargs(json!({"text": text}))))
+            .unwrap();
         let t = q
-            .submit(JobSpec::task("p", "echo", "echo", kwargs(json!({"text": "hi", "times": 2}))))
+            .submit(JobSpec::task(
+                "p",
+                "echo",
+                "echo",
+                kwargs(json!({"text": "hi", "times": 2})),
+            ))
             .unwrap();
-        let (ja, jb, jt) = (q.wait(&a, T).await.unwrap(), q.wait(&b, T).await.unwrap(), q.wait(&t, T).await.unwrap());
+        let (ja, jb, jt) = (
+            q.wait(&a, T).await.unwrap(),
+            q.wait(&b, T).await.unwrap(),
+            q.wait(&t, T).await.unwrap(),
+        );
         assert_eq!(ja.status, JobStatus::Completed);
-        assert_eq!(ja.result.as_ref(), Some(&direct), "a queued job returns what a direct call does");
-        assert_eq!(jb.result.as_ref(), Some(&direct), "wasm and native give the same result");
+        assert_eq!(
+            ja.result.as_ref(),
+            Some(&direct),
+            "a queued job returns what a direct call does"
+        );
+        assert_eq!(
+            jb.result.as_ref(),
+            Some(&direct),
+            "wasm and native give the same result"
+        );
         assert_eq!(jt.status, JobStatus::Completed, "{:?}", jt.error);
         assert_eq!(jt.task_name.as_deref(), Some("echo"));
         assert_eq!(q.stats().completed, 3);
         // Every journal row of the job carries its correlation tags.
         let types: Vec<String> = rows(q, &a).iter().map(|e| e.event_type.clone()).collect();
-        assert_eq!(types, ["admission_decided", "state_transition", "state_transition"]);
-        assert!(rows(q, &a).iter().all(|e| e.run_id.as_deref() == Some("run-1") && e.actor.as_deref() == Some("tester")));
+        assert_eq!(
+            types,
+            ["admission_decided", "state_transition", "state_transition"]
+        );
+        assert!(
+            rows(q, &a)
+                .iter()
+                .all(|e| e.run_id.as_deref() == Some("run-1")
+                    && e.actor.as_deref() == Some("tester"))
+        );
         h.shutdown().await.unwrap();
         (a, b, t)
     };
@@ -149,11 +218,22 @@ async fn jobs_on_both_kinds_and_history_survives_a_restart() {
     let history = q.history_from_journal(None).unwrap();
     let ids: Vec<&str> = history.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, [t.as_str(), b.as_str(), a.as_str()], "newest first");
-    assert!(history.iter().all(|j| j.status == JobStatus::Completed && j.started_at.is_some()));
+    assert!(
+        history
+            .iter()
+            .all(|j| j.status == JobStatus::Completed && j.started_at.is_some())
+    );
     assert_eq!(history[2].run_id.as_deref(), Some("run-1"));
     let old = q.wait(&a, T).await.unwrap();
-    assert_eq!((old.status, old.result), (JobStatus::Completed, None), "a record: no result");
-    assert!(q.history(None).is_empty(), "the in-memory history starts empty");
+    assert_eq!(
+        (old.status, old.result),
+        (JobStatus::Completed, None),
+        "a record: no result"
+    );
+    assert!(
+        q.history(None).is_empty(),
+        "the in-memory history starts empty"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +247,10 @@ async fn admission_rules() {
     let a = q.submit(JobSpec::execute("p1", slow(4))).unwrap();
     let b = q.submit(JobSpec::execute("p2", slow(4))).unwrap();
     q.wait(&b, T).await.unwrap();
-    assert!(seq_of(q, &b, "running") > seq_of(q, &a, "completed"), "first runs are exclusive");
+    assert!(
+        seq_of(q, &b, "running") > seq_of(q, &a, "completed"),
+        "first runs are exclusive"
+    );
     assert_eq!(admission(q, &a)["exclusive"], true);
     assert_eq!(admission(q, &b)["measured"], false);
 
@@ -175,11 +258,16 @@ async fn admission_rules() {
     let a = q.submit(JobSpec::execute("p1", slow(6))).unwrap();
     let b = q.submit(JobSpec::execute("p2", slow(1))).unwrap();
     q.wait(&a, T).await.unwrap();
-    assert!(seq_of(q, &b, "running") < seq_of(q, &a, "completed"), "they overlap");
+    assert!(
+        seq_of(q, &b, "running") < seq_of(q, &a, "completed"),
+        "they overlap"
+    );
     assert_eq!(admission(q, &a)["exclusive"], false);
 
     // 3. The per-instance cap (1 for a native worker): jobs on one instance never overlap.
-    let jobs: Vec<String> = (0..3).map(|_| q.submit(JobSpec::execute("p1", slow(1))).unwrap()).collect();
+    let jobs: Vec<String> = (0..3)
+        .map(|_| q.submit(JobSpec::execute("p1", slow(1))).unwrap())
+        .collect();
     for j in &jobs {
         q.wait(j, T).await.unwrap();
     }
@@ -192,17 +280,28 @@ async fn admission_rules() {
     until_running(q, &busy).await;
     let low = q.submit(JobSpec::execute("p1", slow(1))).unwrap();
     let low2 = q.submit(JobSpec::execute("p1", slow(1))).unwrap();
-    let high = q.submit(JobSpec::execute("p1", slow(1)).priority(10)).unwrap();
+    let high = q
+        .submit(JobSpec::execute("p1", slow(1)).priority(10))
+        .unwrap();
     let late = q.submit(JobSpec::execute("p1", slow(1))).unwrap();
     q.reorder(&late, 5).unwrap();
     let pending: Vec<String> = q.pending().into_iter().map(|j| j.id).collect();
-    assert_eq!(pending, [high.clone(), late.clone(), low.clone(), low2.clone()]);
+    assert_eq!(
+        pending,
+        [high.clone(), late.clone(), low.clone(), low2.clone()]
+    );
     let other = q.submit(JobSpec::execute("p2", slow(1))).unwrap();
     q.wait(&other, T).await.unwrap();
     q.wait(&busy, T).await.unwrap();
-    assert!(seq_of(q, &other, "completed") < seq_of(q, &busy, "completed"), "skip-ahead: a blocked head does not stall p2");
+    assert!(
+        seq_of(q, &other, "completed") < seq_of(q, &busy, "completed"),
+        "skip-ahead: a blocked head does not stall p2"
+    );
     q.wait(&low2, T).await.unwrap();
-    let order: Vec<i64> = [&high, &late, &low, &low2].iter().map(|j| seq_of(q, j, "running")).collect();
+    let order: Vec<i64> = [&high, &late, &low, &low2]
+        .iter()
+        .map(|j| seq_of(q, j, "running"))
+        .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     h.shutdown().await.unwrap();
 }
@@ -221,17 +320,29 @@ async fn gpu_ledger_and_memory_admission() {
     let dir = data_dir();
     // Measure once to learn each instance's config hash, then record real samples with the
     // peaks admission will read (as if earlier runs had used a GPU).
-    let peaks = [("g1", 4000.0, 10.0), ("g2", 4000.0, 10.0), ("cpu", 0.0, 10.0), ("huge", 0.0, 1e9)];
+    let peaks = [
+        ("g1", 4000.0, 10.0),
+        ("g2", 4000.0, 10.0),
+        ("cpu", 0.0, 10.0),
+        ("huge", 0.0, 1e9),
+    ];
     {
         let h = host(dir.path(), 4, &[]).await;
         for (id, gpu, ram) in peaks {
             let i = h.manager().load("probe", None, Some(id)).await.unwrap();
             let sample = ResourceSample::new(1.0, ram, gpu, 0.1, true);
-            h.manager().empirical().record_sample(id, "probe", &i.config_hash(), &sample).unwrap();
+            h.manager()
+                .empirical()
+                .record_sample(id, "probe", &i.config_hash(), &sample)
+                .unwrap();
         }
         h.shutdown().await.unwrap();
     }
-    let view = ResourceView { memory_available_mb: Some(16000.0), gpu_total_mb: Some(8000.0), gpu_free_mb: Some(8000.0) };
+    let view = ResourceView {
+        memory_available_mb: Some(16000.0),
+        gpu_total_mb: Some(8000.0),
+        gpu_free_mb: Some(8000.0),
+    };
     let mut b = Host::builder()
         .data_dir(dir.path())
         .queue(queue_config(4, 300))
@@ -252,14 +363,23 @@ async fn gpu_ledger_and_memory_admission() {
     assert!(seq_of(q, &g2, "running") > seq_of(q, &g1, "completed"));
     assert!(seq_of(q, &cpu, "running") < seq_of(q, &g1, "completed"));
     let adm = admission(q, &g1);
-    assert_eq!((adm["gpu_memory_mb"].as_f64(), adm["gpu_reserved_mb"].as_f64()), (Some(4000.0), Some(4000.0)));
+    assert_eq!(
+        (
+            adm["gpu_memory_mb"].as_f64(),
+            adm["gpu_reserved_mb"].as_f64()
+        ),
+        (Some(4000.0), Some(4000.0))
+    );
     // A RAM peak above what is available never starts; cancelling it is clean.
     let j = q.get(&huge).unwrap();
     assert_eq!((j.status, j.started_at), (JobStatus::Pending, None));
     q.cancel(&huge).unwrap();
     let j = q.wait(&huge, T).await.unwrap();
     assert_eq!((j.status, j.started_at), (JobStatus::Cancelled, None));
-    assert!(rows(q, &huge).iter().all(|e| e.payload["to"] != "running"), "a cancelled pending job never starts");
+    assert!(
+        rows(q, &huge).iter().all(|e| e.payload["to"] != "running"),
+        "a cancelled pending job never starts"
+    );
     h.shutdown().await.unwrap();
 
     // Without GPU telemetry a GPU-profiled job runs alone.
@@ -291,10 +411,26 @@ async fn cancellation_paths_on_wasm_and_native() {
     // one that checks stops cooperatively. Native: a worker sleeping without checking is
     // killed and respawned; one that checks answers /cancel.
     let cases: Vec<(&str, serde_json::Map<String, Value>, &[&str])> = vec![
-        ("h", attack("loop_forever"), &["cooperative", "force", "reloading", "completed"]),
-        ("h", attack("loop_cooperative"), &["cooperative", "completed"]),
-        ("p", probe("sleep", json!({"seconds": 60})), &["cooperative", "force", "reloading", "completed"]),
-        ("p", probe("slow", json!({"steps": 1000})), &["cooperative", "completed"]),
+        (
+            "h",
+            attack("loop_forever"),
+            &["cooperative", "force", "reloading", "completed"],
+        ),
+        (
+            "h",
+            attack("loop_cooperative"),
+            &["cooperative", "completed"],
+        ),
+        (
+            "p",
+            probe("sleep", json!({"seconds": 60})),
+            &["cooperative", "force", "reloading", "completed"],
+        ),
+        (
+            "p",
+            probe("slow", json!({"steps": 1000})),
+            &["cooperative", "completed"],
+        ),
     ];
     for (instance, kw, want) in cases {
         let id = q.submit(JobSpec::execute(instance, kw)).unwrap();
@@ -302,7 +438,12 @@ async fn cancellation_paths_on_wasm_and_native() {
         q.cancel(&id).unwrap();
         q.cancel(&id).unwrap(); // idempotent while it stops
         let job = q.wait(&id, T).await.unwrap();
-        assert_eq!(job.status, JobStatus::Cancelled, "{instance}: {:?}", job.error);
+        assert_eq!(
+            job.status,
+            JobStatus::Cancelled,
+            "{instance}: {:?}",
+            job.error
+        );
         assert_eq!(phases(q, &id), want, "{instance}");
         // The instance (or its replacement) serves the next call.
         let next = match instance {
@@ -322,7 +463,9 @@ async fn events_journal_first_bounded_subscribers_and_progress() {
     let q = h.queue();
     let mut all = q.subscribe(Scope::All);
     let slow_reader = q.subscribe(Scope::All);
-    let id = q.submit(JobSpec::execute("p", probe("slow", json!({"steps": 8})))).unwrap();
+    let id = q
+        .submit(JobSpec::execute("p", probe("slow", json!({"steps": 8}))))
+        .unwrap();
     let mut job_events = Vec::new();
     while let Some(e) = all.next().await {
         if e.job_id.as_deref() == Some(id.as_str()) {
@@ -333,24 +476,49 @@ async fn events_journal_first_bounded_subscribers_and_progress() {
             }
         }
     }
-    let kinds: Vec<EventKind> = job_events.iter().map(|e| e.kind).filter(|k| *k != EventKind::ProgressChanged).collect();
-    assert_eq!(kinds, [EventKind::AdmissionDecided, EventKind::StateTransition, EventKind::StateTransition]);
+    let kinds: Vec<EventKind> = job_events
+        .iter()
+        .map(|e| e.kind)
+        .filter(|k| *k != EventKind::ProgressChanged)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::AdmissionDecided,
+            EventKind::StateTransition,
+            EventKind::StateTransition
+        ]
+    );
     // Journal-class events reach subscribers with the seq of the row already written.
     let journal = rows(q, &id);
     for e in job_events.iter().filter(|e| e.kind.journaled()) {
         let seq = e.seq.expect("journaled before fan-out");
-        assert!(journal.iter().any(|r| r.seq == Some(seq) && r.event_type == e.kind.as_str()));
+        assert!(
+            journal
+                .iter()
+                .any(|r| r.seq == Some(seq) && r.event_type == e.kind.as_str())
+        );
     }
     // Progress polled from the native worker is live only.
-    assert!(job_events.iter().any(|e| e.kind == EventKind::ProgressChanged && e.seq.is_none()));
+    assert!(
+        job_events
+            .iter()
+            .any(|e| e.kind == EventKind::ProgressChanged && e.seq.is_none())
+    );
     assert!(journal.iter().all(|r| r.event_type != "progress_changed"));
 
     // A subscriber that never reads loses events, counted; the queue does not wait for it.
-    let ids: Vec<String> = (0..600).map(|_| q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap()).collect();
+    let ids: Vec<String> = (0..600)
+        .map(|_| q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap())
+        .collect();
     for i in &ids {
         assert_eq!(q.wait(i, T).await.unwrap().status, JobStatus::Completed);
     }
-    assert!(slow_reader.dropped() > 0, "dropped {}", slow_reader.dropped());
+    assert!(
+        slow_reader.dropped() > 0,
+        "dropped {}",
+        slow_reader.dropped()
+    );
     h.shutdown().await.unwrap();
 }
 
@@ -364,10 +532,17 @@ async fn a_failed_journal_append_wedges_the_queue() {
     assert_eq!(q.wedged(), None);
     // Break the journal under the queue (another connection drops its table).
     let path = h.manager().host_config().journal_db_path();
-    rusqlite::Connection::open(&path).unwrap().execute_batch("DROP TABLE journal").unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("DROP TABLE journal")
+        .unwrap();
     let lost = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
     let job = q.wait(&lost, T).await.unwrap();
-    assert_eq!(job.status, JobStatus::Completed, "admitted work still finishes, no lane leaks");
+    assert_eq!(
+        job.status,
+        JobStatus::Completed,
+        "admitted work still finishes, no lane leaks"
+    );
     assert!(q.wedged().unwrap().contains("journal"), "{:?}", q.wedged());
     let refused = queue_error(q.submit(JobSpec::execute("n", kwargs(json!({})))));
     assert!(matches!(refused, QueueError::Wedged(_)));
@@ -380,31 +555,66 @@ async fn a_failed_journal_append_wedges_the_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fan_out_mixing_wasm_and_native_matches_one_by_one_calls() {
     let dir = data_dir();
-    let h = host(dir.path(), 4, &[("text-stats", "ts"), ("text-stats-native", "tsn"), ("sentence-split", "split"), ("probe", "p")]).await;
+    let h = host(
+        dir.path(),
+        4,
+        &[
+            ("text-stats", "ts"),
+            ("text-stats-native", "tsn"),
+            ("sentence-split", "split"),
+            ("probe", "p"),
+        ],
+    )
+    .await;
     let q = h.queue();
     let text = "Dr. Smith arrived. The cat sat on the mat! Was it late?";
     let comp = Composition::new(vec![
-        Node::new("echo", "p").arg("action", json!("echo")).arg("text", json!(text)),
+        Node::new("echo", "p")
+            .arg("action", json!("echo"))
+            .arg("text", json!(text)),
         Node::new("stats_wasm", "ts").bind("text", OutputRef::field("echo", "text")),
         Node::new("stats_native", "tsn").bind("text", OutputRef::field("echo", "text")),
         Node::new("split", "split").bind("text", OutputRef::field("echo", "text")),
-        Node::new("words", "tsn").bind("text", OutputRef::field("echo", "text")).arg("case_sensitive", json!(true)),
+        Node::new("words", "tsn")
+            .bind("text", OutputRef::field("echo", "text"))
+            .arg("case_sensitive", json!(true)),
     ]);
     let mut events = q.subscribe(Scope::All);
     let id = q.submit_composition(comp).unwrap();
     let run = q.wait_composition(&id, T).await.unwrap();
     assert_eq!(run.status, NodeState::Completed);
     let m = h.manager();
-    let stats = m.binding("ts").unwrap().execute(kwargs(json!({"text": text}))).await.unwrap();
-    let split = m.binding("split").unwrap().execute(kwargs(json!({"text": text}))).await.unwrap();
-    let words = m.binding("tsn").unwrap().execute(kwargs(json!({"text": text, "case_sensitive": true}))).await.unwrap();
+    let stats = m
+        .binding("ts")
+        .unwrap()
+        .execute(kwargs(json!({"text": text})))
+        .await
+        .unwrap();
+    let split = m
+        .binding("split")
+        .unwrap()
+        .execute(kwargs(json!({"text": text})))
+        .await
+        .unwrap();
+    let words = m
+        .binding("tsn")
+        .unwrap()
+        .execute(kwargs(json!({"text": text, "case_sensitive": true})))
+        .await
+        .unwrap();
     let result = |n: &str| run.nodes[n].result.clone().unwrap();
     assert_eq!(result("stats_wasm"), stats);
     assert_eq!(result("stats_native"), stats);
     assert_eq!(result("split"), split);
     assert_eq!(result("words"), words);
     // Member jobs carry the composition; it advanced once, then finished, all journaled.
-    let journal = m.journal().query(&JournalQuery { composition_id: Some(id.clone()), ..JournalQuery::default() }).unwrap();
+    let journal = m
+        .journal()
+        .query(&JournalQuery {
+            composition_id: Some(id.clone()),
+            ..JournalQuery::default()
+        })
+        .unwrap();
     let count = |t: &str| journal.iter().filter(|e| e.event_type == t).count();
     assert_eq!(count("composition_advanced"), 1);
     assert_eq!(count("composition_finished"), 1);
@@ -415,26 +625,49 @@ async fn a_fan_out_mixing_wasm_and_native_matches_one_by_one_calls() {
             seen.push(e.kind);
         }
     }
-    assert_eq!(seen, [EventKind::CompositionAdvanced, EventKind::CompositionFinished]);
+    assert_eq!(
+        seen,
+        [
+            EventKind::CompositionAdvanced,
+            EventKind::CompositionFinished
+        ]
+    );
     h.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn composition_rules() {
     let dir = data_dir();
-    let h = host(dir.path(), 4, &[("probe", "p"), ("probe", "q"), ("text-stats", "ts"), ("noop", "n")]).await;
+    let h = host(
+        dir.path(),
+        4,
+        &[
+            ("probe", "p"),
+            ("probe", "q"),
+            ("text-stats", "ts"),
+            ("noop", "n"),
+        ],
+    )
+    .await;
     let q = h.queue();
     // Profile both probe instances so members are admitted side by side.
     for i in ["p", "q"] {
-        let j = q.submit(JobSpec::execute(i, probe("echo", json!({})))).unwrap();
+        let j = q
+            .submit(JobSpec::execute(i, probe("echo", json!({}))))
+            .unwrap();
         q.wait(&j, T).await.unwrap();
     }
-    let echo = |id: &str, inst: &str| Node::new(id, inst).arg("action", json!("echo")).arg("text", json!("some words here"));
+    let echo = |id: &str, inst: &str| {
+        Node::new(id, inst)
+            .arg("action", json!("echo"))
+            .arg("text", json!("some words here"))
+    };
     let fail = |id: &str| Node::new(id, "q").arg("action", json!("fail"));
     let busy = || {
-        let b = q.submit(JobSpec::execute("p", probe("slow", json!({"steps": 6})))).unwrap();
-        b
+        q.submit(JobSpec::execute("p", probe("slow", json!({"steps": 6}))))
+            .unwrap()
     };
+
     let state = |run: &cjm_host::queue::CompositionRun, n: &str| run.nodes[n].state;
     use NodeState::*;
 
@@ -447,56 +680,138 @@ async fn composition_rules() {
         ]))
         .unwrap();
     let run = q.wait_composition(&id, T).await.unwrap();
-    assert_eq!((run.status, state(&run, "a"), state(&run, "b"), state(&run, "c")), (Failed, Completed, Failed, Skipped));
+    assert_eq!(
+        (
+            run.status,
+            state(&run, "a"),
+            state(&run, "b"),
+            state(&run, "c")
+        ),
+        (Failed, Completed, Failed, Skipped)
+    );
     let err = run.nodes["b"].error.as_ref().unwrap();
-    assert!(err.message.contains("has no field 'nope'") && err.message.contains("binding"), "{}", err.message);
-    assert!(run.nodes["c"].job_id.is_none(), "skipped nodes never get a job");
+    assert!(
+        err.message.contains("has no field 'nope'") && err.message.contains("binding"),
+        "{}",
+        err.message
+    );
+    assert!(
+        run.nodes["c"].job_id.is_none(),
+        "skipped nodes never get a job"
+    );
 
     // Fail-fast: a failure cancels independent pending members (x, y wait behind a busy
     // instance), dependents skip, the composition is failed, not cancelled.
     let b = busy();
     until_running(q, &b).await;
-    let comp = Composition::new(vec![fail("f"), echo("x", "p"), echo("y", "p"), Node::new("z", "ts").bind("text", OutputRef::field("f", "text"))]);
-    let run = q.wait_composition(&q.submit_composition(comp.clone()).unwrap(), T).await.unwrap();
-    assert_eq!((run.status, state(&run, "f"), state(&run, "x"), state(&run, "y"), state(&run, "z")), (Failed, Failed, Cancelled, Cancelled, Skipped));
+    let comp = Composition::new(vec![
+        fail("f"),
+        echo("x", "p"),
+        echo("y", "p"),
+        Node::new("z", "ts").bind("text", OutputRef::field("f", "text")),
+    ]);
+    let run = q
+        .wait_composition(&q.submit_composition(comp.clone()).unwrap(), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            run.status,
+            state(&run, "f"),
+            state(&run, "x"),
+            state(&run, "y"),
+            state(&run, "z")
+        ),
+        (Failed, Failed, Cancelled, Cancelled, Skipped)
+    );
     q.wait(&b, T).await.unwrap();
 
     // Best-effort: independent members still run; the composition completes.
-    let run = q.wait_composition(&q.submit_composition(comp.best_effort()).unwrap(), T).await.unwrap();
-    assert_eq!((run.status, state(&run, "f"), state(&run, "x"), state(&run, "y"), state(&run, "z")), (Completed, Failed, Completed, Completed, Skipped));
+    let run = q
+        .wait_composition(&q.submit_composition(comp.best_effort()).unwrap(), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            run.status,
+            state(&run, "f"),
+            state(&run, "x"),
+            state(&run, "y"),
+            state(&run, "z")
+        ),
+        (Completed, Failed, Completed, Completed, Skipped)
+    );
 
     // Cancelled as a unit: the pending member and the node without a job are cancelled.
     let b = busy();
     until_running(q, &b).await;
-    let comp = Composition::new(vec![echo("x", "p"), Node::new("y", "ts").bind("text", OutputRef::field("x", "text"))]);
+    let comp = Composition::new(vec![
+        echo("x", "p"),
+        Node::new("y", "ts").bind("text", OutputRef::field("x", "text")),
+    ]);
     let id = q.submit_composition(comp.clone()).unwrap();
     q.cancel_composition(&id).unwrap();
     let run = q.wait_composition(&id, T).await.unwrap();
-    assert_eq!((run.status, state(&run, "x"), state(&run, "y")), (Cancelled, Cancelled, Cancelled));
+    assert_eq!(
+        (run.status, state(&run, "x"), state(&run, "y")),
+        (Cancelled, Cancelled, Cancelled)
+    );
     assert!(run.cancel_requested);
-    assert!(matches!(queue_error(q.cancel_composition(&id)), QueueError::Finished { .. }));
+    assert!(matches!(
+        queue_error(q.cancel_composition(&id)),
+        QueueError::Finished { .. }
+    ));
 
     // A member cancelled directly (no failure) lands the composition cancelled.
     let id = q.submit_composition(comp).unwrap();
-    let member = q.composition(&id).unwrap().nodes["x"].job_id.clone().unwrap();
+    let member = q.composition(&id).unwrap().nodes["x"]
+        .job_id
+        .clone()
+        .unwrap();
     q.cancel(&member).unwrap();
     let run = q.wait_composition(&id, T).await.unwrap();
-    assert_eq!((run.status, state(&run, "x"), state(&run, "y")), (Cancelled, Cancelled, Skipped));
+    assert_eq!(
+        (run.status, state(&run, "x"), state(&run, "y")),
+        (Cancelled, Cancelled, Skipped)
+    );
     assert!(!run.cancel_requested);
     q.wait(&b, T).await.unwrap();
 
     // An empty composition completes at submit.
-    let run = q.wait_composition(&q.submit_composition(Composition::new(vec![])).unwrap(), T).await.unwrap();
+    let run = q
+        .wait_composition(&q.submit_composition(Composition::new(vec![])).unwrap(), T)
+        .await
+        .unwrap();
     assert_eq!(run.status, Completed);
 
     // Validation at submit, every problem listed; nothing is enqueued.
     h.manager().set_enabled("n", false).await.unwrap();
     let bad: Vec<(Composition, &str)> = vec![
-        (Composition::new(vec![Node::new("a", "ts").bind("t", OutputRef::whole("b")), Node::new("b", "ts").bind("t", OutputRef::whole("a"))]), "dependency cycle: "),
-        (Composition::new(vec![Node::new("a", "ts"), Node::new("a", "ts")]), "duplicate node id 'a'"),
-        (Composition::new(vec![Node::new("a", "ts").bind("t", OutputRef::whole("ghost"))]), "unknown node 'ghost'"),
-        (Composition::new(vec![Node::new("a", "nowhere")]), "node 'a': no loaded capability instance 'nowhere'"),
-        (Composition::new(vec![Node::new("a", "n")]), "node 'a': capability instance 'n' is disabled"),
+        (
+            Composition::new(vec![
+                Node::new("a", "ts").bind("t", OutputRef::whole("b")),
+                Node::new("b", "ts").bind("t", OutputRef::whole("a")),
+            ]),
+            "dependency cycle: ",
+        ),
+        (
+            Composition::new(vec![Node::new("a", "ts"), Node::new("a", "ts")]),
+            "duplicate node id 'a'",
+        ),
+        (
+            Composition::new(vec![
+                Node::new("a", "ts").bind("t", OutputRef::whole("ghost")),
+            ]),
+            "unknown node 'ghost'",
+        ),
+        (
+            Composition::new(vec![Node::new("a", "nowhere")]),
+            "node 'a': no loaded capability instance 'nowhere'",
+        ),
+        (
+            Composition::new(vec![Node::new("a", "n")]),
+            "node 'a': capability instance 'n' is disabled",
+        ),
     ];
     let before = q.stats();
     for (comp, want) in bad {
@@ -513,31 +828,69 @@ async fn bad_input_is_typed_and_the_queue_is_unharmed() {
     let dir = data_dir();
     let h = host(dir.path(), 4, &[("noop", "n"), ("probe", "p")]).await;
     let q = h.queue();
-    let e = q.submit(JobSpec::execute("nowhere", kwargs(json!({})))).unwrap_err();
-    assert!(e.to_string().contains("no loaded capability instance 'nowhere'"), "{e}");
+    let e = q
+        .submit(JobSpec::execute("nowhere", kwargs(json!({}))))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no loaded capability instance 'nowhere'"),
+        "{e}"
+    );
     h.manager().set_enabled("p", false).await.unwrap();
-    let e = q.submit(JobSpec::execute("p", kwargs(json!({})))).unwrap_err();
+    let e = q
+        .submit(JobSpec::execute("p", kwargs(json!({}))))
+        .unwrap_err();
     assert!(e.to_string().contains("disabled"), "{e}");
     h.manager().set_enabled("p", true).await.unwrap();
-    assert_eq!(queue_error(q.cancel("no-such-job")), QueueError::UnknownJob("no-such-job".into()));
+    assert_eq!(
+        queue_error(q.cancel("no-such-job")),
+        QueueError::UnknownJob("no-such-job".into())
+    );
     let done = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
     q.wait(&done, T).await.unwrap();
-    assert!(matches!(queue_error(q.cancel(&done)), QueueError::Finished { status, .. } if status == "completed"));
-    assert!(matches!(queue_error(q.reorder(&done, 3)), QueueError::NotPending { .. }));
-    assert!(matches!(queue_error(q.wait("no-such-job", T).await), QueueError::UnknownJob(_)));
-    let slow = q.submit(JobSpec::execute("p", probe("sleep", json!({"seconds": 0.5})))).unwrap();
-    assert!(matches!(queue_error(q.wait(&slow, Some(Duration::from_millis(1))).await), QueueError::Timeout(..)));
+    assert!(
+        matches!(queue_error(q.cancel(&done)), QueueError::Finished { status, .. } if status == "completed")
+    );
+    assert!(matches!(
+        queue_error(q.reorder(&done, 3)),
+        QueueError::NotPending { .. }
+    ));
+    assert!(matches!(
+        queue_error(q.wait("no-such-job", T).await),
+        QueueError::UnknownJob(_)
+    ));
+    let slow = q
+        .submit(JobSpec::execute(
+            "p",
+            probe("sleep", json!({"seconds": 0.5})),
+        ))
+        .unwrap();
+    assert!(matches!(
+        queue_error(q.wait(&slow, Some(Duration::from_millis(1))).await),
+        QueueError::Timeout(..)
+    ));
     // A failing job is a typed failure stamped with its instance.
-    let failed = q.submit(JobSpec::execute("p", probe("fail", json!({"kind": "input"})))).unwrap();
+    let failed = q
+        .submit(JobSpec::execute(
+            "p",
+            probe("fail", json!({"kind": "input"})),
+        ))
+        .unwrap();
     let job = q.wait(&failed, T).await.unwrap();
     assert_eq!(job.status, JobStatus::Failed);
     let err = job.error.unwrap();
-    assert_eq!((err.message.as_str(), err.capability_instance_id.as_deref()), ("bad text", Some("p")));
+    assert_eq!(
+        (err.message.as_str(), err.capability_instance_id.as_deref()),
+        ("bad text", Some("p"))
+    );
     // Still serving.
     let ok = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
     assert_eq!(q.wait(&ok, T).await.unwrap().status, JobStatus::Completed);
     let s = q.stats();
     assert_eq!((s.pending, s.running, s.failed), (0, 0, 1));
     h.shutdown().await.unwrap();
-    assert!(matches!(queue_error(q.submit(JobSpec::execute("n", kwargs(json!({}))))), QueueError::Closed));
+    assert!(matches!(
+        queue_error(q.submit(JobSpec::execute("n", kwargs(json!({}))))),
+        QueueError::Closed
+    ));
 }

@@ -1,0 +1,211 @@
+//! Job queue benchmarks, journal on (every job writes its admission and state rows):
+//! - `throughput_wasm_noop` / `throughput_native`: a burst of jobs submitted at once, to done;
+//! - `one_at_a_time_wasm_noop`: submit, then wait for done (journaled), one job at a time;
+//! - `chain_3_nodes`: a 3-node composition of wasm no-ops, submit to finished;
+//! - `admission_with_parked_jobs`: a no-op submitted and awaited while 0 or 10,000 jobs wait
+//!   on a busy instance (skip-ahead must not scan them);
+//! - `submit_parked`: one more job parked behind a busy instance (allocations = memory per
+//!   pending job, from divan's allocation profiler).
+//!
+//! `cargo bench -p cjm-tests --bench queue`
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::Duration;
+
+use cjm_host::Host;
+use cjm_host::config::QueueConfig;
+use cjm_host::queue::{Composition, JobSpec, Node, OutputRef};
+use cjm_tests::{fixtures, kwargs, native_install, wasm_install, write_manifest};
+use divan::counter::ItemsCount;
+use divan::{AllocProfiler, Bencher};
+use serde_json::json;
+
+#[global_allocator]
+static ALLOC: AllocProfiler = AllocProfiler::system();
+
+fn main() {
+    divan::main();
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    host: Host,
+}
+
+/// A host with `noop` (wasm, pool of 4), `native` (the Rust text-stats worker) and `probe`
+/// (a native worker used to park jobs), each run once so admission has profiles.
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_manifest(
+        d,
+        "noop",
+        wasm_install(
+            fixtures::NOOP,
+            json!({"max_concurrency": 4, "pool_size": 4}),
+        ),
+    );
+    write_manifest(
+        d,
+        "native",
+        native_install(&[env!("CARGO_BIN_EXE_parity_worker")]),
+    );
+    write_manifest(
+        d,
+        "probe",
+        native_install(&[env!("CARGO_BIN_EXE_probe_worker")]),
+    );
+    let rt = rt();
+    let host = rt.block_on(async {
+        let host = Host::builder()
+            .data_dir(d)
+            .queue(QueueConfig {
+                max_concurrent_lanes: 8,
+                max_history: 1000,
+                ..QueueConfig::default()
+            })
+            .load("noop")
+            .load("native")
+            .load("probe")
+            .build()
+            .await
+            .unwrap();
+        for (id, kw) in [
+            ("noop", json!({})),
+            ("native", json!({"text": "a b"})),
+            ("probe", json!({})),
+        ] {
+            let j = host
+                .queue()
+                .submit(JobSpec::execute(id, kwargs(kw)))
+                .unwrap();
+            host.queue().wait(&j, None).await.unwrap();
+        }
+        host
+    });
+    Env {
+        _dir: dir,
+        rt,
+        host,
+    }
+}
+
+fn burst(bencher: Bencher, instance: &str, n: usize, kw: serde_json::Value) {
+    let e = env();
+    let q = e.host.queue().clone();
+    bencher.counter(ItemsCount::new(n)).bench_local(|| {
+        e.rt.block_on(async {
+            let ids: Vec<String> = (0..n)
+                .map(|_| {
+                    q.submit(JobSpec::execute(instance, kwargs(kw.clone())))
+                        .unwrap()
+                })
+                .collect();
+            for id in &ids {
+                q.wait(id, None).await.unwrap();
+            }
+        })
+    });
+}
+
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn throughput_wasm_noop(bencher: Bencher) {
+    burst(bencher, "noop", 10_000, json!({}));
+}
+
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn throughput_native(bencher: Bencher) {
+    burst(bencher, "native", 2_000, json!({"text": "a b"}));
+}
+
+#[divan::bench(sample_count = 100, sample_size = 20)]
+fn one_at_a_time_wasm_noop(bencher: Bencher) {
+    let e = env();
+    let q = e.host.queue().clone();
+    bencher.bench_local(|| {
+        e.rt.block_on(async {
+            let id = q
+                .submit(JobSpec::execute("noop", kwargs(json!({}))))
+                .unwrap();
+            q.wait(&id, None).await.unwrap();
+        })
+    });
+}
+
+#[divan::bench(sample_count = 100, sample_size = 10)]
+fn chain_3_nodes(bencher: Bencher) {
+    let e = env();
+    let q = e.host.queue().clone();
+    let comp = Composition::new(vec![
+        Node::new("a", "noop"),
+        Node::new("b", "noop").bind("x", OutputRef::whole("a")),
+        Node::new("c", "noop").bind("x", OutputRef::whole("b")),
+    ]);
+    bencher.bench_local(|| {
+        e.rt.block_on(async {
+            let id = q.submit_composition(comp.clone()).unwrap();
+            q.wait_composition(&id, None).await.unwrap();
+        })
+    });
+}
+
+/// Parks `n` jobs behind a probe job that sleeps: they stay pending for the whole bench.
+fn park(e: &Env, n: usize) {
+    let q = e.host.queue();
+    let busy = q
+        .submit(JobSpec::execute(
+            "probe",
+            kwargs(json!({"action": "sleep", "seconds": 3600})),
+        ))
+        .unwrap();
+    e.rt.block_on(async {
+        while q.get(&busy).unwrap().started_at.is_none() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    for _ in 0..n {
+        q.submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
+            .unwrap();
+    }
+}
+
+#[divan::bench(args = [0, 10_000], sample_count = 100, sample_size = 20)]
+fn admission_with_parked_jobs(bencher: Bencher, parked: usize) {
+    let e = env();
+    park(&e, parked);
+    let q = e.host.queue().clone();
+    assert_eq!(q.stats().pending, parked);
+    bencher.bench_local(|| {
+        e.rt.block_on(async {
+            let id = q
+                .submit(JobSpec::execute("noop", kwargs(json!({}))))
+                .unwrap();
+            q.wait(&id, None).await.unwrap();
+        })
+    });
+    e.host.queue().close();
+}
+
+#[divan::bench(sample_count = 10, sample_size = 1000)]
+fn submit_parked(bencher: Bencher) {
+    let e = env();
+    park(&e, 0);
+    let q = e.host.queue().clone();
+    bencher.bench_local(|| {
+        q.submit(JobSpec::execute(
+            "probe",
+            kwargs(json!({"action": "echo", "text": "a"})),
+        ))
+        .unwrap()
+    });
+    e.host.queue().close();
+}
