@@ -26,6 +26,7 @@ pub mod adapter;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod install;
 pub mod manager;
 pub mod manifest;
 pub mod store;
