@@ -72,16 +72,16 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             ));
         }
     };
-    let config = ctx.config()?;
+    let host_config = ctx.config()?;
     // Checked before the manager opens (and creates) the stores.
-    let found = cjm_host::manifest::discover(&config.manifest_search_paths());
+    let found = cjm_host::manifest::discover(&host_config.manifest_search_paths());
     if found.capability(&args.name).is_none() {
         return Err(hint(
             format!("unknown capability '{}'", args.name),
             "see the installed capabilities with `cjm-ctl list`",
         ));
     }
-    let manager = CapabilityManager::open(config)?;
+    let manager = CapabilityManager::open(host_config)?;
     // The instance is the capability's own name when that is a valid id, so its stored
     // configuration is found again on the next run.
     let id = args

@@ -346,11 +346,13 @@ impl Checker {
 
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() {
+        // `components()` drops the `.` segments (`./pkg` -> `pkg`).
+        let joined = if p.is_absolute() {
             p.to_owned()
         } else {
             self.base.join(p)
-        }
+        };
+        joined.components().collect()
     }
 
     fn string(&mut self, label: &str, obj: &Map<String, Value>, key: &str) -> Option<String> {
