@@ -155,7 +155,9 @@ fn no_color_is_respected_and_always_forces_colour() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("\u{1b}[").not())
-        .stderr(predicate::str::starts_with("error: unknown capability 'nope'"));
+        .stderr(predicate::str::starts_with(
+            "error: unknown capability 'nope'",
+        ));
 }
 
 #[test]
@@ -205,7 +207,10 @@ fn install_all_installs_wasm_and_native_and_reports_a_failing_entry() {
     }
     let missing = env.path().join("no-such-package");
     assert!(
-        stdout.contains(&format!("package path {} does not exist", missing.display())),
+        stdout.contains(&format!(
+            "package path {} does not exist",
+            missing.display()
+        )),
         "{stdout}"
     );
     assert!(stdout.contains("--- last lines of"), "{stdout}");
@@ -217,18 +222,29 @@ fn install_all_installs_wasm_and_native_and_reports_a_failing_entry() {
     )
     .unwrap();
     assert_eq!(wasm["install"]["runtime"], "wasm");
-    assert_eq!(wasm["install"]["wasm"]["component"], "../components/text-stats.wasm");
+    assert_eq!(
+        wasm["install"]["wasm"]["component"],
+        "../components/text-stats.wasm"
+    );
     assert_eq!(wasm["install"]["wasm"]["sandbox"]["max_concurrency"], 2);
     assert_eq!(
         wasm["install"]["wasm"]["sha256"],
         cjm_host::manifest::hash::hash_file(Path::new(text_stats_wasm())).unwrap()
     );
     assert_eq!(wasm["code"]["name"], "text-stats");
-    assert!(wasm["code"]["structural_surface"]["methods"].as_array().unwrap().len() > 0);
-    assert!(wasm["drift_tracking"]["config_schema_hash"]
-        .as_str()
-        .unwrap()
-        .starts_with("sha256:"));
+    assert!(
+        wasm["code"]["structural_surface"]["methods"]
+            .as_array()
+            .unwrap()
+            .len()
+            > 0
+    );
+    assert!(
+        wasm["drift_tracking"]["config_schema_hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     let native: Value = serde_json::from_str(
         &std::fs::read_to_string(env.data().join("manifests/text-stats-native.json")).unwrap(),
     )
@@ -239,7 +255,10 @@ fn install_all_installs_wasm_and_native_and_reports_a_failing_entry() {
         text_stats_worker().display().to_string()
     );
     assert_eq!(native["install"]["env_vars"]["STATS_MARK"], "x");
-    assert_eq!(native["code"]["config_schema"], wasm["code"]["config_schema"]);
+    assert_eq!(
+        native["code"]["config_schema"],
+        wasm["code"]["config_schema"]
+    );
     // The component was precompiled into the cache at install.
     assert!(
         std::fs::read_dir(env.data().join("cache/components"))
@@ -316,10 +335,18 @@ fn install_all_installs_wasm_and_native_and_reports_a_failing_entry() {
     }
     // Typed errors: one line with the category.
     env.ctl()
-        .args(["run", "text-stats", "--config", r#"{"top_n": "many"}"#, "{}"])
+        .args([
+            "run",
+            "text-stats",
+            "--config",
+            r#"{"top_n": "many"}"#,
+            "{}",
+        ])
         .assert()
         .code(1)
-        .stderr(predicate::str::starts_with("error: [user_input] invalid configuration"));
+        .stderr(predicate::str::starts_with(
+            "error: [user_input] invalid configuration",
+        ));
     env.ctl()
         .args(["run", "text-stats", "--task", "nope", "--method", "x", "{}"])
         .assert()
@@ -391,7 +418,10 @@ fn install_all_lists_every_problem_of_a_bad_file() {
             "{expected} in\n{stderr}"
         );
     }
-    assert!(stderr.contains("error: ") && stderr.contains("4 problem(s)"), "{stderr}");
+    assert!(
+        stderr.contains("error: ") && stderr.contains("4 problem(s)"),
+        "{stderr}"
+    );
     // Nothing was installed.
     assert!(!env.data().join("manifests").exists());
 
@@ -400,7 +430,9 @@ fn install_all_lists_every_problem_of_a_bad_file() {
         .args(["install-all", "--capabilities", "nope.yaml"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("capabilities file nope.yaml not found"));
+        .stderr(predicate::str::contains(
+            "capabilities file nope.yaml not found",
+        ));
 }
 
 #[test]
@@ -447,7 +479,14 @@ fn install_all_builds_a_cargo_package_for_wasm() {
     assert_eq!(m["install"]["package_source"], "cargo:sentence-split");
     assert_eq!(m["code"]["version"], "0.1.0");
     env.ctl()
-        .args(["run", "split", "--task", "sentence_segmentation", "--method", "segment_text"])
+        .args([
+            "run",
+            "split",
+            "--task",
+            "sentence_segmentation",
+            "--method",
+            "segment_text",
+        ])
         .arg(r#"{"text": "One. Two."}"#)
         .assert()
         .success()
@@ -488,10 +527,18 @@ fn validate_lists_every_error_of_a_manifest() {
         assert!(fields.contains(&f), "{f} in {fields:?}\n{stdout}");
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("error(s) in this manifest")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("error(s) in this manifest")),
+        "{stderr}"
+    );
 
     // JSON: the same errors, machine-readable.
-    let out = env.ctl().args(["--json", "validate"]).arg(&bad).output().unwrap();
+    let out = env
+        .ctl()
+        .args(["--json", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], false);
@@ -514,13 +561,17 @@ fn validate_knows_capabilities_files_components_and_good_manifests() {
         .arg(&bad)
         .assert()
         .code(1)
-        .stdout(predicate::str::contains("capabilities[0] (x): kind: unknown kind \"elf\""));
+        .stdout(predicate::str::contains(
+            "capabilities[0] (x): kind: unknown kind \"elf\"",
+        ));
     env.ctl()
         .arg("validate")
         .arg(text_stats_wasm())
         .assert()
         .success()
-        .stdout(predicate::str::contains("a valid component (text-stats v0.1.0"));
+        .stdout(predicate::str::contains(
+            "a valid component (text-stats v0.1.0",
+        ));
     let junk = env.write("junk.wasm", "not wasm at all");
     env.ctl()
         .arg("validate")
@@ -534,7 +585,9 @@ fn validate_knows_capabilities_files_components_and_good_manifests() {
         .arg(env.data().join("manifests/text-stats.json"))
         .assert()
         .success()
-        .stdout(predicate::str::contains("a valid manifest (wasm text-stats v0.1.0)"));
+        .stdout(predicate::str::contains(
+            "a valid manifest (wasm text-stats v0.1.0)",
+        ));
     env.ctl()
         .args(["validate", "nope.json"])
         .assert()
@@ -560,7 +613,10 @@ fn regenerate_manifest_reintrospects_wasm_and_native() {
             .stdout(predicate::str::contains("regenerated"));
         let after: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(after["code"]["description"], before["code"]["description"]);
-        assert_eq!(after["install"]["installed_at"], before["install"]["installed_at"]);
+        assert_eq!(
+            after["install"]["installed_at"],
+            before["install"]["installed_at"]
+        );
     }
     env.ctl()
         .args(["regenerate-manifest", "nope"])
@@ -590,13 +646,21 @@ fn remove_asks_unless_yes_and_deletes_what_install_wrote() {
     assert!(!env.data().join("manifests/text-stats.json").exists());
     assert!(!env.data().join("components/text-stats.wasm").exists());
     assert!(!env.data().join("installs/text-stats.json").exists());
-    let names: Vec<Value> = env.json(&["list"]).as_array().unwrap().iter().map(|r| r["name"].clone()).collect();
+    let names: Vec<Value> = env
+        .json(&["list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
     assert_eq!(names, [Value::from("text-stats-native")]);
     env.ctl()
         .args(["remove", "-y", "text-stats"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("no installed capability 'text-stats'"));
+        .stderr(predicate::str::contains(
+            "no installed capability 'text-stats'",
+        ));
 }
 
 #[test]
@@ -606,10 +670,18 @@ fn secrets_are_stored_listed_by_name_and_never_printed() {
     let secret = "s3cr3t-value-123";
     let out = env
         .ctl()
-        .args(["set-secret", "text-stats-native", "API_KEY", "--value", secret])
+        .args([
+            "set-secret",
+            "text-stats-native",
+            "API_KEY",
+            "--value",
+            secret,
+        ])
         .assert()
         .success()
-        .stdout(predicate::str::contains("stored secret API_KEY for text-stats-native"))
+        .stdout(predicate::str::contains(
+            "stored secret API_KEY for text-stats-native",
+        ))
         .get_output()
         .clone();
     assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
@@ -619,12 +691,21 @@ fn secrets_are_stored_listed_by_name_and_never_printed() {
         .write_stdin("from-stdin\n")
         .assert()
         .success();
-    let out = env.ctl().args(["list-secrets"]).assert().success().get_output().clone();
+    let out = env
+        .ctl()
+        .args(["list-secrets"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.trim(), "text-stats-native: API_KEY, OTHER");
     assert!(!stdout.contains(secret) && !stdout.contains("from-stdin"));
     let listed = env.json(&["list-secrets", "text-stats-native"]);
-    assert_eq!(listed, serde_json::json!({"text-stats-native": ["API_KEY", "OTHER"]}));
+    assert_eq!(
+        listed,
+        serde_json::json!({"text-stats-native": ["API_KEY", "OTHER"]})
+    );
     let stored = std::fs::read_to_string(env.data().join("secrets/secrets.json")).unwrap();
     assert!(stored.contains(secret) && stored.contains("from-stdin"));
     use std::os::unix::fs::PermissionsExt as _;
@@ -666,20 +747,37 @@ fn seed_logs(env: &Env) {
         }
         r
     };
-    d.append_record(&record("job-a", "INFO", "old a", Some("2020-01-01T00:00:00+00:00")))
+    d.append_record(&record(
+        "job-a",
+        "INFO",
+        "old a",
+        Some("2020-01-01T00:00:00+00:00"),
+    ))
+    .unwrap();
+    d.append_record(&record("job-a", "WARNING", "careful a", None))
         .unwrap();
-    d.append_record(&record("job-a", "WARNING", "careful a", None)).unwrap();
-    d.append_record(&record("job-b", "INFO", "hello b", None)).unwrap();
+    d.append_record(&record("job-b", "INFO", "hello b", None))
+        .unwrap();
     let mut old = StreamChunk::new(Some("session-1"), "stderr", "ancient line");
     old.ts = "2020-01-01T00:00:00+00:00".into();
     d.append_chunk(&old).unwrap();
-    d.append_chunk(&StreamChunk::new(Some("session-1"), "stdout", "progress 100%"))
-        .unwrap();
+    d.append_chunk(&StreamChunk::new(
+        Some("session-1"),
+        "stdout",
+        "progress 100%",
+    ))
+    .unwrap();
     let j = JournalStore::open(&env.data().join("journal.db")).unwrap();
-    j.append(&JournalEvent::state_transition("job-a", "queued", "running"))
-        .unwrap();
-    j.append(&JournalEvent::state_transition("job-c", "running", "completed"))
-        .unwrap();
+    j.append(&JournalEvent::state_transition(
+        "job-a", "queued", "running",
+    ))
+    .unwrap();
+    j.append(&JournalEvent::state_transition(
+        "job-c",
+        "running",
+        "completed",
+    ))
+    .unwrap();
 }
 
 #[test]
@@ -693,12 +791,25 @@ fn logs_filter_by_job_level_session_and_limit() {
         .stdout(predicate::str::contains("nothing has run here yet"));
     seed_logs(&env);
     let lines = |args: &[&str]| -> Vec<String> {
-        let out = env.ctl().arg("logs").args(args).assert().success().get_output().clone();
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+        let out = env
+            .ctl()
+            .arg("logs")
+            .args(args)
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     };
     let all = lines(&[]);
     assert_eq!(all.len(), 3, "{all:?}");
-    assert!(all[0].contains("old a") && all[2].contains("hello b"), "oldest first: {all:?}");
+    assert!(
+        all[0].contains("old a") && all[2].contains("hello b"),
+        "oldest first: {all:?}"
+    );
     let a = lines(&["--job", "job-a"]);
     assert_eq!(a.len(), 2);
     assert!(a.iter().all(|l| l.contains("[session-|job-a]")), "{a:?}");
@@ -715,14 +826,26 @@ fn logs_filter_by_job_level_session_and_limit() {
     assert_eq!(journal.len(), 1);
     assert!(journal[0].contains("state_transition") && journal[0].contains("completed"));
     // A job known only to the journal is not unknown.
-    env.ctl().args(["logs", "--job", "job-c"]).assert().success();
+    env.ctl()
+        .args(["logs", "--job", "job-c"])
+        .assert()
+        .success();
     // JSON: one object per line.
-    let out = env.ctl().args(["--json", "logs", "--job", "job-b"]).assert().success().get_output().clone();
+    let out = env
+        .ctl()
+        .args(["--json", "logs", "--job", "job-b"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["message"], "hello b");
     assert_eq!(v["level"], "INFO");
     // --journal and --chunks are different views.
-    env.ctl().args(["logs", "--journal", "--chunks"]).assert().code(2);
+    env.ctl()
+        .args(["logs", "--journal", "--chunks"])
+        .assert()
+        .code(2);
 }
 
 #[test]
@@ -769,7 +892,10 @@ fn logs_follow_prints_rows_appended_later() {
     let next = lines.next().unwrap().unwrap();
     assert!(next.contains("appended while following"), "{next}");
     let next = lines.next().unwrap().unwrap();
-    assert!(next.contains("last of b"), "the other job's row is filtered out: {next}");
+    assert!(
+        next.contains("last of b"),
+        "the other job's row is filtered out: {next}"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -787,7 +913,9 @@ fn retention_deletes_old_diagnostics_and_says_what() {
         .args(["retention", "--max-age-days", "1"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("deleted 1 record(s) and 1 chunk(s)"))
+        .stdout(predicate::str::contains(
+            "deleted 1 record(s) and 1 chunk(s)",
+        ))
         .stdout(predicate::str::contains("the journal is untouched"));
     let again = env.json(&["retention", "--max-age-days", "1"]);
     assert_eq!(again["records_deleted"], 0);
@@ -873,24 +1001,46 @@ fn install_all_python_echo_capability_with_its_adapter() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(m["code"]["structural_surface"], fixture["code"]["structural_surface"]);
+    assert_eq!(
+        m["code"]["structural_surface"],
+        fixture["code"]["structural_surface"]
+    );
     assert_eq!(m["drift_tracking"], fixture["drift_tracking"]);
-    assert!(env.data().join("manifests/adapter-echo-EchoTaskAdapter.json").is_file());
+    assert!(
+        env.data()
+            .join("manifests/adapter-echo-EchoTaskAdapter.json")
+            .is_file()
+    );
 
     // It runs, through execute and through the adapter's task channel.
     env.ctl()
-        .args(["run", "cjm-capability-echo", r#"{"action": "echo", "text": "hi"}"#])
+        .args([
+            "run",
+            "cjm-capability-echo",
+            r#"{"action": "echo", "text": "hi"}"#,
+        ])
         .assert()
         .success()
         .stdout(predicate::str::contains(r#""text":"hi""#));
     env.ctl()
-        .args(["run", "cjm-capability-echo", "--task", "echo", "--method", "echo"])
+        .args([
+            "run",
+            "cjm-capability-echo",
+            "--task",
+            "echo",
+            "--method",
+            "echo",
+        ])
         .arg(r#"{"text": "ab", "times": 2}"#)
         .assert()
         .success()
         .stdout(predicate::str::contains(r#""text":"abab""#));
     env.ctl()
-        .args(["run", "cjm-capability-echo", r#"{"action": "fail", "kind": "input"}"#])
+        .args([
+            "run",
+            "cjm-capability-echo",
+            r#"{"action": "fail", "kind": "input"}"#,
+        ])
         .assert()
         .code(1)
         .stderr(predicate::str::starts_with("error: [user_input]"));
@@ -904,8 +1054,15 @@ fn install_all_python_echo_capability_with_its_adapter() {
         &std::fs::read_to_string(env.data().join("manifests/cjm-capability-echo.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(again["install"]["installed_at"], m["install"]["installed_at"]);
-    std::fs::remove_file(env.data().join("manifests/adapter-echo-EchoTaskAdapter.json")).unwrap();
+    assert_eq!(
+        again["install"]["installed_at"],
+        m["install"]["installed_at"]
+    );
+    std::fs::remove_file(
+        env.data()
+            .join("manifests/adapter-echo-EchoTaskAdapter.json"),
+    )
+    .unwrap();
     env.ctl()
         .args([
             "generate-adapter-manifest",
@@ -916,17 +1073,31 @@ fn install_all_python_echo_capability_with_its_adapter() {
         .success()
         .stdout(predicate::str::contains("task: echo"));
     env.ctl()
-        .args(["generate-adapter-manifest", "cjm-capability-echo", "nomodule:Nope"])
+        .args([
+            "generate-adapter-manifest",
+            "cjm-capability-echo",
+            "nomodule:Nope",
+        ])
         .assert()
         .code(1);
 
     // Unchanged on a second run; remove deletes the env too.
-    let report = env.json(&["install-all", "--capabilities", caps.to_str().unwrap(), "--only", "cjm-capability-echo"]);
+    let report = env.json(&[
+        "install-all",
+        "--capabilities",
+        caps.to_str().unwrap(),
+        "--only",
+        "cjm-capability-echo",
+    ]);
     assert_eq!(report["entries"][0]["status"], "unchanged");
     env.ctl()
         .args(["remove", "-y", "cjm-capability-echo"])
         .assert()
         .success();
     assert!(!env.data().join("envs/cjm-capability-echo").exists());
-    assert!(!env.data().join("manifests/adapter-echo-EchoTaskAdapter.json").exists());
+    assert!(
+        !env.data()
+            .join("manifests/adapter-echo-EchoTaskAdapter.json")
+            .exists()
+    );
 }

@@ -463,7 +463,9 @@ impl Installer {
             return Ok((EntryStatus::Unchanged, installed));
         }
         let installed = match (&entry.source, prepared) {
-            (Source::Wasm(w), Some(p)) => wasm::install(&self.config, entry, w, p, log, step).await?,
+            (Source::Wasm(w), Some(p)) => {
+                wasm::install(&self.config, entry, w, p, log, step).await?
+            }
             (Source::Native(n), _) => native::install(&self.config, entry, n, log, step).await?,
             (Source::Python(p), _) => {
                 let substrate = self.substrate_for(p, options.substrate.as_deref());
@@ -552,11 +554,11 @@ impl Installer {
                 (loaded.path.clone(), loaded.manifest.clone())
             }
         };
-        let log = Log::open(
-            logs_dir(&self.config).join(format!("{name}.log")),
-            false,
-        )?;
-        log.line(&format!("# regenerate {name} at {}", crate::store::now_iso()));
+        let log = Log::open(logs_dir(&self.config).join(format!("{name}.log")), false)?;
+        log.line(&format!(
+            "# regenerate {name} at {}",
+            crate::store::now_iso()
+        ));
         let step = |s: &str| {
             log.line(&format!("## {s}"));
             progress.step(name, s);
@@ -574,10 +576,7 @@ impl Installer {
             log.line(&format!("# failed: {e}"));
             match e {
                 InstallError::Command { .. } | InstallError::Failed(_) => {
-                    InstallError::Failed(format!(
-                        "{e}\n{}",
-                        indent(&log.tail(LOG_TAIL_LINES))
-                    ))
+                    InstallError::Failed(format!("{e}\n{}", indent(&log.tail(LOG_TAIL_LINES))))
                 }
                 other => other,
             }
@@ -600,10 +599,9 @@ impl Installer {
         python::adapter_manifest(&self.config, python, env_name, impl_spec, &log)
             .await
             .map_err(|e| match e {
-                InstallError::Command { .. } => InstallError::Failed(format!(
-                    "{e}\n{}",
-                    indent(&log.tail(LOG_TAIL_LINES))
-                )),
+                InstallError::Command { .. } => {
+                    InstallError::Failed(format!("{e}\n{}", indent(&log.tail(LOG_TAIL_LINES))))
+                }
                 other => other,
             })
     }
@@ -626,9 +624,9 @@ impl Installer {
             paths.push(l.path.clone());
             if let Some(w) = &l.manifest.install.wasm {
                 let c = w.component_path(l.dir());
-                if c.starts_with(components_dir(&self.config)) || c.starts_with(
-                    self.config.manifests_dir().join("..").join("components"),
-                ) {
+                if c.starts_with(components_dir(&self.config))
+                    || c.starts_with(self.config.manifests_dir().join("..").join("components"))
+                {
                     paths.push(c);
                 }
             }

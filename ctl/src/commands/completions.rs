@@ -4,7 +4,9 @@ use clap::CommandFactory as _;
 
 /// Options of `completions`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  cjm-ctl completions bash > ~/.local/share/bash-completion/completions/cjm-ctl\n  cjm-ctl completions zsh > ~/.zfunc/_cjm-ctl")]
+#[command(
+    after_help = "Examples:\n  cjm-ctl completions bash > ~/.local/share/bash-completion/completions/cjm-ctl\n  cjm-ctl completions zsh > ~/.zfunc/_cjm-ctl"
+)]
 pub struct Args {
     /// The shell
     shell: clap_complete::Shell,

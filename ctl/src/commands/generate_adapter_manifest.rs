@@ -11,7 +11,9 @@ use crate::ctx::{Ctx, hint, runtime};
 
 /// Options of `generate-adapter-manifest`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  cjm-ctl generate-adapter-manifest cjm-capability-echo cjm_capability_echo.adapter:EchoTaskAdapter\n  cjm-ctl generate-adapter-manifest /path/to/venv/bin/python my_pkg.adapter:MyAdapter\n\nENV is an installed python capability, an env name under <data dir>/envs, or a python interpreter or env directory.")]
+#[command(
+    after_help = "Examples:\n  cjm-ctl generate-adapter-manifest cjm-capability-echo cjm_capability_echo.adapter:EchoTaskAdapter\n  cjm-ctl generate-adapter-manifest /path/to/venv/bin/python my_pkg.adapter:MyAdapter\n\nENV is an installed python capability, an env name under <data dir>/envs, or a python interpreter or env directory."
+)]
 pub struct Args {
     /// The environment: a python capability, an env name, or an interpreter / env path
     env: String,
@@ -37,7 +39,11 @@ fn resolve(config: &cjm_host::config::HostConfig, env: &str) -> Option<(PathBuf,
         return Some((named, env.to_owned()));
     }
     let p = Path::new(env);
-    let python = if p.is_dir() { p.join("bin/python") } else { p.to_owned() };
+    let python = if p.is_dir() {
+        p.join("bin/python")
+    } else {
+        p.to_owned()
+    };
     if python.is_file() {
         let name = python
             .parent()
@@ -53,7 +59,10 @@ fn resolve(config: &cjm_host::config::HostConfig, env: &str) -> Option<(PathBuf,
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     if !args.target.contains(':') {
         return Err(hint(
-            format!("adapter target must be 'module:ClassName', found {:?}", args.target),
+            format!(
+                "adapter target must be 'module:ClassName', found {:?}",
+                args.target
+            ),
             "for example cjm_capability_echo.adapter:EchoTaskAdapter",
         ));
     }

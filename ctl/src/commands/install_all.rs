@@ -16,7 +16,9 @@ use crate::ctx::{Ctx, hint, runtime};
 
 /// Options of `install-all`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  cjm-ctl install-all\n  cjm-ctl install-all --capabilities caps.yaml --only text-stats --force\n\nEntry kinds: wasm (component: or cargo:), python (package:), native (command:).\nRun `cjm-ctl validate capabilities.yaml` to check the file alone.")]
+#[command(
+    after_help = "Examples:\n  cjm-ctl install-all\n  cjm-ctl install-all --capabilities caps.yaml --only text-stats --force\n\nEntry kinds: wasm (component: or cargo:), python (package:), native (command:).\nRun `cjm-ctl validate capabilities.yaml` to check the file alone."
+)]
 pub struct Args {
     /// The capabilities file [default: cjm.yaml's capabilities_config, else ./capabilities.yaml]
     #[arg(long, value_name = "FILE")]

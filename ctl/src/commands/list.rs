@@ -55,12 +55,11 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         .map(|c| {
             // Instance ids are the name itself or `name-<suffix>`; the longest matching
             // name owns an id (so `a-b-1234` is `a-b`'s, not `a`'s).
-            let owned = configs.iter().filter(|(id, _)| {
-                owner(id, &names) == Some(c.manifest.name())
-            });
-            let (instances, enabled) = owned.fold((0, 0), |(n, e), (_, r)| {
-                (n + 1, e + usize::from(r.enabled))
-            });
+            let owned = configs
+                .iter()
+                .filter(|(id, _)| owner(id, &names) == Some(c.manifest.name()));
+            let (instances, enabled) =
+                owned.fold((0, 0), |(n, e), (_, r)| (n + 1, e + usize::from(r.enabled)));
             Row {
                 name: c.manifest.name().to_owned(),
                 kind: c.manifest.runtime(),
@@ -172,7 +171,11 @@ fn drift(c: &Loaded<CapabilityManifest>) -> Vec<&'static str> {
             if let Some(n) = &m.install.native {
                 let p = Path::new(&n.command[0]);
                 let present = if n.command[0].contains('/') {
-                    let p = if p.is_absolute() { p.to_owned() } else { c.dir().join(p) };
+                    let p = if p.is_absolute() {
+                        p.to_owned()
+                    } else {
+                        c.dir().join(p)
+                    };
                     p.is_file()
                 } else {
                     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
@@ -190,9 +193,11 @@ fn drift(c: &Loaded<CapabilityManifest>) -> Vec<&'static str> {
 fn runs(m: &CapabilityManifest, dir: &Path) -> String {
     match m.runtime() {
         RuntimeKind::Python => m.install.python_path.clone(),
-        RuntimeKind::Wasm => m.install.wasm.as_ref().map_or_else(String::new, |w| {
-            normalize(&w.component_path(dir))
-        }),
+        RuntimeKind::Wasm => m
+            .install
+            .wasm
+            .as_ref()
+            .map_or_else(String::new, |w| normalize(&w.component_path(dir))),
         RuntimeKind::Native => m
             .install
             .native
@@ -214,4 +219,3 @@ fn normalize(p: &Path) -> String {
     }
     out.display().to_string()
 }
-

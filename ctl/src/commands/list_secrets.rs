@@ -8,7 +8,9 @@ use crate::ctx::Ctx;
 
 /// Options of `list-secrets`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  cjm-ctl list-secrets\n  cjm-ctl list-secrets my-api-capability")]
+#[command(
+    after_help = "Examples:\n  cjm-ctl list-secrets\n  cjm-ctl list-secrets my-api-capability"
+)]
 pub struct Args {
     /// Only this capability [default: every installed capability]
     name: Option<String>,
@@ -41,7 +43,12 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let mut any = false;
     for (name, keys) in &all {
-        let keys: Vec<&str> = keys.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let keys: Vec<&str> = keys
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         if keys.is_empty() {
             continue;
         }

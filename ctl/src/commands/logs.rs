@@ -14,7 +14,9 @@ use crate::ctx::{Ctx, hint, short_id, short_ts};
 
 /// Options of `logs`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  cjm-ctl logs -n 20\n  cjm-ctl logs --job 3f2a... --level WARNING\n  cjm-ctl logs --chunks --session 9c1e...\n  cjm-ctl logs --journal --follow")]
+#[command(
+    after_help = "Examples:\n  cjm-ctl logs -n 20\n  cjm-ctl logs --job 3f2a... --level WARNING\n  cjm-ctl logs --chunks --session 9c1e...\n  cjm-ctl logs --journal --follow"
+)]
 pub struct Args {
     /// Only this job (exact id)
     #[arg(long)]
@@ -105,7 +107,8 @@ impl Row {
                     .and_then(|s| s.get("status"))
                     .cloned()
                 {
-                    payload["job_snapshot"] = json!(format!("<snapshot:{}>", status.as_str().unwrap_or("?")));
+                    payload["job_snapshot"] =
+                        json!(format!("<snapshot:{}>", status.as_str().unwrap_or("?")));
                 }
                 let mut p = payload.to_string();
                 if p.chars().count() > 160 {
@@ -144,7 +147,9 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
 
     if let Some(job) = &args.job {
         let in_journal = match &journal {
-            Some(j) => !j.query(&JournalQuery::job(job.clone()).limit(1))?.is_empty(),
+            Some(j) => !j
+                .query(&JournalQuery::job(job.clone()).limit(1))?
+                .is_empty(),
             None => false,
         };
         let in_diag = match &diag {
@@ -159,14 +164,24 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         };
         if !in_journal && !in_diag {
             return Err(hint(
-                format!("unknown job '{job}': no journal row and no diagnostics record has that id"),
+                format!(
+                    "unknown job '{job}': no journal row and no diagnostics record has that id"
+                ),
                 "job ids are full UUIDs; see recent ones with `cjm-ctl logs --journal`",
             ));
         }
     }
 
-    let store_path = if args.journal { &journal_path } else { &diag_path };
-    let available = if args.journal { journal.is_some() } else { diag.is_some() };
+    let store_path = if args.journal {
+        &journal_path
+    } else {
+        &diag_path
+    };
+    let available = if args.journal {
+        journal.is_some()
+    } else {
+        diag.is_some()
+    };
     if !available {
         if ctx.out.json {
             ctx.out.json(&json!([]));
@@ -182,7 +197,9 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let fetch = |after: Option<i64>, limit: Option<u64>| -> anyhow::Result<Vec<Row>> {
         let descending = after.is_none();
         let rows = if args.journal {
-            let j = journal.as_ref().ok_or_else(|| anyhow::anyhow!("no journal"))?;
+            let j = journal
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no journal"))?;
             j.query(&JournalQuery {
                 job_id: args.job.clone(),
                 worker_session_id: args.session.clone(),
@@ -195,7 +212,9 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             .map(Row::Event)
             .collect()
         } else {
-            let d = diag.as_ref().ok_or_else(|| anyhow::anyhow!("no diagnostics"))?;
+            let d = diag
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no diagnostics"))?;
             if args.chunks {
                 d.query_chunks(&ChunkQuery {
                     worker_session_id: args.session.clone(),
@@ -244,7 +263,8 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         "-- following {} (Ctrl-C to stop) --",
         store_path.display()
     ));
-    let interval = Duration::try_from_secs_f64(args.interval.max(0.01)).unwrap_or(Duration::from_secs(1));
+    let interval =
+        Duration::try_from_secs_f64(args.interval.max(0.01)).unwrap_or(Duration::from_secs(1));
     loop {
         std::thread::sleep(interval);
         let new = fetch(Some(cursor), None)?;

@@ -21,7 +21,12 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     ctx.out.note(format!("regenerating {} ...", args.name));
     let path = runtime()?
         .block_on(installer.regenerate(&args.name, &NoProgress))
-        .map_err(|e| hint(e, "see `cjm-ctl list`; reinstall with `cjm-ctl install-all --only NAME --force`"))?;
+        .map_err(|e| {
+            hint(
+                e,
+                "see `cjm-ctl list`; reinstall with `cjm-ctl install-all --only NAME --force`",
+            )
+        })?;
     if ctx.out.json {
         ctx.out.json(&json!({"name": args.name, "manifest": path}));
     } else {

@@ -10,7 +10,9 @@ use crate::ctx::{Ctx, hint};
 
 /// Options of `remove`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  cjm-ctl remove text-stats\n  cjm-ctl remove text-stats -y   # no question asked (needed without a terminal)")]
+#[command(
+    after_help = "Examples:\n  cjm-ctl remove text-stats\n  cjm-ctl remove text-stats -y   # no question asked (needed without a terminal)"
+)]
 pub struct Args {
     /// The capability
     name: String,

@@ -8,7 +8,9 @@ use crate::ctx::Ctx;
 
 /// Options of `retention`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  cjm-ctl retention                  # cjm.yaml's substrate policy\n  cjm-ctl retention --max-age-days 7\n  cjm-ctl retention --max-total-mb 50")]
+#[command(
+    after_help = "Examples:\n  cjm-ctl retention                  # cjm.yaml's substrate policy\n  cjm-ctl retention --max-age-days 7\n  cjm-ctl retention --max-total-mb 50"
+)]
 pub struct Args {
     /// Delete diagnostics rows older than this [default: substrate.diagnostics_retention_days]
     #[arg(long, value_name = "DAYS")]
@@ -32,15 +34,20 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     if days.is_none() && mb.is_none() {
         ctx.out.info("retention is disabled (no age and no size budget); pass --max-age-days or --max-total-mb");
         if ctx.out.json {
-            ctx.out.json(&json!({"records_deleted": 0, "chunks_deleted": 0, "disabled": true}));
+            ctx.out
+                .json(&json!({"records_deleted": 0, "chunks_deleted": 0, "disabled": true}));
         }
         return Ok(());
     }
     let path = config.diagnostics_db_path();
     if !path.is_file() {
-        ctx.out.info(format!("no diagnostics store at {}; nothing to do", path.display()));
+        ctx.out.info(format!(
+            "no diagnostics store at {}; nothing to do",
+            path.display()
+        ));
         if ctx.out.json {
-            ctx.out.json(&json!({"records_deleted": 0, "chunks_deleted": 0}));
+            ctx.out
+                .json(&json!({"records_deleted": 0, "chunks_deleted": 0}));
         }
         return Ok(());
     }

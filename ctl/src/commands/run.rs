@@ -11,7 +11,9 @@ use crate::ctx::{Ctx, hint, runtime};
 
 /// Options of `run`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  cjm-ctl run text-stats '{\"text\": \"one two two\"}'\n  cjm-ctl run text-stats --task text_statistics --method compute_stats '{\"text\": \"a b\"}'\n  echo '{\"text\": \"a b\"}' | cjm-ctl run text-stats -\n  cjm-ctl run text-stats --config '{\"top_n\": 1}' '{\"text\": \"a b\"}'\n\nKWARGS is a JSON object (keyword arguments) or, for execute, a JSON array (positional arguments).")]
+#[command(
+    after_help = "Examples:\n  cjm-ctl run text-stats '{\"text\": \"one two two\"}'\n  cjm-ctl run text-stats --task text_statistics --method compute_stats '{\"text\": \"a b\"}'\n  echo '{\"text\": \"a b\"}' | cjm-ctl run text-stats -\n  cjm-ctl run text-stats --config '{\"top_n\": 1}' '{\"text\": \"a b\"}'\n\nKWARGS is a JSON object (keyword arguments) or, for execute, a JSON array (positional arguments)."
+)]
 pub struct Args {
     /// The capability
     name: String,
@@ -120,6 +122,9 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             "check the task and method names in the capability's manifest (`cjm-ctl list`)",
         )),
         Err(Error::Cancelled) => Err(anyhow::anyhow!("cancelled")),
-        Err(other) => Err(anyhow::anyhow!("[{}] {other}", other.to_job_error().category)),
+        Err(other) => Err(anyhow::anyhow!(
+            "[{}] {other}",
+            other.to_job_error().category
+        )),
     }
 }

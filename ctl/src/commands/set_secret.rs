@@ -10,7 +10,9 @@ use crate::ctx::{Ctx, hint, runtime};
 
 /// Options of `set-secret`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  cjm-ctl set-secret my-api-capability MY_API_KEY          # prompts, input hidden\n  printf '%s\\n' \"$KEY\" | cjm-ctl set-secret my-api-capability MY_API_KEY\n\nPrefer the prompt or stdin: a --value stays in the shell history.")]
+#[command(
+    after_help = "Examples:\n  cjm-ctl set-secret my-api-capability MY_API_KEY          # prompts, input hidden\n  printf '%s\\n' \"$KEY\" | cjm-ctl set-secret my-api-capability MY_API_KEY\n\nPrefer the prompt or stdin: a --value stays in the shell history."
+)]
 pub struct Args {
     /// The capability (its manifest name)
     name: String,
@@ -35,7 +37,10 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
     };
     if value.is_empty() {
-        return Err(hint("the secret value is empty", "give it with --value, the prompt or stdin"));
+        return Err(hint(
+            "the secret value is empty",
+            "give it with --value, the prompt or stdin",
+        ));
     }
     let config = ctx.config()?;
     // Checked before the manager opens (and creates) the stores.
@@ -53,7 +58,8 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         r
     })?;
     if ctx.out.json {
-        ctx.out.json(&json!({"name": args.name, "key": args.key, "stored": true}));
+        ctx.out
+            .json(&json!({"name": args.name, "key": args.key, "stored": true}));
     } else {
         ctx.out.info(format!(
             "stored secret {} for {} (value not shown)",

@@ -26,7 +26,9 @@ pub enum Kind {
 
 /// Options of `validate`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  cjm-ctl validate capabilities.yaml\n  cjm-ctl validate .cjm/manifests/text-stats.json\n  cjm-ctl validate target/wasm32-wasip2/release/text_stats.wasm\n  cjm-ctl validate notes.txt --kind capabilities")]
+#[command(
+    after_help = "Examples:\n  cjm-ctl validate capabilities.yaml\n  cjm-ctl validate .cjm/manifests/text-stats.json\n  cjm-ctl validate target/wasm32-wasip2/release/text_stats.wasm\n  cjm-ctl validate notes.txt --kind capabilities"
+)]
 pub struct Args {
     /// The file
     path: PathBuf,
@@ -88,7 +90,10 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             println!("{}: {e}", path.display());
         }
         if errors.is_empty() {
-            let what = facts.as_str().map(|s| format!(" ({s})")).unwrap_or_default();
+            let what = facts
+                .as_str()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
             ctx.out
                 .info(format!("{}: a valid {kind_name}{what}", path.display()));
         }
@@ -113,7 +118,10 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
 
 fn manifest_errors(path: &Path) -> (Vec<String>, Value) {
     match manifest::load(path) {
-        Ok(Manifest::Adapter(a)) => (Vec::new(), json!(format!("adapter {} for task {}", a.name, a.task_name))),
+        Ok(Manifest::Adapter(a)) => (
+            Vec::new(),
+            json!(format!("adapter {} for task {}", a.name, a.task_name)),
+        ),
         Ok(Manifest::Capability(m)) => {
             let mut errors = Vec::new();
             let dir = path.parent().unwrap_or(Path::new("."));
@@ -148,9 +156,10 @@ fn manifest_errors(path: &Path) -> (Vec<String>, Value) {
                 json!(format!("{} {} v{}", m.runtime(), m.name(), m.code.version)),
             )
         }
-        Err(Error::InvalidManifest { problems, .. }) => {
-            (problems.iter().map(ToString::to_string).collect(), Value::Null)
-        }
+        Err(Error::InvalidManifest { problems, .. }) => (
+            problems.iter().map(ToString::to_string).collect(),
+            Value::Null,
+        ),
         Err(e) => (vec![e.to_string()], Value::Null),
     }
 }
@@ -163,11 +172,15 @@ fn capabilities_errors(path: &Path) -> (Vec<String>, Value) {
                 .iter()
                 .map(|e| format!("{} ({})", e.name, e.kind()))
                 .collect();
-            (Vec::new(), json!(format!("{} entries: {}", kinds.len(), kinds.join(", "))))
+            (
+                Vec::new(),
+                json!(format!("{} entries: {}", kinds.len(), kinds.join(", "))),
+            )
         }
-        Err(install::InstallError::InvalidSpec { problems, .. }) => {
-            (problems.iter().map(ToString::to_string).collect(), Value::Null)
-        }
+        Err(install::InstallError::InvalidSpec { problems, .. }) => (
+            problems.iter().map(ToString::to_string).collect(),
+            Value::Null,
+        ),
         Err(e) => (vec![e.to_string()], Value::Null),
     }
 }
@@ -186,7 +199,11 @@ fn component_errors(path: &Path) -> (Vec<String>, Value) {
                     info.name,
                     info.version,
                     info.structural_surface.methods.len(),
-                    if info.tasks.is_empty() { "-".to_owned() } else { info.tasks.join(", ") }
+                    if info.tasks.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        info.tasks.join(", ")
+                    }
                 )),
             )
         }

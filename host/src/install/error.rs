@@ -29,7 +29,7 @@ pub enum InstallError {
     },
 
     /// A step ran a program that failed; its output is in the entry's log.
-    #[error("{step} failed ({status}): {program}")]
+    #[error("{step} failed ({status})")]
     Command {
         /// What was being done (`creating the environment`).
         step: String,

@@ -49,14 +49,11 @@ pub(crate) async fn install(
         command: n.command.clone(),
     });
     step("write the manifest");
-    let path = super::finish_manifest(
-        config,
-        &mut m,
-        &entry.env_vars,
-        n.command.join(" "),
-        None,
-    )?;
-    log.line(&format!("{} v{}: {}", info.name, info.version, info.description));
+    let path = super::finish_manifest(config, &mut m, &entry.env_vars, n.command.join(" "), None)?;
+    log.line(&format!(
+        "{} v{}: {}",
+        info.name, info.version, info.description
+    ));
     Ok(Installed {
         manifest: m,
         manifest_path: path,
@@ -89,7 +86,9 @@ pub(crate) async fn introspect(
     .await?;
     let info = backend.info().clone();
     if let Err(e) = backend.shutdown().await {
-        log.line(&format!("stopping the worker after introspection failed: {e}"));
+        log.line(&format!(
+            "stopping the worker after introspection failed: {e}"
+        ));
     }
     Ok(info)
 }

@@ -278,11 +278,7 @@ pub fn check(base: &Path, text: &str) -> (Vec<Entry>, Vec<SpecProblem>) {
     }
     let list = match root.get("capabilities") {
         None => {
-            c.push(
-                "<root>",
-                "capabilities",
-                "required field is missing".into(),
-            );
+            c.push("<root>", "capabilities", "required field is missing".into());
             return (Vec::new(), c.problems);
         }
         Some(Value::Array(list)) => list,
@@ -475,9 +471,13 @@ impl Checker {
             if COMMON_KEYS.contains(&key.as_str()) || allowed.contains(&key.as_str()) {
                 continue;
             }
-            let other = [("wasm", WASM_KEYS), ("python", PYTHON_KEYS), ("native", NATIVE_KEYS)]
-                .into_iter()
-                .find(|(k, keys)| *k != kind && keys.contains(&key.as_str()));
+            let other = [
+                ("wasm", WASM_KEYS),
+                ("python", PYTHON_KEYS),
+                ("native", NATIVE_KEYS),
+            ]
+            .into_iter()
+            .find(|(k, keys)| *k != kind && keys.contains(&key.as_str()));
             let message = match other {
                 Some((k, _)) => format!("unknown key for kind {kind} (it belongs to kind: {k})"),
                 None => {
@@ -593,11 +593,7 @@ impl Checker {
             }
             (Some(f), None) => {
                 if workspace.is_some() {
-                    self.push(
-                        label,
-                        "workspace",
-                        "only meaningful with `cargo`".into(),
-                    );
+                    self.push(label, "workspace", "only meaningful with `cargo`".into());
                 }
                 Some(Component::File(self.path(&f)))
             }
@@ -632,7 +628,10 @@ impl Checker {
                 self.push(
                     label,
                     &format!("sandbox.{key}"),
-                    format!("unknown grant (expected one of {})", SANDBOX_KEYS.join(", ")),
+                    format!(
+                        "unknown grant (expected one of {})",
+                        SANDBOX_KEYS.join(", ")
+                    ),
                 );
                 ok = false;
                 continue;
@@ -827,9 +826,7 @@ impl Checker {
                 }
             }
             let impl_spec = match obj.get("impl") {
-                Some(Value::String(s)) if s.contains(':') && !s.starts_with(':') => {
-                    Some(s.clone())
-                }
+                Some(Value::String(s)) if s.contains(':') && !s.starts_with(':') => Some(s.clone()),
                 Some(Value::String(s)) => {
                     self.push(
                         label,
@@ -936,7 +933,7 @@ mod tests {
     fn relative_paths_resolve_against_the_file() {
         let (entries, p) = check(
             Path::new("/base"),
-            "capabilities:\n- {name: w, kind: wasm, component: c/x.wasm, sandbox: {max_concurrency: 2}}\n- {name: n, kind: native, command: [bin/w, --q]}\n- {name: p, package: ./pkg}\n",
+            "capabilities:\n- {name: w, kind: wasm, component: c/x.wasm, sandbox: {max_concurrency: 2}}\n- {name: nat, kind: native, command: [bin/w, --q]}\n- {name: p, package: ./pkg}\n",
         );
         assert!(p.is_empty(), "{p:?}");
         assert!(

@@ -46,7 +46,11 @@ pub(crate) async fn prepare(
         }
     };
     let sha256 = manifest::hash::hash_file(&path)?;
-    log.line(&format!("component {} {sha256} ({})", path.display(), entry.name));
+    log.line(&format!(
+        "component {} {sha256} ({})",
+        path.display(),
+        entry.name
+    ));
     Ok(Prepared {
         path,
         sha256,
