@@ -191,7 +191,7 @@ impl Out {
         } else {
             t.enforce_styling();
         }
-        t.set_header(header.iter().map(|h| Cell::new(h)));
+        t.set_header(header.iter().map(Cell::new));
         t
     }
 

@@ -233,11 +233,10 @@ fn install_all_installs_wasm_and_native_and_reports_a_failing_entry() {
     );
     assert_eq!(wasm["code"]["name"], "text-stats");
     assert!(
-        wasm["code"]["structural_surface"]["methods"]
+        !wasm["code"]["structural_surface"]["methods"]
             .as_array()
             .unwrap()
-            .len()
-            > 0
+            .is_empty()
     );
     assert!(
         wasm["drift_tracking"]["config_schema_hash"]
@@ -527,10 +526,7 @@ fn validate_lists_every_error_of_a_manifest() {
         assert!(fields.contains(&f), "{f} in {fields:?}\n{stdout}");
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!("error(s) in this manifest")),
-        "{stderr}"
-    );
+    assert!(stderr.contains("error(s) in this manifest"), "{stderr}");
 
     // JSON: the same errors, machine-readable.
     let out = env

@@ -459,9 +459,7 @@ impl Checker {
             }
         };
         let env_vars = self.env_vars(label, obj);
-        let Some(kind) = kind else {
-            return None;
-        };
+        let kind = kind?;
         let allowed: &[&str] = match kind {
             "wasm" => WASM_KEYS,
             "native" => NATIVE_KEYS,
