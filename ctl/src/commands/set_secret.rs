@@ -8,8 +8,8 @@ use serde_json::json;
 
 use crate::ctx::{Ctx, hint, runtime};
 
-/// Options of `set-secret`.
-#[derive(Debug, clap::Args)]
+/// Options of `set-secret`. `Debug` never shows the value.
+#[derive(clap::Args)]
 #[command(
     after_help = "Examples:\n  cjm-ctl set-secret my-api-capability MY_API_KEY          # prompts, input hidden\n  printf '%s\\n' \"$KEY\" | cjm-ctl set-secret my-api-capability MY_API_KEY\n\nPrefer the prompt or stdin: a --value stays in the shell history."
 )]
@@ -21,6 +21,16 @@ pub struct Args {
     /// The value [default: prompted with hidden input, or one line of stdin]
     #[arg(long)]
     value: Option<String>,
+}
+
+impl std::fmt::Debug for Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Args")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .field("value", &self.value.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Runs `set-secret`.
@@ -67,4 +77,20 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let a = Args {
+            name: "cap".into(),
+            key: "K".into(),
+            value: Some("hunter2".into()),
+        };
+        let shown = format!("{a:?}");
+        assert!(shown.contains("<redacted>") && !shown.contains("hunter2"), "{shown}");
+    }
 }

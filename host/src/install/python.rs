@@ -335,8 +335,13 @@ async fn create_env(tool: &EnvTool, src: &PythonSource, dir: &Path, log: &Log) -
             // `--seed` puts pip in the env: used for pythons older than cjm-substrate's
             // declared 3.12 (see `pip_install`).
             cmd.args(["venv", "--seed"]);
+            // A local interpreter when there is one (uv does not see pyenv's versions and
+            // would download one); else the version, for uv to find or fetch.
             if let Some(v) = &src.python {
-                cmd.arg("--python").arg(v);
+                match find_python(Some(v)) {
+                    Ok(p) => cmd.arg("--python").arg(p),
+                    Err(_) => cmd.arg("--python").arg(v),
+                };
             }
             super::run(log, step, cmd.arg(dir)).await
         }
