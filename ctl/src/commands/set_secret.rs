@@ -91,6 +91,9 @@ mod tests {
             value: Some("hunter2".into()),
         };
         let shown = format!("{a:?}");
-        assert!(shown.contains("<redacted>") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

@@ -231,18 +231,28 @@ pub(crate) async fn install(
         step(&format!("create the environment ({})", tool_name(&tool)));
         create_env(&tool, src, &env_dir, log).await?;
     }
-    let mut specs = vec![substrate.to_owned()];
-    specs.extend(src.interface_libs.iter().cloned());
-    specs.extend(src.adapters.iter().filter_map(|a| a.lib.clone()));
-    specs.push(src.package.clone());
-    step(&format!("install {}", src.package));
-    pip_install(&tool, &python, &specs, log).await?;
-
     let staging = config
         .data_dir
         .join("tmp")
         .join(format!("install-{}", uuid::Uuid::new_v4().simple()));
     let result = async {
+        // A local source dir is installed from a snapshot: building it in place would
+        // leave `build/` and `*.egg-info` in the user's tree.
+        let package = if local.is_dir() {
+            let name = local.file_name().unwrap_or_default();
+            let copy = staging.join("src").join(name);
+            copy_source(local, &copy)?;
+            copy.display().to_string()
+        } else {
+            src.package.clone()
+        };
+        let mut specs = vec![substrate.to_owned()];
+        specs.extend(src.interface_libs.iter().cloned());
+        specs.extend(src.adapters.iter().filter_map(|a| a.lib.clone()));
+        specs.push(package);
+        step(&format!("install {}", src.package));
+        pip_install(&tool, &python, &specs, log).await?;
+
         step("introspect in the environment (cjm-substrate)");
         let staged = introspect(
             config,
@@ -304,6 +314,44 @@ pub(crate) async fn install(
     .await;
     let _ = std::fs::remove_dir_all(&staging);
     result
+}
+
+/// Copies a package source tree, leaving out VCS data, build outputs and environments.
+fn copy_source(from: &Path, to: &Path) -> Result<()> {
+    const SKIP: &[&str] = &[
+        ".git",
+        ".hg",
+        "build",
+        "dist",
+        "__pycache__",
+        ".venv",
+        "venv",
+        "node_modules",
+        "target",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".tox",
+    ];
+    std::fs::create_dir_all(to).map_err(|e| InstallError::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| InstallError::io(from, e))? {
+        let entry = entry.map_err(|e| InstallError::io(from, e))?;
+        let name = entry.file_name();
+        let n = name.to_string_lossy();
+        if SKIP.contains(&n.as_ref()) || n.ends_with(".egg-info") {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        let ty = entry.file_type().map_err(|e| InstallError::io(&src, e))?;
+        if ty.is_dir() {
+            copy_source(&src, &dst)?;
+        } else if ty.is_file() {
+            std::fs::copy(&src, &dst).map_err(|e| InstallError::io(&src, e))?;
+        } else if ty.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(|e| InstallError::io(&src, e))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(|e| InstallError::io(&dst, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn publish(from: &Path, to: &Path) -> Result<()> {
