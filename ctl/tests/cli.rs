@@ -729,6 +729,23 @@ fn secrets_are_stored_listed_by_name_and_never_printed() {
         .stderr(predicate::str::contains("the secret value is empty"));
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        if n == "__pycache__" || n == "build" || n.ends_with(".egg-info") {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(&name));
+        } else {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
 /// A data dir with diagnostics and journal rows of two jobs.
 fn seed_logs(env: &Env) {
     std::fs::create_dir_all(env.data()).unwrap();
@@ -942,7 +959,9 @@ fn completions_are_generated() {
 #[test]
 fn install_all_python_echo_capability_with_its_adapter() {
     let env = Env::new();
-    let echo = cjm_tests::echo_capability_dir();
+    // A copy of the repo's echo capability: the test edits it below.
+    let echo = env.path().join("cjm-capability-echo");
+    copy_dir(&cjm_tests::echo_capability_dir(), &echo);
     let caps = env.write(
         "capabilities.yaml",
         &format!(
@@ -1077,15 +1096,29 @@ fn install_all_python_echo_capability_with_its_adapter() {
         .assert()
         .code(1);
 
-    // Unchanged on a second run; remove deletes the env too.
-    let report = env.json(&[
+    // Unchanged on a second run, reinstalled once its source changed; the source tree
+    // never gets build outputs.
+    let only_echo = [
         "install-all",
         "--capabilities",
         caps.to_str().unwrap(),
         "--only",
         "cjm-capability-echo",
-    ]);
-    assert_eq!(report["entries"][0]["status"], "unchanged");
+    ];
+    assert_eq!(env.json(&only_echo)["entries"][0]["status"], "unchanged");
+    std::fs::write(echo.join("cjm_capability_echo/extra.py"), "X = 1\n").unwrap();
+    assert_eq!(env.json(&only_echo)["entries"][0]["status"], "installed");
+    let names: Vec<String> = std::fs::read_dir(&echo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "build" || n.ends_with(".egg-info")),
+        "{names:?}"
+    );
+    // Remove deletes the env too.
     env.ctl()
         .args(["remove", "-y", "cjm-capability-echo"])
         .assert()

@@ -455,6 +455,9 @@ impl Installer {
                 "substrate".into(),
                 json!(self.substrate_for(p, options.substrate.as_deref())),
             );
+            if let Some(stamp) = python::source_stamp(&p.package) {
+                extra.insert("source_stamp".into(), json!(stamp));
+            }
         }
         let fingerprint = record::fingerprint(&entry.raw, &Value::Object(extra));
         if !options.force

@@ -316,28 +316,67 @@ pub(crate) async fn install(
     result
 }
 
-/// Copies a package source tree, leaving out VCS data, build outputs and environments.
+/// What a source snapshot leaves out: VCS data, build outputs, environments, caches.
+const SKIP: &[&str] = &[
+    ".git",
+    ".hg",
+    "build",
+    "dist",
+    "__pycache__",
+    ".venv",
+    "venv",
+    "node_modules",
+    "target",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".tox",
+];
+
+fn skipped(name: &str) -> bool {
+    SKIP.contains(&name) || name.ends_with(".egg-info")
+}
+
+/// A stamp of a local package source dir (file count, total size, newest mtime), so an
+/// edited source is a changed input; `None` for a spec that is not a local dir.
+pub(crate) fn source_stamp(package: &str) -> Option<String> {
+    fn walk(dir: &Path, acc: &mut (u64, u64, u128)) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if skipped(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                walk(&entry.path(), acc);
+            } else {
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                acc.0 += 1;
+                acc.1 += meta.len();
+                acc.2 = acc.2.max(mtime);
+            }
+        }
+    }
+    let dir = Path::new(package);
+    if !dir.is_absolute() || !dir.is_dir() {
+        return None;
+    }
+    let mut acc = (0, 0, 0);
+    walk(dir, &mut acc);
+    Some(format!("{} {} {}", acc.0, acc.1, acc.2))
+}
+
+/// Copies a package source tree, leaving out what [`SKIP`] names.
 fn copy_source(from: &Path, to: &Path) -> Result<()> {
-    const SKIP: &[&str] = &[
-        ".git",
-        ".hg",
-        "build",
-        "dist",
-        "__pycache__",
-        ".venv",
-        "venv",
-        "node_modules",
-        "target",
-        ".mypy_cache",
-        ".pytest_cache",
-        ".tox",
-    ];
     std::fs::create_dir_all(to).map_err(|e| InstallError::io(to, e))?;
     for entry in std::fs::read_dir(from).map_err(|e| InstallError::io(from, e))? {
         let entry = entry.map_err(|e| InstallError::io(from, e))?;
         let name = entry.file_name();
-        let n = name.to_string_lossy();
-        if SKIP.contains(&n.as_ref()) || n.ends_with(".egg-info") {
+        if skipped(&name.to_string_lossy()) {
             continue;
         }
         let (src, dst) = (entry.path(), to.join(&name));
