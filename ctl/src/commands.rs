@@ -1,21 +1,73 @@
 //! The subcommands, one file each.
 
+mod completions;
 mod demo;
+mod generate_adapter_manifest;
+mod install_all;
+mod list;
+mod list_secrets;
+mod logs;
+mod regenerate_manifest;
+mod remove;
+mod retention;
+mod run;
+mod set_secret;
+mod validate;
 
 use clap::Subcommand;
+
+use crate::ctx::Ctx;
 
 /// What `cjm-ctl` can do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Install and register every capability of a capabilities.yaml
+    InstallAll(install_all::Args),
+    /// List the installed capabilities
+    List(list::Args),
+    /// Remove a capability: its manifest, component, adapters and environment
+    Remove(remove::Args),
+    /// Validate a manifest, a capabilities.yaml or a wasm component
+    Validate(validate::Args),
+    /// Re-introspect an installed capability and rewrite its manifest
+    RegenerateManifest(regenerate_manifest::Args),
+    /// Introspect a Python task adapter in an environment and write its adapter manifest
+    GenerateAdapterManifest(generate_adapter_manifest::Args),
+    /// Show diagnostics records, raw worker output or the journal
+    Logs(logs::Args),
+    /// Apply the diagnostics retention policy now
+    Retention(retention::Args),
+    /// Store a secret of a capability (the value is never printed)
+    SetSecret(set_secret::Args),
+    /// List the secret names stored for capabilities (never the values)
+    ListSecrets(list_secrets::Args),
+    /// Load a capability, call it once and print the JSON result
+    Run(run::Args),
+    /// Print shell completions
+    Completions(completions::Args),
     /// Build the example capabilities and run them on the embedded default (`./.cjm`).
     ///
     /// Example: `cjm-ctl demo` (or `cargo run --release -p cjm-ctl -- demo`)
+    // The demo's own `--data-dir` would collide with the global one (same long flag).
+    #[command(mut_arg("data_dir", |a| a.long("demo-data-dir").hide(true)))]
     Demo(demo::DemoArgs),
 }
 
 /// Runs one command.
-pub fn run(command: Command) -> anyhow::Result<()> {
+pub fn run(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
     match command {
+        Command::InstallAll(args) => install_all::run(args, ctx),
+        Command::List(args) => list::run(args, ctx),
+        Command::Remove(args) => remove::run(args, ctx),
+        Command::Validate(args) => validate::run(args, ctx),
+        Command::RegenerateManifest(args) => regenerate_manifest::run(args, ctx),
+        Command::GenerateAdapterManifest(args) => generate_adapter_manifest::run(args, ctx),
+        Command::Logs(args) => logs::run(args, ctx),
+        Command::Retention(args) => retention::run(args, ctx),
+        Command::SetSecret(args) => set_secret::run(args, ctx),
+        Command::ListSecrets(args) => list_secrets::run(args, ctx),
+        Command::Run(args) => run::run(args, ctx),
+        Command::Completions(args) => completions::run(args),
         Command::Demo(args) => demo::run(args),
     }
 }

@@ -18,6 +18,7 @@
 //!   empirical samples, reload-and-retry;
 //! - [`queue`]: the job queue: admission over lanes, cancellation, events, compositions;
 //! - [`host`]: [`Host::builder`] assembles manager and queue in one call;
+//! - [`install`]: the install pipeline behind `cjm-ctl install-all` (wasm, Python, native);
 //! - [`telemetry`]: system CPU/RAM, process-subtree and GPU (NVML) telemetry, the platform string;
 //! - [`error`]: the host's error type; the domain taxonomy travels as `JobError` data.
 //!
@@ -29,6 +30,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod host;
+pub mod install;
 pub mod manager;
 pub mod manifest;
 pub mod queue;

@@ -1,0 +1,20 @@
+//! `cjm-ctl completions SHELL`: a completion script on stdout.
+
+use clap::CommandFactory as _;
+
+/// Options of `completions`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  cjm-ctl completions bash > ~/.local/share/bash-completion/completions/cjm-ctl\n  cjm-ctl completions zsh > ~/.zfunc/_cjm-ctl"
+)]
+pub struct Args {
+    /// The shell
+    shell: clap_complete::Shell,
+}
+
+/// Runs `completions`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut cmd = crate::Cli::command();
+    clap_complete::generate(args.shell, &mut cmd, "cjm-ctl", &mut std::io::stdout());
+    Ok(())
+}

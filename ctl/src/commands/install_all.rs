@@ -1,0 +1,244 @@
+//! `cjm-ctl install-all`: every entry of a capabilities.yaml installed (or left alone when
+//! its inputs did not change), a progress bar per entry, a summary table at the end.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cjm_host::install::{
+    self, EntryReport, EntryStatus, InstallError, InstallOptions, Installer, Progress,
+};
+use comfy_table::Color;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use crate::ctx::{Ctx, hint, runtime};
+
+/// Options of `install-all`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  cjm-ctl install-all\n  cjm-ctl install-all --capabilities caps.yaml --only text-stats --force\n\nEntry kinds: wasm (component: or cargo:), python (package:), native (command:).\nRun `cjm-ctl validate capabilities.yaml` to check the file alone."
+)]
+pub struct Args {
+    /// The capabilities file [default: cjm.yaml's capabilities_config, else ./capabilities.yaml]
+    #[arg(long, value_name = "FILE")]
+    capabilities: Option<PathBuf>,
+    /// Reinstall even when nothing changed (python environments are recreated)
+    #[arg(long)]
+    force: bool,
+    /// Only this entry (repeatable)
+    #[arg(long, value_name = "NAME")]
+    only: Vec<String>,
+    /// The cjm-substrate pip spec for python entries that do not name one
+    #[arg(long, value_name = "SPEC")]
+    substrate_source: Option<String>,
+}
+
+/// Prints the problems of an invalid capabilities file, one per line, and returns the error.
+pub fn spec_error(e: InstallError, ctx: &Ctx) -> anyhow::Error {
+    match e {
+        InstallError::InvalidSpec { path, problems } => {
+            if ctx.out.json {
+                ctx.out.json(&json!({
+                    "path": path,
+                    "valid": false,
+                    "errors": problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                }));
+            } else {
+                for p in &problems {
+                    eprintln!("{}: {p}", path.display());
+                }
+            }
+            hint(
+                format!(
+                    "{}: {} problem(s) in the capabilities file",
+                    path.display(),
+                    problems.len()
+                ),
+                "each entry needs a name and, by kind: wasm `component:` or `cargo:`, python `package:`, native `command:`",
+            )
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+struct Bars {
+    bars: BTreeMap<String, ProgressBar>,
+}
+
+impl Progress for Bars {
+    fn step(&self, name: &str, step: &str) {
+        if let Some(b) = self.bars.get(name) {
+            b.set_message(step.to_owned());
+        }
+    }
+}
+
+/// Runs `install-all`.
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let config = ctx.config()?;
+    let path = args
+        .capabilities
+        .clone()
+        .unwrap_or_else(|| config.capabilities_config.clone());
+    if !path.is_file() {
+        return Err(hint(
+            format!("capabilities file {} not found", path.display()),
+            "pass --capabilities FILE or set capabilities_config in cjm.yaml",
+        ));
+    }
+    let file = install::spec::load(&path).map_err(|e| spec_error(e, ctx))?;
+    for only in &args.only {
+        if file.entry(only).is_none() {
+            let names: Vec<&str> = file.entries.iter().map(|e| e.name.as_str()).collect();
+            return Err(hint(
+                format!("no entry named '{only}' in {}", path.display()),
+                format!("entries: {}", names.join(", ")),
+            ));
+        }
+    }
+    let entries: Vec<_> = file
+        .entries
+        .iter()
+        .filter(|e| args.only.is_empty() || args.only.contains(&e.name))
+        .collect();
+    let options = InstallOptions {
+        force: args.force,
+        only: args.only.clone(),
+        substrate: args.substrate_source.clone(),
+    };
+    config.ensure_layout()?;
+    let installer = Installer::new(config);
+
+    let show_bars = ctx.out.stderr_tty && !ctx.out.json && !ctx.out.quiet;
+    let multi = MultiProgress::with_draw_target(if show_bars {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(4);
+    let style = ProgressStyle::with_template(&format!(
+        "{{spinner}} {{prefix:{width}}} {{elapsed:>4}} {{wide_msg}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let bars = Bars {
+        bars: entries
+            .iter()
+            .map(|e| {
+                let b = multi.add(ProgressBar::new_spinner());
+                b.set_style(style.clone());
+                b.set_prefix(e.name.clone());
+                b.set_message("waiting");
+                (e.name.clone(), b)
+            })
+            .collect(),
+    };
+
+    let rt = runtime()?;
+    let mut reports: Vec<EntryReport> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if !show_bars {
+            ctx.out.note(format!(
+                "[{}/{}] {} ({})",
+                i + 1,
+                entries.len(),
+                entry.name,
+                entry.kind()
+            ));
+        }
+        let bar = &bars.bars[&entry.name];
+        bar.reset_elapsed();
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let report = rt.block_on(installer.install_entry(entry, &options, &bars));
+        let mark = match report.status {
+            EntryStatus::Failed => "✗",
+            _ => "✓",
+        };
+        bar.finish_with_message(format!("{mark} {}", report.status.as_str()));
+        reports.push(report);
+    }
+    drop(bars);
+    let _ = multi.clear();
+    summary(&reports, ctx);
+
+    let failed = reports
+        .iter()
+        .filter(|r| r.status == EntryStatus::Failed)
+        .count();
+    if failed > 0 {
+        return Err(hint(
+            format!("{failed} of {} entries failed", reports.len()),
+            format!(
+                "see the log tails above (full logs in {}); fix and re-run: installed entries are skipped",
+                install::logs_dir(installer.config()).display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn summary(reports: &[EntryReport], ctx: &Ctx) {
+    if ctx.out.json {
+        ctx.out.json(&json!({
+            "entries": reports,
+            "failed": reports.iter().filter(|r| r.status == EntryStatus::Failed).count(),
+        }));
+        return;
+    }
+    if ctx.out.quiet {
+        for r in reports.iter().filter(|r| r.status == EntryStatus::Failed) {
+            eprintln!("{}: {}", r.name, r.message);
+        }
+        return;
+    }
+    let mut table = ctx
+        .out
+        .table(&["name", "kind", "status", "version", "time", "message"]);
+    for r in reports {
+        let color = match r.status {
+            EntryStatus::Installed => Color::Green,
+            EntryStatus::Unchanged => Color::DarkGrey,
+            EntryStatus::Failed => Color::Red,
+        };
+        let message = match r.status {
+            EntryStatus::Failed => r.message.lines().next().unwrap_or("").to_owned(),
+            _ => shorten(&r.message),
+        };
+        table.add_row(vec![
+            comfy_table::Cell::new(&r.name),
+            comfy_table::Cell::new(&r.kind),
+            ctx.out.cell(r.status.as_str(), color),
+            comfy_table::Cell::new(r.version.as_deref().unwrap_or("-")),
+            comfy_table::Cell::new(format!("{:.1}s", r.elapsed.as_secs_f64())),
+            comfy_table::Cell::new(message),
+        ]);
+    }
+    println!("{table}");
+    for r in reports.iter().filter(|r| r.status == EntryStatus::Failed) {
+        println!();
+        println!("{} failed: {}", r.name, r.message);
+        if let Some(tail) = r.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
+            println!("--- last lines of {} ---", r.log.display());
+            for line in tail.lines() {
+                println!("  | {line}");
+            }
+        }
+    }
+}
+
+/// `wrote /long/path/x.json` -> `wrote x.json` (the table stays narrow).
+fn shorten(message: &str) -> String {
+    message
+        .split(' ')
+        .map(|w| {
+            let p = Path::new(w);
+            if p.is_absolute() {
+                p.file_name()
+                    .map_or_else(|| w.to_owned(), |n| n.to_string_lossy().into_owned())
+            } else {
+                w.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

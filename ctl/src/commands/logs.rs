@@ -1,0 +1,276 @@
+//! `cjm-ctl logs`: the observability stores. Default: structured diagnostics records
+//! (worker log output, job-stamped); `--chunks`: raw stdout/stderr lines; `--journal`: the
+//! durable journal. `--follow` polls the store's seq cursor.
+
+use std::time::Duration;
+
+use cjm_host::store::{
+    ChunkQuery, DiagnosticRecord, DiagnosticsStore, JournalEvent, JournalQuery, JournalStore,
+    RecordQuery, StreamChunk,
+};
+use serde_json::{Value, json};
+
+use crate::ctx::{Ctx, hint, short_id, short_ts};
+
+/// Options of `logs`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  cjm-ctl logs -n 20\n  cjm-ctl logs --job 3f2a... --level WARNING\n  cjm-ctl logs --chunks --session 9c1e...\n  cjm-ctl logs --journal --follow"
+)]
+pub struct Args {
+    /// Only this job (exact id)
+    #[arg(long)]
+    job: Option<String>,
+    /// Only this worker session
+    #[arg(long)]
+    session: Option<String>,
+    /// Only this level (DEBUG, INFO, WARNING, ERROR, CRITICAL)
+    #[arg(long)]
+    level: Option<String>,
+    /// Show the journal (job lifecycle, workers, config changes, accounts)
+    #[arg(long, conflicts_with_all = ["chunks", "level"])]
+    journal: bool,
+    /// Show raw stdout/stderr chunks of workers
+    #[arg(long, conflicts_with_all = ["job", "level"])]
+    chunks: bool,
+    /// The most recent N entries (0 = all)
+    #[arg(short = 'n', long = "limit", default_value_t = 50)]
+    limit: u64,
+    /// Keep polling for new entries (Ctrl-C to stop)
+    #[arg(short, long)]
+    follow: bool,
+    /// Seconds between polls with --follow
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    interval: f64,
+}
+
+enum Row {
+    Record(DiagnosticRecord),
+    Chunk(StreamChunk),
+    Event(JournalEvent),
+}
+
+impl Row {
+    fn seq(&self) -> i64 {
+        match self {
+            Row::Record(r) => r.seq,
+            Row::Chunk(c) => c.seq,
+            Row::Event(e) => e.seq,
+        }
+        .unwrap_or(0)
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Row::Record(r) => json!({
+                "seq": r.seq, "ts": r.ts, "worker_session_id": r.worker_session_id,
+                "job_id": r.job_id, "level": r.level, "logger_name": r.logger_name,
+                "message": r.message, "exc_text": r.exc_text,
+            }),
+            Row::Chunk(c) => json!({
+                "seq": c.seq, "ts": c.ts, "worker_session_id": c.worker_session_id,
+                "stream": c.stream, "content": c.content,
+            }),
+            Row::Event(e) => serde_json::to_value(e).unwrap_or(Value::Null),
+        }
+    }
+
+    fn render(&self) -> String {
+        match self {
+            Row::Record(r) => {
+                let mut line = format!(
+                    "{} {:<8} [{}|{}] {}: {}",
+                    short_ts(&r.ts),
+                    r.level,
+                    short_id(r.worker_session_id.as_deref()),
+                    short_id(r.job_id.as_deref()),
+                    r.logger_name,
+                    r.message
+                );
+                for l in r.exc_text.iter().flat_map(|t| t.lines()) {
+                    line.push_str("\n    ");
+                    line.push_str(l);
+                }
+                line
+            }
+            Row::Chunk(c) => format!(
+                "{} [{}] {:<6} {}",
+                short_ts(&c.ts),
+                short_id(c.worker_session_id.as_deref()),
+                c.stream,
+                c.content
+            ),
+            Row::Event(e) => {
+                let mut payload = e.payload.clone();
+                if let Some(status) = payload
+                    .get("job_snapshot")
+                    .and_then(|s| s.get("status"))
+                    .cloned()
+                {
+                    payload["job_snapshot"] =
+                        json!(format!("<snapshot:{}>", status.as_str().unwrap_or("?")));
+                }
+                let mut p = payload.to_string();
+                if p.chars().count() > 160 {
+                    p = p.chars().take(159).collect::<String>() + "…";
+                }
+                format!(
+                    "{} {:<22} [job={} run={}] {}{} {p}",
+                    short_ts(&e.ts),
+                    e.event_type,
+                    short_id(e.job_id.as_deref()),
+                    e.run_id.as_deref().unwrap_or("-"),
+                    e.capability_instance_id
+                        .as_deref()
+                        .or(e.capability_name.as_deref())
+                        .unwrap_or("-"),
+                    if e.worker_reported { " (worker)" } else { "" },
+                )
+            }
+        }
+    }
+}
+
+/// Runs `logs`.
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let config = ctx.config()?;
+    let journal_path = config.journal_db_path();
+    let diag_path = config.diagnostics_db_path();
+    let journal = journal_path
+        .is_file()
+        .then(|| JournalStore::open(&journal_path))
+        .transpose()?;
+    let diag = diag_path
+        .is_file()
+        .then(|| DiagnosticsStore::open(&diag_path))
+        .transpose()?;
+
+    if let Some(job) = &args.job {
+        let in_journal = match &journal {
+            Some(j) => !j
+                .query(&JournalQuery::job(job.clone()).limit(1))?
+                .is_empty(),
+            None => false,
+        };
+        let in_diag = match &diag {
+            Some(d) => !d
+                .query_records(&RecordQuery {
+                    job_id: Some(job.clone()),
+                    limit: Some(1),
+                    ..RecordQuery::default()
+                })?
+                .is_empty(),
+            None => false,
+        };
+        if !in_journal && !in_diag {
+            return Err(hint(
+                format!(
+                    "unknown job '{job}': no journal row and no diagnostics record has that id"
+                ),
+                "job ids are full UUIDs; see recent ones with `cjm-ctl logs --journal`",
+            ));
+        }
+    }
+
+    let store_path = if args.journal {
+        &journal_path
+    } else {
+        &diag_path
+    };
+    let available = if args.journal {
+        journal.is_some()
+    } else {
+        diag.is_some()
+    };
+    if !available {
+        if ctx.out.json {
+            ctx.out.json(&json!([]));
+        } else {
+            ctx.out.info(format!(
+                "no store at {} (nothing has run here yet)",
+                store_path.display()
+            ));
+        }
+        return Ok(());
+    }
+    let level = args.level.as_ref().map(|l| l.to_ascii_uppercase());
+    let fetch = |after: Option<i64>, limit: Option<u64>| -> anyhow::Result<Vec<Row>> {
+        let descending = after.is_none();
+        let rows = if args.journal {
+            let j = journal
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no journal"))?;
+            j.query(&JournalQuery {
+                job_id: args.job.clone(),
+                worker_session_id: args.session.clone(),
+                after_seq: after,
+                limit,
+                descending,
+                ..JournalQuery::default()
+            })?
+            .into_iter()
+            .map(Row::Event)
+            .collect()
+        } else {
+            let d = diag
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no diagnostics"))?;
+            if args.chunks {
+                d.query_chunks(&ChunkQuery {
+                    worker_session_id: args.session.clone(),
+                    after_seq: after,
+                    limit,
+                    descending,
+                })?
+                .into_iter()
+                .map(Row::Chunk)
+                .collect()
+            } else {
+                d.query_records(&RecordQuery {
+                    job_id: args.job.clone(),
+                    worker_session_id: args.session.clone(),
+                    level: level.clone(),
+                    after_seq: after,
+                    limit,
+                    descending,
+                })?
+                .into_iter()
+                .map(Row::Record)
+                .collect()
+            }
+        };
+        Ok(rows)
+    };
+    let limit = (args.limit > 0).then_some(args.limit);
+    let mut rows = fetch(None, limit)?;
+    rows.reverse();
+    let mut cursor = rows.iter().map(Row::seq).max().unwrap_or(0);
+    let print = |rows: &[Row]| {
+        for r in rows {
+            if ctx.out.json {
+                // One JSON object per line: followable.
+                println!("{}", r.to_json());
+            } else {
+                println!("{}", r.render());
+            }
+        }
+    };
+    print(&rows);
+    if !args.follow {
+        return Ok(());
+    }
+    ctx.out.note(format!(
+        "-- following {} (Ctrl-C to stop) --",
+        store_path.display()
+    ));
+    let interval =
+        Duration::try_from_secs_f64(args.interval.max(0.01)).unwrap_or(Duration::from_secs(1));
+    loop {
+        std::thread::sleep(interval);
+        let new = fetch(Some(cursor), None)?;
+        cursor = new.iter().map(Row::seq).max().unwrap_or(cursor).max(cursor);
+        print(&new);
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+    }
+}

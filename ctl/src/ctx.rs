@@ -1,0 +1,240 @@
+//! What every command shares: the global options, the configuration they resolve to, and
+//! output (text for people, JSON for scripts, colour only where it is wanted).
+
+use std::fmt;
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+
+use cjm_host::config::{ConfigLoader, HostConfig, RawConfig};
+use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
+
+/// Options every command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
+    /// The data dir: manifests, environments, stores [default: ./.cjm, or cjm.yaml's
+    /// data_dir]
+    #[arg(
+        long = "data-dir",
+        id = "global_data_dir",
+        global = true,
+        env = "CJM_DATA_DIR",
+        value_name = "DIR"
+    )]
+    pub data_dir: Option<PathBuf>,
+    /// The cjm.yaml to read [default: the first cjm.yaml from here upward]
+    #[arg(
+        long = "cjm-config",
+        id = "global_config",
+        global = true,
+        env = "CJM_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Only errors (and the asked-for data)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// When to use colour (NO_COLOR is respected by `auto`)
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    pub color: ColorWhen,
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorWhen {
+    /// When the stream is a terminal and NO_COLOR is not set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// The shared state of one invocation.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The global options.
+    pub global: GlobalArgs,
+    /// Output.
+    pub out: Out,
+}
+
+impl Ctx {
+    /// From the parsed global options.
+    pub fn new(global: GlobalArgs) -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let color = |tty: bool| match global.color {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            ColorWhen::Auto => tty && !no_color,
+        };
+        let out = Out {
+            json: global.json,
+            quiet: global.quiet,
+            color: color(std::io::stdout().is_terminal()),
+            err_color: color(std::io::stderr().is_terminal()),
+            stdout_tty: std::io::stdout().is_terminal(),
+            stderr_tty: std::io::stderr().is_terminal(),
+        };
+        Ctx { global, out }
+    }
+
+    /// The configuration: `--data-dir` > `CJM_*` > cjm.yaml > defaults.
+    pub fn config(&self) -> anyhow::Result<HostConfig> {
+        let raw = RawConfig {
+            data_dir: self.global.data_dir.clone(),
+            ..RawConfig::default()
+        };
+        let mut loader = ConfigLoader::new().cli(raw);
+        if let Some(file) = &self.global.config {
+            loader = loader.config_file(file);
+        }
+        loader.load().map_err(|e| {
+            hint(
+                format!("cannot load the configuration: {e}"),
+                "check cjm.yaml and the CJM_* environment variables",
+            )
+        })
+    }
+}
+
+/// A tokio runtime for the commands that talk to capabilities.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Output of one invocation.
+#[derive(Debug, Clone)]
+pub struct Out {
+    /// `--json`.
+    pub json: bool,
+    /// `--quiet`.
+    pub quiet: bool,
+    /// Colour on stdout.
+    pub color: bool,
+    /// Colour on stderr.
+    pub err_color: bool,
+    /// Whether stdout is a terminal.
+    pub stdout_tty: bool,
+    /// Whether stderr is a terminal.
+    pub stderr_tty: bool,
+}
+
+impl Out {
+    /// A line for people on stdout (not with `--json` or `--quiet`).
+    pub fn info(&self, text: impl fmt::Display) {
+        if !self.json && !self.quiet {
+            println!("{text}");
+        }
+    }
+
+    /// A progress note for people on stderr (not with `--json` or `--quiet`).
+    pub fn note(&self, text: impl fmt::Display) {
+        if !self.json && !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    /// A warning on stderr (not with `--quiet`).
+    pub fn warn(&self, text: impl fmt::Display) {
+        if !self.quiet {
+            eprintln!("{}: {text}", self.paint_err("warning", Color::Yellow));
+        }
+    }
+
+    /// A JSON document on stdout.
+    pub fn json(&self, value: &serde_json::Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+        );
+    }
+
+    /// `error: ...` and, when one is attached, `hint: ...` on stderr.
+    pub fn error(&self, e: &anyhow::Error) {
+        eprintln!("{}: {e:#}", self.paint_err("error", Color::Red));
+        if let Some(h) = e.chain().find_map(|c| c.downcast_ref::<Hinted>()) {
+            eprintln!("{}: {}", self.paint_err("hint", Color::Cyan), h.hint);
+        }
+    }
+
+    fn paint_err(&self, word: &str, color: Color) -> String {
+        if self.err_color {
+            let code = match color {
+                Color::Red => 31,
+                Color::Yellow => 33,
+                Color::Green => 32,
+                _ => 36,
+            };
+            format!("\x1b[1;{code}m{word}\x1b[0m")
+        } else {
+            word.to_owned()
+        }
+    }
+
+    /// A table for stdout with `header`.
+    pub fn table(&self, header: &[&str]) -> Table {
+        let mut t = Table::new();
+        t.load_preset(if self.stdout_tty {
+            presets::UTF8_FULL_CONDENSED
+        } else {
+            presets::ASCII_BORDERS_ONLY_CONDENSED
+        })
+        .set_content_arrangement(ContentArrangement::Dynamic);
+        if !self.color {
+            t.force_no_tty();
+        } else {
+            t.enforce_styling();
+        }
+        t.set_header(header.iter().map(Cell::new));
+        t
+    }
+
+    /// A cell coloured `color` when colour is on.
+    pub fn cell(&self, text: impl fmt::Display, color: Color) -> Cell {
+        let c = Cell::new(text);
+        if self.color { c.fg(color) } else { c }
+    }
+}
+
+/// An error with a hint for the user.
+#[derive(Debug)]
+pub struct Hinted {
+    message: String,
+    /// What to do about it.
+    pub hint: String,
+}
+
+impl fmt::Display for Hinted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Hinted {}
+
+/// An error `message` with `hint`.
+pub fn hint(message: impl fmt::Display, hint: impl fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Hinted {
+        message: message.to_string(),
+        hint: hint.to_string(),
+    })
+}
+
+/// The first 19 characters of an ISO timestamp, `T` as a space (`2026-11-25 12:00:11`).
+pub fn short_ts(ts: &str) -> String {
+    ts.chars()
+        .take(19)
+        .map(|c| if c == 'T' { ' ' } else { c })
+        .collect()
+}
+
+/// The first 8 characters of an id, or `-`.
+pub fn short_id(id: Option<&str>) -> String {
+    id.map_or_else(|| "-".to_owned(), |s| s.chars().take(8).collect())
+}

@@ -1,0 +1,721 @@
+//! The install pipeline: from a `capabilities.yaml` entry to a manifest in the data dir.
+//!
+//! - [`spec`]: the file's schema and its validation (every problem listed);
+//! - `wasm`: a component file or a cargo package built for wasm32-wasip2, copied into the
+//!   data dir, loaded in the sandbox (validated, precompiled into the component cache) and
+//!   introspected (`info`);
+//! - `native`: a worker binary started once to read its info, then stopped;
+//! - `python`: an environment per entry (uv, `python -m venv` + pip, or conda/micromamba
+//!   when configured and present) with cjm-substrate and the package, introspected by
+//!   cjm-substrate's own manifest writer run inside that env;
+//! - [`record`]: what each install left behind and the fingerprint of its inputs, so
+//!   re-running is idempotent.
+//!
+//! Entries install one after another; a failing entry never stops the others. Each entry
+//! logs every step and the output of every program it ran into
+//! `logs/install/<name>.log`; a failure report carries the tail of that log.
+//!
+//! What install adds to the data dir layout:
+//!
+//! ```text
+//! envs/<env_name>/          python environments
+//! components/<name>.wasm    installed wasm components (copies)
+//! installs/<name>.json      install records (fingerprint, env, adapters)
+//! logs/install/<name>.log   install logs
+//! ```
+//!
+//! Installed components are copies: the manifest names `../components/<name>.wasm`
+//! (relative to the manifests dir, so the data dir can move) and its sha256. A rebuild of the
+//! source then never changes an installed capability behind the host's back; installing
+//! again does.
+
+mod error;
+mod native;
+mod python;
+pub mod record;
+pub mod spec;
+mod wasm;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub use error::{InstallError, Result};
+pub use python::{EnvTool, SUBSTRATE_SPEC};
+pub use record::InstallRecord;
+pub use spec::{CapabilitiesFile, Entry, Source, SpecProblem};
+
+use crate::config::HostConfig;
+use crate::manifest::{self, CapabilityManifest, RuntimeKind};
+
+/// `install.installer_version` of the manifests this pipeline writes.
+pub const INSTALLER_VERSION: &str = concat!("cjm-ctl ", env!("CARGO_PKG_VERSION"));
+
+/// Lines of the log a failure report carries.
+pub const LOG_TAIL_LINES: usize = 20;
+
+/// `envs/`: python environments.
+pub fn envs_dir(config: &HostConfig) -> PathBuf {
+    config.data_dir.join("envs")
+}
+
+/// `components/`: installed wasm components.
+pub fn components_dir(config: &HostConfig) -> PathBuf {
+    config.data_dir.join("components")
+}
+
+/// `logs/install/`: install logs.
+pub fn logs_dir(config: &HostConfig) -> PathBuf {
+    config.data_dir.join("logs").join("install")
+}
+
+/// `manifests/<name>.json`.
+pub fn manifest_path(config: &HostConfig, name: &str) -> PathBuf {
+    config
+        .manifests_dir()
+        .join(manifest::capability_file_name(name))
+}
+
+/// What the caller wants from a run.
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    /// Reinstall even when nothing changed (python envs are recreated).
+    pub force: bool,
+    /// Only these entries (all when empty).
+    pub only: Vec<String>,
+    /// The cjm-substrate spec for python entries that do not name one.
+    pub substrate: Option<String>,
+}
+
+/// Where the pipeline reports what it is doing (a progress bar, or nothing).
+pub trait Progress: Send + Sync {
+    /// Entry `name` started the step `step`.
+    fn step(&self, name: &str, step: &str);
+}
+
+/// Reports nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn step(&self, _: &str, _: &str) {}
+}
+
+/// How an entry ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryStatus {
+    /// Installed (or reinstalled).
+    Installed,
+    /// Already installed with the same inputs.
+    Unchanged,
+    /// Failed; see the message and log.
+    Failed,
+}
+
+impl EntryStatus {
+    /// `installed`, `unchanged`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryStatus::Installed => "installed",
+            EntryStatus::Unchanged => "unchanged",
+            EntryStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The outcome of one entry.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EntryReport {
+    /// The entry name.
+    pub name: String,
+    /// `wasm`, `python` or `native`.
+    pub kind: String,
+    /// How it ended.
+    pub status: EntryStatus,
+    /// The installed capability's version.
+    pub version: Option<String>,
+    /// Time it took.
+    #[serde(serialize_with = "secs")]
+    pub elapsed: Duration,
+    /// A one-line summary (what was written, or why it failed).
+    pub message: String,
+    /// The manifest written.
+    pub manifest: Option<PathBuf>,
+    /// Adapter manifests written.
+    pub adapters: Vec<PathBuf>,
+    /// The install log.
+    pub log: PathBuf,
+    /// The last lines of the log, for a failure.
+    pub log_tail: Option<String>,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+/// What one install produced, before it is recorded.
+pub(crate) struct Installed {
+    pub manifest: CapabilityManifest,
+    pub manifest_path: PathBuf,
+    pub env_dir: Option<PathBuf>,
+    pub component: Option<PathBuf>,
+    pub adapters: Vec<PathBuf>,
+}
+
+/// The log of one entry: steps and program output, appended.
+#[derive(Clone)]
+pub(crate) struct Log {
+    path: PathBuf,
+    file: Arc<Mutex<std::fs::File>>,
+}
+
+impl Log {
+    fn open(path: PathBuf, truncate: bool) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| InstallError::io(dir, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(!truncate)
+            .write(true)
+            .truncate(truncate)
+            .open(&path)
+            .map_err(|e| InstallError::io(&path, e))?;
+        Ok(Log {
+            path,
+            file: Arc::new(Mutex::new(file)),
+        })
+    }
+
+    /// Appends one line.
+    pub(crate) fn line(&self, text: &str) {
+        let mut f = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = writeln!(f, "{text}");
+    }
+
+    /// A handle for a child's stdout or stderr.
+    fn stdio(&self) -> Result<std::process::Stdio> {
+        let f = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let clone = f.try_clone().map_err(|e| InstallError::io(&self.path, e))?;
+        Ok(clone.into())
+    }
+
+    /// The last `n` lines.
+    pub(crate) fn tail(&self, n: usize) -> String {
+        tail_of(&self.path, n)
+    }
+}
+
+/// The last `n` lines of the file at `path` (empty when unreadable).
+pub fn tail_of(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A diagnostics sink that writes what a worker logs or prints during introspection into
+/// the entry's log.
+struct LogSink(Log);
+
+impl crate::backend::DiagnosticsSink for LogSink {
+    fn record(&self, r: crate::backend::LogRecord) {
+        self.0
+            .line(&format!("[{}] {}: {}", r.level, r.logger_name, r.message));
+    }
+    fn chunk(&self, _: &str, stream: &str, content: &str) {
+        self.0.line(&format!("[{stream}] {content}"));
+    }
+}
+
+/// Runs `cmd` with its output appended to `log`; a non-zero exit is an error naming `step`.
+pub(crate) async fn run(log: &Log, step: &str, cmd: &mut tokio::process::Command) -> Result<()> {
+    let shown = describe(cmd);
+    log.line(&format!("$ {shown}"));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.stdio()?)
+        .stderr(log.stdio()?)
+        .kill_on_drop(true);
+    let status = cmd.status().await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            InstallError::ToolMissing {
+                tool: cmd.as_std().get_program().to_string_lossy().into_owned(),
+                hint: format!("needed for {step}"),
+            }
+        } else {
+            InstallError::Failed(format!("{step}: cannot run {shown}: {e}"))
+        }
+    })?;
+    if status.success() {
+        return Ok(());
+    }
+    use std::os::unix::process::ExitStatusExt as _;
+    let status = match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    };
+    Err(InstallError::Command {
+        step: step.to_owned(),
+        program: shown,
+        status,
+    })
+}
+
+/// Runs `cmd` and returns its stdout (stderr to `log`).
+pub(crate) async fn output(
+    log: &Log,
+    step: &str,
+    cmd: &mut tokio::process::Command,
+) -> Result<String> {
+    let shown = describe(cmd);
+    log.line(&format!("$ {shown}"));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log.stdio()?)
+        .kill_on_drop(true);
+    let out = cmd.output().await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            InstallError::ToolMissing {
+                tool: cmd.as_std().get_program().to_string_lossy().into_owned(),
+                hint: format!("needed for {step}"),
+            }
+        } else {
+            InstallError::Failed(format!("{step}: cannot run {shown}: {e}"))
+        }
+    })?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        log.line(&stdout);
+        return Err(InstallError::Command {
+            step: step.to_owned(),
+            program: shown,
+            status: out.status.to_string(),
+        });
+    }
+    Ok(stdout)
+}
+
+fn describe(cmd: &tokio::process::Command) -> String {
+    let std = cmd.as_std();
+    let mut parts = vec![std.get_program().to_string_lossy().into_owned()];
+    for a in std.get_args() {
+        let a = a.to_string_lossy();
+        // The introspection request is one long JSON argument: keep the log readable.
+        if a.len() > 200 {
+            parts.push(format!("'{}...'", a.chars().take(60).collect::<String>()));
+        } else if a.contains(' ') || a.is_empty() {
+            parts.push(format!("'{a}'"));
+        } else {
+            parts.push(a.into_owned());
+        }
+    }
+    parts.join(" ")
+}
+
+/// The install pipeline over one data dir.
+#[derive(Debug, Clone)]
+pub struct Installer {
+    config: HostConfig,
+}
+
+impl Installer {
+    /// A pipeline writing into `config`'s data dir.
+    pub fn new(config: HostConfig) -> Self {
+        Installer { config }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    /// Installs the entries of `file` (those of `options.only`, when given), one after
+    /// another; every entry gets a report, failed or not.
+    pub async fn install_all(
+        &self,
+        file: &CapabilitiesFile,
+        options: &InstallOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<EntryReport>> {
+        for only in &options.only {
+            if file.entry(only).is_none() {
+                return Err(InstallError::Failed(format!(
+                    "no entry named '{only}' in {}",
+                    file.path.display()
+                )));
+            }
+        }
+        self.config.ensure_layout()?;
+        let mut reports = Vec::new();
+        for entry in &file.entries {
+            if !options.only.is_empty() && !options.only.contains(&entry.name) {
+                continue;
+            }
+            reports.push(self.install_entry(entry, options, progress).await);
+        }
+        Ok(reports)
+    }
+
+    /// Installs one entry; never fails, the report says how it went.
+    pub async fn install_entry(
+        &self,
+        entry: &Entry,
+        options: &InstallOptions,
+        progress: &dyn Progress,
+    ) -> EntryReport {
+        let started = Instant::now();
+        let log_path = logs_dir(&self.config).join(format!("{}.log", entry.name));
+        let mut report = EntryReport {
+            name: entry.name.clone(),
+            kind: entry.kind().to_owned(),
+            status: EntryStatus::Failed,
+            version: None,
+            elapsed: Duration::ZERO,
+            message: String::new(),
+            manifest: None,
+            adapters: Vec::new(),
+            log: log_path.clone(),
+            log_tail: None,
+        };
+        let log = match Log::open(log_path, true) {
+            Ok(log) => log,
+            Err(e) => {
+                report.message = e.to_string();
+                return report;
+            }
+        };
+        log.line(&format!(
+            "# install {} ({}) at {}",
+            entry.name,
+            entry.kind(),
+            crate::store::now_iso()
+        ));
+        let step = |s: &str| {
+            log.line(&format!("## {s}"));
+            progress.step(&entry.name, s);
+        };
+        match self.install_inner(entry, options, &log, &step).await {
+            Ok((status, installed)) => {
+                report.status = status;
+                report.version = Some(installed.manifest.code.version.clone());
+                report.message = match status {
+                    EntryStatus::Unchanged => "already installed, inputs unchanged".to_owned(),
+                    _ => format!("wrote {}", installed.manifest_path.display()),
+                };
+                if !installed.adapters.is_empty() && status == EntryStatus::Installed {
+                    report.message.push_str(&format!(
+                        " and {} adapter manifest(s)",
+                        installed.adapters.len()
+                    ));
+                }
+                report.manifest = Some(installed.manifest_path);
+                report.adapters = installed.adapters;
+                log.line(&format!("# {}", status.as_str()));
+            }
+            Err(e) => {
+                log.line(&format!("# failed: {e}"));
+                report.message = e.to_string();
+                report.log_tail = Some(log.tail(LOG_TAIL_LINES));
+            }
+        }
+        report.elapsed = started.elapsed();
+        report
+    }
+
+    async fn install_inner(
+        &self,
+        entry: &Entry,
+        options: &InstallOptions,
+        log: &Log,
+        step: &(dyn Fn(&str) + Sync),
+    ) -> Result<(EntryStatus, Installed)> {
+        // A wasm entry built by cargo knows its inputs only after the build (cheap when
+        // nothing changed): the fingerprint covers the component's sha256.
+        let prepared = match &entry.source {
+            Source::Wasm(w) => Some(wasm::prepare(entry, w, log, step).await?),
+            _ => None,
+        };
+        let mut extra = serde_json::Map::new();
+        if let Some(p) = &prepared {
+            extra.insert("component_sha256".into(), json!(p.sha256));
+        }
+        if let Source::Native(n) = &entry.source
+            && let Some(program) = native::program_path(&n.command[0])
+            && let Ok(sha) = manifest::hash::hash_file(&program)
+        {
+            extra.insert("program_sha256".into(), json!(sha));
+        }
+        if let Source::Python(p) = &entry.source {
+            extra.insert(
+                "substrate".into(),
+                json!(self.substrate_for(p, options.substrate.as_deref())),
+            );
+            if let Some(stamp) = python::source_stamp(&p.package) {
+                extra.insert("source_stamp".into(), json!(stamp));
+            }
+        }
+        let fingerprint = record::fingerprint(&entry.raw, &Value::Object(extra));
+        if !options.force
+            && let Some(installed) = self.unchanged(entry, &fingerprint)
+        {
+            return Ok((EntryStatus::Unchanged, installed));
+        }
+        let installed = match (&entry.source, prepared) {
+            (Source::Wasm(w), Some(p)) => {
+                wasm::install(&self.config, entry, w, p, log, step).await?
+            }
+            (Source::Native(n), _) => native::install(&self.config, entry, n, log, step).await?,
+            (Source::Python(p), _) => {
+                let substrate = self.substrate_for(p, options.substrate.as_deref());
+                python::install(&self.config, entry, p, &substrate, options.force, log, step)
+                    .await?
+            }
+            (Source::Wasm(_), None) => {
+                return Err(InstallError::Failed(
+                    "wasm component was not prepared".into(),
+                ));
+            }
+        };
+        // Adapter manifests of an earlier install that this one did not write again.
+        if let Some(old) = record::load(&self.config, &entry.name) {
+            for stale in old
+                .adapters
+                .iter()
+                .filter(|a| !installed.adapters.contains(a))
+            {
+                let _ = std::fs::remove_file(stale);
+            }
+        }
+        let rec = InstallRecord {
+            name: entry.name.clone(),
+            kind: entry.kind().to_owned(),
+            fingerprint,
+            manifest: installed.manifest_path.clone(),
+            env_dir: installed.env_dir.clone(),
+            component: installed.component.clone(),
+            adapters: installed.adapters.clone(),
+            installed_at: crate::store::now_iso(),
+        };
+        record::save(&self.config, &rec)?;
+        Ok((EntryStatus::Installed, installed))
+    }
+
+    fn substrate_for(&self, p: &spec::PythonSource, default: Option<&str>) -> String {
+        p.substrate
+            .clone()
+            .or_else(|| default.map(str::to_owned))
+            .unwrap_or_else(|| SUBSTRATE_SPEC.to_owned())
+    }
+
+    /// The installed state when the recorded fingerprint matches and everything it left is
+    /// still there.
+    fn unchanged(&self, entry: &Entry, fingerprint: &str) -> Option<Installed> {
+        let rec = record::load(&self.config, &entry.name)?;
+        if rec.fingerprint != fingerprint || rec.kind != entry.kind() {
+            return None;
+        }
+        let manifest = manifest::load_capability(&rec.manifest).ok()?;
+        let present = match manifest.runtime() {
+            RuntimeKind::Python => Path::new(&manifest.install.python_path).is_file(),
+            RuntimeKind::Wasm => manifest.install.wasm.as_ref().is_some_and(|w| {
+                let path = w.component_path(rec.manifest.parent().unwrap_or(Path::new(".")));
+                manifest::hash::hash_file(&path).is_ok_and(|h| h == w.sha256)
+            }),
+            RuntimeKind::Native => true,
+        };
+        (present && rec.adapters.iter().all(|a| a.is_file())).then(|| Installed {
+            manifest,
+            manifest_path: rec.manifest.clone(),
+            env_dir: rec.env_dir.clone(),
+            component: rec.component.clone(),
+            adapters: rec.adapters.clone(),
+        })
+    }
+
+    /// Re-runs the introspection of the installed capability `name` from what its manifest
+    /// records (the component, the command, or the python env and package), keeping
+    /// `installed_at`; returns the manifest path.
+    pub async fn regenerate(&self, name: &str, progress: &dyn Progress) -> Result<PathBuf> {
+        let path = manifest_path(&self.config, name);
+        let (path, current) = match manifest::load_capability(&path) {
+            Ok(m) => (path, m),
+            Err(_) => {
+                // A manifest named otherwise (the Python tool names files by code name, so
+                // they agree; a hand-made one may not).
+                let found = manifest::discover(&self.config.manifest_search_paths());
+                let loaded = found.capability(name).ok_or_else(|| {
+                    InstallError::Failed(format!(
+                        "no installed capability '{name}' (no manifest in {})",
+                        self.config.manifests_dir().display()
+                    ))
+                })?;
+                (loaded.path.clone(), loaded.manifest.clone())
+            }
+        };
+        let log = Log::open(logs_dir(&self.config).join(format!("{name}.log")), false)?;
+        log.line(&format!(
+            "# regenerate {name} at {}",
+            crate::store::now_iso()
+        ));
+        let step = |s: &str| {
+            log.line(&format!("## {s}"));
+            progress.step(name, s);
+        };
+        let result = match current.runtime() {
+            RuntimeKind::Wasm => wasm::regenerate(&self.config, &path, current, &log, &step).await,
+            RuntimeKind::Native => {
+                native::regenerate(&self.config, &path, current, &log, &step).await
+            }
+            RuntimeKind::Python => {
+                python::regenerate(&self.config, &path, current, &log, &step).await
+            }
+        };
+        result.map_err(|e| {
+            log.line(&format!("# failed: {e}"));
+            match e {
+                InstallError::Command { .. } | InstallError::Failed(_) => {
+                    InstallError::Failed(format!("{e}\n{}", indent(&log.tail(LOG_TAIL_LINES))))
+                }
+                other => other,
+            }
+        })
+    }
+
+    /// Generates the adapter manifest of `impl_spec` (`module:Class`) with the python of
+    /// `python` (an env's interpreter), named after `env_name`; returns its path.
+    pub async fn generate_adapter_manifest(
+        &self,
+        python: &Path,
+        env_name: &str,
+        impl_spec: &str,
+    ) -> Result<PathBuf> {
+        self.config.ensure_layout()?;
+        let log = Log::open(
+            logs_dir(&self.config).join(format!("adapter-{env_name}.log")),
+            true,
+        )?;
+        python::adapter_manifest(&self.config, python, env_name, impl_spec, &log)
+            .await
+            .map_err(|e| match e {
+                InstallError::Command { .. } => {
+                    InstallError::Failed(format!("{e}\n{}", indent(&log.tail(LOG_TAIL_LINES))))
+                }
+                other => other,
+            })
+    }
+
+    /// What removing `name` deletes: its manifest, its install record, its installed
+    /// component, its adapter manifests and its environment (unless another installed
+    /// capability shares that environment).
+    pub fn removal_plan(&self, name: &str) -> Result<Vec<PathBuf>> {
+        let rec = record::load(&self.config, name);
+        let found = manifest::discover(&self.config.manifest_search_paths());
+        let loaded = found.capability(name);
+        if rec.is_none() && loaded.is_none() {
+            return Err(InstallError::Failed(format!(
+                "no installed capability '{name}' (no manifest in {})",
+                self.config.manifests_dir().display()
+            )));
+        }
+        let mut paths = Vec::new();
+        if let Some(l) = loaded {
+            paths.push(l.path.clone());
+            if let Some(w) = &l.manifest.install.wasm {
+                let c = w.component_path(l.dir());
+                if c.starts_with(components_dir(&self.config))
+                    || c.starts_with(self.config.manifests_dir().join("..").join("components"))
+                {
+                    paths.push(c);
+                }
+            }
+            if l.manifest.runtime() == RuntimeKind::Python
+                && let Some(env) = python::env_dir_of(&self.config, &l.manifest)
+            {
+                paths.push(env);
+            }
+        }
+        if let Some(rec) = &rec {
+            paths.push(record::path(&self.config, name));
+            paths.push(rec.manifest.clone());
+            paths.extend(rec.adapters.iter().cloned());
+            paths.extend(rec.component.iter().cloned());
+            paths.extend(rec.env_dir.iter().cloned());
+        }
+        // An env another capability still uses stays.
+        let shared: Vec<PathBuf> = found
+            .capabilities
+            .iter()
+            .filter(|c| c.manifest.name() != name)
+            .filter_map(|c| python::env_dir_of(&self.config, &c.manifest))
+            .collect();
+        paths.retain(|p| !shared.contains(p));
+        let mut out: Vec<PathBuf> = Vec::new();
+        for p in paths {
+            if p.exists() && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes what [`Installer::removal_plan`] lists.
+    pub fn remove(&self, name: &str) -> Result<Vec<PathBuf>> {
+        let plan = self.removal_plan(name)?;
+        for p in &plan {
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
+            match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(InstallError::io(p, e)),
+            }
+        }
+        Ok(plan)
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Writes `m` as `<manifests>/<name>.json` with the install facts every kind shares.
+pub(crate) fn finish_manifest(
+    config: &HostConfig,
+    m: &mut CapabilityManifest,
+    entry_env: &indexmap::IndexMap<String, String>,
+    package_source: String,
+    installed_at: Option<String>,
+) -> Result<PathBuf> {
+    let now = crate::store::now_iso();
+    m.install.env_vars = entry_env.clone();
+    m.install.installed_at = installed_at.unwrap_or_else(|| now.clone());
+    m.install.installer_version = INSTALLER_VERSION.to_owned();
+    m.install.package_source = package_source;
+    m.code.regenerated_at = Some(now);
+    m.refresh_drift_hashes();
+    let path = manifest_path(config, m.name());
+    manifest::write_capability(&path, m)?;
+    Ok(path)
+}
+
+/// Fills the code section from what a capability reports about itself.
+pub(crate) fn code_from_info(m: &mut CapabilityManifest, info: &crate::contract::CapabilityInfo) {
+    m.code.version = info.version.clone();
+    m.code.description = info.description.clone();
+    m.code.config_schema = match &info.config_schema {
+        Value::Null => None,
+        schema => Some(schema.clone()),
+    };
+    m.code.set_surface(&info.structural_surface);
+}

@@ -1,0 +1,117 @@
+//! Installing a native worker: start it once per the worker contract, read its info, stop
+//! it, write a `runtime: native` manifest.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::spec::{Entry, NativeSource};
+use super::{InstallError, Installed, Log, LogSink, Result};
+use crate::backend::native::{NativeBackend, WorkerSpec};
+use crate::backend::{Backend as _, NoEvents};
+use crate::config::HostConfig;
+use crate::contract::CapabilityInfo;
+use crate::manifest::{self, CapabilityManifest, NativeInstall, RuntimeKind};
+
+/// The program of a command: a path as given, or a bare name looked up on `PATH`.
+pub(crate) fn program_path(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+pub(crate) async fn install(
+    config: &HostConfig,
+    entry: &Entry,
+    n: &NativeSource,
+    log: &Log,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<Installed> {
+    if program_path(&n.command[0]).is_none() {
+        return Err(InstallError::Failed(format!(
+            "program {} does not exist{}",
+            n.command[0],
+            if n.command[0].contains('/') {
+                ""
+            } else {
+                " on PATH"
+            }
+        )));
+    }
+    step("start the worker and introspect it");
+    let info = introspect(config, &entry.name, &n.command, &entry.env_vars, log).await?;
+    let mut m = CapabilityManifest::new(&entry.name, &info.version, RuntimeKind::Native);
+    super::code_from_info(&mut m, &info);
+    m.install.native = Some(NativeInstall {
+        command: n.command.clone(),
+    });
+    step("write the manifest");
+    let path = super::finish_manifest(config, &mut m, &entry.env_vars, n.command.join(" "), None)?;
+    log.line(&format!(
+        "{} v{}: {}",
+        info.name, info.version, info.description
+    ));
+    Ok(Installed {
+        manifest: m,
+        manifest_path: path,
+        env_dir: None,
+        component: None,
+        adapters: Vec::new(),
+    })
+}
+
+/// Starts the worker of `command` with the host's environment contract, reads its info and
+/// stops it.
+pub(crate) async fn introspect(
+    config: &HostConfig,
+    name: &str,
+    command: &[String],
+    env: &indexmap::IndexMap<String, String>,
+    log: &Log,
+) -> Result<CapabilityInfo> {
+    let mut spec = WorkerSpec::native(name, command)?.with_host_env(config)?;
+    for (k, v) in env {
+        spec = spec.env(k, v);
+    }
+    log.line(&format!("$ {} --fd N --ppid PID", command.join(" ")));
+    let backend = NativeBackend::start(
+        spec,
+        RuntimeKind::Native,
+        Arc::new(LogSink(log.clone())),
+        Arc::new(NoEvents),
+    )
+    .await?;
+    let info = backend.info().clone();
+    if let Err(e) = backend.shutdown().await {
+        log.line(&format!(
+            "stopping the worker after introspection failed: {e}"
+        ));
+    }
+    Ok(info)
+}
+
+pub(crate) async fn regenerate(
+    config: &HostConfig,
+    path: &Path,
+    mut m: CapabilityManifest,
+    log: &Log,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<PathBuf> {
+    let native = m.install.native.clone().ok_or_else(|| {
+        InstallError::Failed(format!(
+            "{}: a native manifest without an install.native block",
+            path.display()
+        ))
+    })?;
+    step("start the worker and introspect it");
+    let env = m.install.env_vars.clone();
+    let info = introspect(config, m.name(), &native.command, &env, log).await?;
+    super::code_from_info(&mut m, &info);
+    m.code.regenerated_at = Some(crate::store::now_iso());
+    m.refresh_drift_hashes();
+    manifest::write_capability(path, &m)?;
+    Ok(path.to_owned())
+}

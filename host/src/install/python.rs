@@ -1,0 +1,637 @@
+//! Installing a Python capability: an environment per entry under `envs/`, cjm-substrate,
+//! the interface and adapter libraries and the package installed into it, then
+//! cjm-substrate's own manifest writers run inside it (`introspect.py`), so the manifest
+//! and the adapter manifests are exactly what the Python tool writes.
+//!
+//! The environment manager: the entry's `env_manager`, else the one configured (`cjm.yaml`
+//! `runtime.env_manager` / `conda_type`, `CJM_ENV_MANAGER`, `CJM_CONDA_TYPE`) when it is
+//! conda-like and its binary is present, else `uv` when it is on `PATH`, else
+//! `python -m venv` + pip. An entry with an `env_file` needs a conda-like manager.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::spec::{Entry, PythonSource};
+use super::{InstallError, Installed, Log, Result, envs_dir};
+use crate::config::{EnvManager, HostConfig, RawConfig};
+use crate::manifest::{self, CapabilityManifest};
+
+/// The cjm-substrate installed into every env unless the entry or the command line names
+/// another: the release whose worker contract this host is tested against (`CONTRACT.md`).
+pub const SUBSTRATE_SPEC: &str = "cjm-substrate==0.0.74";
+
+const INTROSPECT: &str = include_str!("introspect.py");
+
+/// How an environment is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvTool {
+    /// `uv venv` + `uv pip install` (this `uv` binary).
+    Uv(PathBuf),
+    /// `python -m venv` + pip.
+    Venv,
+    /// A conda-like binary making prefix environments.
+    Conda {
+        /// The binary.
+        binary: PathBuf,
+        /// micromamba's `create -f` differs from conda's `env create -f`.
+        micromamba: bool,
+    },
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The env manager the configuration sets explicitly, if any (the built-in default, conda,
+/// does not count: cjm-substrate's default is not this host's).
+fn configured_manager(config: &HostConfig) -> Option<EnvManager> {
+    let set = |raw: &RawConfig| {
+        raw.runtime
+            .as_ref()
+            .is_some_and(|r| r.env_manager.is_some() || r.conda_type.is_some())
+    };
+    let env = RawConfig::from_env().ok();
+    let yaml = config
+        .config_file
+        .as_ref()
+        .and_then(|f| RawConfig::from_yaml_file(f).ok());
+    (env.as_ref().is_some_and(set) || yaml.as_ref().is_some_and(set))
+        .then_some(config.python.env_manager)
+}
+
+fn conda_binary(config: &HostConfig, manager: EnvManager) -> Option<PathBuf> {
+    config
+        .python
+        .conda_binary()
+        .filter(|p| p.is_file())
+        .or_else(|| match manager {
+            EnvManager::Micromamba => on_path("micromamba"),
+            _ => on_path("conda")
+                .or_else(|| on_path("mamba"))
+                .or_else(|| on_path("micromamba")),
+        })
+}
+
+/// Chooses the env manager of an entry (see the module docs).
+pub fn choose_tool(config: &HostConfig, src: &PythonSource) -> Result<EnvTool> {
+    let conda = |m: EnvManager| -> Result<EnvTool> {
+        let binary = conda_binary(config, m).ok_or_else(|| InstallError::ToolMissing {
+            tool: m.as_str().to_owned(),
+            hint: "install it or set runtime.binaries in cjm.yaml (or use env_manager: uv / venv)"
+                .into(),
+        })?;
+        let micromamba = binary
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("micromamba"));
+        Ok(EnvTool::Conda { binary, micromamba })
+    };
+    match src.env_manager {
+        Some(EnvManager::Uv) => {
+            return on_path("uv")
+                .map(EnvTool::Uv)
+                .ok_or_else(|| InstallError::ToolMissing {
+                    tool: "uv".into(),
+                    hint: "install it (`pip install uv`) or use env_manager: venv".into(),
+                });
+        }
+        Some(EnvManager::Venv) => return Ok(EnvTool::Venv),
+        Some(m) => return conda(m),
+        None => {}
+    }
+    if src.env_file.is_some() {
+        let m = configured_manager(config)
+            .filter(|m| m.is_conda_like())
+            .unwrap_or(EnvManager::Conda);
+        return conda(m);
+    }
+    match configured_manager(config) {
+        Some(m) if m.is_conda_like() && conda_binary(config, m).is_some() => return conda(m),
+        Some(EnvManager::Venv) => return Ok(EnvTool::Venv),
+        _ => {}
+    }
+    Ok(on_path("uv").map_or(EnvTool::Venv, EnvTool::Uv))
+}
+
+/// A Python interpreter for `version` (`3.12`) or a path; `python3` when none is asked for.
+/// pyenv shims are tried last (they exist for versions that are not selected and fail).
+fn find_python(version: Option<&str>) -> Result<PathBuf> {
+    let Some(v) = version else {
+        return on_path("python3").ok_or_else(|| InstallError::ToolMissing {
+            tool: "python3".into(),
+            hint: "install Python 3 or give `python_version:` in the entry".into(),
+        });
+    };
+    if v.contains('/') {
+        let p = PathBuf::from(v);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(InstallError::Failed(format!("python {v} does not exist")))
+        };
+    }
+    let name = format!("python{v}");
+    let dirs: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    let mut candidates: Vec<PathBuf> = dirs
+        .iter()
+        .filter(|d| !d.to_string_lossy().contains("shims"))
+        .map(|d| d.join(&name))
+        .collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        let versions = Path::new(&home).join(".pyenv/versions");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&versions)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n == v || n.starts_with(&format!("{v}."))
+            })
+            .map(|e| e.path().join("bin/python3"))
+            .collect();
+        found.sort();
+        candidates.extend(found.into_iter().rev());
+    }
+    candidates.extend(dirs.iter().map(|d| d.join(&name)));
+    candidates
+        .into_iter()
+        .filter(|p| p.is_file())
+        .find(|p| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .ok_or_else(|| InstallError::ToolMissing {
+            tool: name,
+            hint: format!("install Python {v} (or install uv, which fetches it)"),
+        })
+}
+
+/// The interpreter of an env dir.
+fn env_python(dir: &Path) -> PathBuf {
+    dir.join("bin").join("python")
+}
+
+/// The env dir under `envs/` holding the manifest's python, if it is one of ours.
+pub(crate) fn env_dir_of(config: &HostConfig, m: &CapabilityManifest) -> Option<PathBuf> {
+    let envs = envs_dir(config);
+    let rel = Path::new(&m.install.python_path).strip_prefix(&envs).ok()?;
+    let first = rel.components().next()?;
+    Some(envs.join(first))
+}
+
+/// A pip spec as arguments (`-e path` is two).
+fn spec_args(spec: &str) -> Vec<String> {
+    spec.split_whitespace().map(str::to_owned).collect()
+}
+
+async fn python_version(python: &Path, log: &Log) -> Result<(u32, u32)> {
+    let out = super::output(
+        log,
+        "reading the environment's python version",
+        tokio::process::Command::new(python)
+            .args(["-c", "import sys; print('%d %d' % sys.version_info[:2])"]),
+    )
+    .await?;
+    let mut it = out.split_whitespace().filter_map(|n| n.parse().ok());
+    Ok((it.next().unwrap_or(3), it.next().unwrap_or(0)))
+}
+
+pub(crate) async fn install(
+    config: &HostConfig,
+    entry: &Entry,
+    src: &PythonSource,
+    substrate: &str,
+    force: bool,
+    log: &Log,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<Installed> {
+    let local = Path::new(&src.package);
+    if local.is_absolute() && !local.exists() {
+        return Err(InstallError::Failed(format!(
+            "package path {} does not exist",
+            local.display()
+        )));
+    }
+    let tool = choose_tool(config, src)?;
+    log.line(&format!("environment manager: {tool:?}"));
+    let env_dir = envs_dir(config).join(&src.env_name);
+    let python = env_python(&env_dir);
+    if force && env_dir.exists() {
+        step("remove the old environment (--force)");
+        std::fs::remove_dir_all(&env_dir).map_err(|e| InstallError::io(&env_dir, e))?;
+    }
+    if !python.is_file() {
+        step(&format!("create the environment ({})", tool_name(&tool)));
+        create_env(&tool, src, &env_dir, log).await?;
+    }
+    let staging = config
+        .data_dir
+        .join("tmp")
+        .join(format!("install-{}", uuid::Uuid::new_v4().simple()));
+    let result = async {
+        // A local source dir is installed from a snapshot: building it in place would
+        // leave `build/` and `*.egg-info` in the user's tree.
+        let package = if local.is_dir() {
+            let name = local.file_name().unwrap_or_default();
+            let copy = staging.join("src").join(name);
+            copy_source(local, &copy)?;
+            copy.display().to_string()
+        } else {
+            src.package.clone()
+        };
+        let mut specs = vec![substrate.to_owned()];
+        specs.extend(src.interface_libs.iter().cloned());
+        specs.extend(src.adapters.iter().filter_map(|a| a.lib.clone()));
+        specs.push(package);
+        step(&format!("install {}", src.package));
+        pip_install(&tool, &python, &specs, log).await?;
+
+        step("introspect in the environment (cjm-substrate)");
+        let staged = introspect(
+            config,
+            &python,
+            &json!({
+                "mode": "capability",
+                "env_name": src.env_name,
+                "package": src.package,
+                "env_vars": entry.env_vars,
+            }),
+            &staging,
+            &entry.env_vars,
+            log,
+        )
+        .await?;
+        let m = manifest::load_capability(&staged)?;
+        if m.name() != entry.name {
+            return Err(InstallError::Failed(format!(
+                "the package's capability is named '{}', not '{}': name the entry '{}'",
+                m.name(),
+                entry.name,
+                m.name()
+            )));
+        }
+        let mut staged_adapters = Vec::new();
+        for a in &src.adapters {
+            step(&format!("adapter manifest for {}", a.impl_spec));
+            staged_adapters.push(
+                introspect(
+                    config,
+                    &python,
+                    &json!({"mode": "adapter", "env_name": src.env_name, "impl": a.impl_spec}),
+                    &staging,
+                    &entry.env_vars,
+                    log,
+                )
+                .await?,
+            );
+        }
+        step("write the manifests");
+        let manifest_path = super::manifest_path(config, &entry.name);
+        publish(&staged, &manifest_path)?;
+        let mut adapters = Vec::new();
+        for a in staged_adapters {
+            let to = config
+                .manifests_dir()
+                .join(a.file_name().unwrap_or_default());
+            publish(&a, &to)?;
+            adapters.push(to);
+        }
+        Ok(Installed {
+            manifest: m,
+            manifest_path,
+            env_dir: Some(env_dir.clone()),
+            component: None,
+            adapters,
+        })
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// What a source snapshot leaves out: VCS data, build outputs, environments, caches.
+const SKIP: &[&str] = &[
+    ".git",
+    ".hg",
+    "build",
+    "dist",
+    "__pycache__",
+    ".venv",
+    "venv",
+    "node_modules",
+    "target",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".tox",
+];
+
+fn skipped(name: &str) -> bool {
+    SKIP.contains(&name) || name.ends_with(".egg-info")
+}
+
+/// A stamp of a local package source dir (file count, total size, newest mtime), so an
+/// edited source is a changed input; `None` for a spec that is not a local dir.
+pub(crate) fn source_stamp(package: &str) -> Option<String> {
+    fn walk(dir: &Path, acc: &mut (u64, u64, u128)) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if skipped(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                walk(&entry.path(), acc);
+            } else {
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                acc.0 += 1;
+                acc.1 += meta.len();
+                acc.2 = acc.2.max(mtime);
+            }
+        }
+    }
+    let dir = Path::new(package);
+    if !dir.is_absolute() || !dir.is_dir() {
+        return None;
+    }
+    let mut acc = (0, 0, 0);
+    walk(dir, &mut acc);
+    Some(format!("{} {} {}", acc.0, acc.1, acc.2))
+}
+
+/// Copies a package source tree, leaving out what [`SKIP`] names.
+fn copy_source(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| InstallError::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| InstallError::io(from, e))? {
+        let entry = entry.map_err(|e| InstallError::io(from, e))?;
+        let name = entry.file_name();
+        if skipped(&name.to_string_lossy()) {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        let ty = entry.file_type().map_err(|e| InstallError::io(&src, e))?;
+        if ty.is_dir() {
+            copy_source(&src, &dst)?;
+        } else if ty.is_file() {
+            std::fs::copy(&src, &dst).map_err(|e| InstallError::io(&src, e))?;
+        } else if ty.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(|e| InstallError::io(&src, e))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(|e| InstallError::io(&dst, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn publish(from: &Path, to: &Path) -> Result<()> {
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| InstallError::io(dir, e))?;
+    }
+    std::fs::rename(from, to).map_err(|e| InstallError::io(to, e))
+}
+
+fn tool_name(tool: &EnvTool) -> &'static str {
+    match tool {
+        EnvTool::Uv(_) => "uv",
+        EnvTool::Venv => "venv",
+        EnvTool::Conda {
+            micromamba: true, ..
+        } => "micromamba",
+        EnvTool::Conda { .. } => "conda",
+    }
+}
+
+async fn create_env(tool: &EnvTool, src: &PythonSource, dir: &Path, log: &Log) -> Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| InstallError::io(parent, e))?;
+    }
+    let step = "creating the environment";
+    match tool {
+        EnvTool::Uv(uv) => {
+            let mut cmd = tokio::process::Command::new(uv);
+            // `--seed` puts pip in the env: used for pythons older than cjm-substrate's
+            // declared 3.12 (see `pip_install`).
+            cmd.args(["venv", "--seed"]);
+            // A local interpreter when there is one (uv does not see pyenv's versions and
+            // would download one); else the version, for uv to find or fetch.
+            if let Some(v) = &src.python {
+                match find_python(Some(v)) {
+                    Ok(p) => cmd.arg("--python").arg(p),
+                    Err(_) => cmd.arg("--python").arg(v),
+                };
+            }
+            super::run(log, step, cmd.arg(dir)).await
+        }
+        EnvTool::Venv => {
+            let python = find_python(src.python.as_deref())?;
+            super::run(
+                log,
+                step,
+                tokio::process::Command::new(python)
+                    .args(["-m", "venv"])
+                    .arg(dir),
+            )
+            .await
+        }
+        EnvTool::Conda { binary, micromamba } => {
+            let mut cmd = tokio::process::Command::new(binary);
+            match (&src.env_file, micromamba) {
+                (Some(file), true) => {
+                    cmd.arg("create").arg("-f").arg(file);
+                }
+                (Some(file), false) => {
+                    cmd.args(["env", "create", "-f"]).arg(file);
+                }
+                (None, _) => {
+                    cmd.arg("create").arg(format!(
+                        "python={}",
+                        src.python.as_deref().unwrap_or("3.12")
+                    ));
+                }
+            }
+            cmd.arg("-p").arg(dir);
+            if src.env_file.is_none() || *micromamba {
+                cmd.arg("-y");
+            }
+            super::run(log, step, &mut cmd).await
+        }
+    }
+}
+
+async fn pip_install(tool: &EnvTool, python: &Path, specs: &[String], log: &Log) -> Result<()> {
+    let step = "installing the packages";
+    let args: Vec<String> = specs.iter().flat_map(|s| spec_args(s)).collect();
+    // cjm-substrate declares Python >= 3.12 but runs on 3.11: pip installs it with
+    // `--ignore-requires-python`. uv has no such switch and resolves for the env's python,
+    // so uv is used only where the declared requirement holds.
+    if let EnvTool::Uv(uv) = tool
+        && python_version(python, log).await? >= (3, 12)
+    {
+        return super::run(
+            log,
+            step,
+            tokio::process::Command::new(uv)
+                .args(["pip", "install", "--python"])
+                .arg(python)
+                .args(&args),
+        )
+        .await;
+    }
+    super::run(
+        log,
+        step,
+        tokio::process::Command::new(python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check"])
+            .arg("--ignore-requires-python")
+            .args(&args),
+    )
+    .await
+}
+
+/// Runs `introspect.py` with `python` for `request` (completed with the data dir and the
+/// staging dir); returns the manifest it wrote.
+async fn introspect(
+    config: &HostConfig,
+    python: &Path,
+    request: &Value,
+    staging: &Path,
+    env: &indexmap::IndexMap<String, String>,
+    log: &Log,
+) -> Result<PathBuf> {
+    let mut req = request.clone();
+    req["data_dir"] = json!(config.data_dir);
+    req["manifests_dir"] = json!(staging);
+    if let Some(models) = &config.models_dir {
+        req["models_dir"] = json!(models);
+    }
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg("-c").arg(INTROSPECT).arg(req.to_string());
+    cmd.env("CJM_DATA_DIR", &config.data_dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = super::output(log, "introspection in the environment", &mut cmd).await?;
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("{}");
+    let path = serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|v| v["path"].as_str().map(PathBuf::from))
+        .ok_or_else(|| {
+            InstallError::Failed(format!(
+                "the introspection wrote no manifest (its output: {})",
+                out.trim()
+            ))
+        })?;
+    Ok(path)
+}
+
+/// Generates the adapter manifest of `impl_spec` with `python` and publishes it.
+pub(crate) async fn adapter_manifest(
+    config: &HostConfig,
+    python: &Path,
+    env_name: &str,
+    impl_spec: &str,
+    log: &Log,
+) -> Result<PathBuf> {
+    let staging = config
+        .data_dir
+        .join("tmp")
+        .join(format!("adapter-{}", uuid::Uuid::new_v4().simple()));
+    let result = async {
+        let staged = introspect(
+            config,
+            python,
+            &json!({"mode": "adapter", "env_name": env_name, "impl": impl_spec}),
+            &staging,
+            &indexmap::IndexMap::new(),
+            log,
+        )
+        .await?;
+        let to = config
+            .manifests_dir()
+            .join(staged.file_name().unwrap_or_default());
+        publish(&staged, &to)?;
+        Ok(to)
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// Re-runs cjm-substrate's introspection in the env the manifest names, keeping
+/// `installed_at` and `refreshed_at` (as the Python tool's `regenerate-manifest` does).
+pub(crate) async fn regenerate(
+    config: &HostConfig,
+    path: &Path,
+    m: CapabilityManifest,
+    log: &Log,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<PathBuf> {
+    let python = PathBuf::from(&m.install.python_path);
+    if !python.is_file() {
+        return Err(InstallError::Failed(format!(
+            "the environment of '{}' is gone ({} does not exist): install it again",
+            m.name(),
+            python.display()
+        )));
+    }
+    if m.install.package_source.is_empty() {
+        return Err(InstallError::Failed(format!(
+            "the manifest of '{}' records no package_source: install it again",
+            m.name()
+        )));
+    }
+    let env_name = if m.install.conda_env.is_empty() {
+        m.name().to_owned()
+    } else {
+        m.install.conda_env.clone()
+    };
+    let staging = config
+        .data_dir
+        .join("tmp")
+        .join(format!("regenerate-{}", uuid::Uuid::new_v4().simple()));
+    step("introspect in the environment (cjm-substrate)");
+    let result = introspect(
+        config,
+        &python,
+        &json!({
+            "mode": "capability",
+            "env_name": env_name,
+            "package": m.install.package_source,
+            "env_vars": m.install.env_vars,
+            "installed_at": m.install.installed_at,
+            "refreshed_at": m.install.refreshed_at,
+        }),
+        &staging,
+        &m.install.env_vars,
+        log,
+    )
+    .await
+    .and_then(|staged| {
+        let fresh = manifest::load_capability(&staged)?;
+        if fresh.name() != m.name() {
+            return Err(InstallError::Failed(format!(
+                "the environment now holds capability '{}', not '{}'",
+                fresh.name(),
+                m.name()
+            )));
+        }
+        publish(&staged, path)?;
+        Ok(path.to_owned())
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}

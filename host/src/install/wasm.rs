@@ -1,0 +1,236 @@
+//! Installing a wasm component: build (cargo) or take the file, copy it into the data dir,
+//! load it in the sandbox (which validates it against the `cjm:capability` world and
+//! precompiles it into the component cache) and write its manifest from its `info`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::spec::{Component, Entry, WasmSource};
+use super::{InstallError, Installed, Log, LogSink, Result, components_dir};
+use crate::backend::Backend as _;
+use crate::backend::wasm::{SandboxGrants, WasmBackend, WasmRuntime};
+use crate::config::HostConfig;
+use crate::contract::CapabilityInfo;
+use crate::manifest::{self, CapabilityManifest, RuntimeKind, Sandbox, WasmInstall};
+
+/// The component to install, located (and built) and hashed.
+pub(crate) struct Prepared {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub source: String,
+}
+
+/// Locates the component, building it first for a `cargo:` entry.
+pub(crate) async fn prepare(
+    entry: &Entry,
+    w: &WasmSource,
+    log: &Log,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<Prepared> {
+    let (path, source) = match &w.component {
+        Component::File(p) => {
+            if !p.is_file() {
+                return Err(InstallError::Failed(format!(
+                    "component {} does not exist",
+                    p.display()
+                )));
+            }
+            (p.clone(), p.display().to_string())
+        }
+        Component::Cargo { package, workspace } => {
+            step(&format!("cargo build -p {package} (wasm32-wasip2)"));
+            let path = cargo_build(package, workspace, log).await?;
+            (path, format!("cargo:{package}"))
+        }
+    };
+    let sha256 = manifest::hash::hash_file(&path)?;
+    log.line(&format!(
+        "component {} {sha256} ({})",
+        path.display(),
+        entry.name
+    ));
+    Ok(Prepared {
+        path,
+        sha256,
+        source,
+    })
+}
+
+/// `cargo build --release --lib --target wasm32-wasip2 -p <package>` in `workspace`; the
+/// component is found from cargo's JSON messages, not guessed from names.
+async fn cargo_build(package: &str, workspace: &Path, log: &Log) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = tokio::process::Command::new(&cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--release", "--lib", "--target", "wasm32-wasip2"])
+        .args(["--message-format", "json-render-diagnostics", "-p", package]);
+    let out = super::output(log, &format!("building {package} with cargo"), &mut cmd)
+        .await
+        .map_err(|e| match e {
+            InstallError::Command { step, program, status } => InstallError::Command {
+                step: format!(
+                    "{step} (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)"
+                ),
+                program,
+                status,
+            },
+            other => other,
+        })?;
+    let mut found = None;
+    for line in out.lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let is_lib = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "cdylib"));
+        let name_matches = msg["package_id"]
+            .as_str()
+            .is_some_and(|id| package_name(id) == package);
+        if !is_lib || !name_matches {
+            continue;
+        }
+        for f in msg["filenames"].as_array().into_iter().flatten() {
+            if let Some(f) = f.as_str().filter(|f| f.ends_with(".wasm")) {
+                found = Some(PathBuf::from(f));
+            }
+        }
+    }
+    found.ok_or_else(|| {
+        InstallError::Failed(format!(
+            "cargo built no wasm component for package '{package}' (is it a cdylib? `[lib] crate-type = [\"cdylib\"]`)"
+        ))
+    })
+}
+
+/// The package name of a cargo package id: `path+file:///x/name#0.1.0`,
+/// `path+file:///x/dir#name@0.1.0`, or the older `name 0.1.0 (source)`.
+fn package_name(id: &str) -> &str {
+    match id.split_once('#') {
+        Some((_, frag)) if frag.contains('@') => frag.split('@').next().unwrap_or(frag),
+        Some((url, _)) => url.rsplit('/').next().unwrap_or(url),
+        None => id.split(' ').next().unwrap_or(id),
+    }
+}
+
+/// Copies the component into `components/<name>.wasm` (atomically), loads and introspects
+/// it, and writes the manifest.
+pub(crate) async fn install(
+    config: &HostConfig,
+    entry: &Entry,
+    w: &WasmSource,
+    prepared: Prepared,
+    log: &Log,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<Installed> {
+    step("copy the component into the data dir");
+    let dir = components_dir(config);
+    std::fs::create_dir_all(&dir).map_err(|e| InstallError::io(&dir, e))?;
+    let installed = dir.join(format!("{}.wasm", entry.name));
+    let bytes = std::fs::read(&prepared.path).map_err(|e| InstallError::io(&prepared.path, e))?;
+    manifest::write_atomic(&installed, &bytes)?;
+
+    step("validate, precompile and introspect in the sandbox");
+    let info = introspect(config, &entry.name, &installed, &w.sandbox, log).await?;
+
+    let mut m = CapabilityManifest::new(&entry.name, &info.version, RuntimeKind::Wasm);
+    super::code_from_info(&mut m, &info);
+    m.install.wasm = Some(WasmInstall {
+        component: Path::new("..")
+            .join("components")
+            .join(format!("{}.wasm", entry.name)),
+        sha256: prepared.sha256,
+        sandbox: w.sandbox.clone(),
+    });
+    step("write the manifest");
+    let path = super::finish_manifest(config, &mut m, &entry.env_vars, prepared.source, None)?;
+    log.line(&format!(
+        "{} v{} ({}): {} methods in its surface",
+        info.name,
+        info.version,
+        info.description,
+        info.structural_surface.methods.len()
+    ));
+    Ok(Installed {
+        manifest: m,
+        manifest_path: path,
+        env_dir: None,
+        component: Some(installed),
+        adapters: Vec::new(),
+    })
+}
+
+/// Loads `component` under `sandbox` (precompiling it into the data dir's component cache)
+/// and reads its info; the instances are cleaned up after.
+pub(crate) async fn introspect(
+    config: &HostConfig,
+    name: &str,
+    component: &Path,
+    sandbox: &Sandbox,
+    log: &Log,
+) -> Result<CapabilityInfo> {
+    let data_dir = config.capability_data_dir(name);
+    std::fs::create_dir_all(&data_dir).map_err(|e| InstallError::io(&data_dir, e))?;
+    let lookup = |p: &str| match p {
+        "CJM_CAPABILITY_DATA_DIR" | "CAPABILITY_DATA_DIR" => Some(data_dir.display().to_string()),
+        "CJM_MODELS_DIR" => config.models_dir.as_ref().map(|d| d.display().to_string()),
+        "CAPABILITY_NAME" => Some(name.to_owned()),
+        _ => None,
+    };
+    let grants = SandboxGrants::from_manifest(sandbox, lookup)?;
+    let cache = config.component_cache_dir();
+    let component = component.to_owned();
+    let sink = Arc::new(LogSink(log.clone()));
+    let backend = tokio::task::spawn_blocking(move || -> crate::Result<WasmBackend> {
+        let runtime = WasmRuntime::new(Some(cache))?;
+        WasmBackend::load(&runtime, &component, grants, sink)
+    })
+    .await
+    .map_err(|e| InstallError::Failed(format!("the component load was interrupted: {e}")))??;
+    let info = backend.info().clone();
+    if let Err(e) = backend.shutdown().await {
+        log.line(&format!("cleanup after introspection failed: {e}"));
+    }
+    Ok(info)
+}
+
+/// Re-introspects the component the manifest at `path` records.
+pub(crate) async fn regenerate(
+    config: &HostConfig,
+    path: &Path,
+    mut m: CapabilityManifest,
+    log: &Log,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<PathBuf> {
+    let w = m.install.wasm.clone().ok_or_else(|| {
+        InstallError::Failed(format!(
+            "{}: a wasm manifest without an install.wasm block",
+            path.display()
+        ))
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let component = w.component_path(dir);
+    let sha = manifest::hash::hash_file(&component)?;
+    if sha != w.sha256 {
+        log.line(&format!(
+            "the component changed since install: {} was {}, now {sha}",
+            component.display(),
+            w.sha256
+        ));
+    }
+    step("introspect in the sandbox");
+    let info = introspect(config, m.name(), &component, &w.sandbox, log).await?;
+    super::code_from_info(&mut m, &info);
+    if let Some(wi) = m.install.wasm.as_mut() {
+        wi.sha256 = sha;
+    }
+    m.code.regenerated_at = Some(crate::store::now_iso());
+    m.refresh_drift_hashes();
+    manifest::write_capability(path, &m)?;
+    Ok(path.to_owned())
+}
