@@ -1,9 +1,11 @@
 //! The subcommands, one file each.
 
+mod cancel;
 mod completions;
 mod demo;
 mod generate_adapter_manifest;
 mod install_all;
+mod jobs;
 mod list;
 mod list_secrets;
 mod logs;
@@ -12,6 +14,7 @@ mod remove;
 mod retention;
 mod run;
 mod set_secret;
+mod submit;
 mod validate;
 
 use clap::Subcommand;
@@ -43,13 +46,16 @@ pub enum Command {
     ListSecrets(list_secrets::Args),
     /// Load a capability, call it once and print the JSON result
     Run(run::Args),
+    /// Run a job (or a composition) through the job queue, with progress
+    Submit(submit::Args),
+    /// Jobs of this data dir, from the journal
+    Jobs(jobs::Args),
+    /// Ask the host running a job to cancel it
+    Cancel(cancel::Args),
     /// Print shell completions
     Completions(completions::Args),
-    /// Build the example capabilities and run them on the embedded default (`./.cjm`).
-    ///
-    /// Example: `cjm-ctl demo` (or `cargo run --release -p cjm-ctl -- demo`)
-    // The demo's own `--data-dir` would collide with the global one (same long flag).
-    #[command(mut_arg("data_dir", |a| a.long("demo-data-dir").hide(true)))]
+    /// Build and install the examples, run a composition mixing wasm and native through the
+    /// queue on the embedded default (`./.cjm`)
     Demo(demo::DemoArgs),
 }
 
@@ -67,7 +73,10 @@ pub fn run(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::SetSecret(args) => set_secret::run(args, ctx),
         Command::ListSecrets(args) => list_secrets::run(args, ctx),
         Command::Run(args) => run::run(args, ctx),
+        Command::Submit(args) => submit::run(args, ctx),
+        Command::Jobs(args) => jobs::run(args, ctx),
+        Command::Cancel(args) => cancel::run(args, ctx),
         Command::Completions(args) => completions::run(args),
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => demo::run(args, ctx),
     }
 }

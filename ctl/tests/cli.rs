@@ -119,6 +119,10 @@ fn help_works_for_every_command() {
         "list-secrets",
         "run",
         "completions",
+        "submit",
+        "jobs",
+        "cancel",
+        "demo",
     ] {
         env.ctl()
             .args([cmd, "--help"])
@@ -1129,4 +1133,178 @@ fn install_all_python_echo_capability_with_its_adapter() {
             .join("manifests/adapter-echo-EchoTaskAdapter.json")
             .exists()
     );
+}
+
+#[test]
+fn submit_jobs_and_cancel() {
+    let env = Env::new();
+    install_examples(&env);
+    // One job through the queue: the result on stdout, the record in the journal.
+    let out = env.json(&[
+        "submit",
+        "text-stats",
+        r#"{"text": "a b b"}"#,
+        "--run-id",
+        "r-1",
+    ]);
+    assert_eq!(out["status"], "completed");
+    assert_eq!(out["result"]["words"], 3);
+    let job = out["id"].as_str().unwrap().to_owned();
+    let jobs = env.json(&["jobs"]);
+    assert_eq!(jobs[0]["id"], job.as_str());
+    assert_eq!(jobs[0]["status"], "completed");
+    assert_eq!(
+        env.json(&["jobs", "--run-id", "nope"]),
+        serde_json::json!([])
+    );
+    let rows = env.json(&["jobs", "--job", &job]);
+    let types: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["admission_decided", "state_transition", "state_transition"]
+    );
+    // A composition mixing wasm and native, bindings in its JSON.
+    let comp = env.write(
+        "comp.json",
+        r#"{"nodes": [
+            {"id": "a", "instance_id": "text-stats", "kwargs": {"text": "hello hello world"}},
+            {"id": "b", "instance_id": "text-stats-native", "task": "text_statistics", "method": "merge_stats",
+             "kwargs": {"one": {"$output": "a"}}}]}"#,
+    );
+    let out = env.json(&["submit", "--composition", comp.to_str().unwrap()]);
+    assert_eq!(out["status"], "completed");
+    assert_eq!(out["nodes"]["b"]["result"]["words"], 3);
+    // Bad input: each one line plus a hint, exit 1.
+    env.ctl()
+        .args(["cancel", "no-such-job"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no job 'no-such-job'"));
+    env.ctl()
+        .args(["cancel", &job])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("already finished (completed)"));
+    env.ctl()
+        .args(["jobs", "--job", "no-such-job"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("hint:"));
+    env.ctl()
+        .args(["submit", "nope", "{}"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("unknown capability 'nope'"));
+    env.ctl()
+        .args(["submit", "text-stats", "not json"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not valid JSON"));
+    let bad = env.write("cyclic.json", r#"{"nodes": [{"id": "a", "instance_id": "text-stats", "kwargs": {"t": {"$output": "a"}}}]}"#);
+    env.ctl()
+        .args(["submit", "--composition", bad.to_str().unwrap()])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("binds to itself"));
+    env.ctl()
+        .args(["submit", "text-stats", r#"{"text": 5}"#])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("failed: [user_input]"));
+}
+
+#[test]
+fn cancel_reaches_a_job_running_in_another_process() {
+    let env = Env::new();
+    let caps = env.write(
+        "capabilities.yaml",
+        &format!(
+            "capabilities:\n- name: hostile\n  kind: wasm\n  component: {}\n",
+            cjm_tests::fixtures::HOSTILE
+        ),
+    );
+    env.ctl()
+        .args(["install-all", "--capabilities", caps.to_str().unwrap()])
+        .assert()
+        .success();
+    let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_cjm-ctl"))
+        .current_dir(env.path())
+        .arg("--data-dir")
+        .arg(env.data())
+        .args(["submit", "hostile", r#"{"attack": "loop_forever"}"#])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = loop {
+        let out = env
+            .ctl()
+            .args(["--json", "jobs", "--status", "running"])
+            .output()
+            .unwrap();
+        if let Ok(Value::Array(jobs)) = serde_json::from_slice::<Value>(&out.stdout)
+            && let Some(j) = jobs.first()
+        {
+            break j["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            runner.try_wait().unwrap().is_none(),
+            "the runner exited early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    env.ctl()
+        .args(["cancel", &job])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("cancel requested"));
+    let status = runner.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut runner.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("was cancelled"), "{err}");
+    let jobs = env.json(&["jobs"]);
+    assert_eq!(jobs[0]["status"], "cancelled");
+}
+
+#[test]
+fn demo_runs_a_mixed_composition_through_the_queue() {
+    let env = Env::new();
+    let components = env.path().join("components");
+    std::fs::create_dir_all(&components).unwrap();
+    std::fs::copy(
+        cjm_tests::fixtures::SENTENCE_SPLIT,
+        components.join("sentence-split.wasm"),
+    )
+    .unwrap();
+    std::fs::copy(
+        cjm_tests::fixtures::TEXT_STATS,
+        components.join("text-stats.wasm"),
+    )
+    .unwrap();
+    let worker = text_stats_worker();
+    let args = [
+        "demo",
+        "--components",
+        components.to_str().unwrap(),
+        "--worker",
+        worker.to_str().unwrap(),
+    ];
+    env.ctl()
+        .args(args)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "merged in the native worker: 15 sentences, 178 words",
+        ))
+        .stdout(predicate::str::contains("composition_finished"));
+    // Again: installs are unchanged, the composition runs again.
+    let out = env.json(&args);
+    assert_eq!(out["status"], "completed");
+    assert_eq!(out["merged"]["sentences"], 15);
 }

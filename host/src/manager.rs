@@ -26,8 +26,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, AdapterManifest, CapabilityManifest, Loaded};
 use crate::store::{
     BufferedSample, CapabilityConfigRecord, ConfigStore, DiagnosticsStore, DiagnosticsWriter,
-    EmpiricalRecord,
-    EmpiricalStore, JournalEvent, JournalStore, ResourceSample, SecretStore,
+    EmpiricalRecord, EmpiricalStore, JournalEvent, JournalStore, ResourceSample, SecretStore,
 };
 use crate::telemetry::Telemetry;
 
@@ -39,6 +38,9 @@ const MEASURE_REUSE: std::time::Duration = std::time::Duration::from_millis(500)
 
 /// How often a call failing with a resource error is retried after a reload.
 const MAX_RETRIES: u32 = 1;
+
+/// CPU percent, resident memory (MB) and GPU memory (MB) of a worker's process subtree.
+type Usage = (f64, f64, f64);
 
 /// A loaded capability instance.
 pub struct Instance {
@@ -58,7 +60,7 @@ pub struct Instance {
     profile: Mutex<Option<EmpiricalRecord>>,
     /// The last process-subtree measurement of its worker (reused for a moment: a
     /// process-table scan costs milliseconds, a call tens of microseconds).
-    measured: Mutex<Option<(Instant, (f64, f64, f64))>>,
+    measured: Mutex<Option<(Instant, Usage)>>,
 }
 
 /// What the live capability reports that differs from its manifest: flagged, never fatal

@@ -41,6 +41,12 @@ use crate::manager::CapabilityManager;
 use admission::{Grant, Ledger, Limits, Order, PendingIndex};
 use events::{Bus, Done, Emitter, Item};
 
+/// The journal event another process writes to ask for a job's cancellation.
+pub const CANCEL_REQUESTED: &str = "cancel_requested";
+
+/// How often the journal is read for cancel requests of other processes.
+const CANCEL_POLL: Duration = Duration::from_millis(250);
+
 /// Events buffered per subscriber before it starts dropping.
 pub const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -141,7 +147,7 @@ impl JobQueue {
         config: QueueConfig,
         resources: Box<dyn ResourceSource>,
     ) -> Self {
-        JobQueue {
+        let queue = JobQueue {
             inner: Arc::new(Inner {
                 manager,
                 config,
@@ -151,7 +157,44 @@ impl JobQueue {
                 emitter: Emitter::default(),
                 bus: Bus::default(),
             }),
-        }
+        };
+        queue.watch_cancel_requests();
+        queue
+    }
+
+    /// Follows the journal for `cancel_requested` rows written by other processes (`cjm-ctl
+    /// cancel JOB` against the same data dir) and cancels the jobs of this queue they name.
+    /// Stops when the queue is dropped.
+    fn watch_cancel_requests(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let mut cursor = self.inner.manager.journal().last_seq().unwrap_or(0);
+        self.inner.runtime.spawn(async move {
+            let mut tick = tokio::time::interval(CANCEL_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let query = crate::store::JournalQuery {
+                    event_type: Some(CANCEL_REQUESTED.to_owned()),
+                    after_seq: Some(cursor),
+                    ..Default::default()
+                };
+                let Ok(rows) = inner.manager.journal().query(&query) else {
+                    continue;
+                };
+                for row in rows {
+                    cursor = cursor.max(row.seq.unwrap_or(cursor));
+                    if let Some(job) = row.job_id {
+                        let queue = JobQueue {
+                            inner: Arc::clone(&inner),
+                        };
+                        if queue.get(&job).is_some() {
+                            let _ = queue.cancel(&job);
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// The manager the queue runs jobs on.

@@ -66,6 +66,56 @@ impl TextStats {
         })
     }
 
+    /// Folds many results into one: every keyword argument that is a `text-stats` result
+    /// (has `words`) is summed (`top_words` merged by count), and every sentence-split result
+    /// (has `spans`) adds its sentence count. What a fan-in node of a composition calls.
+    pub fn merge(&self, parts: &Kwargs) -> Value {
+        let (mut chars, mut words, mut lines, mut sentences, mut n) = (0u64, 0u64, 0u64, 0u64, 0);
+        let mut top: HashMap<String, u64> = HashMap::new();
+        for part in parts.values() {
+            // A typed wire result (`{"__wire__": ..., "data": ...}`) is read through its data.
+            let part = match part.get("__wire__") {
+                Some(_) => part.get("data").unwrap_or(part),
+                None => part,
+            };
+            if let Some(w) = part.get("words").and_then(Value::as_u64) {
+                n += 1;
+                words += w;
+                chars += part.get("chars").and_then(Value::as_u64).unwrap_or(0);
+                lines += part.get("lines").and_then(Value::as_u64).unwrap_or(0);
+                for pair in part
+                    .get("top_words")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let (Some(word), Some(count)) = (pair[0].as_str(), pair[1].as_u64()) {
+                        *top.entry(word.to_owned()).or_default() += count;
+                    }
+                }
+            }
+            if let Some(spans) = part.get("spans").and_then(Value::as_array) {
+                sentences += spans.len() as u64;
+            }
+        }
+        let mut top: Vec<(String, u64)> = top.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(self.config.top_n as usize);
+        json!({
+            "parts": n,
+            "chars": chars,
+            "words": words,
+            "lines": lines,
+            "sentences": sentences,
+            "top_words": top.into_iter().map(|(w, n)| json!([w, n])).collect::<Vec<_>>(),
+        })
+    }
+
+    fn merge_stats(&mut self, cx: &Ctx<'_>, kwargs: Kwargs) -> CallResult {
+        cx.progress(1.0, "merged");
+        Ok(self.merge(&kwargs))
+    }
+
     fn compute(&mut self, cx: &Ctx<'_>, kwargs: Kwargs) -> CallResult {
         let text: String = arg(&kwargs, "text")?;
         cx.progress(1.0, "counted");
@@ -100,6 +150,12 @@ impl Capability for TextStats {
             "compute_stats",
             &["text", "**kwargs"],
             Self::compute,
+        );
+        tasks.method(
+            "text_statistics",
+            "merge_stats",
+            &["**kwargs"],
+            Self::merge_stats,
         );
     }
 }

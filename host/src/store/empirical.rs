@@ -288,7 +288,13 @@ impl EmpiricalStore {
         }
         self.db.write(|tx| {
             for s in samples {
-                fold_into(tx, &s.instance_id, &s.capability_name, &s.config_hash, &s.sample)?;
+                fold_into(
+                    tx,
+                    &s.instance_id,
+                    &s.capability_name,
+                    &s.config_hash,
+                    &s.sample,
+                )?;
             }
             Ok(())
         })

@@ -1,0 +1,251 @@
+//! `cjm-ctl submit`: run a job, or a composition, through the job queue of an in-process host
+//! on the data dir, showing progress; the result is printed, the record stays in the journal
+//! (`cjm-ctl jobs`). Another shell can stop it with `cjm-ctl cancel JOB`.
+
+use std::collections::BTreeSet;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cjm_host::Host;
+use cjm_host::backend::CallRequest;
+use cjm_host::queue::{Composition, EventKind, JobSpec, JobStatus, NodeState, Scope};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Map, Value, json};
+
+use crate::ctx::{Ctx, hint, runtime};
+
+/// Options of `submit`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  cjm-ctl submit text-stats '{\"text\": \"one two two\"}'\n  cjm-ctl submit text-stats --priority 5 --run-id nightly-7 '{\"text\": \"a b\"}'\n  cjm-ctl submit --composition pipeline.json\n\nA composition file is JSON: {\"nodes\": [{\"id\": \"a\", \"instance_id\": \"text-stats\", \"kwargs\": {\"text\": \"hi\"}}, {\"id\": \"b\", \"instance_id\": \"text-stats\", \"kwargs\": {\"text\": {\"$output\": \"a\", \"field\": \"words\"}}}], \"fail_fast\": true}\nInstance ids are capability names (each is loaded once, with its stored config)."
+)]
+pub struct Args {
+    /// The capability to run (loaded as the instance of the same name)
+    #[arg(
+        required_unless_present = "composition",
+        conflicts_with = "composition"
+    )]
+    name: Option<String>,
+    /// Keyword arguments as a JSON object; `-` reads them from stdin [default: {}]
+    #[arg(value_name = "KWARGS_JSON|-")]
+    kwargs: Option<String>,
+    /// Call this task (the typed task channel) instead of execute
+    #[arg(long, requires = "method")]
+    task: Option<String>,
+    /// The task's method
+    #[arg(long, requires = "task")]
+    method: Option<String>,
+    /// Higher runs first
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i64,
+    /// A run id stamped on every journal row of the job
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Cancel the job when it runs longer than this many seconds
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+    /// Submit the composition in this JSON file instead of one job
+    #[arg(long, value_name = "FILE")]
+    composition: Option<PathBuf>,
+}
+
+fn parse(what: &str, text: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text).map_err(|e| {
+        hint(
+            format!("{what} is not valid JSON: {e}"),
+            "quote it for the shell: '{\"text\": \"hello\"}'",
+        )
+    })
+}
+
+/// Runs `submit`.
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let config = ctx.config()?;
+    let found = cjm_host::manifest::discover(&config.manifest_search_paths());
+    let composition = match &args.composition {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let comp: Composition = serde_json::from_str(&text).map_err(|e| {
+                hint(
+                    format!("{}: not a composition: {e}", path.display()),
+                    "see `cjm-ctl submit --help` for the file's shape",
+                )
+            })?;
+            Some(comp)
+        }
+        None => None,
+    };
+    let names: BTreeSet<String> = match (&composition, &args.name) {
+        (Some(c), _) => c.nodes.iter().map(|n| n.instance_id.clone()).collect(),
+        (None, Some(n)) => BTreeSet::from([n.clone()]),
+        (None, None) => BTreeSet::new(),
+    };
+    for name in &names {
+        if found.capability(name).is_none() {
+            return Err(hint(
+                format!("unknown capability '{name}'"),
+                "see the installed capabilities with `cjm-ctl list`",
+            ));
+        }
+    }
+    let kwargs = match args.kwargs.as_deref() {
+        None => Map::new(),
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            match text.trim() {
+                "" => Map::new(),
+                t => object(parse("stdin", t)?)?,
+            }
+        }
+        Some(text) => object(parse("KWARGS", text)?)?,
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut builder = Host::builder().config(config);
+        for name in &names {
+            builder = builder.load(name.clone());
+        }
+        let host = builder.build().await?;
+        let outcome = match composition {
+            Some(c) => composition_run(ctx, &host, c).await,
+            None => {
+                let name = args.name.clone().unwrap_or_default();
+                let request = match (&args.task, &args.method) {
+                    (Some(t), Some(m)) => CallRequest::task(t.clone(), m.clone(), kwargs),
+                    _ => CallRequest::execute(kwargs),
+                };
+                let mut spec = JobSpec::call(&name, request).priority(args.priority);
+                if let Some(r) = &args.run_id {
+                    spec = spec.run_id(r.clone());
+                }
+                if let Some(t) = args.timeout {
+                    spec = spec.timeout(Duration::from_secs_f64(t.max(0.0)));
+                }
+                job_run(ctx, &host, spec).await
+            }
+        };
+        host.shutdown().await?;
+        outcome
+    })
+}
+
+fn object(v: Value) -> anyhow::Result<Map<String, Value>> {
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(hint(
+            format!("KWARGS must be a JSON object, found {other}"),
+            "pass keyword arguments as an object: '{\"text\": \"hello\"}'",
+        )),
+    }
+}
+
+fn bar(ctx: &Ctx, len: Option<u64>) -> ProgressBar {
+    let target = if ctx.out.stderr_tty && !ctx.out.quiet && !ctx.out.json {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(len, target);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {bar:30} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+async fn job_run(ctx: &Ctx, host: &Host, spec: JobSpec) -> anyhow::Result<()> {
+    let q = host.queue();
+    let mut events = q.subscribe(Scope::All);
+    let id = q.submit(spec)?;
+    ctx.out.note(format!("job {id} submitted"));
+    let progress = bar(ctx, Some(1000));
+    let wait = q.wait(&id, None);
+    tokio::pin!(wait);
+    let job = loop {
+        tokio::select! {
+            job = &mut wait => break job?,
+            Some(e) = events.next() => {
+                if e.job_id.as_deref() == Some(id.as_str()) {
+                    match e.kind {
+                        EventKind::ProgressChanged => {
+                            let p = e.payload["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
+                            progress.set_position((p * 1000.0) as u64);
+                            progress.set_message(e.payload["message"].as_str().unwrap_or("").to_owned());
+                        }
+                        EventKind::StateTransition => progress.set_message(e.payload["to"].as_str().unwrap_or("").to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    };
+    progress.finish_and_clear();
+    if ctx.out.json {
+        ctx.out.json(&serde_json::to_value(&job)?);
+    } else if let Some(result) = &job.result {
+        ctx.out.json(result);
+    }
+    match job.status {
+        JobStatus::Completed => Ok(()),
+        JobStatus::Cancelled => Err(anyhow::anyhow!("job {id} was cancelled")),
+        _ => {
+            let e = job
+                .error
+                .unwrap_or_else(|| cjm_host::contract::JobError::fatal("failed"));
+            Err(hint(
+                format!("job {id} failed: [{}] {}", e.category, e.message),
+                format!("its log: `cjm-ctl logs --job {id}`"),
+            ))
+        }
+    }
+}
+
+async fn composition_run(ctx: &Ctx, host: &Host, c: Composition) -> anyhow::Result<()> {
+    let q = host.queue();
+    let total = c.nodes.len() as u64;
+    let mut events = q.subscribe(Scope::All);
+    let id = q.submit_composition(c)?;
+    ctx.out
+        .note(format!("composition {id} submitted ({total} nodes)"));
+    let progress = bar(ctx, Some(total));
+    let wait = q.wait_composition(&id, None);
+    tokio::pin!(wait);
+    let run = loop {
+        tokio::select! {
+            run = &mut wait => break run?,
+            Some(e) = events.next() => {
+                if e.composition_id.as_deref() == Some(id.as_str())
+                    && e.kind == EventKind::StateTransition
+                    && e.payload["to"] != "running"
+                {
+                    progress.inc(1);
+                    progress.set_message(e.node_id.unwrap_or_default());
+                }
+            }
+        }
+    };
+    progress.finish_and_clear();
+    let nodes: Map<String, Value> = run
+        .nodes
+        .iter()
+        .map(|(n, r)| {
+            (
+                n.clone(),
+                json!({"state": r.state.as_str(), "result": r.result, "error": r.error}),
+            )
+        })
+        .collect();
+    ctx.out
+        .json(&json!({"composition": id, "status": run.status.as_str(), "nodes": nodes}));
+    if run.status == NodeState::Completed {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "composition {id} ended {}",
+            run.status.as_str()
+        ))
+    }
+}
