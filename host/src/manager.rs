@@ -33,6 +33,9 @@ use crate::telemetry::Telemetry;
 /// How long after-call samples may wait before they are written to the empirical store.
 const SAMPLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Calls whose measured mean is below this run on the calling thread (seconds).
+const SHORT_CALL: f64 = 0.000_2;
+
 /// How long a worker's process-subtree measurement is reused.
 const MEASURE_REUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -771,6 +774,11 @@ impl CapabilityManager {
             .await
             .map_err(|_| user(format!("capability instance '{id}' is shutting down")))?;
         let config_hash = instance.config_hash();
+        control.set_expected_short(
+            lock(&instance.profile)
+                .as_ref()
+                .is_some_and(|p| p.sample_count >= 3 && p.duration_seconds_mean < SHORT_CALL),
+        );
         let mut attempt = 0;
         loop {
             let started = Instant::now();

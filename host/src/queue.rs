@@ -47,6 +47,11 @@ pub const CANCEL_REQUESTED: &str = "cancel_requested";
 /// How often the journal is read for cancel requests of other processes.
 const CANCEL_POLL: Duration = Duration::from_millis(250);
 
+/// How long the rows of a submission may wait for the next commit (group commit): a job
+/// that finishes sooner is journaled in one transaction with them, one commit per job
+/// instead of two. Subscribers see those events at most this much later.
+const COMMIT_DELAY: Duration = Duration::from_millis(1);
+
 /// Events buffered per subscriber before it starts dropping.
 pub const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -72,6 +77,8 @@ struct Inner {
     state: Mutex<State>,
     emitter: Emitter,
     bus: Bus,
+    /// A deferred flush is scheduled ([`COMMIT_DELAY`]).
+    flush_scheduled: std::sync::atomic::AtomicBool,
 }
 
 struct Entry {
@@ -156,6 +163,7 @@ impl JobQueue {
                 state: Mutex::new(State::default()),
                 emitter: Emitter::default(),
                 bus: Bus::default(),
+                flush_scheduled: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         queue.watch_cancel_requests();
@@ -217,7 +225,7 @@ impl JobQueue {
             inner.enqueue(&mut st, id.clone(), spec, Some(name));
             inner.dispatch(&mut st)
         };
-        inner.after(launches);
+        inner.after_soon(launches);
         Ok(id)
     }
 
@@ -408,7 +416,7 @@ impl JobQueue {
             inner.maybe_finish(&mut st, &id);
             inner.dispatch(&mut st)
         };
-        inner.after(launches);
+        inner.after_soon(launches);
         Ok(id)
     }
 
@@ -640,6 +648,25 @@ impl Inner {
 
     fn flush(&self) {
         self.emitter.flush(self.manager.journal(), &self.bus);
+    }
+
+    /// Starts admitted jobs; what the state change queued is written by the next flush, at
+    /// most [`COMMIT_DELAY`] from now.
+    fn after_soon(self: &Arc<Self>, launches: Vec<Launch>) {
+        for launch in launches {
+            let me = Arc::clone(self);
+            self.runtime.spawn(async move { me.run(launch).await });
+        }
+        use std::sync::atomic::Ordering;
+        if self.flush_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        self.runtime.spawn(async move {
+            tokio::time::sleep(COMMIT_DELAY).await;
+            me.flush_scheduled.store(false, Ordering::Release);
+            me.flush();
+        });
     }
 
     async fn run(self: Arc<Self>, launch: Launch) {

@@ -70,7 +70,7 @@ fn env() -> Env {
             .data_dir(d)
             .queue(QueueConfig {
                 max_concurrent_lanes: 8,
-                max_history: 1000,
+                max_history: 20_000,
                 ..QueueConfig::default()
             })
             .load("noop")

@@ -1,6 +1,6 @@
 //! `CallControl`: the side channel of one call.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,7 @@ pub struct CallControl {
     listener: Option<ProgressListener>,
     accounts: Mutex<Vec<Account>>,
     usage: Mutex<Map<String, Value>>,
+    short: AtomicBool,
 }
 
 impl std::fmt::Debug for CallControl {
@@ -76,6 +77,7 @@ impl CallControl {
             listener: None,
             accounts: Mutex::new(Vec::new()),
             usage: Mutex::new(Map::new()),
+            short: AtomicBool::new(false),
         }
     }
 
@@ -140,6 +142,17 @@ impl CallControl {
             }
             notified.await;
         }
+    }
+
+    /// Tells the backend whether earlier calls of this kind took microseconds (an in-process
+    /// backend then runs the call on the calling thread instead of handing it over).
+    pub fn set_expected_short(&self, short: bool) {
+        self.short.store(short, Ordering::Relaxed);
+    }
+
+    /// Whether the call is expected to take microseconds.
+    pub fn expected_short(&self) -> bool {
+        self.short.load(Ordering::Relaxed)
     }
 
     /// The wall-clock deadline, if any.
