@@ -429,6 +429,20 @@ impl CapabilityManager {
         config: Option<Value>,
         instance_id: Option<&str>,
     ) -> Result<Arc<Instance>> {
+        self.load_with_adapters(name, config, instance_id, None)
+            .await
+    }
+
+    /// [`load`](Self::load) binding exactly the adapters named in `adapters` (unit names of
+    /// adapter manifests) instead of every compatible one: an incompatible one is refused
+    /// with its missing members named, and nothing is loaded.
+    pub async fn load_with_adapters(
+        &self,
+        name: &str,
+        config: Option<Value>,
+        instance_id: Option<&str>,
+        adapters: Option<&[String]>,
+    ) -> Result<Arc<Instance>> {
         let id = match instance_id {
             Some(id) if !valid_instance_id(id) => {
                 return Err(user(format!(
@@ -447,7 +461,7 @@ impl CapabilityManager {
                 .or_default(),
         );
         let _guard = lock.lock().await;
-        let result = self.load_locked(name, config, id.clone()).await;
+        let result = self.load_locked(name, config, id.clone(), adapters).await;
         self.inner
             .loading
             .lock()
@@ -461,12 +475,13 @@ impl CapabilityManager {
         name: &str,
         config: Option<Value>,
         id: String,
+        adapters: Option<&[String]>,
     ) -> Result<Arc<Instance>> {
         if let Ok(existing) = self.instance(&id) {
             return Ok(existing);
         }
         let loaded = self.manifest(name)?;
-        let bound = self.bound_adapters(&loaded.manifest, None)?;
+        let bound = self.bound_adapters(&loaded.manifest, adapters)?;
         let backend = self.build_backend(&loaded, &id).await?;
         let stored = self.inner.stores.configs.get(&id)?;
         let given = config.or_else(|| stored.as_ref().map(|r| r.config.clone()));

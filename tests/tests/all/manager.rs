@@ -206,6 +206,27 @@ async fn bad_input_is_typed_and_leaves_nothing_behind() {
             .to_string()
             .contains("no loaded capability instance 'missing'")
     );
+    // A config violating the schema names each bad field.
+    let e = msg(m
+        .load(
+            "text-stats",
+            Some(json!({"top_n": -1, "case_sensitive": "yes", "extra": 1})),
+            None,
+        )
+        .await);
+    for field in ["top_n", "case_sensitive", "extra"] {
+        assert!(e.contains(field), "{e}");
+    }
+    // A secret for a capability that is not installed.
+    let e = m
+        .set_secret("nope", "API_KEY", "hunter2")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown capability 'nope'") && !e.contains("hunter2"),
+        "{e}"
+    );
     assert!(m.instances().is_empty());
 }
 
@@ -286,16 +307,48 @@ async fn compatible_adapters_bind_at_load_and_native_samples_are_measured() {
     doc["code"]["structural_surface"] = serde_json::to_value(surface).unwrap();
     std::fs::write(&path, doc.to_string()).unwrap();
 
+    // text-stats records its real surface, which lacks `segment_text`.
+    let path = dir.path().join("manifests/text-stats.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let surface = cjm_guest::Hosted::<text_stats::TextStats>::new().surface();
+    doc["code"]["structural_surface"] = serde_json::to_value(surface).unwrap();
+    std::fs::write(&path, doc.to_string()).unwrap();
+
     let m = manager(dir.path());
     let split = m.load("sentence-split", None, Some("ss")).await.unwrap();
     assert_eq!(
         split.adapters(),
         ["cjm_sentence_segmentation_adapter_interface.generic.GenericSentenceSegmentationAdapter"]
     );
+    // Asked for explicitly: a compatible adapter binds, an incompatible one is refused with
+    // its missing members named and nothing is loaded.
+    let unit =
+        "cjm_sentence_segmentation_adapter_interface.generic.GenericSentenceSegmentationAdapter"
+            .to_owned();
+    let asked = m
+        .load_with_adapters(
+            "sentence-split",
+            None,
+            Some("ss2"),
+            Some(std::slice::from_ref(&unit)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(asked.adapters(), [unit.clone()]);
+    let refused = m
+        .load_with_adapters("text-stats", None, Some("ts-bad"), Some(&[unit]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("segment_text") && refused.contains("not compatible"),
+        "{refused}"
+    );
+    assert!(m.instance("ts-bad").is_err());
     let stats = m.load("text-stats", None, Some("ts")).await.unwrap();
     assert!(
         stats.adapters().is_empty(),
-        "no surface recorded: nothing binds"
+        "its surface lacks segment_text: nothing binds"
     );
 
     m.load("probe", None, Some("p")).await.unwrap();
