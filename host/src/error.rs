@@ -69,6 +69,44 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A `capabilities.yaml` is invalid; every problem is listed.
+    #[error(
+        "{path}: invalid capabilities file: {problems}",
+        path = path.display(),
+        problems = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    InvalidCapabilitiesFile {
+        /// The file.
+        path: PathBuf,
+        /// Every problem (never empty).
+        problems: Vec<crate::install::SpecProblem>,
+    },
+
+    /// An install step ran a program that failed; its output is in the entry's log.
+    #[error("{step} failed ({status})")]
+    InstallCommand {
+        /// What was being done (`creating the environment`).
+        step: String,
+        /// The program and its arguments, as run.
+        program: String,
+        /// How it ended (`exit status 1`, `killed by signal 9`).
+        status: String,
+    },
+
+    /// A program an install step needs is not installed.
+    #[error("{tool} not found: {hint}")]
+    ToolMissing {
+        /// The program.
+        tool: String,
+        /// How to get it.
+        hint: String,
+    },
+
+    /// A capability could not be installed for a reason of its own (a name that does not
+    /// match, a missing package path, introspection that found no capability).
+    #[error("{0}")]
+    InstallFailed(String),
+
     /// The job queue refused an operation.
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),

@@ -176,7 +176,7 @@ pub(crate) struct Log {
 impl Log {
     fn open(path: PathBuf, truncate: bool) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| InstallError::io(dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -184,7 +184,7 @@ impl Log {
             .write(true)
             .truncate(truncate)
             .open(&path)
-            .map_err(|e| InstallError::io(&path, e))?;
+            .map_err(|e| crate::Error::io(&path, e))?;
         Ok(Log {
             path,
             file: Arc::new(Mutex::new(file)),
@@ -200,7 +200,7 @@ impl Log {
     /// A handle for a child's stdout or stderr.
     fn stdio(&self) -> Result<std::process::Stdio> {
         let f = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        let clone = f.try_clone().map_err(|e| InstallError::io(&self.path, e))?;
+        let clone = f.try_clone().map_err(|e| crate::Error::io(&self.path, e))?;
         Ok(clone.into())
     }
 
@@ -247,7 +247,7 @@ pub(crate) async fn run(log: &Log, step: &str, cmd: &mut tokio::process::Command
                 hint: format!("needed for {step}"),
             }
         } else {
-            InstallError::Failed(format!("{step}: cannot run {shown}: {e}"))
+            InstallError::InstallFailed(format!("{step}: cannot run {shown}: {e}"))
         }
     })?;
     if status.success() {
@@ -259,7 +259,7 @@ pub(crate) async fn run(log: &Log, step: &str, cmd: &mut tokio::process::Command
         (None, Some(s)) => format!("killed by signal {s}"),
         _ => status.to_string(),
     };
-    Err(InstallError::Command {
+    Err(InstallError::InstallCommand {
         step: step.to_owned(),
         program: shown,
         status,
@@ -285,13 +285,13 @@ pub(crate) async fn output(
                 hint: format!("needed for {step}"),
             }
         } else {
-            InstallError::Failed(format!("{step}: cannot run {shown}: {e}"))
+            InstallError::InstallFailed(format!("{step}: cannot run {shown}: {e}"))
         }
     })?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         log.line(&stdout);
-        return Err(InstallError::Command {
+        return Err(InstallError::InstallCommand {
             step: step.to_owned(),
             program: shown,
             status: out.status.to_string(),
@@ -344,7 +344,7 @@ impl Installer {
     ) -> Result<Vec<EntryReport>> {
         for only in &options.only {
             if file.entry(only).is_none() {
-                return Err(InstallError::Failed(format!(
+                return Err(InstallError::InstallFailed(format!(
                     "no entry named '{only}' in {}",
                     file.path.display()
                 )));
@@ -476,7 +476,7 @@ impl Installer {
                     .await?
             }
             (Source::Wasm(_), None) => {
-                return Err(InstallError::Failed(
+                return Err(InstallError::InstallFailed(
                     "wasm component was not prepared".into(),
                 ));
             }
@@ -549,7 +549,7 @@ impl Installer {
                 // they agree; a hand-made one may not).
                 let found = manifest::discover(&self.config.manifest_search_paths());
                 let loaded = found.capability(name).ok_or_else(|| {
-                    InstallError::Failed(format!(
+                    InstallError::InstallFailed(format!(
                         "no installed capability '{name}' (no manifest in {})",
                         self.config.manifests_dir().display()
                     ))
@@ -578,8 +578,11 @@ impl Installer {
         result.map_err(|e| {
             log.line(&format!("# failed: {e}"));
             match e {
-                InstallError::Command { .. } | InstallError::Failed(_) => {
-                    InstallError::Failed(format!("{e}\n{}", indent(&log.tail(LOG_TAIL_LINES))))
+                InstallError::InstallCommand { .. } | InstallError::InstallFailed(_) => {
+                    InstallError::InstallFailed(format!(
+                        "{e}\n{}",
+                        indent(&log.tail(LOG_TAIL_LINES))
+                    ))
                 }
                 other => other,
             }
@@ -602,9 +605,10 @@ impl Installer {
         python::adapter_manifest(&self.config, python, env_name, impl_spec, &log)
             .await
             .map_err(|e| match e {
-                InstallError::Command { .. } => {
-                    InstallError::Failed(format!("{e}\n{}", indent(&log.tail(LOG_TAIL_LINES))))
-                }
+                InstallError::InstallCommand { .. } => InstallError::InstallFailed(format!(
+                    "{e}\n{}",
+                    indent(&log.tail(LOG_TAIL_LINES))
+                )),
                 other => other,
             })
     }
@@ -617,7 +621,7 @@ impl Installer {
         let found = manifest::discover(&self.config.manifest_search_paths());
         let loaded = found.capability(name);
         if rec.is_none() && loaded.is_none() {
-            return Err(InstallError::Failed(format!(
+            return Err(InstallError::InstallFailed(format!(
                 "no installed capability '{name}' (no manifest in {})",
                 self.config.manifests_dir().display()
             )));
@@ -675,7 +679,7 @@ impl Installer {
             match r {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(InstallError::io(p, e)),
+                Err(e) => return Err(crate::Error::io(p, e)),
             }
         }
         Ok(plan)

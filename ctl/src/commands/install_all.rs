@@ -37,7 +37,7 @@ pub struct Args {
 /// Prints the problems of an invalid capabilities file, one per line, and returns the error.
 pub fn spec_error(e: InstallError, ctx: &Ctx) -> anyhow::Error {
     match e {
-        InstallError::InvalidSpec { path, problems } => {
+        InstallError::InvalidCapabilitiesFile { path, problems } => {
             if ctx.out.json {
                 ctx.out.json(&json!({
                     "path": path,

@@ -177,7 +177,7 @@ fn capabilities_errors(path: &Path) -> (Vec<String>, Value) {
                 json!(format!("{} entries: {}", kinds.len(), kinds.join(", "))),
             )
         }
-        Err(install::InstallError::InvalidSpec { problems, .. }) => (
+        Err(install::InstallError::InvalidCapabilitiesFile { problems, .. }) => (
             problems.iter().map(ToString::to_string).collect(),
             Value::Null,
         ),

@@ -31,7 +31,7 @@ pub(crate) async fn install(
     step: &(dyn Fn(&str) + Sync),
 ) -> Result<Installed> {
     if program_path(&n.command[0]).is_none() {
-        return Err(InstallError::Failed(format!(
+        return Err(InstallError::InstallFailed(format!(
             "program {} does not exist{}",
             n.command[0],
             if n.command[0].contains('/') {
@@ -101,7 +101,7 @@ pub(crate) async fn regenerate(
     step: &(dyn Fn(&str) + Sync),
 ) -> Result<PathBuf> {
     let native = m.install.native.clone().ok_or_else(|| {
-        InstallError::Failed(format!(
+        InstallError::InstallFailed(format!(
             "{}: a native manifest without an install.native block",
             path.display()
         ))

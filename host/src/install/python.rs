@@ -129,7 +129,9 @@ fn find_python(version: Option<&str>) -> Result<PathBuf> {
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(InstallError::Failed(format!("python {v} does not exist")))
+            Err(InstallError::InstallFailed(format!(
+                "python {v} does not exist"
+            )))
         };
     }
     let name = format!("python{v}");
@@ -214,7 +216,7 @@ pub(crate) async fn install(
 ) -> Result<Installed> {
     let local = Path::new(&src.package);
     if local.is_absolute() && !local.exists() {
-        return Err(InstallError::Failed(format!(
+        return Err(InstallError::InstallFailed(format!(
             "package path {} does not exist",
             local.display()
         )));
@@ -225,7 +227,7 @@ pub(crate) async fn install(
     let python = env_python(&env_dir);
     if force && env_dir.exists() {
         step("remove the old environment (--force)");
-        std::fs::remove_dir_all(&env_dir).map_err(|e| InstallError::io(&env_dir, e))?;
+        std::fs::remove_dir_all(&env_dir).map_err(|e| crate::Error::io(&env_dir, e))?;
     }
     if !python.is_file() {
         step(&format!("create the environment ({})", tool_name(&tool)));
@@ -270,7 +272,7 @@ pub(crate) async fn install(
         .await?;
         let m = manifest::load_capability(&staged)?;
         if m.name() != entry.name {
-            return Err(InstallError::Failed(format!(
+            return Err(InstallError::InstallFailed(format!(
                 "the package's capability is named '{}', not '{}': name the entry '{}'",
                 m.name(),
                 entry.name,
@@ -372,22 +374,22 @@ pub(crate) fn source_stamp(package: &str) -> Option<String> {
 
 /// Copies a package source tree, leaving out what [`SKIP`] names.
 fn copy_source(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).map_err(|e| InstallError::io(to, e))?;
-    for entry in std::fs::read_dir(from).map_err(|e| InstallError::io(from, e))? {
-        let entry = entry.map_err(|e| InstallError::io(from, e))?;
+    std::fs::create_dir_all(to).map_err(|e| crate::Error::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| crate::Error::io(from, e))? {
+        let entry = entry.map_err(|e| crate::Error::io(from, e))?;
         let name = entry.file_name();
         if skipped(&name.to_string_lossy()) {
             continue;
         }
         let (src, dst) = (entry.path(), to.join(&name));
-        let ty = entry.file_type().map_err(|e| InstallError::io(&src, e))?;
+        let ty = entry.file_type().map_err(|e| crate::Error::io(&src, e))?;
         if ty.is_dir() {
             copy_source(&src, &dst)?;
         } else if ty.is_file() {
-            std::fs::copy(&src, &dst).map_err(|e| InstallError::io(&src, e))?;
+            std::fs::copy(&src, &dst).map_err(|e| crate::Error::io(&src, e))?;
         } else if ty.is_symlink() {
-            let target = std::fs::read_link(&src).map_err(|e| InstallError::io(&src, e))?;
-            std::os::unix::fs::symlink(&target, &dst).map_err(|e| InstallError::io(&dst, e))?;
+            let target = std::fs::read_link(&src).map_err(|e| crate::Error::io(&src, e))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(|e| crate::Error::io(&dst, e))?;
         }
     }
     Ok(())
@@ -395,9 +397,9 @@ fn copy_source(from: &Path, to: &Path) -> Result<()> {
 
 fn publish(from: &Path, to: &Path) -> Result<()> {
     if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| InstallError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     }
-    std::fs::rename(from, to).map_err(|e| InstallError::io(to, e))
+    std::fs::rename(from, to).map_err(|e| crate::Error::io(to, e))
 }
 
 fn tool_name(tool: &EnvTool) -> &'static str {
@@ -413,7 +415,7 @@ fn tool_name(tool: &EnvTool) -> &'static str {
 
 async fn create_env(tool: &EnvTool, src: &PythonSource, dir: &Path, log: &Log) -> Result<()> {
     if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| InstallError::io(parent, e))?;
+        std::fs::create_dir_all(parent).map_err(|e| crate::Error::io(parent, e))?;
     }
     let step = "creating the environment";
     match tool {
@@ -530,7 +532,7 @@ async fn introspect(
         .ok()
         .and_then(|v| v["path"].as_str().map(PathBuf::from))
         .ok_or_else(|| {
-            InstallError::Failed(format!(
+            InstallError::InstallFailed(format!(
                 "the introspection wrote no manifest (its output: {})",
                 out.trim()
             ))
@@ -582,14 +584,14 @@ pub(crate) async fn regenerate(
 ) -> Result<PathBuf> {
     let python = PathBuf::from(&m.install.python_path);
     if !python.is_file() {
-        return Err(InstallError::Failed(format!(
+        return Err(InstallError::InstallFailed(format!(
             "the environment of '{}' is gone ({} does not exist): install it again",
             m.name(),
             python.display()
         )));
     }
     if m.install.package_source.is_empty() {
-        return Err(InstallError::Failed(format!(
+        return Err(InstallError::InstallFailed(format!(
             "the manifest of '{}' records no package_source: install it again",
             m.name()
         )));
@@ -623,7 +625,7 @@ pub(crate) async fn regenerate(
     .and_then(|staged| {
         let fresh = manifest::load_capability(&staged)?;
         if fresh.name() != m.name() {
-            return Err(InstallError::Failed(format!(
+            return Err(InstallError::InstallFailed(format!(
                 "the environment now holds capability '{}', not '{}'",
                 fresh.name(),
                 m.name()

@@ -67,8 +67,9 @@ pub fn load_all(config: &HostConfig) -> Vec<InstallRecord> {
 /// Writes `record` (atomically).
 pub fn save(config: &HostConfig, record: &InstallRecord) -> Result<()> {
     let p = path(config, &record.name);
-    let text = serde_json::to_string_pretty(record)
-        .map_err(|e| InstallError::Failed(format!("cannot serialise the install record: {e}")))?;
+    let text = serde_json::to_string_pretty(record).map_err(|e| {
+        InstallError::InstallFailed(format!("cannot serialise the install record: {e}"))
+    })?;
     crate::manifest::write_atomic(&p, text.as_bytes())?;
     Ok(())
 }

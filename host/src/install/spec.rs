@@ -229,7 +229,7 @@ pub fn parse(path: &Path, text: &str) -> Result<CapabilitiesFile, super::Install
             entries,
         })
     } else {
-        Err(super::InstallError::InvalidSpec {
+        Err(super::InstallError::InvalidCapabilitiesFile {
             path: path.to_owned(),
             problems,
         })

@@ -32,7 +32,7 @@ pub(crate) async fn prepare(
     let (path, source) = match &w.component {
         Component::File(p) => {
             if !p.is_file() {
-                return Err(InstallError::Failed(format!(
+                return Err(InstallError::InstallFailed(format!(
                     "component {} does not exist",
                     p.display()
                 )));
@@ -69,7 +69,7 @@ async fn cargo_build(package: &str, workspace: &Path, log: &Log) -> Result<PathB
     let out = super::output(log, &format!("building {package} with cargo"), &mut cmd)
         .await
         .map_err(|e| match e {
-            InstallError::Command { step, program, status } => InstallError::Command {
+            InstallError::InstallCommand { step, program, status } => InstallError::InstallCommand {
                 step: format!(
                     "{step} (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)"
                 ),
@@ -102,7 +102,7 @@ async fn cargo_build(package: &str, workspace: &Path, log: &Log) -> Result<PathB
         }
     }
     found.ok_or_else(|| {
-        InstallError::Failed(format!(
+        InstallError::InstallFailed(format!(
             "cargo built no wasm component for package '{package}' (is it a cdylib? `[lib] crate-type = [\"cdylib\"]`)"
         ))
     })
@@ -130,9 +130,9 @@ pub(crate) async fn install(
 ) -> Result<Installed> {
     step("copy the component into the data dir");
     let dir = components_dir(config);
-    std::fs::create_dir_all(&dir).map_err(|e| InstallError::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
     let installed = dir.join(format!("{}.wasm", entry.name));
-    let bytes = std::fs::read(&prepared.path).map_err(|e| InstallError::io(&prepared.path, e))?;
+    let bytes = std::fs::read(&prepared.path).map_err(|e| crate::Error::io(&prepared.path, e))?;
     manifest::write_atomic(&installed, &bytes)?;
 
     step("validate, precompile and introspect in the sandbox");
@@ -175,7 +175,7 @@ pub(crate) async fn introspect(
     log: &Log,
 ) -> Result<CapabilityInfo> {
     let data_dir = config.capability_data_dir(name);
-    std::fs::create_dir_all(&data_dir).map_err(|e| InstallError::io(&data_dir, e))?;
+    std::fs::create_dir_all(&data_dir).map_err(|e| crate::Error::io(&data_dir, e))?;
     let lookup = |p: &str| match p {
         "CJM_CAPABILITY_DATA_DIR" | "CAPABILITY_DATA_DIR" => Some(data_dir.display().to_string()),
         "CJM_MODELS_DIR" => config.models_dir.as_ref().map(|d| d.display().to_string()),
@@ -191,7 +191,9 @@ pub(crate) async fn introspect(
         WasmBackend::load(&runtime, &component, grants, sink)
     })
     .await
-    .map_err(|e| InstallError::Failed(format!("the component load was interrupted: {e}")))??;
+    .map_err(|e| {
+        InstallError::InstallFailed(format!("the component load was interrupted: {e}"))
+    })??;
     let info = backend.info().clone();
     if let Err(e) = backend.shutdown().await {
         log.line(&format!("cleanup after introspection failed: {e}"));
@@ -208,7 +210,7 @@ pub(crate) async fn regenerate(
     step: &(dyn Fn(&str) + Sync),
 ) -> Result<PathBuf> {
     let w = m.install.wasm.clone().ok_or_else(|| {
-        InstallError::Failed(format!(
+        InstallError::InstallFailed(format!(
             "{}: a wasm manifest without an install.wasm block",
             path.display()
         ))

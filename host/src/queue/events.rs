@@ -1,6 +1,6 @@
 //! Events and their one emission path.
 //!
-//! Every event passes through [`Emitter`]: journal-class events are appended to the journal
+//! Every event passes through one emitter: journal-class events are appended to the journal
 //! *first* (group commit: whoever flushes writes everything queued so far in one
 //! transaction) and fanned out to subscribers after the commit, in journal order; liveness
 //! events (progress, resource snapshots) fan out only. A journal append failure wedges the

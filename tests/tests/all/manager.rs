@@ -334,7 +334,7 @@ async fn compatible_adapters_bind_at_load_and_native_samples_are_measured() {
         )
         .await
         .unwrap();
-    assert_eq!(asked.adapters(), [unit.clone()]);
+    assert_eq!(asked.adapters(), std::slice::from_ref(&unit));
     let refused = m
         .load_with_adapters("text-stats", None, Some("ts-bad"), Some(&[unit]))
         .await
