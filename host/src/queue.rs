@@ -670,6 +670,7 @@ impl Inner {
     }
 
     async fn run(self: Arc<Self>, launch: Launch) {
+        let snapshots = self.snapshots(&launch);
         let result = self
             .manager
             .call_with(
@@ -678,6 +679,9 @@ impl Inner {
                 Arc::clone(&launch.control),
             )
             .await;
+        if let Some(task) = snapshots {
+            task.abort();
+        }
         if launch.control.forced() {
             self.cancel_phase(&launch.id, CancelPhase::Reloading);
             if let Err(e) = self.manager.reload(&launch.instance_id).await {
@@ -693,6 +697,57 @@ impl Inner {
             self.dispatch(&mut st)
         };
         self.after(launches);
+    }
+
+    /// While a native job runs, publishes a resource snapshot of its worker's process
+    /// subtree every `progress_poll_interval x resource_snapshot_cadence_polls`.
+    fn snapshots(self: &Arc<Self>, launch: &Launch) -> Option<tokio::task::JoinHandle<()>> {
+        let pid = self
+            .manager
+            .instance(&launch.instance_id)
+            .ok()?
+            .backend()
+            .pid()?;
+        let every = self.config.progress_poll_interval.mul_f64(f64::from(
+            self.config.resource_snapshot_cadence_polls.max(1),
+        ));
+        let weak = Arc::downgrade(self);
+        let job_id = launch.id.clone();
+        Some(self.runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let telemetry = inner.manager.telemetry().clone();
+                let sample = tokio::task::spawn_blocking(move || {
+                    let tree = telemetry.process_tree(pid)?;
+                    let gpu = telemetry.gpu_memory_of(&tree.subtree_pids);
+                    Some((tree, gpu))
+                })
+                .await;
+                let Ok(Some((tree, gpu))) = sample else {
+                    continue;
+                };
+                let event = {
+                    let st = inner.lock();
+                    let Some(entry) = st.jobs.get(&job_id) else {
+                        return;
+                    };
+                    job_event(
+                        EventKind::ResourceSnapshot,
+                        &entry.job,
+                        json!({
+                            "worker_pid": pid,
+                            "cpu_percent": tree.cpu_percent,
+                            "memory_rss_mb": tree.memory_rss_mb,
+                            "subtree_pids": tree.subtree_pids,
+                            "gpu_memory_mb": gpu.as_ref().map(|g| g.gpu_memory_mb),
+                            "gpu_index": gpu.as_ref().and_then(|g| g.gpu_index),
+                        }),
+                    )
+                };
+                inner.bus.publish(&event);
+            }
+        }))
     }
 
     fn progress(&self, job_id: &str, p: &cjm_guest::contract::Progress) {

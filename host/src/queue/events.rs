@@ -34,6 +34,9 @@ pub enum EventKind {
     CompositionFinished,
     /// Progress of a running job (liveness: not journaled).
     ProgressChanged,
+    /// CPU, resident and GPU memory of a running native job's worker subtree (liveness: not
+    /// journaled).
+    ResourceSnapshot,
 }
 
 /// The journal event type of a composition's terminal status.
@@ -49,12 +52,16 @@ impl EventKind {
             EventKind::CompositionAdvanced => event_types::COMPOSITION_ADVANCED,
             EventKind::CompositionFinished => COMPOSITION_FINISHED,
             EventKind::ProgressChanged => "progress_changed",
+            EventKind::ResourceSnapshot => "resource_snapshot",
         }
     }
 
     /// Whether it becomes a journal row (liveness events do not).
     pub fn journaled(self) -> bool {
-        !matches!(self, EventKind::ProgressChanged)
+        !matches!(
+            self,
+            EventKind::ProgressChanged | EventKind::ResourceSnapshot
+        )
     }
 }
 
