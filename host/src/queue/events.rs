@@ -109,17 +109,43 @@ impl JobEvent {
         }
     }
 
-    fn journal_row(&self) -> JournalEvent {
-        let mut e = JournalEvent::new(self.kind.as_str()).payload(self.payload.clone());
-        e.ts.clone_from(&self.ts);
-        e.job_id.clone_from(&self.job_id);
-        e.capability_instance_id.clone_from(&self.instance_id);
-        e.capability_name.clone_from(&self.capability_name);
-        e.composition_id.clone_from(&self.composition_id);
-        e.node_id.clone_from(&self.node_id);
-        e.run_id.clone_from(&self.run_id);
-        e.actor.clone_from(&self.actor);
-        e
+    /// Moves the event's fields into a journal row (no copies on the hot path); [`restore`]
+    /// moves them back once the row is written.
+    ///
+    /// [`restore`]: JobEvent::restore
+    fn take_row(&mut self) -> JournalEvent {
+        use std::mem::take;
+        JournalEvent {
+            seq: None,
+            event_id: uuid::Uuid::now_v7().to_string(),
+            ts: take(&mut self.ts),
+            event_type: self.kind.as_str().to_owned(),
+            run_id: take(&mut self.run_id),
+            job_id: take(&mut self.job_id),
+            composition_id: take(&mut self.composition_id),
+            node_id: take(&mut self.node_id),
+            capability_instance_id: take(&mut self.instance_id),
+            capability_name: take(&mut self.capability_name),
+            config_hash: None,
+            task_name: None,
+            method: None,
+            worker_session_id: None,
+            actor: take(&mut self.actor),
+            worker_reported: false,
+            payload: take(&mut self.payload),
+        }
+    }
+
+    fn restore(&mut self, row: JournalEvent) {
+        self.ts = row.ts;
+        self.run_id = row.run_id;
+        self.job_id = row.job_id;
+        self.composition_id = row.composition_id;
+        self.node_id = row.node_id;
+        self.instance_id = row.capability_instance_id;
+        self.capability_name = row.capability_name;
+        self.actor = row.actor;
+        self.payload = row.payload;
     }
 }
 
@@ -318,30 +344,30 @@ impl Emitter {
 
     fn write(&self, journal: &JournalStore, bus: &Bus, batch: &mut [Item]) {
         let rows: Vec<JournalEvent> = batch
-            .iter()
+            .iter_mut()
             .filter_map(|i| match i {
-                Item::Event(e) if e.kind.journaled() => Some(e.journal_row()),
+                Item::Event(e) if e.kind.journaled() => Some(e.take_row()),
                 _ => None,
             })
             .collect();
-        match journal.append_batch(&rows) {
-            Ok(seqs) => {
-                let mut seqs = seqs.into_iter();
-                for item in batch.iter_mut() {
-                    if let Item::Event(e) = item
-                        && e.kind.journaled()
-                    {
-                        e.seq = seqs.next();
-                    }
-                }
+        let written = journal.append_batch(&rows);
+        if let Err(err) = &written {
+            tracing::error!(error = %err, rows = rows.len(), "journal append failed: the queue is wedged and refuses new submissions");
+            let mut wedged = self.wedged.lock().unwrap_or_else(PoisonError::into_inner);
+            if wedged.is_none() {
+                *wedged = Some(err.to_string());
             }
-            Err(err) => {
-                tracing::error!(error = %err, rows = rows.len(), "journal append failed: the queue is wedged and refuses new submissions");
-                let mut wedged = self.wedged.lock().unwrap_or_else(PoisonError::into_inner);
-                if wedged.is_none() {
-                    *wedged = Some(err.to_string());
-                }
-                self.is_wedged.store(true, Ordering::Release);
+            self.is_wedged.store(true, Ordering::Release);
+        }
+        let mut seqs = written.unwrap_or_default().into_iter();
+        let mut rows = rows.into_iter();
+        for item in batch.iter_mut() {
+            if let Item::Event(e) = item
+                && e.kind.journaled()
+                && let Some(row) = rows.next()
+            {
+                e.restore(row);
+                e.seq = seqs.next();
             }
         }
         for item in batch.iter() {
