@@ -625,6 +625,8 @@ async fn a_fan_out_mixing_wasm_and_native_matches_one_by_one_calls() {
     ]);
     let mut events = q.subscribe(Scope::All);
     let id = q.submit_composition(comp).unwrap();
+    // Subscribed right after submit: the composition's rows wait for the group commit.
+    let mut scoped = q.subscribe(Scope::Composition(id.clone()));
     let run = q.wait_composition(&id, T).await.unwrap();
     assert_eq!(run.status, NodeState::Completed);
     let m = h.manager();
@@ -676,6 +678,17 @@ async fn a_fan_out_mixing_wasm_and_native_matches_one_by_one_calls() {
             EventKind::CompositionFinished
         ]
     );
+    // The composition's own stream: its 5 members' journaled events and its own, nothing else.
+    let mut mine = Vec::new();
+    while let Some(e) = scoped.try_next() {
+        assert_eq!(e.composition_id.as_deref(), Some(id.as_str()));
+        if e.kind.journaled() {
+            mine.push(e.kind);
+        }
+    }
+    assert_eq!(mine.len(), 5 * 3 + 2, "{mine:?}");
+    assert_eq!(mine.last(), Some(&EventKind::CompositionFinished));
+    assert_eq!(scoped.dropped(), 0);
     h.shutdown().await.unwrap();
 }
 
