@@ -130,7 +130,7 @@ impl Default for QueueConfig {
             progress_poll_interval: Duration::from_secs(1),
             resource_snapshot_cadence_polls: 4,
             evict_cooldown: Duration::from_secs(15),
-            max_history: 100,
+            max_history: 1000,
             default_instance_concurrency: 1,
         }
     }

@@ -154,10 +154,14 @@ impl Instance {
 
     /// The measured peaks of the configuration in force (`None`: not measured yet).
     pub fn peaks(&self) -> Option<crate::queue::Peaks> {
-        lock(&self.profile).as_ref().map(|r| crate::queue::Peaks {
-            gpu_mb: r.gpu_memory_mb_peak_max,
-            ram_mb: r.memory_mb_peak_max,
-        })
+        // Only a successful call measures: a failed or killed first run is no profile.
+        lock(&self.profile)
+            .as_ref()
+            .filter(|r| r.success_count > 0)
+            .map(|r| crate::queue::Peaks {
+                gpu_mb: r.gpu_memory_mb_peak_max,
+                ram_mb: r.memory_mb_peak_max,
+            })
     }
 
     /// What running it with the configuration in force has cost so far: `None` until its

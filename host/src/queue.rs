@@ -89,6 +89,8 @@ struct Entry {
     control: Option<Arc<CallControl>>,
     grant: Option<Grant>,
     done: Arc<Done>,
+    /// Cancelled because its timeout passed (it then fails instead of being cancelled).
+    timed_out: bool,
 }
 
 struct CompositionEntry {
@@ -107,6 +109,29 @@ struct State {
     stats: QueueStats,
     next_seq: u64,
     closed: bool,
+}
+
+/// Finishes a job whose task ended without finishing it (a panic in a backend): the job
+/// fails, its lane and reservations are released, its waiters wake.
+struct FinishGuard {
+    inner: Arc<Inner>,
+    id: Option<String>,
+}
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        tracing::error!(job = %id, "a job's task ended without finishing it (panic?)");
+        let error = Error::job(JobError::fatal(
+            "the job's task panicked; the instance may need a reload",
+        ));
+        let launches = {
+            let mut st = self.inner.lock();
+            self.inner.finish(&mut st, &id, Err(error));
+            self.inner.dispatch(&mut st)
+        };
+        self.inner.after(launches);
+    }
 }
 
 /// A job admitted under the lock, started after it is released.
@@ -544,6 +569,7 @@ impl Inner {
                 control: None,
                 grant: None,
                 done: Arc::new(Done::default()),
+                timed_out: false,
             },
         );
     }
@@ -565,11 +591,15 @@ impl Inner {
                     Err(_) => (usize::MAX, Some(Peaks::default())),
                 };
                 let mut live = || *view.get_or_insert_with(|| self.resources.view());
-                if let Ok(grant) =
-                    admission::decide(&st.ledger, limits, instance_id, cap, peaks, &mut live)
-                {
-                    chosen = Some((*order, instance_id.clone(), grant, peaks));
-                    break;
+                match admission::decide(&st.ledger, limits, instance_id, cap, peaks, &mut live) {
+                    Ok(grant) => {
+                        chosen = Some((*order, instance_id.clone(), grant, peaks));
+                        break;
+                    }
+                    // A first run waits for the lanes to drain: admitting what comes after
+                    // it would starve it under steady load.
+                    Err(admission::Blocked::Exclusive) => break,
+                    Err(_) => {}
                 }
             }
             let Some((order, instance_id, grant, peaks)) = chosen else {
@@ -578,6 +608,9 @@ impl Inner {
             let Some(id) = st.pending.remove(&instance_id, order) else {
                 break;
             };
+            if !st.jobs.contains_key(&id) {
+                continue;
+            }
             st.ledger.running += 1;
             *st.ledger
                 .by_instance
@@ -596,7 +629,7 @@ impl Inner {
                 "pending": st.pending.len(),
             });
             let Some(entry) = st.jobs.get_mut(&id) else {
-                continue;
+                break;
             };
             entry.grant = Some(grant);
             entry.job.status = JobStatus::Running;
@@ -670,6 +703,13 @@ impl Inner {
     }
 
     async fn run(self: Arc<Self>, launch: Launch) {
+        // Whatever happens to this task (a panic in a backend included), the job finishes
+        // and releases what admission reserved.
+        let mut guard = FinishGuard {
+            inner: Arc::clone(&self),
+            id: Some(launch.id.clone()),
+        };
+        let deadline = self.deadline_timer(&launch);
         let snapshots = self.snapshots(&launch);
         let result = self
             .manager
@@ -682,6 +722,9 @@ impl Inner {
         if let Some(task) = snapshots {
             task.abort();
         }
+        if let Some(task) = deadline {
+            task.abort();
+        }
         if launch.control.forced() {
             self.cancel_phase(&launch.id, CancelPhase::Reloading);
             if let Err(e) = self.manager.reload(&launch.instance_id).await {
@@ -691,12 +734,45 @@ impl Inner {
         if launch.control.cancel_requested() {
             self.cancel_phase(&launch.id, CancelPhase::Completed);
         }
+        guard.id = None;
         let launches = {
             let mut st = self.lock();
             self.finish(&mut st, &launch.id, result);
             self.dispatch(&mut st)
         };
         self.after(launches);
+    }
+
+    /// For a backend that does not enforce deadlines itself (native workers; a wasm call
+    /// traps at its own), cancels the job when its timeout passes; it then fails as
+    /// `transient` ("ran past its timeout").
+    fn deadline_timer(self: &Arc<Self>, launch: &Launch) -> Option<tokio::task::JoinHandle<()>> {
+        let deadline = launch.control.deadline()?;
+        let kind = self
+            .manager
+            .instance(&launch.instance_id)
+            .ok()?
+            .backend()
+            .kind();
+        if kind == crate::backend::RuntimeKind::Wasm {
+            return None;
+        }
+        let weak = Arc::downgrade(self);
+        let id = launch.id.clone();
+        Some(self.runtime.spawn(async move {
+            tokio::time::sleep_until(deadline.into()).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let launches = {
+                let mut st = inner.lock();
+                match st.jobs.get_mut(&id) {
+                    Some(e) if e.job.status == JobStatus::Running => e.timed_out = true,
+                    _ => return,
+                }
+                let _ = inner.cancel_job(&mut st, &id);
+                inner.dispatch(&mut st)
+            };
+            inner.after(launches);
+        }))
     }
 
     /// While a native job runs, publishes a resource snapshot of its worker's process
@@ -790,8 +866,16 @@ impl Inner {
         let Some(entry) = st.jobs.get_mut(job_id) else {
             return;
         };
+        let timeout = entry.timed_out.then_some(entry.timeout).flatten();
         let (status, value, error) = match result {
             Ok(v) => (JobStatus::Completed, Some(v), None),
+            Err(Error::Cancelled) if timeout.is_some() => {
+                let t = timeout.unwrap_or_default().as_secs_f64();
+                let mut e = JobError::transient(format!("the job ran past its timeout of {t} s"));
+                e.capability_instance_id = Some(entry.job.instance_id.clone());
+                e.capability_name.clone_from(&entry.job.capability_name);
+                (JobStatus::Failed, None, Some(e))
+            }
             Err(Error::Cancelled) => (JobStatus::Cancelled, None, None),
             Err(e) => {
                 let name = entry.job.capability_name.clone().unwrap_or_default();
@@ -863,11 +947,12 @@ impl Inner {
         // Forget the oldest finished jobs once their terminal row is written: a job not in
         // memory is then always in the journal.
         while st.history.len() > self.config.max_history as usize {
+            // ... and nobody is waiting on it (a waiter gets the result, not a record).
             let written = st
                 .history
                 .front()
                 .and_then(|id| st.jobs.get(id))
-                .is_none_or(|e| e.done.is_set());
+                .is_none_or(|e| e.done.is_set() && Arc::strong_count(&e.done) == 1);
             if !written {
                 break;
             }
@@ -973,6 +1058,16 @@ impl Inner {
     /// Creates jobs for every ready node (bindings resolved now); a binding that cannot be
     /// resolved fails its node.
     fn start_ready(self: &Arc<Self>, st: &mut State, comp_id: &str, completed: Option<&str>) {
+        if st.closed {
+            // A closed queue starts nothing new: what would run next is cancelled.
+            if let Some(entry) = st.compositions.get_mut(comp_id) {
+                for node in entry.run.ready_nodes() {
+                    entry.run.record(&node, NodeState::Cancelled, None, None);
+                    entry.run.skip_dependents(&node);
+                }
+            }
+            return;
+        }
         let Some(entry) = st.compositions.get(comp_id) else {
             return;
         };
@@ -1096,6 +1191,14 @@ impl Inner {
         self.emitter.push(Item::Done(Arc::clone(&entry.done)));
         st.composition_history.push_back(comp_id.to_owned());
         while st.composition_history.len() > self.config.max_history as usize {
+            let idle = st
+                .composition_history
+                .front()
+                .and_then(|id| st.compositions.get(id))
+                .is_none_or(|c| c.done.is_set() && Arc::strong_count(&c.done) == 1);
+            if !idle {
+                break;
+            }
             if let Some(old) = st.composition_history.pop_front() {
                 st.compositions.remove(&old);
             }

@@ -545,7 +545,8 @@ impl NativeBackend {
             None,
         );
         tokio::pin!(call);
-        let mut seen = control.state();
+        // From `Running`: a cancel asked while the worker was still starting is seen at once.
+        let mut seen = CancelState::Running;
         // The first poll is one period away: an interval's immediate first tick still goes
         // through the timer wheel and would cost every call up to a millisecond.
         let mut poll =

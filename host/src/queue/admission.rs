@@ -209,6 +209,22 @@ pub(crate) fn decide(
     if running_here >= cap.max(1) {
         return Err(Blocked::InstanceCap(cap.max(1)));
     }
+    // Nothing runs: whatever its peaks, it runs now, alone (its own idle worker may hold the
+    // memory the live figures miss; a real shortage comes back as a resource error, which
+    // evicts and retries).
+    if ledger.running == 0 && (profile.gpu_mb > 0.0 || profile.ram_mb > 0.0) {
+        let live = view();
+        let fits_gpu = profile.gpu_mb <= 0.0
+            || matches!((live.gpu_total_mb, live.gpu_free_mb), (Some(t), Some(f))
+                if profile.gpu_mb <= t * limits.gpu_headroom && profile.gpu_mb <= f);
+        let fits_ram = live.memory_available_mb.is_none_or(|a| profile.ram_mb <= a);
+        if !(fits_gpu && fits_ram) {
+            return Ok(Grant {
+                exclusive: true,
+                gpu_mb: profile.gpu_mb,
+            });
+        }
+    }
     let gpu = profile.gpu_mb;
     let ram = profile.ram_mb;
     let live = if gpu > 0.0 || ram > 0.0 {
@@ -334,8 +350,26 @@ mod tests {
             .gpu_mb,
             4000.0
         );
+        let other = Ledger {
+            running: 1,
+            by_instance: HashMap::from([("k".to_owned(), 1)]),
+            ..Ledger::default()
+        };
         assert!(
-            matches!(decide(&idle, LIMITS, "j", 1, Some(g), &mut gpu_view(12000.0, 3000.0)), Err(Blocked::Gpu(m)) if m.contains("3000 MB free"))
+            matches!(decide(&other, LIMITS, "j", 1, Some(g), &mut gpu_view(12000.0, 3000.0)), Err(Blocked::Gpu(m)) if m.contains("3000 MB free"))
+        );
+        // Alone it runs whatever its peak (its own idle worker may hold what looks taken).
+        assert!(
+            decide(
+                &idle,
+                LIMITS,
+                "j",
+                1,
+                Some(g),
+                &mut gpu_view(12000.0, 3000.0)
+            )
+            .unwrap()
+            .exclusive
         );
         assert!(
             decide(&idle, LIMITS, "j", 1, Some(g), &mut none)
@@ -346,9 +380,14 @@ mod tests {
         // RAM against live available memory.
         let m = profile(0.0, 2000.0);
         assert!(matches!(
-            decide(&idle, LIMITS, "j", 1, Some(m), &mut gpu_view(0.0, 0.0)),
+            decide(&other, LIMITS, "j", 1, Some(m), &mut gpu_view(0.0, 0.0)),
             Err(Blocked::Memory(_))
         ));
+        assert!(
+            decide(&idle, LIMITS, "j", 1, Some(m), &mut gpu_view(0.0, 0.0))
+                .unwrap()
+                .exclusive
+        );
         assert!(
             decide(
                 &idle,

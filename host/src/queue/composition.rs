@@ -460,7 +460,7 @@ impl CompositionRun {
             .collect()
     }
 
-    /// Records a node's terminal outcome.
+    /// Records a node's terminal outcome (a node already terminal keeps its first one).
     pub fn record(
         &mut self,
         node: &str,
@@ -468,7 +468,9 @@ impl CompositionRun {
         result: Option<Value>,
         error: Option<JobError>,
     ) {
-        if let Some(n) = self.nodes.get_mut(node) {
+        if let Some(n) = self.nodes.get_mut(node)
+            && !n.state.is_terminal()
+        {
             n.state = state;
             n.result = result;
             n.error = error;
@@ -571,8 +573,11 @@ mod tests {
             Value::Object(b.resolve(&run.results()).unwrap()),
             json!({"text": 5})
         );
-        run.record("a", NodeState::Completed, Some(json!({"other": 5})), None);
-        let err = b.resolve(&run.results()).unwrap_err();
+        // A terminal node keeps its first outcome.
+        run.record("a", NodeState::Failed, None, None);
+        assert_eq!(run.nodes["a"].state, NodeState::Completed);
+        let other = BTreeMap::from([("a".to_owned(), json!({"other": 5}))]);
+        let err = b.resolve(&other).unwrap_err();
         assert!(
             err.contains("has no field 'out'") && err.contains("[other]"),
             "{err}"

@@ -316,8 +316,11 @@ impl Emitter {
     /// items up before it lets go (checked again after it releases the writer).
     pub(crate) fn flush(&self, journal: &JournalStore, bus: &Bus) {
         loop {
-            let Ok(mut batch) = self.writer.try_lock() else {
-                return;
+            let mut batch = match self.writer.try_lock() {
+                Ok(batch) => batch,
+                // A writer that panicked left only a batch to clear: keep writing.
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
             };
             loop {
                 {

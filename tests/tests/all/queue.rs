@@ -397,16 +397,28 @@ async fn gpu_ledger_and_memory_admission() {
         ),
         (Some(4000.0), Some(4000.0))
     );
-    // A RAM peak above what is available never starts; cancelling it is clean.
-    let j = q.get(&huge).unwrap();
-    assert_eq!((j.status, j.started_at), (JobStatus::Pending, None));
-    q.cancel(&huge).unwrap();
+    // A RAM peak above what is available waits while anything else runs, then runs alone
+    // (nothing else could free the memory it needs).
     let j = q.wait(&huge, T).await.unwrap();
+    assert_eq!(j.status, JobStatus::Completed);
+    for other in [&g1, &g2, &cpu] {
+        assert!(seq_of(q, &huge, "running") > seq_of(q, other, "completed"));
+    }
+    assert_eq!(admission(q, &huge)["exclusive"], true);
+    // A job pending behind a busy instance is cancelled cleanly and never starts.
+    let busy = q.submit(JobSpec::execute("cpu", slow())).unwrap();
+    until_running(q, &busy).await;
+    let queued = q.submit(JobSpec::execute("cpu", slow())).unwrap();
+    q.cancel(&queued).unwrap();
+    let j = q.wait(&queued, T).await.unwrap();
     assert_eq!((j.status, j.started_at), (JobStatus::Cancelled, None));
     assert!(
-        rows(q, &huge).iter().all(|e| e.payload["to"] != "running"),
+        rows(q, &queued)
+            .iter()
+            .all(|e| e.payload["to"] != "running"),
         "a cancelled pending job never starts"
     );
+    q.wait(&busy, T).await.unwrap();
     h.shutdown().await.unwrap();
 
     // Without GPU telemetry a GPU-profiled job runs alone.
@@ -480,6 +492,39 @@ async fn cancellation_paths_on_wasm_and_native() {
         let next = match instance {
             "h" => attack("ok"),
             _ => probe("echo", json!({"text": "again"})),
+        };
+        let ok = q.submit(JobSpec::execute(instance, next)).unwrap();
+        assert_eq!(q.wait(&ok, T).await.unwrap().status, JobStatus::Completed);
+    }
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_fails_the_job_on_both_kinds() {
+    let dir = data_dir();
+    let h = host(dir.path(), 4, &[("hostile", "h"), ("probe", "p")]).await;
+    let q = h.queue();
+    let cases = [
+        ("h", kwargs(json!({"attack": "loop_forever"}))),
+        ("p", probe("sleep", json!({"seconds": 60}))),
+    ];
+    for (instance, kw) in cases {
+        let id = q
+            .submit(JobSpec::execute(instance, kw).timeout(Duration::from_millis(300)))
+            .unwrap();
+        let job = q.wait(&id, T).await.unwrap();
+        assert_eq!(job.status, JobStatus::Failed, "{instance}");
+        let err = job.error.unwrap();
+        assert_eq!(
+            err.category,
+            cjm_guest::contract::ErrorCategory::Transient,
+            "{instance}: {}",
+            err.message
+        );
+        assert_eq!(err.capability_instance_id.as_deref(), Some(instance));
+        let next = match instance {
+            "h" => kwargs(json!({"attack": "ok"})),
+            _ => probe("echo", json!({})),
         };
         let ok = q.submit(JobSpec::execute(instance, next)).unwrap();
         assert_eq!(q.wait(&ok, T).await.unwrap().status, JobStatus::Completed);
