@@ -64,6 +64,10 @@ pub struct Instance {
     /// The last process-subtree measurement of its worker (reused for a moment: a
     /// process-table scan costs milliseconds, a call tens of microseconds).
     measured: Mutex<Option<(Instant, Usage)>>,
+    /// Its backend was shut down to free resources; the next call brings it back.
+    evicted: AtomicBool,
+    /// Serializes bringing an evicted instance back.
+    revive: tokio::sync::Mutex<()>,
 }
 
 /// What the live capability reports that differs from its manifest: flagged, never fatal
@@ -535,6 +539,8 @@ impl CapabilityManager {
             config_hash: Mutex::new(config_hash),
             profile: Mutex::new(profile),
             measured: Mutex::new(None),
+            evicted: AtomicBool::new(false),
+            revive: tokio::sync::Mutex::new(()),
         });
         self.journal_event(
             &instance,
@@ -792,6 +798,13 @@ impl CapabilityManager {
             .acquire()
             .await
             .map_err(|_| user(format!("capability instance '{id}' is shutting down")))?;
+        if instance.evicted.load(Ordering::SeqCst) {
+            let _reviving = instance.revive.lock().await;
+            if instance.evicted.load(Ordering::SeqCst) {
+                self.reload(id).await?;
+                instance.evicted.store(false, Ordering::SeqCst);
+            }
+        }
         let config_hash = instance.config_hash();
         control.set_expected_short(
             lock(&instance.profile)
@@ -843,14 +856,18 @@ impl CapabilityManager {
         }
     }
 
-    /// Frees resources for a retry: unloads every idle instance but `except`, most expensive
+    /// Frees resources for a retry: shuts down the backend of every idle instance but `except`
+    /// (each comes back on its next call), most expensive
     /// first by measured peak (GPU memory, then RAM), least recently used first among equals.
     /// Returns the evicted ids (each also journaled as `capability_evicted`).
     async fn evict_idle(&self, except: &str) -> Result<Vec<String>> {
         self.flush_samples()?;
         let mut idle: Vec<(f64, f64, Instant, String)> = Vec::new();
         for i in self.instances() {
-            if i.id == except || i.permits.available_permits() < i.max_concurrency {
+            if i.id == except
+                || i.evicted.load(Ordering::SeqCst)
+                || i.permits.available_permits() < i.max_concurrency
+            {
                 continue;
             }
             let peaks = self.inner.stores.empirical.list_records(Some(&i.name))?;
@@ -882,8 +899,11 @@ impl CapabilityManager {
                     "capability_evicted",
                     json!({"gpu_memory_mb_peak": gpu, "memory_mb_peak": ram, "for": except}),
                 )?;
+                // The instance stays registered (jobs queued for it keep their target);
+                // its backend goes, and its next call brings it back.
+                instance.evicted.store(true, Ordering::SeqCst);
+                let _ = instance.backend().shutdown().await;
             }
-            self.unload(&id).await?;
             evicted.push(id);
         }
         Ok(evicted)

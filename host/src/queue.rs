@@ -725,7 +725,9 @@ impl Inner {
         if let Some(task) = deadline {
             task.abort();
         }
-        if launch.control.forced() {
+        // Forced and actually stopped (a call that returned just before the force needs no
+        // replacement).
+        if launch.control.forced() && matches!(result, Err(Error::Cancelled)) {
             self.cancel_phase(&launch.id, CancelPhase::Reloading);
             if let Err(e) = self.manager.reload(&launch.instance_id).await {
                 tracing::warn!(instance = %launch.instance_id, error = %e, "reload after a forced cancel failed; the next call respawns");

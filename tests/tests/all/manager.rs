@@ -186,6 +186,16 @@ async fn a_resource_error_reloads_and_retries_once_in_the_journal() {
         1,
         "one retry"
     );
+    // The evicted instance stays registered and comes back on its next call.
+    assert!(types.contains(&"capability_evicted"), "{types:?}");
+    let back = m
+        .call(
+            "idle-wasm",
+            CallRequest::execute(kwargs(json!({"text": "a b"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(back["words"], 2);
     m.shutdown().await.unwrap();
 }
 
