@@ -1,0 +1,243 @@
+//! Calls: the permit of the instance, bringing an evicted instance back, the empirical
+//! sample after every call (in memory at once, in the store in batches), journaled accounts,
+//! and on a resource error eviction of idle instances plus reload-and-retry.
+
+use super::*;
+
+impl CapabilityManager {
+    /// Runs one call on instance `id` (a disabled or unknown instance is refused with a typed
+    /// error). After every call an empirical sample is recorded under (instance, config
+    /// hash) and the accounts the capability reported are journaled; a resource error
+    /// reloads the instance and retries once.
+    pub async fn call(&self, id: &str, request: CallRequest) -> Result<Value> {
+        self.call_with(id, request, Arc::new(CallControl::new()))
+            .await
+    }
+
+    /// [`call`](Self::call) with the caller's [`CallControl`]: the caller cancels through
+    /// it and sees progress, accounts and usage (the job queue does). A retry after a
+    /// resource error reuses it; a call cancelled meanwhile is not retried.
+    pub async fn call_with(
+        &self,
+        id: &str,
+        request: CallRequest,
+        control: Arc<CallControl>,
+    ) -> Result<Value> {
+        let instance = self.instance(id)?;
+        if !instance.enabled() {
+            return Err(user(format!("capability instance '{id}' is disabled")));
+        }
+        // Held through a reload-and-retry: no other call reaches the backend being replaced.
+        let _permit = instance
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| user(format!("capability instance '{id}' is shutting down")))?;
+        if instance.evicted.load(Ordering::SeqCst) {
+            let _reviving = instance.revive.lock().await;
+            if instance.evicted.load(Ordering::SeqCst) {
+                self.reload(id).await?;
+                instance.evicted.store(false, Ordering::SeqCst);
+            }
+        }
+        let config_hash = instance.config_hash();
+        control.set_expected_short(
+            lock(&instance.profile)
+                .as_ref()
+                .is_some_and(|p| p.sample_count >= 3 && p.duration_seconds_mean < SHORT_CALL),
+        );
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let backend = instance.backend();
+            *instance
+                .last_used
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+            let result = backend.call(request.clone(), Arc::clone(&control)).await;
+            let usage = match backend.pid() {
+                Some(pid) => self.measure(&instance, pid).await,
+                None => (0.0, 0.0, 0.0),
+            };
+            self.record(
+                &instance,
+                &config_hash,
+                &control,
+                started,
+                result.is_ok(),
+                usage,
+            )?;
+            match result {
+                Err(Error::Job(e))
+                    if e.category == ErrorCategory::Resource
+                        && attempt < MAX_RETRIES
+                        && !control.cancel_requested() =>
+                {
+                    attempt += 1;
+                    let evicted = self.evict_idle(id).await?;
+                    let mut event = JournalEvent::new(crate::store::event_types::RETRY_STARTED)
+                        .instance(&instance.id)
+                        .payload(
+                            json!({"attempt": attempt, "error": e.message, "evicted": evicted}),
+                        );
+                    event.capability_name = Some(instance.name.clone());
+                    event.job_id = request.envelope.job_id.clone();
+                    event.run_id = request.envelope.run_id.clone();
+                    self.inner.stores.journal.append(&event)?;
+                    self.reload(id).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Frees resources for a retry: shuts down the backend of every idle instance but `except`
+    /// (each comes back on its next call), most expensive
+    /// first by measured peak (GPU memory, then RAM), least recently used first among equals.
+    /// Returns the evicted ids (each also journaled as `capability_evicted`).
+    async fn evict_idle(&self, except: &str) -> Result<Vec<String>> {
+        self.flush_samples()?;
+        let mut idle: Vec<(f64, f64, Instant, String)> = Vec::new();
+        for i in self.instances() {
+            if i.id == except
+                || i.evicted.load(Ordering::SeqCst)
+                || i.permits.available_permits() < i.max_concurrency
+            {
+                continue;
+            }
+            let peaks = self.inner.stores.empirical.list_records(Some(&i.name))?;
+            let peak = |f: fn(&crate::store::EmpiricalRecord) -> f64| {
+                peaks
+                    .iter()
+                    .filter(|r| r.instance_id == i.id)
+                    .map(f)
+                    .fold(0.0, f64::max)
+            };
+            let last = *i.last_used.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.push((
+                peak(|r| r.gpu_memory_mb_peak_max),
+                peak(|r| r.memory_mb_peak_max),
+                last,
+                i.id.clone(),
+            ));
+        }
+        idle.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then(b.1.total_cmp(&a.1))
+                .then(a.2.cmp(&b.2))
+        });
+        let mut evicted = Vec::new();
+        for (gpu, ram, _, id) in idle {
+            if let Ok(instance) = self.instance(&id) {
+                self.journal_event(
+                    &instance,
+                    "capability_evicted",
+                    json!({"gpu_memory_mb_peak": gpu, "memory_mb_peak": ram, "for": except}),
+                )?;
+                // The instance stays registered (jobs queued for it keep their target);
+                // its backend goes, and its next call brings it back.
+                instance.evicted.store(true, Ordering::SeqCst);
+                let _ = instance.backend().shutdown().await;
+            }
+            evicted.push(id);
+        }
+        Ok(evicted)
+    }
+
+    /// CPU percent, RSS and GPU memory (MB) of a worker and its descendants, measured after
+    /// a call (sysinfo + NVML, on a blocking thread: a process-table scan takes milliseconds).
+    async fn measure(&self, instance: &Instance, pid: u32) -> (f64, f64, f64) {
+        if let Some((at, usage)) = *lock(&instance.measured)
+            && at.elapsed() < MEASURE_REUSE
+        {
+            return usage;
+        }
+        let usage = self.measure_now(pid).await;
+        *lock(&instance.measured) = Some((Instant::now(), usage));
+        usage
+    }
+
+    async fn measure_now(&self, pid: u32) -> (f64, f64, f64) {
+        let telemetry = self.inner.telemetry.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some(tree) = telemetry.process_tree(pid) else {
+                return (0.0, 0.0, 0.0);
+            };
+            let gpu = telemetry
+                .gpu_memory_of(&tree.subtree_pids)
+                .map_or(0.0, |g| g.gpu_memory_mb);
+            (tree.cpu_percent, tree.memory_rss_mb, gpu)
+        })
+        .await
+        .unwrap_or((0.0, 0.0, 0.0))
+    }
+
+    fn record(
+        &self,
+        instance: &Instance,
+        config_hash: &str,
+        control: &CallControl,
+        started: Instant,
+        ok: bool,
+        (cpu, rss, gpu): (f64, f64, f64),
+    ) -> Result<()> {
+        let mut sample = ResourceSample::new(cpu, rss, gpu, started.elapsed().as_secs_f64(), ok);
+        for (unit, amount) in control.usage() {
+            if let Some(n) = amount.as_f64() {
+                sample.api_usage.insert(unit, n);
+            }
+        }
+        {
+            let mut profile = lock(&instance.profile);
+            if *lock(&instance.config_hash) == config_hash {
+                profile
+                    .get_or_insert_with(|| {
+                        EmpiricalRecord::first(&instance.id, &instance.name, config_hash)
+                    })
+                    .fold(&sample);
+            }
+        }
+        let first = {
+            let mut pending = lock(&self.inner.samples);
+            pending.push(BufferedSample {
+                instance_id: instance.id.clone(),
+                capability_name: instance.name.clone(),
+                config_hash: config_hash.to_owned(),
+                sample,
+            });
+            pending.len() == 1
+        };
+        if first {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let weak = Arc::downgrade(&self.inner);
+                    rt.spawn(async move {
+                        tokio::time::sleep(SAMPLE_FLUSH).await;
+                        if let Some(inner) = weak.upgrade() {
+                            let manager = CapabilityManager { inner };
+                            if let Err(e) = manager.flush_samples() {
+                                tracing::error!(error = %e, "cannot write empirical samples");
+                            }
+                        }
+                    });
+                }
+                Err(_) => self.flush_samples()?,
+            }
+        }
+        for account in control.take_accounts() {
+            let mut e = JournalEvent::new(account.event_type)
+                .instance(&instance.id)
+                .payload(account.payload);
+            e.capability_name = Some(instance.name.clone());
+            e.worker_reported = true;
+            self.inner.stores.journal.append(&e)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered after-call samples into the empirical store (one transaction).
+    pub fn flush_samples(&self) -> Result<()> {
+        let samples = std::mem::take(&mut *lock(&self.inner.samples));
+        self.inner.stores.empirical.record_samples(&samples)
+    }
+}

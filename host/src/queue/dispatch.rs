@@ -1,0 +1,137 @@
+//! From pending to running: jobs enter the pending index, and admission takes them out in
+//! priority order with skip-ahead (the ladder itself is in [`admission`](super::admission)).
+
+use super::*;
+
+/// A job admitted under the lock, started after it is released.
+pub(super) struct Launch {
+    pub(super) id: String,
+    pub(super) instance_id: String,
+    pub(super) request: CallRequest,
+    pub(super) control: Arc<CallControl>,
+}
+
+impl Inner {
+    pub(super) fn enqueue(
+        &self,
+        st: &mut State,
+        id: String,
+        mut spec: JobSpec,
+        name: Option<String>,
+    ) {
+        spec.request.envelope.job_id = Some(id.clone());
+        st.next_seq += 1;
+        let order = (Reverse(spec.priority), st.next_seq);
+        let job = Job::new(id.clone(), &spec, name);
+        st.pending.insert(&spec.instance_id, order, id.clone());
+        st.jobs.insert(
+            id,
+            Entry {
+                job,
+                order,
+                request: Some(spec.request),
+                timeout: spec.timeout,
+                control: None,
+                grant: None,
+                done: Arc::new(Done::default()),
+                timed_out: false,
+            },
+        );
+    }
+
+    /// Admits every job the ladder allows, in priority order with skip-ahead.
+    pub(super) fn dispatch(self: &Arc<Self>, st: &mut State) -> Vec<Launch> {
+        let limits = Limits {
+            lanes: (self.config.max_concurrent_lanes as usize).max(1),
+            gpu_headroom: self.config.gpu_headroom_fraction,
+        };
+        let mut launches = Vec::new();
+        let mut view: Option<ResourceView> = None;
+        while st.ledger.running < limits.lanes && !st.ledger.exclusive && st.pending.len() > 0 {
+            let mut chosen = None;
+            for (order, instance_id) in st.pending.heads() {
+                let (cap, peaks) = match self.manager.instance(instance_id) {
+                    Ok(i) => (i.max_concurrency(), i.peaks()),
+                    // Unloaded since submit: admit it, the call fails with the typed error.
+                    Err(_) => (usize::MAX, Some(Peaks::default())),
+                };
+                let mut live = || *view.get_or_insert_with(|| self.resources.view());
+                match admission::decide(&st.ledger, limits, instance_id, cap, peaks, &mut live) {
+                    Ok(grant) => {
+                        chosen = Some((*order, instance_id.clone(), grant, peaks));
+                        break;
+                    }
+                    // A first run waits for the lanes to drain: admitting what comes after
+                    // it would starve it under steady load.
+                    Err(admission::Blocked::Exclusive) => break,
+                    Err(_) => {}
+                }
+            }
+            let Some((order, instance_id, grant, peaks)) = chosen else {
+                break;
+            };
+            let Some(id) = st.pending.remove(&instance_id, order) else {
+                break;
+            };
+            if !st.jobs.contains_key(&id) {
+                continue;
+            }
+            st.ledger.running += 1;
+            *st.ledger
+                .by_instance
+                .entry(instance_id.clone())
+                .or_default() += 1;
+            st.ledger.exclusive |= grant.exclusive;
+            st.ledger.gpu_reserved_mb += grant.gpu_mb;
+            let detail = json!({
+                "lanes_in_use": st.ledger.running,
+                "lanes": limits.lanes,
+                "exclusive": grant.exclusive,
+                "measured": peaks.is_some(),
+                "gpu_memory_mb": grant.gpu_mb,
+                "gpu_reserved_mb": st.ledger.gpu_reserved_mb,
+                "memory_mb_peak": peaks.map_or(0.0, |p| p.ram_mb),
+                "pending": st.pending.len(),
+            });
+            let Some(entry) = st.jobs.get_mut(&id) else {
+                break;
+            };
+            entry.grant = Some(grant);
+            entry.job.status = JobStatus::Running;
+            entry.job.started_at = Some(now());
+            let mut control = CallControl::new();
+            if let Some(t) = entry.timeout {
+                control = control.with_timeout(t);
+            }
+            let weak = Arc::downgrade(self);
+            let job_id = id.clone();
+            let control = Arc::new(control.with_progress_listener(move |p| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.progress(&job_id, p);
+                }
+            }));
+            entry.control = Some(Arc::clone(&control));
+            let request = entry
+                .request
+                .take()
+                .unwrap_or_else(|| CallRequest::execute(Default::default()));
+            self.emitter.push(Item::Event(job_event(
+                EventKind::AdmissionDecided,
+                &entry.job,
+                detail,
+            )));
+            self.emitter.push(Item::Event(job_event(
+                EventKind::StateTransition,
+                &entry.job,
+                json!({"from": "pending", "to": "running"}),
+            )));
+            launches.push(Launch {
+                id,
+                instance_id,
+                request,
+                control,
+            });
+        }
+        launches
+    }
+}

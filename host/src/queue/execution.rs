@@ -1,0 +1,391 @@
+//! Running jobs: starting admitted jobs as tasks, the journal flushes, progress and resource
+//! snapshots, deadlines, the cancel state machine, and finishing (which releases what
+//! admission reserved).
+
+use super::*;
+
+/// Finishes a job whose task ended without finishing it (a panic in a backend): the job
+/// fails, its lane and reservations are released, its waiters wake.
+struct FinishGuard {
+    inner: Arc<Inner>,
+    id: Option<String>,
+}
+
+impl Drop for FinishGuard {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        tracing::error!(job = %id, "a job's task ended without finishing it (panic?)");
+        let error = Error::job(JobError::fatal(
+            "the job's task panicked; the instance may need a reload",
+        ));
+        let launches = {
+            let mut st = self.inner.lock();
+            self.inner.finish(&mut st, &id, Err(error));
+            self.inner.dispatch(&mut st)
+        };
+        self.inner.after(launches);
+    }
+}
+
+impl Inner {
+    /// Starts admitted jobs, then writes and publishes what the state changes queued.
+    pub(super) fn after(self: &Arc<Self>, launches: Vec<Launch>) {
+        for launch in launches {
+            let me = Arc::clone(self);
+            self.runtime.spawn(async move { me.run(launch).await });
+        }
+        self.flush();
+    }
+
+    pub(super) fn flush(&self) {
+        self.emitter.flush(self.manager.journal(), &self.bus);
+    }
+
+    /// Starts admitted jobs; what the state change queued is written by the next flush, at
+    /// most [`COMMIT_DELAY`] from now.
+    pub(super) fn after_soon(self: &Arc<Self>, launches: Vec<Launch>) {
+        for launch in launches {
+            let me = Arc::clone(self);
+            self.runtime.spawn(async move { me.run(launch).await });
+        }
+        use std::sync::atomic::Ordering;
+        if self.flush_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        self.runtime.spawn(async move {
+            tokio::time::sleep(COMMIT_DELAY).await;
+            me.flush_scheduled.store(false, Ordering::Release);
+            me.flush();
+        });
+    }
+
+    pub(super) async fn run(self: Arc<Self>, launch: Launch) {
+        // Whatever happens to this task (a panic in a backend included), the job finishes
+        // and releases what admission reserved.
+        let mut guard = FinishGuard {
+            inner: Arc::clone(&self),
+            id: Some(launch.id.clone()),
+        };
+        let deadline = self.deadline_timer(&launch);
+        let snapshots = self.snapshots(&launch);
+        let result = self
+            .manager
+            .call_with(
+                &launch.instance_id,
+                launch.request,
+                Arc::clone(&launch.control),
+            )
+            .await;
+        if let Some(task) = snapshots {
+            task.abort();
+        }
+        if let Some(task) = deadline {
+            task.abort();
+        }
+        // Forced and actually stopped (a call that returned just before the force needs no
+        // replacement).
+        if launch.control.forced() && matches!(result, Err(Error::Cancelled)) {
+            self.cancel_phase(&launch.id, CancelPhase::Reloading);
+            if let Err(e) = self.manager.reload(&launch.instance_id).await {
+                tracing::warn!(instance = %launch.instance_id, error = %e, "reload after a forced cancel failed; the next call respawns");
+            }
+        }
+        if launch.control.cancel_requested() {
+            self.cancel_phase(&launch.id, CancelPhase::Completed);
+        }
+        guard.id = None;
+        let launches = {
+            let mut st = self.lock();
+            self.finish(&mut st, &launch.id, result);
+            self.dispatch(&mut st)
+        };
+        self.after(launches);
+    }
+
+    /// For a backend that does not enforce deadlines itself (native workers; a wasm call
+    /// traps at its own), cancels the job when its timeout passes; it then fails as
+    /// `transient` ("ran past its timeout").
+    pub(super) fn deadline_timer(
+        self: &Arc<Self>,
+        launch: &Launch,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let deadline = launch.control.deadline()?;
+        let kind = self
+            .manager
+            .instance(&launch.instance_id)
+            .ok()?
+            .backend()
+            .kind();
+        if kind == crate::backend::RuntimeKind::Wasm {
+            return None;
+        }
+        let weak = Arc::downgrade(self);
+        let id = launch.id.clone();
+        Some(self.runtime.spawn(async move {
+            tokio::time::sleep_until(deadline.into()).await;
+            let Some(inner) = weak.upgrade() else { return };
+            let launches = {
+                let mut st = inner.lock();
+                match st.jobs.get_mut(&id) {
+                    Some(e) if e.job.status == JobStatus::Running => e.timed_out = true,
+                    _ => return,
+                }
+                let _ = inner.cancel_job(&mut st, &id);
+                inner.dispatch(&mut st)
+            };
+            inner.after(launches);
+        }))
+    }
+
+    /// While a native job runs, publishes a resource snapshot of its worker's process
+    /// subtree every `progress_poll_interval x resource_snapshot_cadence_polls`.
+    pub(super) fn snapshots(
+        self: &Arc<Self>,
+        launch: &Launch,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let pid = self
+            .manager
+            .instance(&launch.instance_id)
+            .ok()?
+            .backend()
+            .pid()?;
+        let every = self.config.progress_poll_interval.mul_f64(f64::from(
+            self.config.resource_snapshot_cadence_polls.max(1),
+        ));
+        let weak = Arc::downgrade(self);
+        let job_id = launch.id.clone();
+        Some(self.runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let telemetry = inner.manager.telemetry().clone();
+                let sample = tokio::task::spawn_blocking(move || {
+                    let tree = telemetry.process_tree(pid)?;
+                    let gpu = telemetry.gpu_memory_of(&tree.subtree_pids);
+                    Some((tree, gpu))
+                })
+                .await;
+                let Ok(Some((tree, gpu))) = sample else {
+                    continue;
+                };
+                let event = {
+                    let st = inner.lock();
+                    let Some(entry) = st.jobs.get(&job_id) else {
+                        return;
+                    };
+                    job_event(
+                        EventKind::ResourceSnapshot,
+                        &entry.job,
+                        json!({
+                            "worker_pid": pid,
+                            "cpu_percent": tree.cpu_percent,
+                            "memory_rss_mb": tree.memory_rss_mb,
+                            "subtree_pids": tree.subtree_pids,
+                            "gpu_memory_mb": gpu.as_ref().map(|g| g.gpu_memory_mb),
+                            "gpu_index": gpu.as_ref().and_then(|g| g.gpu_index),
+                        }),
+                    )
+                };
+                inner.bus.publish(&event);
+            }
+        }))
+    }
+
+    pub(super) fn progress(&self, job_id: &str, p: &cjm_guest::contract::Progress) {
+        let event = {
+            let mut st = self.lock();
+            let Some(entry) = st.jobs.get_mut(job_id) else {
+                return;
+            };
+            entry.job.progress = p.progress;
+            entry.job.status_message.clone_from(&p.message);
+            job_event(
+                EventKind::ProgressChanged,
+                &entry.job,
+                json!({"progress": p.progress, "message": p.message}),
+            )
+        };
+        self.bus.publish(&event);
+    }
+
+    pub(super) fn cancel_phase(&self, job_id: &str, phase: CancelPhase) {
+        {
+            let mut st = self.lock();
+            let Some(entry) = st.jobs.get_mut(job_id) else {
+                return;
+            };
+            let from = entry.job.cancel_phase.map(CancelPhase::as_str);
+            entry.job.cancel_phase = Some(phase);
+            self.emitter.push(Item::Event(job_event(
+                EventKind::CancelPhaseChanged,
+                &entry.job,
+                json!({"from": from, "to": phase.as_str()}),
+            )));
+        }
+        self.flush();
+    }
+
+    /// Records a running job's outcome, releases what admission reserved and advances its
+    /// composition.
+    pub(super) fn finish(self: &Arc<Self>, st: &mut State, job_id: &str, result: Result<Value>) {
+        let Some(entry) = st.jobs.get_mut(job_id) else {
+            return;
+        };
+        let timeout = entry.timed_out.then_some(entry.timeout).flatten();
+        let (status, value, error) = match result {
+            Ok(v) => (JobStatus::Completed, Some(v), None),
+            Err(Error::Cancelled) if timeout.is_some() => {
+                let t = timeout.unwrap_or_default().as_secs_f64();
+                let mut e = JobError::transient(format!("the job ran past its timeout of {t} s"));
+                e.capability_instance_id = Some(entry.job.instance_id.clone());
+                e.capability_name.clone_from(&entry.job.capability_name);
+                (JobStatus::Failed, None, Some(e))
+            }
+            Err(Error::Cancelled) => (JobStatus::Cancelled, None, None),
+            Err(e) => {
+                let name = entry.job.capability_name.clone().unwrap_or_default();
+                // The host's names for the instance, whatever the worker calls itself.
+                let mut je = e.to_job_error();
+                je.capability_instance_id = Some(entry.job.instance_id.clone());
+                if !name.is_empty() {
+                    je.capability_name = Some(name);
+                }
+                (JobStatus::Failed, None, Some(je))
+            }
+        };
+        if let Some(grant) = entry.grant.take() {
+            st.ledger.running -= 1;
+            if let Some(n) = st.ledger.by_instance.get_mut(&entry.job.instance_id) {
+                *n -= 1;
+                if *n == 0 {
+                    st.ledger.by_instance.remove(&entry.job.instance_id);
+                }
+            }
+            if grant.exclusive {
+                st.ledger.exclusive = false;
+            }
+            st.ledger.gpu_reserved_mb = (st.ledger.gpu_reserved_mb - grant.gpu_mb).max(0.0);
+        }
+        entry.control = None;
+        if status == JobStatus::Completed {
+            entry.job.progress = 1.0;
+        }
+        entry.job.result.clone_from(&value);
+        entry.job.error.clone_from(&error);
+        self.terminal(st, job_id, JobStatus::Running, status);
+        let member = st
+            .jobs
+            .get(job_id)
+            .and_then(|e| Some((e.job.composition_id.clone()?, e.job.node_id.clone()?)));
+        if let Some((comp, node)) = member {
+            let state = match status {
+                JobStatus::Completed => NodeState::Completed,
+                JobStatus::Cancelled => NodeState::Cancelled,
+                _ => NodeState::Failed,
+            };
+            self.advance(st, &comp, &node, state, value, error);
+        }
+    }
+
+    /// Marks a job terminal: counts it, journals the transition with its snapshot, marks
+    /// it done after that row, keeps it in the bounded in-memory history.
+    pub(super) fn terminal(&self, st: &mut State, job_id: &str, from: JobStatus, to: JobStatus) {
+        let Some(entry) = st.jobs.get_mut(job_id) else {
+            return;
+        };
+        entry.job.status = to;
+        entry.job.completed_at = Some(now());
+        entry.request = None;
+        let snapshot = serde_json::to_value(entry.job.snapshot()).unwrap_or(Value::Null);
+        self.emitter.push(Item::Event(job_event(
+            EventKind::StateTransition,
+            &entry.job,
+            json!({"from": from.as_str(), "to": to.as_str(), "job_snapshot": snapshot}),
+        )));
+        self.emitter.push(Item::Done(Arc::clone(&entry.done)));
+        match to {
+            JobStatus::Completed => st.stats.completed += 1,
+            JobStatus::Cancelled => st.stats.cancelled += 1,
+            _ => st.stats.failed += 1,
+        }
+        st.history.push_back(job_id.to_owned());
+        // Forget the oldest finished jobs once their terminal row is written: a job not in
+        // memory is then always in the journal.
+        while st.history.len() > self.config.max_history as usize {
+            // ... and nobody is waiting on it (a waiter gets the result, not a record).
+            let written = st
+                .history
+                .front()
+                .and_then(|id| st.jobs.get(id))
+                .is_none_or(|e| e.done.is_set() && Arc::strong_count(&e.done) == 1);
+            if !written {
+                break;
+            }
+            if let Some(old) = st.history.pop_front() {
+                st.jobs.remove(&old);
+            }
+        }
+    }
+
+    pub(super) fn cancel_job(self: &Arc<Self>, st: &mut State, job_id: &str) -> Result<()> {
+        let entry = st
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| QueueError::UnknownJob(job_id.to_owned()))?;
+        match entry.job.status {
+            JobStatus::Pending => {
+                entry.job.cancel_requested_at = Some(now());
+                let (instance, order) = (entry.job.instance_id.clone(), entry.order);
+                st.pending.remove(&instance, order);
+                self.terminal(st, job_id, JobStatus::Pending, JobStatus::Cancelled);
+                let member = st
+                    .jobs
+                    .get(job_id)
+                    .and_then(|e| Some((e.job.composition_id.clone()?, e.job.node_id.clone()?)));
+                if let Some((comp, node)) = member {
+                    self.advance(st, &comp, &node, NodeState::Cancelled, None, None);
+                }
+                Ok(())
+            }
+            JobStatus::Running => {
+                if entry.job.cancel_requested_at.is_some() {
+                    return Ok(());
+                }
+                entry.job.cancel_requested_at = Some(now());
+                entry.job.cancel_phase = Some(CancelPhase::Cooperative);
+                self.emitter.push(Item::Event(job_event(
+                    EventKind::CancelPhaseChanged,
+                    &entry.job,
+                    json!({"from": null, "to": CancelPhase::Cooperative.as_str()}),
+                )));
+                if let Some(control) = &entry.control {
+                    control.request_cancel();
+                    let control = Arc::clone(control);
+                    let weak: Weak<Inner> = Arc::downgrade(self);
+                    let grace = self.config.cancel_timeout;
+                    let id = job_id.to_owned();
+                    self.runtime.spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        let Some(inner) = weak.upgrade() else { return };
+                        let still_running = inner
+                            .lock()
+                            .jobs
+                            .get(&id)
+                            .is_some_and(|e| e.job.status == JobStatus::Running);
+                        if still_running {
+                            inner.cancel_phase(&id, CancelPhase::Force);
+                            control.force_cancel();
+                        }
+                    });
+                }
+                Ok(())
+            }
+            done => Err(QueueError::Finished {
+                id: job_id.to_owned(),
+                status: done.as_str().to_owned(),
+            }
+            .into()),
+        }
+    }
+}
