@@ -1,5 +1,6 @@
 //! The subcommands, one file each.
 
+mod bench;
 mod cancel;
 mod completions;
 mod demo;
@@ -52,6 +53,8 @@ pub enum Command {
     Jobs(jobs::Args),
     /// Ask the host running a job to cancel it
     Cancel(cancel::Args),
+    /// Measure the host on this machine with the example capabilities (a table of medians)
+    Bench(bench::Args),
     /// Print shell completions
     Completions(completions::Args),
     /// Build and install the examples, run a composition mixing wasm and native through the
@@ -76,6 +79,7 @@ pub fn run(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Submit(args) => submit::run(args, ctx),
         Command::Jobs(args) => jobs::run(args, ctx),
         Command::Cancel(args) => cancel::run(args, ctx),
+        Command::Bench(args) => bench::run(args, ctx),
         Command::Completions(args) => completions::run(args),
         Command::Demo(args) => demo::run(args, ctx),
     }

@@ -7,6 +7,7 @@
 
 mod commands;
 mod ctx;
+mod examples;
 
 use std::process::ExitCode;
 

@@ -87,6 +87,19 @@ fn capabilities_yaml(extra: &str) -> String {
     )
 }
 
+/// The example components (named as `demo` and `bench` expect) and the native worker.
+fn example_builds(env: &Env) -> (PathBuf, PathBuf) {
+    let components = env.path().join("components");
+    std::fs::create_dir_all(&components).unwrap();
+    for (from, to) in [
+        (cjm_tests::fixtures::SENTENCE_SPLIT, "sentence-split.wasm"),
+        (cjm_tests::fixtures::TEXT_STATS, "text-stats.wasm"),
+    ] {
+        std::fs::copy(from, components.join(to)).unwrap();
+    }
+    (components, text_stats_worker())
+}
+
 /// Installs the wasm and native example capabilities.
 fn install_examples(env: &Env) {
     let caps = env.write("capabilities.yaml", &capabilities_yaml(""));
@@ -123,6 +136,7 @@ fn help_works_for_every_command() {
         "jobs",
         "cancel",
         "demo",
+        "bench",
     ] {
         env.ctl()
             .args([cmd, "--help"])
@@ -1275,19 +1289,7 @@ fn cancel_reaches_a_job_running_in_another_process() {
 #[test]
 fn demo_runs_a_mixed_composition_through_the_queue() {
     let env = Env::new();
-    let components = env.path().join("components");
-    std::fs::create_dir_all(&components).unwrap();
-    std::fs::copy(
-        cjm_tests::fixtures::SENTENCE_SPLIT,
-        components.join("sentence-split.wasm"),
-    )
-    .unwrap();
-    std::fs::copy(
-        cjm_tests::fixtures::TEXT_STATS,
-        components.join("text-stats.wasm"),
-    )
-    .unwrap();
-    let worker = text_stats_worker();
+    let (components, worker) = example_builds(&env);
     let args = [
         "demo",
         "--components",
@@ -1307,4 +1309,28 @@ fn demo_runs_a_mixed_composition_through_the_queue() {
     let out = env.json(&args);
     assert_eq!(out["status"], "completed");
     assert_eq!(out["merged"]["sentences"], 15);
+}
+
+#[test]
+fn bench_prints_a_table_of_medians() {
+    let env = Env::new();
+    let (components, worker) = example_builds(&env);
+    let out = env.json(&[
+        "bench",
+        "--components",
+        components.to_str().unwrap(),
+        "--worker",
+        worker.to_str().unwrap(),
+        "--samples",
+        "5",
+        "--burst",
+        "50",
+    ]);
+    let rows = out["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 7, "{out}");
+    assert!(
+        rows.iter().all(|r| r["median"].as_f64().unwrap() > 0.0),
+        "{out}"
+    );
+    env.ctl().args(["bench", "--samples", "0"]).assert().code(2);
 }

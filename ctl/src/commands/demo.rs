@@ -10,19 +10,17 @@
 //! 4. prints the results, checks the merge against the per-paragraph counts and shows the
 //!    journal rows of the composition.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use cjm_host::Host;
-use cjm_host::install::{self, InstallOptions, Installer};
 use cjm_host::queue::{Composition, EventKind, Node, NodeState, OutputRef, Scope};
 use cjm_host::store::JournalQuery;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::ctx::{Ctx, runtime};
+use crate::examples;
 
 const DEMO_TEXT: &str = include_str!("../../assets/demo.txt");
 
@@ -32,79 +30,8 @@ const DEMO_TEXT: &str = include_str!("../../assets/demo.txt");
     after_help = "Examples:\n  cjm-ctl demo\n  cargo run --release -p cjm-ctl -- demo\n  cjm-ctl --data-dir /tmp/demo demo --json"
 )]
 pub struct DemoArgs {
-    /// Use the components in this dir (`sentence-split.wasm`, `text-stats.wasm`) instead of
-    /// building the examples
-    #[arg(long, value_name = "DIR")]
-    components: Option<PathBuf>,
-    /// Use this `text-stats-worker` binary instead of building it
-    #[arg(long, value_name = "FILE")]
-    worker: Option<PathBuf>,
-}
-
-fn workspace_root() -> anyhow::Result<PathBuf> {
-    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the ctl crate has a parent dir")?
-        .to_path_buf())
-}
-
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
-/// Builds the example capabilities as wasm components with the cargo that runs us.
-fn build_components(ctx: &Ctx) -> anyhow::Result<PathBuf> {
-    let root = workspace_root()?;
-    let target_dir = root.join("target").join("wasm-examples");
-    ctx.out
-        .note("building the example capabilities for wasm32-wasip2 ...");
-    let status = cargo()
-        .current_dir(&root)
-        .args(["build", "--release", "--lib", "--target", "wasm32-wasip2"])
-        .args(["-p", "text-stats", "-p", "sentence-split", "--target-dir"])
-        .arg(&target_dir)
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-        .status()
-        .context("cannot run cargo to build the examples")?;
-    if !status.success() {
-        bail!(
-            "building the examples failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)"
-        );
-    }
-    let out = target_dir.join("wasm32-wasip2").join("release");
-    for (from, to) in [
-        ("sentence_split.wasm", "sentence-split.wasm"),
-        ("text_stats.wasm", "text-stats.wasm"),
-    ] {
-        std::fs::copy(out.join(from), out.join(to)).with_context(|| format!("copying {from}"))?;
-    }
-    Ok(out)
-}
-
-/// Builds the native `text-stats-worker` (release, the workspace's target dir).
-fn build_worker(ctx: &Ctx) -> anyhow::Result<PathBuf> {
-    let root = workspace_root()?;
-    ctx.out.note("building the native text-stats-worker ...");
-    let status = cargo()
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "text-stats",
-            "--bin",
-            "text-stats-worker",
-        ])
-        .status()
-        .context("cannot run cargo to build the native worker")?;
-    if !status.success() {
-        bail!("building text-stats-worker failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release").join("text-stats-worker"))
+    #[command(flatten)]
+    examples: examples::ExampleArgs,
 }
 
 /// The paragraphs of the bundled text.
@@ -147,62 +74,12 @@ fn uuid_like() -> String {
 /// Runs the demo.
 pub fn run(args: DemoArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let config = ctx.config()?;
-    let components = match args.components {
-        Some(dir) => dir,
-        None => build_components(ctx)?,
-    };
-    let worker = match args.worker {
-        Some(path) => path,
-        None => build_worker(ctx)?,
-    };
-    // The generated capabilities.yaml lives in the data dir: name everything absolutely.
-    let absolute = |p: PathBuf, what: &str| {
-        std::path::absolute(&p).with_context(|| format!("{what} {}", p.display()))
-    };
-    let components = absolute(components, "components dir")?;
-    let worker = absolute(worker, "worker")?;
-    config.ensure_layout()?;
+    let caps = examples::prepare(ctx, &args.examples, &config)?;
     let started = Instant::now();
-    // The same declarative install an operator writes, generated for the examples.
-    let caps = config.data_dir.join("demo-capabilities.yaml");
-    let yaml = format!(
-        "# Written by `cjm-ctl demo`.\ncapabilities:\n  - name: sentence-split\n    kind: wasm\n    component: {split}\n  - name: text-stats\n    kind: wasm\n    component: {stats}\n    sandbox:\n      pool_size: 2\n      max_concurrency: 2\n  - name: text-stats-native\n    kind: native\n    command: [{worker}]\n",
-        split = json!(components.join("sentence-split.wasm")),
-        stats = json!(components.join("text-stats.wasm")),
-        worker = json!(worker),
-    );
-    std::fs::write(&caps, yaml).with_context(|| format!("writing {}", caps.display()))?;
-    let file = install::spec::load(&caps)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let installer = Installer::new(config.clone());
-        let reports = installer
-            .install_all(&file, &InstallOptions::default(), &install::NoProgress)
-            .await?;
-        for r in &reports {
-            ctx.out.info(format!(
-                "  {:<18} {:<7} {:<10} {:>7.1} ms",
-                r.name,
-                r.kind,
-                r.status.as_str(),
-                r.elapsed.as_secs_f64() * 1000.0
-            ));
-            if r.status == install::EntryStatus::Failed {
-                bail!(
-                    "installing {} failed: {}\n{}",
-                    r.name,
-                    r.message,
-                    r.log_tail.clone().unwrap_or_default()
-                );
-            }
-        }
-        let host = Host::builder()
-            .config(config.clone())
-            .load("sentence-split")
-            .load("text-stats")
-            .load("text-stats-native")
-            .build()
-            .await?;
+        examples::install(ctx, &config, &caps).await?;
+        let host = examples::host(&config).await?;
         let outcome = run_composition(ctx, &host).await;
         host.shutdown().await?;
         outcome

@@ -1,0 +1,196 @@
+//! `cjm-ctl bench`: how much the host adds, measured on this machine with the example
+//! capabilities (installed as `demo` does) and the journal on, printed as a table of medians.
+//! The divan benchmarks under `tests/benches` and `host/benches` are the detailed version.
+
+use std::time::{Duration, Instant};
+
+use cjm_host::Host;
+use cjm_host::backend::CallRequest;
+use cjm_host::queue::{Composition, JobSpec, Node, OutputRef};
+use serde_json::{Map, Value, json};
+
+use crate::ctx::{Ctx, runtime};
+use crate::examples;
+
+/// Options of `cjm-ctl bench`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  cjm-ctl bench\n  cjm-ctl --data-dir /tmp/bench bench --samples 500 --burst 10000\n  cjm-ctl bench --json"
+)]
+pub struct Args {
+    #[command(flatten)]
+    examples: examples::ExampleArgs,
+    /// Timed repetitions of each one-at-a-time measurement (the median is shown)
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+    samples: u32,
+    /// Jobs submitted at once for the throughput rows
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    burst: u32,
+}
+
+/// One row of the table.
+struct Row {
+    what: &'static str,
+    value: f64,
+    unit: &'static str,
+}
+
+fn kwargs(text: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("text".into(), json!(text));
+    m
+}
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+fn micros(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e7).round() / 10.0
+}
+
+/// The median of `n` runs of `f`.
+async fn time<F, Fut>(n: u32, mut f: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut xs = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await?;
+        xs.push(t.elapsed());
+    }
+    Ok(median(xs))
+}
+
+/// Jobs per second for `n` jobs submitted at once.
+async fn burst(host: &Host, instance: &str, n: u32) -> anyhow::Result<f64> {
+    let q = host.queue();
+    let t = Instant::now();
+    let ids: Vec<String> = (0..n)
+        .map(|_| q.submit(JobSpec::execute(instance, kwargs("a"))))
+        .collect::<Result<_, _>>()?;
+    for id in &ids {
+        q.wait(id, None).await?;
+    }
+    Ok(f64::from(n) / t.elapsed().as_secs_f64())
+}
+
+async fn measure(host: &Host, samples: u32, n: u32) -> anyhow::Result<Vec<Row>> {
+    let q = host.queue();
+    let m = host.manager();
+    // First runs measure each (instance, config); then admission has profiles.
+    for instance in ["text-stats", "text-stats-native"] {
+        for _ in 0..5 {
+            let id = q.submit(JobSpec::execute(instance, kwargs("a")))?;
+            q.wait(&id, None).await?;
+        }
+    }
+    let mut rows = Vec::new();
+    for (instance, kind) in [("text-stats", "wasm"), ("text-stats-native", "native")] {
+        let direct = time(samples, || async {
+            m.call(instance, CallRequest::execute(kwargs("a"))).await?;
+            Ok(())
+        })
+        .await?;
+        let queued = time(samples, || async {
+            let id = q.submit(JobSpec::execute(instance, kwargs("a")))?;
+            q.wait(&id, None).await?;
+            Ok(())
+        })
+        .await?;
+        let jobs = if kind == "wasm" { n } else { (n / 5).max(1) };
+        let rate = burst(host, instance, jobs).await?;
+        let (call, one, many) = match kind {
+            "wasm" => (
+                "wasm call through the manager",
+                "wasm job, submit to done (journaled)",
+                "wasm jobs at once",
+            ),
+            _ => (
+                "native call through the manager",
+                "native job, submit to done (journaled)",
+                "native jobs at once (one worker)",
+            ),
+        };
+        rows.push(Row {
+            what: call,
+            value: micros(direct),
+            unit: "µs",
+        });
+        rows.push(Row {
+            what: one,
+            value: micros(queued),
+            unit: "µs",
+        });
+        rows.push(Row {
+            what: many,
+            value: rate.round(),
+            unit: "jobs/s",
+        });
+    }
+    let chain = Composition::new(vec![
+        Node::new("a", "text-stats").arg("text", json!("a b")),
+        Node::new("b", "text-stats")
+            .arg("text", json!("c d"))
+            .bind("after", OutputRef::whole("a")),
+        Node::new("c", "text-stats-native")
+            .arg("text", json!("e f"))
+            .bind("after", OutputRef::field("b", "words")),
+    ]);
+    let composed = time(samples.div_ceil(3), || async {
+        let id = q.submit_composition(chain.clone())?;
+        q.wait_composition(&id, None).await?;
+        Ok(())
+    })
+    .await?;
+    rows.push(Row {
+        what: "3-node chain (wasm, wasm, native)",
+        value: micros(composed),
+        unit: "µs",
+    });
+    Ok(rows)
+}
+
+/// Runs `bench`.
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let config = ctx.config()?;
+    let caps = examples::prepare(ctx, &args.examples, &config)?;
+    let rows = runtime()?.block_on(async {
+        examples::install(ctx, &config, &caps).await?;
+        let host = examples::host(&config).await?;
+        let rows = measure(&host, args.samples, args.burst).await;
+        host.shutdown().await?;
+        rows
+    })?;
+    if ctx.out.json {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|r| json!({"what": r.what, "median": r.value, "unit": r.unit}))
+            .collect();
+        ctx.out.json(&json!({
+            "samples": args.samples,
+            "burst": args.burst,
+            "rows": rows,
+        }));
+        return Ok(());
+    }
+    let mut table = ctx.out.table(&["measurement", "median", "unit"]);
+    for r in &rows {
+        table.add_row(vec![
+            r.what.to_owned(),
+            r.value.to_string(),
+            r.unit.to_owned(),
+        ]);
+    }
+    ctx.out.info(table);
+    ctx.out.info(format!(
+        "{} samples per one-at-a-time row, {} jobs per burst; data dir {}",
+        args.samples,
+        args.burst,
+        config.data_dir.display()
+    ));
+    Ok(())
+}
