@@ -53,11 +53,6 @@ pub const CANCEL_REQUESTED: &str = "cancel_requested";
 /// How often the journal is read for cancel requests of other processes.
 const CANCEL_POLL: Duration = Duration::from_millis(250);
 
-/// How long the rows of a submission may wait for the next commit (group commit): a job
-/// that finishes sooner is journaled in one transaction with them, one commit per job
-/// instead of two. Subscribers see those events at most this much later.
-const COMMIT_DELAY: Duration = Duration::from_millis(1);
-
 /// Events buffered per subscriber before it starts dropping.
 pub const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -81,10 +76,15 @@ struct Inner {
     resources: Box<dyn ResourceSource>,
     runtime: tokio::runtime::Handle,
     state: Mutex<State>,
-    emitter: Emitter,
-    bus: Bus,
-    /// A deferred flush is scheduled ([`COMMIT_DELAY`]).
-    flush_scheduled: std::sync::atomic::AtomicBool,
+    emitter: Arc<Emitter>,
+    bus: Arc<Bus>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The journal writer writes what is left, then ends.
+        self.emitter.close();
+    }
 }
 
 struct Entry {
@@ -154,6 +154,8 @@ impl JobQueue {
         config: QueueConfig,
         resources: Box<dyn ResourceSource>,
     ) -> Self {
+        let emitter = Arc::new(Emitter::default());
+        let bus = Arc::new(Bus::default());
         let queue = JobQueue {
             inner: Arc::new(Inner {
                 manager,
@@ -161,11 +163,14 @@ impl JobQueue {
                 resources,
                 runtime: tokio::runtime::Handle::current(),
                 state: Mutex::new(State::default()),
-                emitter: Emitter::default(),
-                bus: Bus::default(),
-                flush_scheduled: std::sync::atomic::AtomicBool::new(false),
+                emitter: Arc::clone(&emitter),
+                bus: Arc::clone(&bus),
             }),
         };
+        if let Err(e) = Emitter::start(&emitter, queue.inner.manager.clone(), bus) {
+            tracing::error!(error = %e, "cannot start the journal writer");
+            emitter.wedge(format!("cannot start the journal writer thread: {e}"));
+        }
         queue.watch_cancel_requests();
         queue
     }
@@ -225,7 +230,7 @@ impl JobQueue {
             inner.enqueue(&mut st, id.clone(), spec, Some(name));
             inner.dispatch(&mut st)
         };
-        inner.after_soon(launches);
+        inner.after(launches);
         Ok(id)
     }
 
@@ -416,7 +421,7 @@ impl JobQueue {
             inner.maybe_finish(&mut st, &id);
             inner.dispatch(&mut st)
         };
-        inner.after_soon(launches);
+        inner.after(launches);
         Ok(id)
     }
 

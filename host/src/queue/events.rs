@@ -1,7 +1,7 @@
 //! Events and their one emission path.
 //!
 //! Every event passes through one emitter: journal-class events are appended to the journal
-//! *first* (group commit: whoever flushes writes everything queued so far in one
+//! *first* (group commit: the journal writer thread writes everything queued so far in one
 //! transaction) and fanned out to subscribers after the commit, in journal order; liveness
 //! events (progress, resource snapshots) fan out only. A journal append failure wedges the
 //! queue: it keeps running what it admitted (leaking no lane), new submissions are refused
@@ -9,12 +9,14 @@
 //! subscriber and counts it, so a slow subscriber never blocks the queue.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 
+use crate::manager::CapabilityManager;
 use crate::store::{JournalEvent, JournalStore, event_types};
 
 /// What happened.
@@ -284,22 +286,113 @@ pub(crate) enum Item {
     Done(Arc<Done>),
 }
 
+/// How long a batch may wait for more rows before it is committed, unless something is
+/// waiting on it (a finished job, a composition): a job that finishes within it is journaled
+/// in one transaction with its admission.
+pub(crate) const COMMIT_DELAY: Duration = Duration::from_millis(1);
+
+#[derive(Default)]
+struct Queued {
+    items: Vec<Item>,
+    /// When the oldest queued item came.
+    since: Option<Instant>,
+    /// Someone waits on what is queued: commit now.
+    urgent: bool,
+    closed: bool,
+}
+
 /// The one emission path: items are queued in order (under the queue's state lock, so the
-/// order is the order of the state changes) and flushed after the lock is released.
+/// order is the order of the state changes) and written by one writer thread, which commits
+/// them in batches (group commit), publishes them in journal order and then marks what was
+/// waiting on them done. No SQLite write ever runs on an async runtime thread, so a journal
+/// held by another process stalls the writer, never the runtime.
 #[derive(Default)]
 pub(crate) struct Emitter {
-    queued: Mutex<Vec<Item>>,
-    writer: Mutex<Vec<Item>>,
+    queued: Mutex<Queued>,
+    wake: Condvar,
     wedged: Mutex<Option<String>>,
     is_wedged: AtomicBool,
 }
 
 impl Emitter {
+    /// Starts the writer thread of `emitter`, journaling into `manager`'s journal and
+    /// publishing on `bus`; it ends after [`close`](Self::close), once the queue is written.
+    pub(crate) fn start(
+        emitter: &Arc<Emitter>,
+        manager: CapabilityManager,
+        bus: Arc<Bus>,
+    ) -> std::io::Result<()> {
+        let emitter = Arc::clone(emitter);
+        std::thread::Builder::new()
+            .name("cjm-journal".into())
+            .spawn(move || {
+                while let Some(mut batch) = emitter.next_batch() {
+                    emitter.write(manager.journal(), &bus, &mut batch);
+                }
+            })
+            .map(|_| ())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the next batch: at once when something waits on it, else once the oldest
+    /// item is [`COMMIT_DELAY`] old. `None` once closed and drained.
+    fn next_batch(&self) -> Option<Vec<Item>> {
+        let mut q = self.lock();
+        loop {
+            if !q.items.is_empty() {
+                let due = q.since.map_or_else(Instant::now, |t| t + COMMIT_DELAY);
+                let now = Instant::now();
+                if q.urgent || q.closed || now >= due {
+                    q.urgent = false;
+                    q.since = None;
+                    return Some(std::mem::take(&mut q.items));
+                }
+                q = self
+                    .wake
+                    .wait_timeout(q, due - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
+            }
+            if q.closed {
+                return None;
+            }
+            q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Queues an item (called under the queue's state lock: cheap, never blocks on I/O).
     pub(crate) fn push(&self, item: Item) {
-        self.queued
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(item);
+        let mut q = self.lock();
+        if q.items.is_empty() {
+            q.since = Some(Instant::now());
+        }
+        q.urgent |= matches!(item, Item::Done(_));
+        q.items.push(item);
+    }
+
+    /// Wakes the writer: what is queued is written now if anything waits on it, else within
+    /// [`COMMIT_DELAY`].
+    pub(crate) fn flush(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Writes what is queued, then stops the writer.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Refuses new work from now on, for `why` (the first reason is kept).
+    pub(crate) fn wedge(&self, why: String) {
+        let mut wedged = self.wedged.lock().unwrap_or_else(PoisonError::into_inner);
+        if wedged.is_none() {
+            *wedged = Some(why);
+        }
+        self.is_wedged.store(true, Ordering::Release);
     }
 
     pub(crate) fn wedged(&self) -> Option<String> {
@@ -310,39 +403,6 @@ impl Emitter {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-
-    /// Writes and publishes everything queued. If another thread is writing, it picks our
-    /// items up before it lets go (checked again after it releases the writer).
-    pub(crate) fn flush(&self, journal: &JournalStore, bus: &Bus) {
-        loop {
-            let mut batch = match self.writer.try_lock() {
-                Ok(batch) => batch,
-                // A writer that panicked left only a batch to clear: keep writing.
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => return,
-            };
-            loop {
-                {
-                    let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
-                    if queued.is_empty() {
-                        break;
-                    }
-                    std::mem::swap(&mut *queued, &mut *batch);
-                }
-                self.write(journal, bus, &mut batch);
-                batch.clear();
-            }
-            drop(batch);
-            if self
-                .queued
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_empty()
-            {
-                return;
-            }
-        }
     }
 
     fn write(&self, journal: &JournalStore, bus: &Bus, batch: &mut [Item]) {
@@ -356,11 +416,7 @@ impl Emitter {
         let written = journal.append_batch(&rows);
         if let Err(err) = &written {
             tracing::error!(error = %err, rows = rows.len(), "journal append failed: the queue is wedged and refuses new submissions");
-            let mut wedged = self.wedged.lock().unwrap_or_else(PoisonError::into_inner);
-            if wedged.is_none() {
-                *wedged = Some(err.to_string());
-            }
-            self.is_wedged.store(true, Ordering::Release);
+            self.wedge(err.to_string());
         }
         let mut seqs = written.unwrap_or_default().into_iter();
         let mut rows = rows.into_iter();

@@ -28,7 +28,7 @@ impl Drop for FinishGuard {
 }
 
 impl Inner {
-    /// Starts admitted jobs, then writes and publishes what the state changes queued.
+    /// Starts admitted jobs and wakes the journal writer for what the state changes queued.
     pub(super) fn after(self: &Arc<Self>, launches: Vec<Launch>) {
         for launch in launches {
             let me = Arc::clone(self);
@@ -38,26 +38,7 @@ impl Inner {
     }
 
     pub(super) fn flush(&self) {
-        self.emitter.flush(self.manager.journal(), &self.bus);
-    }
-
-    /// Starts admitted jobs; what the state change queued is written by the next flush, at
-    /// most [`COMMIT_DELAY`] from now.
-    pub(super) fn after_soon(self: &Arc<Self>, launches: Vec<Launch>) {
-        for launch in launches {
-            let me = Arc::clone(self);
-            self.runtime.spawn(async move { me.run(launch).await });
-        }
-        use std::sync::atomic::Ordering;
-        if self.flush_scheduled.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let me = Arc::clone(self);
-        self.runtime.spawn(async move {
-            tokio::time::sleep(COMMIT_DELAY).await;
-            me.flush_scheduled.store(false, Ordering::Release);
-            me.flush();
-        });
+        self.emitter.flush();
     }
 
     pub(super) async fn run(self: Arc<Self>, launch: Launch) {
