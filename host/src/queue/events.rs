@@ -327,7 +327,18 @@ impl Emitter {
             .name("cjm-journal".into())
             .spawn(move || {
                 while let Some(mut batch) = emitter.next_batch() {
-                    emitter.write(manager.journal(), &bus, &mut batch);
+                    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        emitter.write(manager.journal(), &bus, &mut batch);
+                    }));
+                    if written.is_err() {
+                        // Nothing may wait forever on a batch the writer could not finish.
+                        emitter.wedge("the journal writer panicked".into());
+                        for item in &batch {
+                            if let Item::Done(d) = item {
+                                d.set();
+                            }
+                        }
+                    }
                 }
             })
             .map(|_| ())
