@@ -285,27 +285,30 @@ impl JobQueue {
 
     /// Waits until a job finished (its terminal row is in the journal) and returns it.
     pub async fn wait(&self, job_id: &str, timeout: Option<Duration>) -> Result<Job> {
-        let done = {
-            let st = self.inner.lock();
-            match st.jobs.get(job_id) {
-                Some(e) => Arc::clone(&e.done),
-                None => {
-                    drop(st);
-                    return self.journal_record(job_id);
-                }
-            }
+        let done = self
+            .inner
+            .lock()
+            .jobs
+            .get(job_id)
+            .map(|e| Arc::clone(&e.done));
+        let Some(done) = done else {
+            return self.journal_record(job_id).await;
         };
         wait_done(&done, timeout, job_id).await?;
-        self.get(job_id)
-            .map_or_else(|| self.journal_record(job_id), Ok)
+        match self.get(job_id) {
+            Some(job) => Ok(job),
+            None => self.journal_record(job_id).await,
+        }
     }
 
-    fn journal_record(&self, job_id: &str) -> Result<Job> {
-        let rows = self
-            .inner
-            .manager
-            .journal()
-            .query(&crate::store::JournalQuery::job(job_id))?;
+    /// The record of a job the queue no longer holds, read from the journal on a blocking
+    /// thread (a SQLite read never runs on the async runtime).
+    async fn journal_record(&self, job_id: &str) -> Result<Job> {
+        let manager = self.inner.manager.clone();
+        let query = crate::store::JournalQuery::job(job_id);
+        let rows = tokio::task::spawn_blocking(move || manager.journal().query(&query))
+            .await
+            .map_err(|e| Error::job(JobError::fatal(format!("journal read failed: {e}"))))??;
         rows.into_iter()
             .rev()
             .find_map(|e| {
