@@ -8,6 +8,7 @@
 mod commands;
 mod ctx;
 mod examples;
+mod follow;
 
 use std::process::ExitCode;
 

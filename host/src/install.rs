@@ -234,36 +234,7 @@ impl crate::backend::DiagnosticsSink for LogSink {
 
 /// Runs `cmd` with its output appended to `log`; a non-zero exit is an error naming `step`.
 pub(crate) async fn run(log: &Log, step: &str, cmd: &mut tokio::process::Command) -> Result<()> {
-    let shown = describe(cmd);
-    log.line(&format!("$ {shown}"));
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(log.stdio()?)
-        .stderr(log.stdio()?)
-        .kill_on_drop(true);
-    let status = cmd.status().await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            InstallError::ToolMissing {
-                tool: cmd.as_std().get_program().to_string_lossy().into_owned(),
-                hint: format!("needed for {step}"),
-            }
-        } else {
-            InstallError::InstallFailed(format!("{step}: cannot run {shown}: {e}"))
-        }
-    })?;
-    if status.success() {
-        return Ok(());
-    }
-    use std::os::unix::process::ExitStatusExt as _;
-    let status = match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        _ => status.to_string(),
-    };
-    Err(InstallError::InstallCommand {
-        step: step.to_owned(),
-        program: shown,
-        status,
-    })
+    exec(log, step, cmd, false).await.map(|_| ())
 }
 
 /// Runs `cmd` and returns its stdout (stderr to `log`).
@@ -272,10 +243,25 @@ pub(crate) async fn output(
     step: &str,
     cmd: &mut tokio::process::Command,
 ) -> Result<String> {
+    exec(log, step, cmd, true).await
+}
+
+/// Runs `cmd` logged as `step`: stderr (and stdout unless `capture`) go to `log`; returns the
+/// captured stdout. A missing program, a failed start and a non-zero exit are typed errors.
+async fn exec(
+    log: &Log,
+    step: &str,
+    cmd: &mut tokio::process::Command,
+    capture: bool,
+) -> Result<String> {
     let shown = describe(cmd);
     log.line(&format!("$ {shown}"));
     cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
+        .stdout(if capture {
+            std::process::Stdio::piped()
+        } else {
+            log.stdio()?
+        })
         .stderr(log.stdio()?)
         .kill_on_drop(true);
     let out = cmd.output().await.map_err(|e| {
@@ -289,15 +275,23 @@ pub(crate) async fn output(
         }
     })?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        log.line(&stdout);
-        return Err(InstallError::InstallCommand {
-            step: step.to_owned(),
-            program: shown,
-            status: out.status.to_string(),
-        });
+    if out.status.success() {
+        return Ok(stdout);
     }
-    Ok(stdout)
+    if capture {
+        log.line(&stdout);
+    }
+    use std::os::unix::process::ExitStatusExt as _;
+    let status = match (out.status.code(), out.status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => out.status.to_string(),
+    };
+    Err(InstallError::InstallCommand {
+        step: step.to_owned(),
+        program: shown,
+        status,
+    })
 }
 
 fn describe(cmd: &tokio::process::Command) -> String {

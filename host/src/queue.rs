@@ -78,6 +78,8 @@ struct Inner {
     state: Mutex<State>,
     emitter: Arc<Emitter>,
     bus: Arc<Bus>,
+    /// `State::closed`, readable without the lock (set under it).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
@@ -165,6 +167,7 @@ impl JobQueue {
                 state: Mutex::new(State::default()),
                 emitter: Arc::clone(&emitter),
                 bus: Arc::clone(&bus),
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         if let Err(e) = Emitter::start(&emitter, queue.inner.manager.clone(), bus) {
@@ -176,8 +179,9 @@ impl JobQueue {
     }
 
     /// Follows the journal for `cancel_requested` rows written by other processes (`cjm-ctl
-    /// cancel JOB` against the same data dir) and cancels the jobs of this queue they name.
-    /// Stops when the queue is dropped.
+    /// cancel JOB` against the same data dir) and cancels the jobs of this queue they name:
+    /// read on a blocking thread, only while the queue holds jobs. Stops when the queue is
+    /// dropped.
     fn watch_cancel_requests(&self) {
         let weak = Arc::downgrade(&self.inner);
         let mut cursor = self.inner.manager.journal().last_seq().unwrap_or(0);
@@ -187,12 +191,24 @@ impl JobQueue {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
+                // Only a queue holding jobs has anything to cancel (request ids are job ids,
+                // so rows skipped while idle can never name a later job).
+                let busy = {
+                    let st = inner.lock();
+                    st.pending.len() + st.ledger.running > 0
+                };
+                if !busy {
+                    continue;
+                }
                 let query = crate::store::JournalQuery {
                     event_type: Some(CANCEL_REQUESTED.to_owned()),
                     after_seq: Some(cursor),
                     ..Default::default()
                 };
-                let Ok(rows) = inner.manager.journal().query(&query) else {
+                let manager = inner.manager.clone();
+                let read =
+                    tokio::task::spawn_blocking(move || manager.journal().query(&query)).await;
+                let Ok(Ok(rows)) = read else {
                     continue;
                 };
                 for row in rows {
@@ -489,6 +505,9 @@ impl JobQueue {
         {
             let mut st = inner.lock();
             st.closed = true;
+            inner
+                .closed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let ids = st.pending.all();
             for id in ids {
                 let _ = inner.cancel_job(&mut st, &id);
@@ -516,7 +535,7 @@ impl Inner {
     }
 
     fn admissible_submission(&self) -> Result<()> {
-        if self.lock().closed {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(QueueError::Closed.into());
         }
         match self.emitter.wedged() {

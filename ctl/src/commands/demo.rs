@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cjm_host::Host;
-use cjm_host::queue::{Composition, EventKind, Node, NodeState, OutputRef, Scope};
+use cjm_host::queue::{Composition, Node, NodeState, OutputRef, Scope};
 use cjm_host::store::JournalQuery;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::ctx::{Ctx, runtime};
-use crate::examples;
+use crate::{examples, follow};
 
 const DEMO_TEXT: &str = include_str!("../../assets/demo.txt");
 
@@ -97,42 +96,15 @@ async fn run_composition(ctx: &Ctx, host: &Host) -> anyhow::Result<()> {
     let comp = composition(&paragraphs);
     let total = comp.nodes.len() as u64;
     let q = host.queue();
-    let mut events = q.subscribe(Scope::All);
+    let events = q.subscribe(Scope::All);
     let t = Instant::now();
     let id = q.submit_composition(comp)?;
     ctx.out.info(format!(
         "composition {id}: {total} nodes ({} paragraphs x split + count in wasm, 1 merge in a native worker)",
         paragraphs.len()
     ));
-    let bar = ProgressBar::with_draw_target(
-        Some(total),
-        if ctx.out.stderr_tty && !ctx.out.quiet && !ctx.out.json {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} nodes {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let wait = q.wait_composition(&id, Some(Duration::from_secs(120)));
-    tokio::pin!(wait);
-    let run = loop {
-        tokio::select! {
-            run = &mut wait => break run?,
-            Some(e) = events.next() => {
-                if e.composition_id.as_deref() == Some(id.as_str())
-                    && e.kind == EventKind::StateTransition
-                    && e.payload["to"] != "running"
-                {
-                    bar.inc(1);
-                    bar.set_message(format!("{} {}", e.node_id.unwrap_or_default(), e.payload["to"].as_str().unwrap_or("")));
-                }
-            }
-        }
-    };
-    bar.finish_and_clear();
+    let run =
+        follow::composition(ctx, q, events, &id, total, Some(Duration::from_secs(120))).await?;
     let elapsed = t.elapsed();
     if run.status != NodeState::Completed {
         let failed: Vec<String> = run

@@ -10,10 +10,10 @@ use std::time::Duration;
 use cjm_host::Host;
 use cjm_host::backend::CallRequest;
 use cjm_host::queue::{Composition, EventKind, JobSpec, JobStatus, NodeState, Scope};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value, json};
 
 use crate::ctx::{Ctx, hint, runtime};
+use crate::follow;
 
 /// Options of `submit`.
 #[derive(Debug, clap::Args)]
@@ -142,26 +142,12 @@ fn object(v: Value) -> anyhow::Result<Map<String, Value>> {
     }
 }
 
-fn bar(ctx: &Ctx, len: Option<u64>) -> ProgressBar {
-    let target = if ctx.out.stderr_tty && !ctx.out.quiet && !ctx.out.json {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let bar = ProgressBar::with_draw_target(len, target);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed:>4} {bar:30} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
-}
-
 async fn job_run(ctx: &Ctx, host: &Host, spec: JobSpec) -> anyhow::Result<()> {
     let q = host.queue();
     let mut events = q.subscribe(Scope::All);
     let id = q.submit(spec)?;
     ctx.out.note(format!("job {id} submitted"));
-    let progress = bar(ctx, Some(1000));
+    let progress = follow::bar(ctx, Some(1000));
     let wait = q.wait(&id, None);
     tokio::pin!(wait);
     let job = loop {
@@ -206,28 +192,11 @@ async fn job_run(ctx: &Ctx, host: &Host, spec: JobSpec) -> anyhow::Result<()> {
 async fn composition_run(ctx: &Ctx, host: &Host, c: Composition) -> anyhow::Result<()> {
     let q = host.queue();
     let total = c.nodes.len() as u64;
-    let mut events = q.subscribe(Scope::All);
+    let events = q.subscribe(Scope::All);
     let id = q.submit_composition(c)?;
     ctx.out
         .note(format!("composition {id} submitted ({total} nodes)"));
-    let progress = bar(ctx, Some(total));
-    let wait = q.wait_composition(&id, None);
-    tokio::pin!(wait);
-    let run = loop {
-        tokio::select! {
-            run = &mut wait => break run?,
-            Some(e) = events.next() => {
-                if e.composition_id.as_deref() == Some(id.as_str())
-                    && e.kind == EventKind::StateTransition
-                    && e.payload["to"] != "running"
-                {
-                    progress.inc(1);
-                    progress.set_message(e.node_id.unwrap_or_default());
-                }
-            }
-        }
-    };
-    progress.finish_and_clear();
+    let run = follow::composition(ctx, q, events, &id, total, None).await?;
     let nodes: Map<String, Value> = run
         .nodes
         .iter()

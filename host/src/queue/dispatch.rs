@@ -9,6 +9,8 @@ pub(super) struct Launch {
     pub(super) instance_id: String,
     pub(super) request: CallRequest,
     pub(super) control: Arc<CallControl>,
+    /// The backend serving the instance at admission (its kind and worker pid), when loaded.
+    pub(super) backend: Option<Arc<dyn crate::backend::Backend>>,
 }
 
 impl Inner {
@@ -50,15 +52,17 @@ impl Inner {
         while st.ledger.running < limits.lanes && !st.ledger.exclusive && st.pending.len() > 0 {
             let mut chosen = None;
             for (order, instance_id) in st.pending.heads() {
-                let (cap, peaks) = match self.manager.instance(instance_id) {
-                    Ok(i) => (i.max_concurrency(), i.peaks()),
+                let instance = self.manager.instance(instance_id).ok();
+                let (cap, peaks) = match &instance {
+                    Some(i) => (i.max_concurrency(), i.peaks()),
                     // Unloaded since submit: admit it, the call fails with the typed error.
-                    Err(_) => (usize::MAX, Some(Peaks::default())),
+                    None => (usize::MAX, Some(Peaks::default())),
                 };
                 let mut live = || *view.get_or_insert_with(|| self.resources.view());
                 match admission::decide(&st.ledger, limits, instance_id, cap, peaks, &mut live) {
                     Ok(grant) => {
-                        chosen = Some((*order, instance_id.clone(), grant, peaks));
+                        let backend = instance.map(|i| i.backend());
+                        chosen = Some((*order, instance_id.clone(), grant, peaks, backend));
                         break;
                     }
                     // A first run waits for the lanes to drain: admitting what comes after
@@ -67,7 +71,7 @@ impl Inner {
                     Err(_) => {}
                 }
             }
-            let Some((order, instance_id, grant, peaks)) = chosen else {
+            let Some((order, instance_id, grant, peaks, backend)) = chosen else {
                 break;
             };
             let Some(id) = st.pending.remove(&instance_id, order) else {
@@ -130,6 +134,7 @@ impl Inner {
                 instance_id,
                 request,
                 control,
+                backend,
             });
         }
         launches

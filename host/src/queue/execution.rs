@@ -92,12 +92,7 @@ impl Inner {
         launch: &Launch,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let deadline = launch.control.deadline()?;
-        let kind = self
-            .manager
-            .instance(&launch.instance_id)
-            .ok()?
-            .backend()
-            .kind();
+        let kind = launch.backend.as_ref()?.kind();
         if kind == crate::backend::RuntimeKind::Wasm {
             return None;
         }
@@ -125,12 +120,7 @@ impl Inner {
         self: &Arc<Self>,
         launch: &Launch,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let pid = self
-            .manager
-            .instance(&launch.instance_id)
-            .ok()?
-            .backend()
-            .pid()?;
+        let pid = launch.backend.as_ref()?.pid()?;
         let every = self.config.progress_poll_interval.mul_f64(f64::from(
             self.config.resource_snapshot_cadence_polls.max(1),
         ));
