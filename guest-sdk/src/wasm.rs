@@ -61,7 +61,13 @@ fn with<C: Capability, R>(
             }));
             Box::new(Hosted::<C>::new())
         });
-        f(cap.as_mut(), &Ctx::new(&Imports, env))
+        let out = f(cap.as_mut(), &Ctx::new(&Imports, env));
+        // The guest's std buffers a line until its newline: hand over what a call printed
+        // without one, so the host sees every byte a call wrote before the call returns.
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        out
     })
 }
 

@@ -117,6 +117,10 @@ pub struct QueueConfig {
     pub evict_cooldown: Duration,
     /// Finished jobs kept in memory (the journal keeps all of them).
     pub max_history: u32,
+    /// A result larger than this (bytes of JSON) is kept in memory only until it is
+    /// delivered: to the waiters present when its job ends, or, with none, not at all (the
+    /// job then reports `result_dropped_bytes`). Bounds what a burst of large results holds.
+    pub max_history_result_bytes: usize,
     /// Calls one capability instance takes at once unless its manifest raises it.
     pub default_instance_concurrency: u32,
 }
@@ -131,6 +135,7 @@ impl Default for QueueConfig {
             resource_snapshot_cadence_polls: 4,
             evict_cooldown: Duration::from_secs(15),
             max_history: 1000,
+            max_history_result_bytes: 1024 * 1024,
             default_instance_concurrency: 1,
         }
     }
@@ -621,6 +626,8 @@ fn resolve(
             15.0,
         )?),
         max_history: qu(|q| q.max_history).map_or(qd.max_history, |(v, _)| v),
+        max_history_result_bytes: qu(|q| q.max_history_result_bytes)
+            .map_or(qd.max_history_result_bytes, |(v, _)| v as usize),
         default_instance_concurrency: at_least_one(
             qu(|q| q.default_instance_concurrency),
             "queue.default_instance_concurrency",
@@ -829,6 +836,9 @@ impl HostConfigBuilder {
                 resource_snapshot_cadence_polls: Some(q.resource_snapshot_cadence_polls),
                 evict_cooldown_seconds: Some(q.evict_cooldown.as_secs_f64()),
                 max_history: Some(q.max_history),
+                max_history_result_bytes: Some(
+                    u32::try_from(q.max_history_result_bytes).unwrap_or(u32::MAX),
+                ),
                 default_instance_concurrency: Some(q.default_instance_concurrency),
             });
         }

@@ -35,9 +35,6 @@ use crate::telemetry::Telemetry;
 /// How long after-call samples may wait before they are written to the empirical store.
 const SAMPLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Calls whose measured mean is below this run on the calling thread (seconds).
-const SHORT_CALL: f64 = 0.000_2;
-
 /// How long a worker's process-subtree measurement is reused.
 const MEASURE_REUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -233,6 +230,7 @@ struct Stores {
     empirical: EmpiricalStore,
     secrets: SecretStore,
     diagnostics: Arc<DiagnosticsWriter>,
+    diagnostics_store: Arc<DiagnosticsStore>,
 }
 
 /// One manager over every capability of a host.
@@ -313,6 +311,7 @@ impl CapabilityManager {
             empirical: EmpiricalStore::open(&config.empirical_db_path())?,
             secrets: SecretStore::new(config.secrets_dir().join("secrets.json")),
             diagnostics: Arc::new(diagnostics.writer()?),
+            diagnostics_store: diagnostics,
         };
         let wasm = WasmRuntime::new(Some(config.component_cache_dir()))?;
         let me = CapabilityManager {
@@ -408,6 +407,15 @@ impl CapabilityManager {
             tracing::error!(error = %e, "cannot write empirical samples");
         }
         &self.inner.stores.empirical
+    }
+
+    /// The diagnostics store (log records and output lines of capabilities), with every
+    /// record handed to the writer so far committed.
+    pub fn diagnostics(&self) -> &DiagnosticsStore {
+        if let Err(e) = self.inner.stores.diagnostics.flush() {
+            tracing::error!(error = %e, "cannot flush the diagnostics writer");
+        }
+        &self.inner.stores.diagnostics_store
     }
 
     /// The secret store.
@@ -606,7 +614,7 @@ impl CapabilityManager {
                 std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
                 let grants = SandboxGrants::from_manifest(&wasm.sandbox, lookup)?;
                 let path = loaded.dir().join(&wasm.component);
-                let backend = WasmBackend::load(&self.inner.wasm, &path, grants, sink)?;
+                let backend = WasmBackend::load(&self.inner.wasm, &path, grants, sink).await?;
                 return Ok(Arc::new(backend));
             }
             RuntimeKind::Python => {

@@ -46,6 +46,7 @@ use crate::manager::CapabilityManager;
 use admission::{Grant, Ledger, Limits, Order, PendingIndex};
 use dispatch::Launch;
 use events::{Bus, Done, Emitter, Item};
+use job::size_over;
 
 /// The journal event another process writes to ask for a job's cancellation.
 pub const CANCEL_REQUESTED: &str = "cancel_requested";
@@ -97,6 +98,8 @@ struct Entry {
     control: Option<Arc<CallControl>>,
     grant: Option<Grant>,
     done: Arc<Done>,
+    /// Callers of [`JobQueue::wait`] on it now: a large result stays until the last leaves.
+    waiters: u32,
     /// Cancelled because its timeout passed (it then fails instead of being cancelled).
     timed_out: bool,
 }
@@ -301,17 +304,18 @@ impl JobQueue {
 
     /// Waits until a job finished (its terminal row is in the journal) and returns it.
     pub async fn wait(&self, job_id: &str, timeout: Option<Duration>) -> Result<Job> {
-        let done = self
-            .inner
-            .lock()
-            .jobs
-            .get(job_id)
-            .map(|e| Arc::clone(&e.done));
+        let done = self.inner.lock().jobs.get_mut(job_id).map(|e| {
+            e.waiters += 1;
+            Arc::clone(&e.done)
+        });
         let Some(done) = done else {
             return self.journal_record(job_id).await;
         };
-        wait_done(&done, timeout, job_id).await?;
-        match self.get(job_id) {
+        let waited = wait_done(&done, timeout, job_id).await;
+        let job = waited.is_ok().then(|| self.get(job_id)).flatten();
+        self.inner.release_result(job_id);
+        waited?;
+        match job {
             Some(job) => Ok(job),
             None => self.journal_record(job_id).await,
         }

@@ -1,12 +1,12 @@
-//! Wasm backend benchmarks: a warm no-op call (blocking and through the async trait), a
-//! `segment_text` over 10 KB of English, a load from the precompile cache, and a fresh
-//! instantiation. `cargo bench -p cjm-tests --bench wasm`
+//! Wasm backend benchmarks: a warm no-op call (on a current-thread and a multi-threaded
+//! runtime), a warm call reading one granted file, a `segment_text` over 10 KB of English, a
+//! load from the precompile cache, and a fresh instantiation. `cargo bench -p cjm-tests --bench wasm`
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::Path;
 use std::sync::Arc;
 
-use cjm_host::backend::wasm::{SandboxGrants, WasmBackend, WasmRuntime};
+use cjm_host::backend::wasm::{DirGrant, SandboxGrants, WasmBackend, WasmRuntime};
 use cjm_host::backend::{Backend, CallControl, CallRequest, NoDiagnostics};
 use cjm_tests::{fixtures, kwargs};
 use divan::Bencher;
@@ -18,46 +18,65 @@ fn main() {
 
 struct Fixture {
     rt: WasmRuntime,
+    tokio: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
 }
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let rt = WasmRuntime::new(Some(dir.path().join("cache"))).unwrap();
-    Fixture { rt, _dir: dir }
+    // What a caller on a current-thread runtime pays; the multi-threaded case is measured
+    // separately below.
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    Fixture {
+        rt,
+        tokio,
+        _dir: dir,
+    }
+}
+
+fn ready_with(f: &Fixture, path: &str, grants: SandboxGrants) -> WasmBackend {
+    f.tokio.block_on(async {
+        let b = WasmBackend::load(&f.rt, Path::new(path), grants, Arc::new(NoDiagnostics))
+            .await
+            .unwrap();
+        b.initialize(json!({})).await.unwrap();
+        b
+    })
 }
 
 fn ready(f: &Fixture, path: &str) -> WasmBackend {
-    let b = WasmBackend::load(
-        &f.rt,
-        Path::new(path),
-        SandboxGrants::default(),
-        Arc::new(NoDiagnostics),
-    )
-    .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(b.initialize(json!({}))).unwrap();
-    b
+    ready_with(f, path, SandboxGrants::default())
 }
 
-/// A warm no-op `execute`, JSON in and out, on the calling thread.
+fn call(f: &Fixture, b: &WasmBackend, req: &CallRequest) -> serde_json::Value {
+    f.tokio
+        .block_on(b.call(req.clone(), Arc::new(CallControl::new())))
+        .unwrap()
+}
+
+/// A warm no-op `execute`, JSON in and out, through the async `Backend` trait on a
+/// current-thread runtime.
 #[divan::bench]
 fn noop_execute_warm(bencher: Bencher) {
     let f = fixture();
     let b = ready(&f, fixtures::NOOP);
     let req = CallRequest::execute(kwargs(json!({"x": 1})));
-    bencher.bench_local(|| b.call_blocking(&req, Arc::new(CallControl::new())).unwrap());
+    bencher.bench_local(|| call(&f, &b, &req));
 }
 
-/// The same call through the async `Backend` trait (a hop to a blocking thread).
+/// The same call from outside a 2-worker multi-threaded runtime (`block_on` hands the future
+/// to it and waits).
 #[divan::bench]
-fn noop_execute_warm_async(bencher: Bencher) {
+fn noop_execute_warm_multi_thread(bencher: Bencher) {
     let f = fixture();
     let b = ready(&f, fixtures::NOOP);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
         .build()
         .unwrap();
     let req = CallRequest::execute(kwargs(json!({"x": 1})));
@@ -65,6 +84,29 @@ fn noop_execute_warm_async(bencher: Bencher) {
         rt.block_on(b.call(req.clone(), Arc::new(CallControl::new())))
             .unwrap()
     });
+}
+
+/// A warm call that reads one small file from a read-only granted dir (a WASI filesystem
+/// host call: open, read, close).
+#[divan::bench]
+fn granted_file_read_warm(bencher: Bencher) {
+    let f = fixture();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("hello.txt"), "hello from the host").unwrap();
+    let grants = SandboxGrants {
+        dirs: vec![DirGrant {
+            host: data.path().into(),
+            guest: "/data".into(),
+            writable: false,
+        }],
+        ..SandboxGrants::default()
+    };
+    let b = ready_with(&f, fixtures::HOSTILE, grants);
+    let req = CallRequest::execute(kwargs(
+        json!({"attack": "read_file", "path": "/data/hello.txt"}),
+    ));
+    assert_eq!(call(&f, &b, &req), "hello from the host");
+    bencher.bench_local(|| call(&f, &b, &req));
 }
 
 /// `segment_text` over 10 KB of English prose.
@@ -83,7 +125,7 @@ fn segment_text_10kb(bencher: Bencher) {
         "segment_text",
         kwargs(json!({"text": text})),
     );
-    bencher.bench_local(|| b.call_blocking(&req, Arc::new(CallControl::new())).unwrap());
+    bencher.bench_local(|| call(&f, &b, &req));
 }
 
 /// Loading a component whose precompiled form is in the cache: read, deserialize, link,
@@ -108,5 +150,5 @@ fn load_precompiled(bencher: Bencher, which: &str) {
 fn fresh_instantiation(bencher: Bencher) {
     let f = fixture();
     let b = ready(&f, fixtures::NOOP);
-    bencher.bench_local(|| b.instantiate_fresh().unwrap());
+    bencher.bench_local(|| f.tokio.block_on(b.instantiate_fresh()).unwrap());
 }

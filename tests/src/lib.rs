@@ -45,13 +45,15 @@ pub fn runtime() -> (WasmRuntime, tempfile::TempDir) {
 }
 
 /// Loads `path` under `grants`, logging into a fresh [`CollectingSink`].
-pub fn load(
+pub async fn load(
     rt: &WasmRuntime,
     path: &str,
     grants: SandboxGrants,
 ) -> (WasmBackend, Arc<CollectingSink>) {
     let sink = Arc::new(CollectingSink::default());
-    let backend = WasmBackend::load(rt, Path::new(path), grants, sink.clone()).unwrap();
+    let backend = WasmBackend::load(rt, Path::new(path), grants, sink.clone())
+        .await
+        .unwrap();
     (backend, sink)
 }
 

@@ -186,9 +186,17 @@ fn capabilities_errors(path: &Path) -> (Vec<String>, Value) {
 }
 
 fn component_errors(path: &Path) -> (Vec<String>, Value) {
-    let loaded = WasmRuntime::new(None).and_then(|rt| {
-        WasmBackend::load(&rt, path, SandboxGrants::default(), Arc::new(NoDiagnostics))
-    });
+    let loaded = crate::ctx::runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|tokio| {
+            tokio
+                .block_on(async {
+                    let rt = WasmRuntime::new(None)?;
+                    WasmBackend::load(&rt, path, SandboxGrants::default(), Arc::new(NoDiagnostics))
+                        .await
+                })
+                .map_err(|e| e.to_string())
+        });
     match loaded {
         Ok(b) => {
             let info = cjm_host::backend::Backend::info(&b).clone();
@@ -207,6 +215,6 @@ fn component_errors(path: &Path) -> (Vec<String>, Value) {
                 )),
             )
         }
-        Err(e) => (vec![e.to_string()], Value::Null),
+        Err(e) => (vec![e], Value::Null),
     }
 }

@@ -1,6 +1,6 @@
 //! `CallControl`: the side channel of one call.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,17 +33,31 @@ pub struct Account {
 
 type ProgressListener = Box<dyn Fn(&Progress) + Send + Sync>;
 
+/// The listener hears progress at most this often per call (20 a second); the latest value
+/// always wins and the last one is delivered when the call ends. A capability reporting
+/// progress a million times costs the host a million stores of one value, not a million
+/// events to every subscriber.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+struct ProgressState {
+    current: Progress,
+    /// When the listener last heard a value.
+    told_at: Option<Instant>,
+    /// A value the listener has not heard yet.
+    untold: bool,
+}
+
 /// Cancellation, deadline, progress, accounts and usage of one call, shared by the caller and
 /// the backend serving it.
 pub struct CallControl {
     state: AtomicU8,
     changed: Notify,
     deadline: Option<Instant>,
-    progress: Mutex<Progress>,
+    progress: Mutex<ProgressState>,
     listener: Option<ProgressListener>,
     accounts: Mutex<Vec<Account>>,
     usage: Mutex<Map<String, Value>>,
-    short: AtomicBool,
 }
 
 impl std::fmt::Debug for CallControl {
@@ -73,11 +87,10 @@ impl CallControl {
             state: AtomicU8::new(0),
             changed: Notify::new(),
             deadline: None,
-            progress: Mutex::new(Progress::default()),
+            progress: Mutex::new(ProgressState::default()),
             listener: None,
             accounts: Mutex::new(Vec::new()),
             usage: Mutex::new(Map::new()),
-            short: AtomicBool::new(false),
         }
     }
 
@@ -144,15 +157,12 @@ impl CallControl {
         }
     }
 
-    /// Tells the backend whether earlier calls of this kind took microseconds (an in-process
-    /// backend then runs the call on the calling thread instead of handing it over).
-    pub fn set_expected_short(&self, short: bool) {
-        self.short.store(short, Ordering::Relaxed);
-    }
-
-    /// Whether the call is expected to take microseconds.
-    pub fn expected_short(&self) -> bool {
-        self.short.load(Ordering::Relaxed)
+    /// Waits until the call is forced to stop (never returns otherwise).
+    pub async fn forced_wait(&self) {
+        let mut seen = self.state();
+        while seen != CancelState::Forced {
+            seen = self.changed_from(seen).await;
+        }
     }
 
     /// The wall-clock deadline, if any.
@@ -165,17 +175,41 @@ impl CallControl {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
-    /// Records progress and tells the listener.
+    /// Records progress; the listener hears it unless it heard a value less than
+    /// [`PROGRESS_INTERVAL`] ago (then [`flush_progress`](Self::flush_progress) tells it).
     pub fn set_progress(&self, progress: Progress) {
-        if let Some(listener) = &self.listener {
-            listener(&progress);
+        let tell = {
+            let mut st = lock(&self.progress);
+            st.current = progress;
+            let due = self.listener.is_some()
+                && st
+                    .told_at
+                    .is_none_or(|at| at.elapsed() >= PROGRESS_INTERVAL);
+            st.untold = !due;
+            if due {
+                st.told_at = Some(Instant::now());
+            }
+            due.then(|| st.current.clone())
+        };
+        if let (Some(p), Some(listener)) = (tell, &self.listener) {
+            listener(&p);
         }
-        *lock(&self.progress) = progress;
+    }
+
+    /// Tells the listener the latest value it has not heard (the end of a call).
+    pub fn flush_progress(&self) {
+        let tell = {
+            let mut st = lock(&self.progress);
+            std::mem::take(&mut st.untold).then(|| st.current.clone())
+        };
+        if let (Some(p), Some(listener)) = (tell, &self.listener) {
+            listener(&p);
+        }
     }
 
     /// The last progress reported.
     pub fn progress(&self) -> Progress {
-        lock(&self.progress).clone()
+        lock(&self.progress).current.clone()
     }
 
     /// Records an account.
@@ -192,11 +226,14 @@ impl CallControl {
     pub fn add_usage(&self, usage: &Map<String, Value>) {
         let mut total = lock(&self.usage);
         for (key, value) in usage {
-            let sum = match (total.get(key).and_then(Value::as_f64), value.as_f64()) {
-                (Some(a), Some(b)) if value.is_i64() && total[key].is_i64() => {
-                    Value::from(a as i64 + b as i64)
-                }
-                (Some(a), Some(b)) => Value::from(a + b),
+            let before = total.get(key);
+            let ints = before.and_then(Value::as_i64).zip(value.as_i64());
+            let floats = before.and_then(Value::as_f64).zip(value.as_f64());
+            let sum = match (ints, floats) {
+                (Some((a, b)), _) => a
+                    .checked_add(b)
+                    .map_or_else(|| Value::from(a as f64 + b as f64), Value::from),
+                (None, Some((a, b))) => Value::from(a + b),
                 _ => value.clone(),
             };
             total.insert(key.clone(), sum);
@@ -221,6 +258,29 @@ mod tests {
         c.force_cancel();
         c.request_cancel();
         assert_eq!(c.state(), CancelState::Forced);
+    }
+
+    #[test]
+    fn progress_is_coalesced_and_the_last_value_is_told() {
+        use std::sync::Arc;
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = Arc::clone(&heard);
+        let c = CallControl::new().with_progress_listener(move |p| {
+            h.lock().unwrap().push(p.progress);
+        });
+        for i in 0..100_000 {
+            c.set_progress(Progress {
+                progress: f64::from(i) / 100_000.0,
+                message: String::new(),
+            });
+        }
+        c.flush_progress();
+        c.flush_progress();
+        let heard = heard.lock().unwrap().clone();
+        assert!(heard.len() < 100, "{} events", heard.len());
+        assert_eq!(heard.first(), Some(&0.0));
+        assert_eq!(heard.last(), Some(&0.99999));
+        assert_eq!(c.progress().progress, 0.99999);
     }
 
     #[test]

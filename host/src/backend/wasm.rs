@@ -3,20 +3,33 @@
 //! - [`runtime`]: one engine per host, the epoch ticker, the compile cache.
 //! - [`sandbox`]: grants (deny by default), limits, stdio capture.
 //! - `instance`: one store + instance, the host imports, traps to typed errors.
+//! - `emit`: bounds on what a guest emits (message sizes, a log rate per instance).
 //! - this module: [`WasmBackend`], a pool of instances of one component serving the
 //!   [`Backend`] trait. Up to `max_instances` calls run at once, each on its own instance; an
-//!   instance that trapped is discarded and the next call gets a fresh one.
+//!   instance that trapped, panicked or was stopped midway is discarded and the next call
+//!   gets a fresh one.
+//!
+//! Every guest call is a future (wasmtime's async support with the async WASI linker): a
+//! blocking WASI operation is an `.await` on the runtime, never a nested `block_on`; a long
+//! computation yields to the runtime at every epoch tick; and the call is raced against its
+//! deadline and a forced cancel, so a guest asleep in a host call is stopped on time too.
 
 mod bindings;
+mod emit;
 mod instance;
 pub mod runtime;
 pub mod sandbox;
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use cjm_guest::contract::{CapabilityInfo, JobError, Status};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub use runtime::{LoadedComponent, WasmRuntime};
 pub use sandbox::{DirGrant, SandboxGrants};
@@ -34,7 +47,6 @@ struct PoolState {
     /// Bumped on every configuration change; instances of an older generation are dropped.
     generation: u64,
     idle: Vec<Instance>,
-    busy: u32,
     shut_down: bool,
     instantiated: u64,
     discarded: u64,
@@ -47,7 +59,11 @@ struct Pool {
     session: Arc<str>,
     sink: Arc<dyn DiagnosticsSink>,
     state: Mutex<PoolState>,
-    freed: Condvar,
+    /// One permit per instance allowed to serve a call at once (`max_instances`); closed
+    /// at shutdown. Waiting for one never holds a thread.
+    permits: Semaphore,
+    /// Log records the rate limit dropped, over all instances.
+    log_dropped: Arc<AtomicU64>,
 }
 
 /// A wasm capability: a pool of sandboxed instances of one component.
@@ -65,10 +81,41 @@ impl std::fmt::Debug for WasmBackend {
     }
 }
 
+/// An instance checked out for one call, with the permit it runs under. Unless the call
+/// hands it back ([`Slot::keep`]), dropping the slot discards the instance: a call that
+/// trapped, panicked, or whose future was dropped midway (a deadline, a forced cancel, an
+/// aborted task) never leaves a half-run instance in the pool, and always frees its permit.
+struct Slot<'p> {
+    pool: &'p Pool,
+    instance: Option<Instance>,
+    _permit: SemaphorePermit<'p>,
+}
+
+impl Slot<'_> {
+    fn keep(mut self) {
+        if let Some(inst) = self.instance.take() {
+            let mut state = self.pool.lock();
+            if state.shut_down || inst.generation != state.generation {
+                state.discarded += 1;
+            } else {
+                state.idle.push(inst);
+            }
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.instance.take().is_some() {
+            self.pool.lock().discarded += 1;
+        }
+    }
+}
+
 impl WasmBackend {
     /// Loads the component at `path` under `grants` and reads its info in the sandbox. The
     /// capability is not initialized yet: call [`Backend::initialize`] before any call.
-    pub fn load(
+    pub async fn load(
         runtime: &WasmRuntime,
         path: &std::path::Path,
         grants: SandboxGrants,
@@ -77,14 +124,22 @@ impl WasmBackend {
         grants.validate()?;
         let component = runtime.load(path)?;
         let session: Arc<str> = uuid::Uuid::new_v4().to_string().into();
-        let mut first =
-            Instance::new(&component, &grants, Arc::clone(&session), Arc::clone(&sink))?;
-        let raw = first.info(LIFECYCLE_LIMIT_SECS).map_err(|t| t.0)?;
+        let log_dropped = Arc::new(AtomicU64::new(0));
+        let mut first = Instance::new(
+            &component,
+            &grants,
+            Arc::clone(&session),
+            Arc::clone(&sink),
+            Arc::clone(&log_dropped),
+        )
+        .await?;
+        let raw = first.info(LIFECYCLE_LIMIT_SECS).await.map_err(|t| t.0)?;
         let info = parse_info(raw).map_err(|reason| Error::InvalidComponent {
             path: path.to_owned(),
             reason,
             source: None,
         })?;
+        let permits = Semaphore::new(grants.max_instances as usize);
         Ok(WasmBackend {
             pool: Arc::new(Pool {
                 component,
@@ -96,12 +151,12 @@ impl WasmBackend {
                     config: None,
                     generation: 0,
                     idle: vec![first],
-                    busy: 0,
                     shut_down: false,
                     instantiated: 1,
                     discarded: 0,
                 }),
-                freed: Condvar::new(),
+                permits,
+                log_dropped,
             }),
         })
     }
@@ -116,31 +171,14 @@ impl WasmBackend {
         &self.pool.session
     }
 
-    /// Runs one call on the current thread (it blocks for as long as the guest runs). The
-    /// async [`Backend::call`] runs this on a blocking thread.
-    pub fn call_blocking(&self, request: &CallRequest, control: Arc<CallControl>) -> Result<Value> {
-        if control.cancel_requested() {
-            return Err(Error::Cancelled);
-        }
-        let limit = self.call_limit(&control);
-        self.with_instance(|inst| {
-            inst.call(
-                &request.target,
-                &request.kwargs,
-                &request.envelope,
-                control,
-                limit,
-            )
-        })
-    }
-
     /// A fresh instance, instantiated and initialized; the cost a pool pays to grow or to
     /// replace a trapped instance. Public for benchmarks.
-    pub fn instantiate_fresh(&self) -> Result<()> {
-        let config = self.lock().config.clone();
-        let mut inst = self.pool.new_instance()?;
+    pub async fn instantiate_fresh(&self) -> Result<()> {
+        let config = self.pool.lock().config.clone();
+        let mut inst = self.pool.new_instance().await?;
         if let Some(config) = config {
             inst.initialize(&config, LIFECYCLE_LIMIT_SECS)
+                .await
                 .map_err(outcome_error)?;
         }
         Ok(())
@@ -156,30 +194,19 @@ impl WasmBackend {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, PoolState> {
-        self.pool
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Checks out an instance of the current configuration (waiting while `max_instances`
-    /// are busy), runs `f` on it, and returns it to the pool unless it trapped.
-    fn with_instance<T>(&self, f: impl FnOnce(&mut Instance) -> Result<T, Outcome>) -> Result<T> {
-        let (mut inst, config, generation) = {
-            let mut state = self.lock();
-            loop {
-                if state.shut_down {
-                    return Err(self.stopped());
-                }
-                if state.busy < self.pool.grants.max_instances {
-                    break;
-                }
-                state = self
-                    .pool
-                    .freed
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
+    /// Checks out an instance of the current configuration, waiting (asynchronously) while
+    /// `max_instances` are busy; a fresh one is made when none is idle.
+    async fn checkout(&self) -> Result<Slot<'_>> {
+        let permit = self
+            .pool
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| self.stopped())?;
+        let (found, config, generation) = {
+            let mut state = self.pool.lock();
+            if state.shut_down {
+                return Err(self.stopped());
             }
             let Some(config) = state.config.clone() else {
                 return Err(Error::job(JobError::fatal(format!(
@@ -187,7 +214,6 @@ impl WasmBackend {
                     self.pool.info.name
                 ))));
             };
-            state.busy += 1;
             let generation = state.generation;
             let found = loop {
                 match state.idle.pop() {
@@ -196,56 +222,72 @@ impl WasmBackend {
                     None => break None,
                 }
             };
-            match found {
-                Some(i) => (Some(i), config, generation),
-                None => (None, config, generation),
+            (found, config, generation)
+        };
+        let instance = match found {
+            Some(i) => i,
+            None => {
+                let mut i = self.pool.new_instance().await?;
+                i.initialize(&config, LIFECYCLE_LIMIT_SECS)
+                    .await
+                    .map_err(|o| self.stamp(outcome_error(o)))?;
+                i.generation = generation;
+                self.pool.lock().instantiated += 1;
+                i
             }
         };
-        let result = (|| {
-            let mut inst = match inst.take() {
-                Some(i) => i,
-                None => {
-                    let mut i = self.pool.new_instance()?;
-                    i.initialize(&config, LIFECYCLE_LIMIT_SECS)
-                        .map_err(outcome_error)?;
-                    i.generation = generation;
-                    self.lock().instantiated += 1;
-                    i
-                }
-            };
-            let out = f(&mut inst);
-            Ok::<_, Error>((inst, out))
-        })();
-        let mut state = self.lock();
-        state.busy -= 1;
-        self.pool.freed.notify_one();
-        let (inst, out) = result?;
+        Ok(Slot {
+            pool: &self.pool,
+            instance: Some(instance),
+            _permit: permit,
+        })
+    }
+
+    /// Runs `f` on a checked-out instance and hands the instance back unless it trapped. A
+    /// panic anywhere in the call (a host import included) fails the call with a typed
+    /// `fatal` error and discards the instance; the next call gets a fresh one.
+    async fn with_instance<T>(
+        &self,
+        f: impl for<'i> FnOnce(&'i mut Instance) -> BoxFuture<'i, Result<T, Outcome>>,
+    ) -> Result<T> {
+        let mut slot = self.checkout().await?;
+        let Some(inst) = slot.instance.as_mut() else {
+            return Err(self.stopped());
+        };
+        let out = AssertUnwindSafe(f(inst)).catch_unwind().await;
         match out {
-            Ok(v) => {
-                state.idle.push(inst);
+            Ok(Ok(v)) => {
+                slot.keep();
                 Ok(v)
             }
-            Err(Outcome::Failed(e)) => {
-                state.idle.push(inst);
+            Ok(Err(Outcome::Failed(e))) => {
+                slot.keep();
                 Err(self.stamp(e))
             }
-            Err(Outcome::Trapped(e)) => {
-                state.discarded += 1;
-                drop(inst);
-                Err(self.stamp(e))
+            Ok(Err(Outcome::Trapped(e))) => Err(self.stamp(e)),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                tracing::error!(capability = %self.pool.info.name, panic = %what, "a wasm call panicked in the host; the instance is discarded");
+                Err(self.stamp(Error::job(JobError::fatal(format!(
+                    "the host failed while serving the call ({what}); the instance was replaced"
+                )))))
             }
         }
     }
 
     /// Applies a configuration change through one instance and makes it the pool's
     /// configuration; other idle instances are dropped (they were built for the old one).
-    fn apply_config(
+    async fn apply_config(
         &self,
         new: Value,
-        f: impl FnOnce(&mut Instance) -> Result<(), Outcome>,
+        f: impl for<'i> FnOnce(&'i mut Instance) -> BoxFuture<'i, Result<(), Outcome>>,
     ) -> Result<()> {
         let inst = {
-            let mut state = self.lock();
+            let mut state = self.pool.lock();
             if state.shut_down {
                 return Err(self.stopped());
             }
@@ -253,10 +295,12 @@ impl WasmBackend {
         };
         let mut inst = match inst {
             Some(i) => i,
-            None => self.pool.new_instance()?,
+            None => self.pool.new_instance().await?,
         };
-        f(&mut inst).map_err(|o| self.stamp(outcome_error(o)))?;
-        let mut state = self.lock();
+        f(&mut inst)
+            .await
+            .map_err(|o| self.stamp(outcome_error(o)))?;
+        let mut state = self.pool.lock();
         state.generation += 1;
         state.config = Some(new);
         inst.generation = state.generation;
@@ -280,37 +324,26 @@ impl WasmBackend {
         )))
     }
 
-    /// Runs guest work without stalling the async runtime. On a multi-threaded runtime the
-    /// call runs in place (`block_in_place` hands this worker's other tasks to the rest of the
-    /// pool), which saves the thread hop of `spawn_blocking` — most guest calls take
-    /// microseconds. Elsewhere it goes to the blocking pool.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&WasmBackend) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
-            return tokio::task::block_in_place(|| f(self));
-        }
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || f(&me))
+    async fn hook(&self, which: Hook) -> Result<String> {
+        self.with_instance(|inst| Box::pin(inst.hook(which, LIFECYCLE_LIMIT_SECS)))
             .await
-            .map_err(|e| Error::job(JobError::fatal(format!("wasm call thread failed: {e}"))))?
-    }
-
-    fn hook(&self, which: Hook) -> Result<String> {
-        self.with_instance(|inst| inst.hook(which, LIFECYCLE_LIMIT_SECS))
     }
 }
 
 impl Pool {
-    fn new_instance(&self) -> Result<Instance> {
+    async fn new_instance(&self) -> Result<Instance> {
         Instance::new(
             &self.component,
             &self.grants,
             Arc::clone(&self.session),
             Arc::clone(&self.sink),
+            Arc::clone(&self.log_dropped),
         )
+        .await
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -355,7 +388,7 @@ impl Backend for WasmBackend {
     }
 
     async fn health(&self) -> Result<Value> {
-        let state = self.lock();
+        let state = self.pool.lock();
         Ok(json!({
             "status": if state.shut_down { "stopped" } else { "running" },
             "name": self.pool.info.name,
@@ -367,98 +400,98 @@ impl Backend for WasmBackend {
     }
 
     async fn stats(&self) -> Result<Value> {
-        let state = self.lock();
+        let max = self.pool.grants.max_instances;
+        let busy = if self.pool.permits.is_closed() {
+            0
+        } else {
+            max.saturating_sub(u32::try_from(self.pool.permits.available_permits()).unwrap_or(max))
+        };
+        let state = self.pool.lock();
         Ok(json!({
             "pid": std::process::id(),
             "runtime": "wasm",
             "instances_idle": state.idle.len(),
-            "instances_busy": state.busy,
-            "max_instances": self.pool.grants.max_instances,
+            "instances_busy": busy,
+            "max_instances": max,
             "instances_created": state.instantiated,
             "instances_discarded": state.discarded,
             "memory_limit_mb": self.pool.grants.memory_limit_mb,
+            "log_records_dropped": self.pool.log_dropped.load(Ordering::Relaxed),
             "usage": null,
         }))
     }
 
     async fn initialize(&self, config: Value) -> Result<()> {
-        self.blocking(move |me| {
-            let new = config.clone();
-            me.apply_config(new, |inst| inst.initialize(&config, LIFECYCLE_LIMIT_SECS))
+        let new = config.clone();
+        self.apply_config(new, move |inst| {
+            Box::pin(async move { inst.initialize(&config, LIFECYCLE_LIMIT_SECS).await })
         })
         .await
     }
 
     async fn reconfigure(&self, old: Value, new: Value) -> Result<()> {
-        self.blocking(move |me| {
-            let to = new.clone();
-            me.apply_config(to, |inst| {
-                inst.reconfigure(&old, &new, LIFECYCLE_LIMIT_SECS)
-            })
+        let to = new.clone();
+        self.apply_config(to, move |inst| {
+            Box::pin(async move { inst.reconfigure(&old, &new, LIFECYCLE_LIMIT_SECS).await })
         })
         .await
     }
 
     async fn current_config(&self) -> Result<Value> {
-        self.blocking(|me| {
-            me.with_instance(|i| i.read_json(JsonExport::CurrentConfig, LIFECYCLE_LIMIT_SECS))
+        self.with_instance(|i| {
+            Box::pin(i.read_json(JsonExport::CurrentConfig, LIFECYCLE_LIMIT_SECS))
         })
         .await
     }
 
     async fn config_options(&self) -> Result<Value> {
-        self.blocking(|me| {
-            me.with_instance(|i| i.read_json(JsonExport::ConfigOptions, LIFECYCLE_LIMIT_SECS))
+        self.with_instance(|i| {
+            Box::pin(i.read_json(JsonExport::ConfigOptions, LIFECYCLE_LIMIT_SECS))
         })
         .await
     }
 
     async fn call(&self, request: CallRequest, control: Arc<CallControl>) -> Result<Value> {
-        // A call measured to take microseconds runs right here: handing the worker thread
-        // over (`block_in_place`) would cost more than the call. A runaway still ends at its
-        // deadline or forced cancel (the epoch ticker runs on its own thread).
-        if control.expected_short() {
-            return self.call_blocking(&request, control);
+        if control.cancel_requested() {
+            return Err(Error::Cancelled);
         }
-        self.blocking(move |me| me.call_blocking(&request, control))
-            .await
+        let limit = self.call_limit(&control);
+        self.with_instance(move |inst| {
+            Box::pin(async move {
+                let r = &request;
+                inst.call(&r.target, &r.kwargs, &r.envelope, control, limit)
+                    .await
+            })
+        })
+        .await
     }
 
     async fn prefetch(&self) -> Result<Status> {
-        self.blocking(|me| me.hook(Hook::Prefetch))
-            .await
-            .map(Status::new)
+        self.hook(Hook::Prefetch).await.map(Status::new)
     }
 
     async fn on_enable(&self) -> Result<Status> {
-        self.blocking(|me| me.hook(Hook::OnEnable))
-            .await
-            .map(Status::new)
+        self.hook(Hook::OnEnable).await.map(Status::new)
     }
 
     async fn on_disable(&self) -> Result<Status> {
-        self.blocking(|me| me.hook(Hook::OnDisable))
-            .await
-            .map(Status::new)
+        self.hook(Hook::OnDisable).await.map(Status::new)
     }
 
     async fn shutdown(&self) -> Result<()> {
-        self.blocking(|me| {
-            let idle = {
-                let mut state = me.lock();
-                state.shut_down = true;
-                me.pool.freed.notify_all();
-                std::mem::take(&mut state.idle)
-            };
-            // Cleanup is best effort per instance: one failing must not keep the others alive.
-            let mut first_error = None;
-            for mut inst in idle {
-                if let Err(o) = inst.hook(Hook::Cleanup, LIFECYCLE_LIMIT_SECS) {
-                    first_error.get_or_insert(outcome_error(o));
-                }
+        let idle = {
+            let mut state = self.pool.lock();
+            state.shut_down = true;
+            self.pool.permits.close();
+            std::mem::take(&mut state.idle)
+        };
+        // Cleanup is best effort per instance: one failing must not keep the others alive.
+        let mut first_error = None;
+        for mut inst in idle {
+            if let Err(o) = inst.hook(Hook::Cleanup, LIFECYCLE_LIMIT_SECS).await {
+                first_error.get_or_insert(outcome_error(o));
             }
-            first_error.map_or(Ok(()), Err)
-        })
-        .await
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }

@@ -57,16 +57,7 @@ const PYTHON_KEYS: &[&str] = &[
 ];
 const NATIVE_KEYS: &[&str] = &["command"];
 const ADAPTER_KEYS: &[&str] = &["impl", "lib"];
-const SANDBOX_KEYS: &[&str] = &[
-    "preopens",
-    "env",
-    "memory_limit_mb",
-    "time_limit_seconds",
-    "capture_output",
-    "network",
-    "pool_size",
-    "max_concurrency",
-];
+const SANDBOX_KEYS: &[&str] = Sandbox::KEYS;
 
 /// A parsed, validated `capabilities.yaml`.
 #[derive(Debug, Clone, PartialEq)]

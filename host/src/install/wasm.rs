@@ -128,15 +128,18 @@ pub(crate) async fn install(
     log: &Log,
     step: &(dyn Fn(&str) + Sync),
 ) -> Result<Installed> {
+    // Validated where the user put it (errors name that path), and copied only once it
+    // proved to be a capability: a malformed file never lands in, or replaces what is in,
+    // `components/`.
+    step("validate, precompile and introspect in the sandbox");
+    let info = introspect(config, &entry.name, &prepared.path, &w.sandbox, log).await?;
+
     step("copy the component into the data dir");
     let dir = components_dir(config);
     std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
     let installed = dir.join(format!("{}.wasm", entry.name));
     let bytes = std::fs::read(&prepared.path).map_err(|e| crate::Error::io(&prepared.path, e))?;
     manifest::write_atomic(&installed, &bytes)?;
-
-    step("validate, precompile and introspect in the sandbox");
-    let info = introspect(config, &entry.name, &installed, &w.sandbox, log).await?;
 
     let mut m = CapabilityManifest::new(&entry.name, &info.version, RuntimeKind::Wasm);
     super::code_from_info(&mut m, &info);
@@ -184,16 +187,22 @@ pub(crate) async fn introspect(
     };
     let grants = SandboxGrants::from_manifest(sandbox, lookup)?;
     let cache = config.component_cache_dir();
+    let component_path = component;
     let component = component.to_owned();
     let sink = Arc::new(LogSink(log.clone()));
-    let backend = tokio::task::spawn_blocking(move || -> crate::Result<WasmBackend> {
+    // Compiling a component takes a CPU for a while: on a blocking thread. Reading its info
+    // in the sandbox is an async guest call.
+    let runtime = tokio::task::spawn_blocking(move || -> crate::Result<WasmRuntime> {
         let runtime = WasmRuntime::new(Some(cache))?;
-        WasmBackend::load(&runtime, &component, grants, sink)
+        runtime.load(&component)?;
+        Ok(runtime)
     })
     .await
     .map_err(|e| {
         InstallError::InstallFailed(format!("the component load was interrupted: {e}"))
     })??;
+    let component = component_path.to_owned();
+    let backend = WasmBackend::load(&runtime, &component, grants, sink).await?;
     let info = backend.info().clone();
     if let Err(e) = backend.shutdown().await {
         log.line(&format!("cleanup after introspection failed: {e}"));

@@ -41,11 +41,6 @@ impl CapabilityManager {
             }
         }
         let config_hash = instance.config_hash();
-        control.set_expected_short(
-            lock(&instance.profile)
-                .as_ref()
-                .is_some_and(|p| p.sample_count >= 3 && p.duration_seconds_mean < SHORT_CALL),
-        );
         let mut attempt = 0;
         loop {
             let started = Instant::now();
@@ -55,6 +50,8 @@ impl CapabilityManager {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Instant::now();
             let result = backend.call(request.clone(), Arc::clone(&control)).await;
+            // The latest progress the coalescing held back reaches the listener now.
+            control.flush_progress();
             let usage = match backend.pid() {
                 Some(pid) => self.measure(&instance, pid).await,
                 None => (0.0, 0.0, 0.0),
@@ -68,8 +65,12 @@ impl CapabilityManager {
                 usage,
             )?;
             match result {
+                // Only a retriable resource error is worth evicting others and trying again
+                // (a worker killed for memory, a GPU shortfall); a wasm guest past its own
+                // memory limit would fail the same way.
                 Err(Error::Job(e))
                     if e.category == ErrorCategory::Resource
+                        && e.retriable
                         && attempt < MAX_RETRIES
                         && !control.cancel_requested() =>
                 {

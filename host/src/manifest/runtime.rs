@@ -98,6 +98,35 @@ pub struct Sandbox {
     /// Calls allowed at once on this capability (each on its own instance).
     #[serde(default = "default_one")]
     pub max_concurrency: u32,
+    /// The largest result a call may return, in bytes (`None`: the host's default, 64 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_result_bytes: Option<u64>,
+    /// The largest progress or log message kept, in bytes; longer ones are cut (`None`: the
+    /// host's default, 16 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<u32>,
+    /// Log records and captured output lines stored per second per instance; the rest are
+    /// dropped and counted (`None`: the host's default, 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_records_per_second: Option<u32>,
+}
+
+impl Sandbox {
+    /// Every key of the block, in the order the manifest reference lists them: the one list
+    /// the capabilities file and the manifest validator check grants against.
+    pub const KEYS: &'static [&'static str] = &[
+        "preopens",
+        "env",
+        "memory_limit_mb",
+        "time_limit_seconds",
+        "capture_output",
+        "network",
+        "pool_size",
+        "max_concurrency",
+        "max_result_bytes",
+        "max_message_bytes",
+        "log_records_per_second",
+    ];
 }
 
 impl Default for Sandbox {
@@ -111,6 +140,9 @@ impl Default for Sandbox {
             network: NetworkGrant::None,
             pool_size: 1,
             max_concurrency: 1,
+            max_result_bytes: None,
+            max_message_bytes: None,
+            log_records_per_second: None,
         }
     }
 }

@@ -176,6 +176,9 @@ static SANDBOX: Section = Section {
         opt("network", Ty::OneOf(&["none", "loopback", "any"])),
         opt("pool_size", Ty::PositiveInt),
         opt("max_concurrency", Ty::PositiveInt),
+        opt("max_result_bytes", Ty::Nullable(&Ty::PositiveInt)),
+        opt("max_message_bytes", Ty::Nullable(&Ty::PositiveInt)),
+        opt("log_records_per_second", Ty::Nullable(&Ty::PositiveInt)),
     ],
     closed: true,
 };
@@ -649,6 +652,12 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_sandbox_section_checks_exactly_the_grants_the_manifest_type_has() {
+        let checked: Vec<&str> = SANDBOX.fields.iter().map(|f| f.name).collect();
+        assert_eq!(checked, crate::manifest::Sandbox::KEYS);
+    }
 
     fn fields(problems: &[ManifestProblem]) -> Vec<&str> {
         problems.iter().map(|p| p.field.as_str()).collect()

@@ -36,6 +36,7 @@ impl Inner {
                 control: None,
                 grant: None,
                 done: Arc::new(Done::default()),
+                waiters: 0,
                 timed_out: false,
             },
         );

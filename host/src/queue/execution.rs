@@ -280,6 +280,17 @@ impl Inner {
             JobStatus::Cancelled => st.stats.cancelled += 1,
             _ => st.stats.failed += 1,
         }
+        // A large result stays only for the waiters present now (they release it).
+        if let Some(size) = entry
+            .job
+            .result
+            .as_ref()
+            .and_then(|v| size_over(v, self.config.max_history_result_bytes))
+            && entry.waiters == 0
+        {
+            entry.job.result = None;
+            entry.job.result_dropped_bytes = Some(size);
+        }
         st.history.push_back(job_id.to_owned());
         // Forget the oldest finished jobs once their terminal row is written: a job not in
         // memory is then always in the journal.
@@ -289,13 +300,31 @@ impl Inner {
                 .history
                 .front()
                 .and_then(|id| st.jobs.get(id))
-                .is_none_or(|e| e.done.is_set() && Arc::strong_count(&e.done) == 1);
+                .is_none_or(|e| e.done.is_set() && e.waiters == 0);
             if !written {
                 break;
             }
             if let Some(old) = st.history.pop_front() {
                 st.jobs.remove(&old);
             }
+        }
+    }
+
+    /// A waiter of a job leaves: the last one to leave drops a finished job's result over
+    /// `max_history_result_bytes` from memory.
+    pub(super) fn release_result(&self, job_id: &str) {
+        let mut st = self.lock();
+        let limit = self.config.max_history_result_bytes;
+        let Some(entry) = st.jobs.get_mut(job_id) else {
+            return;
+        };
+        entry.waiters = entry.waiters.saturating_sub(1);
+        if entry.waiters == 0
+            && entry.job.status.is_terminal()
+            && let Some(size) = entry.job.result.as_ref().and_then(|v| size_over(v, limit))
+        {
+            entry.job.result = None;
+            entry.job.result_dropped_bytes = Some(size);
         }
     }
 

@@ -193,6 +193,10 @@ pub struct Job {
     pub status_message: String,
     /// The result of a completed job (kept in memory, never journaled).
     pub result: Option<Value>,
+    /// Set when the result was larger than the queue's `max_history_result_bytes` and left
+    /// memory after delivery: its approximate size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_dropped_bytes: Option<usize>,
     /// Why it failed or was cancelled.
     pub error: Option<JobError>,
     /// The composition it is a member of.
@@ -234,6 +238,7 @@ impl Job {
             progress: 0.0,
             status_message: String::new(),
             result: None,
+            result_dropped_bytes: None,
             error: None,
             composition_id: envelope.composition_id.clone(),
             node_id: envelope.node_id.clone(),
@@ -284,6 +289,7 @@ impl Job {
             progress: 0.0,
             status_message: String::new(),
             result: None,
+            result_dropped_bytes: None,
             error: s.error,
             composition_id: s.composition_id,
             node_id: s.node_id,
@@ -310,4 +316,33 @@ pub struct QueueStats {
     pub failed: u64,
     /// Jobs cancelled since the queue started.
     pub cancelled: u64,
+}
+
+/// The size of `value` as JSON text, approximately (strings by their bytes, quotes and
+/// separators counted), when it is more than `limit`; the walk stops as soon as it is.
+pub(crate) fn size_over(value: &Value, limit: usize) -> Option<usize> {
+    fn walk(v: &Value, acc: &mut usize, limit: usize) -> bool {
+        *acc += match v {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 8,
+            Value::String(s) => s.len() + 2,
+            Value::Array(items) => {
+                *acc += 2;
+                return items.iter().all(|i| {
+                    *acc += 1;
+                    walk(i, acc, limit)
+                });
+            }
+            Value::Object(map) => {
+                *acc += 2;
+                return map.iter().all(|(k, i)| {
+                    *acc += k.len() + 4;
+                    walk(i, acc, limit)
+                });
+            }
+        };
+        *acc <= limit
+    }
+    let mut acc = 0;
+    (!walk(value, &mut acc, limit)).then_some(acc)
 }

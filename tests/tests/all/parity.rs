@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 async fn both() -> (Vec<Arc<dyn Backend>>, tempfile::TempDir) {
     let (rt, dir) = runtime();
-    let (wasm, _) = load(&rt, fixtures::TEXT_STATS, SandboxGrants::default());
+    let (wasm, _) = load(&rt, fixtures::TEXT_STATS, SandboxGrants::default()).await;
     let spec =
         WorkerSpec::native("text-stats", &[env!("CARGO_BIN_EXE_parity_worker").into()]).unwrap();
     let native = NativeBackend::start(

@@ -25,7 +25,7 @@ async fn call(b: &WasmBackend, req: CallRequest) -> Result<serde_json::Value, Er
 #[tokio::test(flavor = "multi_thread")]
 async fn info_schema_and_surface_come_from_the_guest() {
     let (rt, _dir) = runtime();
-    let (b, _) = load(&rt, fixtures::TEXT_STATS, SandboxGrants::default());
+    let (b, _) = load(&rt, fixtures::TEXT_STATS, SandboxGrants::default()).await;
     assert_eq!(b.kind(), RuntimeKind::Wasm);
     let info = b.info();
     assert_eq!(info.name, "text-stats");
@@ -47,7 +47,7 @@ async fn info_schema_and_surface_come_from_the_guest() {
 #[tokio::test(flavor = "multi_thread")]
 async fn config_takes_effect_and_reconfigure_changes_results() {
     let (rt, _dir) = runtime();
-    let (b, _) = load(&rt, fixtures::TEXT_STATS, SandboxGrants::default());
+    let (b, _) = load(&rt, fixtures::TEXT_STATS, SandboxGrants::default()).await;
 
     let before = call(&b, CallRequest::execute(kwargs(json!({"text": "x"}))))
         .await
@@ -95,7 +95,7 @@ async fn config_takes_effect_and_reconfigure_changes_results() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_config_and_bad_input_are_user_input_errors_naming_the_field() {
     let (rt, _dir) = runtime();
-    let (b, _) = load(&rt, fixtures::TEXT_STATS, SandboxGrants::default());
+    let (b, _) = load(&rt, fixtures::TEXT_STATS, SandboxGrants::default()).await;
     let e = job(b.initialize(json!({"top_n": "three"})).await.unwrap_err());
     assert_eq!(e.category, ErrorCategory::UserInput);
     assert!(e.message.contains("invalid configuration"), "{}", e.message);
@@ -127,7 +127,7 @@ async fn bad_config_and_bad_input_are_user_input_errors_naming_the_field() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sentence_split_answers_in_the_pysbd_wire_shape() {
     let (rt, _dir) = runtime();
-    let (b, _) = load(&rt, fixtures::SENTENCE_SPLIT, SandboxGrants::default());
+    let (b, _) = load(&rt, fixtures::SENTENCE_SPLIT, SandboxGrants::default()).await;
     b.initialize(json!({})).await.unwrap();
     let text = "  Héllo wörld. Dr. Smith arrived at 5 p.m. today!  Is it done? ";
     let out = call(
@@ -224,6 +224,7 @@ async fn bad_component_files_are_clear_errors_naming_the_file() {
             SandboxGrants::default(),
             Arc::new(NoDiagnostics),
         )
+        .await
         .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains(&path.display().to_string()), "{msg}");
@@ -257,7 +258,7 @@ async fn precompiled_components_are_cached_by_sha_and_engine() {
     );
     std::fs::write(&cached, b"garbage").unwrap();
     rt2.forget_loaded();
-    let (b, _) = load(&rt2, fixtures::NOOP, SandboxGrants::default());
+    let (b, _) = load(&rt2, fixtures::NOOP, SandboxGrants::default()).await;
     b.initialize(json!({})).await.unwrap();
     assert_eq!(
         call(&b, CallRequest::execute(Default::default()))

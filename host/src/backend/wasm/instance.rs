@@ -2,9 +2,12 @@
 //! imports, and the calls into the component's exports with every trap turned into a typed
 //! error.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use cjm_guest::contract::{CallError, Envelope, JobError, Progress};
+use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -12,8 +15,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::Capability;
 use super::bindings::cjm::capability::{host, types as wit};
+use super::emit::{LogBudget, truncate};
 use super::runtime::LoadedComponent;
-use super::sandbox::{Capture, Limits, MemoryDenied, SandboxGrants};
+use super::sandbox::{Capture, CaptureStream, Limits, MemoryDenied, SandboxGrants, TableDenied};
 use crate::backend::{Account, CallControl, DiagnosticsSink, LogRecord};
 use crate::error::{Error, Result};
 
@@ -37,15 +41,22 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// The bounds on what the guest emits, shared by its imports and its captured output.
+pub(crate) struct EmitLimits {
+    pub(crate) max_message: usize,
+    pub(crate) budget: Arc<Mutex<LogBudget>>,
+}
+
 /// The data of one store: the WASI context and what the host imports need.
 pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: Limits,
+    emit: EmitLimits,
     /// The call in progress, if any.
     call: Option<Arc<CallControl>>,
     /// When the export running now must stop (the grant's time limit, or sooner).
-    deadline: Option<std::time::Instant>,
+    deadline: Option<Instant>,
     job_id: Option<String>,
     session: Arc<str>,
     sink: Arc<dyn DiagnosticsSink>,
@@ -62,6 +73,36 @@ impl WasiView for InstanceState {
     }
 }
 
+impl InstanceState {
+    fn budget(&self) -> std::sync::MutexGuard<'_, LogBudget> {
+        self.emit
+            .budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One warning record saying how many records the rate limit dropped since the last.
+    fn report_dropped(&mut self) {
+        let (dropped, rate) = {
+            let mut b = self.budget();
+            (b.take_dropped(), b.rate())
+        };
+        if dropped > 0 {
+            self.sink.record(LogRecord {
+                worker_session_id: Some(self.session.to_string()),
+                job_id: self.job_id.clone(),
+                level: "WARNING".to_owned(),
+                logger_name: "cjm.sandbox".to_owned(),
+                message: format!(
+                    "{dropped} log records or output lines dropped: the instance logs more than \
+                     {rate} per second (the sandbox's log_records_per_second)"
+                ),
+                exc_text: None,
+            });
+        }
+    }
+}
+
 impl wit::Host for InstanceState {}
 
 impl host::Host for InstanceState {
@@ -69,7 +110,7 @@ impl host::Host for InstanceState {
         if let Some(call) = &self.call {
             call.set_progress(Progress {
                 progress: fraction,
-                message,
+                message: truncate(message, self.emit.max_message),
             });
         }
     }
@@ -86,8 +127,13 @@ impl host::Host for InstanceState {
             host::LogLevel::Error => "ERROR",
             host::LogLevel::Critical => "CRITICAL",
         };
+        let message = truncate(message, self.emit.max_message);
+        let logger = truncate(logger, self.emit.max_message);
         if logger == "panic" {
             self.last_panic = Some(message.clone());
+        }
+        if !self.budget().admit() {
+            return;
         }
         self.sink.record(LogRecord {
             worker_session_id: Some(self.session.to_string()),
@@ -116,32 +162,56 @@ impl host::Host for InstanceState {
     }
 }
 
+/// One export call, from the bindings to a future over the store.
+type ExportCall<T> = Box<
+    dyn for<'a> FnOnce(
+            &'a Capability,
+            &'a mut Store<InstanceState>,
+        ) -> BoxFuture<'a, wasmtime::Result<T>>
+        + Send,
+>;
+
 /// A live instance of a component.
 pub(crate) struct Instance {
     store: Store<InstanceState>,
     bindings: Capability,
+    /// The captured stdout/stderr (an unterminated last line is flushed after each call).
+    captured: Vec<CaptureStream>,
+    max_result: usize,
     /// The configuration generation this instance was initialized with.
     pub(crate) generation: u64,
 }
 
 impl Instance {
-    /// Instantiates `component` in a fresh store under `grants`.
-    pub(crate) fn new(
+    /// Instantiates `component` in a fresh store under `grants`; log records past the rate
+    /// are counted into `dropped`.
+    pub(crate) async fn new(
         component: &LoadedComponent,
         grants: &SandboxGrants,
         session: Arc<str>,
         sink: Arc<dyn DiagnosticsSink>,
+        dropped: Arc<AtomicU64>,
     ) -> Result<Self> {
+        let budget = Arc::new(Mutex::new(LogBudget::new(
+            grants.log_records_per_second,
+            dropped,
+        )));
         let capture = grants.capture_stdio.then(|| Capture {
             session: Arc::clone(&session),
             sink: Arc::clone(&sink),
+            budget: Arc::clone(&budget),
         });
+        let (wasi, captured) = grants.wasi_ctx(capture)?;
         let state = InstanceState {
-            wasi: grants.wasi_ctx(capture)?,
+            wasi,
             table: ResourceTable::new(),
             limits: Limits {
                 memory: grants.memory_limit_bytes(),
-                table_elements: 100_000,
+                table_elements: TABLE_ELEMENTS,
+            },
+            emit: EmitLimits {
+                max_message: grants.max_message_bytes as usize,
+                budget,
             },
             call: None,
             deadline: None,
@@ -153,41 +223,36 @@ impl Instance {
         let mut store = Store::new(component.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
         // Every tick past the deadline asks the callback; it stops the guest when the call
-        // was forced or its wall-clock deadline passed, and lets it run on otherwise.
+        // was forced or its wall-clock deadline passed, and otherwise yields to the async
+        // runtime, so a long computation never holds a runtime thread for more than a tick.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|cx| {
             let state = cx.data();
             match &state.call {
                 Some(call) if call.forced() => Err(Interrupted::Forced.into()),
-                _ if state
-                    .deadline
-                    .is_some_and(|d| std::time::Instant::now() >= d) =>
-                {
+                _ if state.deadline.is_some_and(|d| Instant::now() >= d) => {
                     Err(Interrupted::Deadline.into())
                 }
-                _ => Ok(UpdateDeadline::Continue(1)),
+                _ => Ok(UpdateDeadline::Yield(1)),
             }
         });
         let bindings = component
             .pre
-            .instantiate(&mut store)
+            .instantiate_async(&mut store)
+            .await
             .map_err(|e| Error::Engine(e.context("cannot instantiate the component")))?;
         Ok(Instance {
             store,
             bindings,
+            captured,
+            max_result: usize::try_from(grants.max_result_bytes).unwrap_or(usize::MAX),
             generation: 0,
         })
     }
 
-    fn begin(
-        &mut self,
-        control: Option<Arc<CallControl>>,
-        job_id: Option<String>,
-        limit_secs: f64,
-    ) {
+    fn begin(&mut self, control: Option<Arc<CallControl>>, job_id: Option<String>, limit: f64) {
         let state = self.store.data_mut();
-        state.deadline = std::time::Instant::now()
-            .checked_add(std::time::Duration::from_secs_f64(limit_secs.max(0.0)));
+        state.deadline = Instant::now().checked_add(Duration::from_secs_f64(limit.max(0.0)));
         state.call = control;
         state.job_id = job_id;
         state.last_panic = None;
@@ -195,7 +260,11 @@ impl Instance {
     }
 
     fn end(&mut self) {
+        for stream in &self.captured {
+            stream.flush_line();
+        }
         let state = self.store.data_mut();
+        state.report_dropped();
         state.call = None;
         state.deadline = None;
         state.job_id = None;
@@ -205,21 +274,22 @@ impl Instance {
     /// error leaves the instance unusable: the caller discards it.
     fn trap(&self, e: wasmtime::Error, limit_secs: f64) -> Error {
         if let Some(why) = e.downcast_ref::<Interrupted>() {
-            return match why {
-                Interrupted::Forced => Error::Cancelled,
-                Interrupted::Deadline => Error::job(JobError::transient(format!(
-                    "the call exceeded its time limit of {limit_secs}s and was stopped"
-                ))),
-            };
+            return interrupted(*why, limit_secs);
         }
+        let mb = |b: usize| (b as f64 / (1024.0 * 1024.0) * 100.0).round() / 100.0;
+        // A guest past its *own* limits is not short of host memory: another attempt or
+        // evicting other capabilities would change nothing, so it is not retriable.
         if let Some(denied) = e.downcast_ref::<MemoryDenied>() {
-            let mb = |b: usize| (b as f64 / (1024.0 * 1024.0) * 100.0).round() / 100.0;
             return Error::job(
-                JobError::resource(format!("the guest exceeded its {denied}")).with_shortfall(
-                    "system_ram_mb",
-                    mb(denied.desired),
-                    mb(denied.limit),
-                ),
+                JobError::resource(format!("the guest exceeded its {denied}"))
+                    .with_shortfall("system_ram_mb", mb(denied.desired), mb(denied.limit))
+                    .with_retriable(false),
+            );
+        }
+        if let Some(denied) = e.downcast_ref::<TableDenied>() {
+            return Error::job(
+                JobError::resource(format!("the guest exceeded its {denied}"))
+                    .with_retriable(false),
             );
         }
         let panic = self.store.data().last_panic.clone();
@@ -234,75 +304,109 @@ impl Instance {
         Error::job(job.with_repr(format!("{e:?}")))
     }
 
-    /// Runs `f` as one guest call under `control`; traps become typed errors.
-    fn run<T>(
+    /// Runs one export call under `control` and the time limit. The call is raced against
+    /// the deadline and a forced cancel, so a guest blocked in a host call (a sleep, a poll,
+    /// a slow read) is stopped too; traps become typed errors.
+    async fn run<T>(
         &mut self,
         control: Option<Arc<CallControl>>,
         job_id: Option<String>,
         limit_secs: f64,
-        f: impl FnOnce(&Capability, &mut Store<InstanceState>) -> wasmtime::Result<T>,
+        f: ExportCall<T>,
     ) -> std::result::Result<T, Trapped> {
-        self.begin(control, job_id, limit_secs);
-        let out = f(&self.bindings, &mut self.store);
+        self.begin(control.clone(), job_id, limit_secs);
+        let deadline = self.store.data().deadline;
+        let call = f(&self.bindings, &mut self.store);
+        let out = race(call, deadline, control.as_deref()).await;
         self.end();
-        out.map_err(|e| Trapped(self.trap(e, limit_secs)))
+        match out {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Trapped(self.trap(e, limit_secs))),
+            Err(why) => Err(Trapped(interrupted(why, limit_secs))),
+        }
     }
 
     /// Reads the component's info.
-    pub(crate) fn info(&mut self, limit: f64) -> std::result::Result<wit::CapabilityInfo, Trapped> {
-        self.run(None, None, limit, |b, s| {
-            b.cjm_capability_guest().call_info(s)
-        })
+    pub(crate) async fn info(
+        &mut self,
+        limit: f64,
+    ) -> std::result::Result<wit::CapabilityInfo, Trapped> {
+        self.run(
+            None,
+            None,
+            limit,
+            Box::new(|b, s| Box::pin(b.cjm_capability_guest().call_info(s))),
+        )
+        .await
     }
 
     /// Initializes with `config`.
-    pub(crate) fn initialize(&mut self, config: &Value, limit: f64) -> Result<(), Outcome> {
+    pub(crate) async fn initialize(&mut self, config: &Value, limit: f64) -> Result<(), Outcome> {
         let config = config.to_string();
-        let r = self.run(None, None, limit, |b, s| {
-            b.cjm_capability_guest().call_initialize(s, &config)
-        })?;
+        let f: ExportCall<_> = Box::new(move |b, s| {
+            Box::pin(async move { b.cjm_capability_guest().call_initialize(s, &config).await })
+        });
+        let r = self.run(None, None, limit, f).await?;
         r.map_err(|e| Outcome::Failed(Error::job(job_error(e))))
     }
 
     /// Moves from `old` to `new` configuration.
-    pub(crate) fn reconfigure(
+    pub(crate) async fn reconfigure(
         &mut self,
         old: &Value,
         new: &Value,
         limit: f64,
     ) -> Result<(), Outcome> {
         let (old, new) = (old.to_string(), new.to_string());
-        let r = self.run(None, None, limit, |b, s| {
-            b.cjm_capability_guest().call_reconfigure(s, &old, &new)
-        })?;
+        let f: ExportCall<_> = Box::new(move |b, s| {
+            Box::pin(async move {
+                b.cjm_capability_guest()
+                    .call_reconfigure(s, &old, &new)
+                    .await
+            })
+        });
+        let r = self.run(None, None, limit, f).await?;
         r.map_err(|e| Outcome::Failed(Error::job(job_error(e))))
     }
 
     /// Reads a JSON answer of a no-argument export (`current-config`, `config-options`).
-    pub(crate) fn read_json(&mut self, which: JsonExport, limit: f64) -> Result<Value, Outcome> {
-        let text = self.run(None, None, limit, |b, s| match which {
-            JsonExport::CurrentConfig => b.cjm_capability_guest().call_current_config(s),
-            JsonExport::ConfigOptions => b.cjm_capability_guest().call_config_options(s),
-        })?;
+    pub(crate) async fn read_json(
+        &mut self,
+        which: JsonExport,
+        limit: f64,
+    ) -> Result<Value, Outcome> {
+        let f: ExportCall<String> = Box::new(move |b, s| {
+            let g = b.cjm_capability_guest();
+            match which {
+                JsonExport::CurrentConfig => Box::pin(g.call_current_config(s)),
+                JsonExport::ConfigOptions => Box::pin(g.call_config_options(s)),
+            }
+        });
+        let text = self.run(None, None, limit, f).await?;
         parse_guest_json(&text).map_err(Outcome::Failed)
     }
 
     /// Runs a status hook (`prefetch`, `on-enable`, `on-disable`) or `cleanup`.
-    pub(crate) fn hook(&mut self, which: Hook, limit: f64) -> Result<String, Outcome> {
-        let r = self.run(None, None, limit, |b, s| {
+    pub(crate) async fn hook(&mut self, which: Hook, limit: f64) -> Result<String, Outcome> {
+        let f: ExportCall<Result<String, wit::JobError>> = Box::new(move |b, s| {
             let g = b.cjm_capability_guest();
             match which {
-                Hook::Prefetch => g.call_prefetch(s),
-                Hook::OnEnable => g.call_on_enable(s),
-                Hook::OnDisable => g.call_on_disable(s),
-                Hook::Cleanup => g.call_cleanup(s).map(|r| r.map(|()| "cleaned".to_owned())),
+                Hook::Prefetch => Box::pin(g.call_prefetch(s)),
+                Hook::OnEnable => Box::pin(g.call_on_enable(s)),
+                Hook::OnDisable => Box::pin(g.call_on_disable(s)),
+                Hook::Cleanup => Box::pin(async move {
+                    g.call_cleanup(s)
+                        .await
+                        .map(|r| r.map(|()| "cleaned".to_owned()))
+                }),
             }
-        })?;
+        });
+        let r = self.run(None, None, limit, f).await?;
         r.map_err(|e| Outcome::Failed(Error::job(job_error(e))))
     }
 
     /// Runs `execute` or a task method.
-    pub(crate) fn call(
+    pub(crate) async fn call(
         &mut self,
         target: &crate::backend::Target,
         kwargs: &Map<String, Value>,
@@ -310,24 +414,88 @@ impl Instance {
         control: Arc<CallControl>,
         limit: f64,
     ) -> Result<Value, Outcome> {
-        let kwargs = Value::Object(kwargs.clone()).to_string();
-        let env = wit_envelope(envelope);
-        let r = self.run(Some(control), envelope.job_id.clone(), limit, |b, s| {
-            let g = b.cjm_capability_guest();
-            match target {
-                crate::backend::Target::Execute { args } => {
-                    let args = Value::Array(args.clone()).to_string();
-                    g.call_execute(s, &args, &kwargs, &env)
-                }
-                crate::backend::Target::Task { task, method } => {
-                    g.call_task(s, task, method, &kwargs, &env)
-                }
-            }
+        let kwargs = serde_json::to_string(kwargs).map_err(|e| {
+            Outcome::Failed(Error::job(JobError::user_input(format!(
+                "the kwargs cannot be encoded: {e}"
+            ))))
         })?;
+        let env = wit_envelope(envelope);
+        let f: ExportCall<Result<String, wit::CallError>> = match target {
+            crate::backend::Target::Execute { args } => {
+                let args = Value::Array(args.clone()).to_string();
+                Box::new(move |b, s| {
+                    Box::pin(async move {
+                        b.cjm_capability_guest()
+                            .call_execute(s, &args, &kwargs, &env)
+                            .await
+                    })
+                })
+            }
+            crate::backend::Target::Task { task, method } => {
+                let (task, method) = (task.clone(), method.clone());
+                Box::new(move |b, s| {
+                    Box::pin(async move {
+                        b.cjm_capability_guest()
+                            .call_task(s, &task, &method, &kwargs, &env)
+                            .await
+                    })
+                })
+            }
+        };
+        let r = self
+            .run(Some(control), envelope.job_id.clone(), limit, f)
+            .await?;
         match r {
+            Ok(text) if text.len() > self.max_result => Err(Outcome::Failed(Error::job(
+                JobError::resource(format!(
+                    "the result is {} bytes, more than the sandbox's max_result_bytes of {}",
+                    text.len(),
+                    self.max_result
+                ))
+                .with_retriable(false),
+            ))),
             Ok(text) => parse_guest_json(&text).map_err(Outcome::Failed),
             Err(e) => Err(Outcome::Failed(call_error(e).into())),
         }
+    }
+}
+
+/// Table elements an instance may hold at most.
+const TABLE_ELEMENTS: usize = 100_000;
+
+/// The call's future, unless the deadline passes or the call is forced first. Neither timer
+/// is armed for a call that completes on its first poll.
+async fn race<T>(
+    call: impl Future<Output = T>,
+    deadline: Option<Instant>,
+    control: Option<&CallControl>,
+) -> std::result::Result<T, Interrupted> {
+    let forced = async {
+        match control {
+            Some(c) => c.forced_wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    let expired = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        out = call => Ok(out),
+        () = forced => Err(Interrupted::Forced),
+        () = expired => Err(Interrupted::Deadline),
+    }
+}
+
+fn interrupted(why: Interrupted, limit_secs: f64) -> Error {
+    match why {
+        Interrupted::Forced => Error::Cancelled,
+        Interrupted::Deadline => Error::job(JobError::transient(format!(
+            "the call exceeded its time limit of {limit_secs}s and was stopped"
+        ))),
     }
 }
 

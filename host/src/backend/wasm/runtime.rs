@@ -90,13 +90,15 @@ impl WasmRuntime {
         let engine = Engine::new(&config).map_err(Error::Engine)?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(Error::Engine)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
         super::bindings::Capability::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(Error::Engine)?;
 
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        // sha256 of the engine's compatibility hash input: unlike std's `DefaultHasher`, the
+        // same across Rust releases, so a toolchain update does not orphan the cache.
+        let mut hasher = ShaHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        let engine_key = format!("{:016x}", hasher.finish());
+        let engine_key = hex::encode(&hasher.0.finalize()[..8]);
 
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -267,6 +269,19 @@ impl WasmRuntime {
         if let Err(e) = write() {
             tracing::warn!(path = %cached.display(), error = %e, "cannot write the component cache");
         }
+    }
+}
+
+/// Feeds what a `Hash` impl writes into sha256.
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        0
     }
 }
 

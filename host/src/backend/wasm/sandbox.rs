@@ -11,6 +11,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
+use super::emit::LogBudget;
 use crate::backend::DiagnosticsSink;
 use crate::error::{Error, Result};
 
@@ -46,6 +47,14 @@ pub struct SandboxGrants {
     pub time_limit_secs: f64,
     /// How many instances may serve calls at once (the per-instance concurrency cap).
     pub max_instances: u32,
+    /// The largest result (JSON text) a call may return, in bytes; past it the call fails
+    /// with a typed `resource` error.
+    pub max_result_bytes: u64,
+    /// The largest progress or log message kept, in bytes; longer ones are cut.
+    pub max_message_bytes: u32,
+    /// Log records (and captured output lines) stored per second per instance; the rest
+    /// are dropped and counted.
+    pub log_records_per_second: u32,
 }
 
 impl Default for SandboxGrants {
@@ -57,6 +66,9 @@ impl Default for SandboxGrants {
             memory_limit_mb: 256,
             time_limit_secs: 60.0,
             max_instances: 1,
+            max_result_bytes: 64 * 1024 * 1024,
+            max_message_bytes: 16 * 1024,
+            log_records_per_second: 100,
         }
     }
 }
@@ -100,6 +112,15 @@ impl SandboxGrants {
                 .time_limit_seconds
                 .unwrap_or(defaults.time_limit_secs),
             max_instances: sandbox.max_concurrency.max(1),
+            max_result_bytes: sandbox
+                .max_result_bytes
+                .unwrap_or(defaults.max_result_bytes),
+            max_message_bytes: sandbox
+                .max_message_bytes
+                .unwrap_or(defaults.max_message_bytes),
+            log_records_per_second: sandbox
+                .log_records_per_second
+                .unwrap_or(defaults.log_records_per_second),
         };
         grants.validate()?;
         Ok(grants)
@@ -136,6 +157,18 @@ impl SandboxGrants {
                 "max_instances must be at least 1".into(),
             ));
         }
+        for (name, value) in [
+            ("max_result_bytes", self.max_result_bytes),
+            ("max_message_bytes", u64::from(self.max_message_bytes)),
+            (
+                "log_records_per_second",
+                u64::from(self.log_records_per_second),
+            ),
+        ] {
+            if value == 0 {
+                return Err(Error::InvalidGrant(format!("{name} must be positive")));
+            }
+        }
         Ok(())
     }
 
@@ -146,8 +179,14 @@ impl SandboxGrants {
 
     /// Builds the WASI context of one instance from the grants. Network is never granted:
     /// TCP, UDP and name lookup stay disabled and every socket address is refused.
-    pub(crate) fn wasi_ctx(&self, capture: Option<Capture>) -> Result<WasiCtx> {
+    /// Returns the capture streams too: the instance flushes an unterminated last line at
+    /// the end of each call.
+    pub(crate) fn wasi_ctx(
+        &self,
+        capture: Option<Capture>,
+    ) -> Result<(WasiCtx, Vec<CaptureStream>)> {
         let mut b = WasiCtxBuilder::new();
+        let mut streams = Vec::new();
         for dir in &self.dirs {
             let perms = if dir.writable {
                 FsPerms::ReadWrite
@@ -164,14 +203,16 @@ impl SandboxGrants {
             }
         }
         if let Some(capture) = capture {
-            b.stdout(capture.stream("stdout"));
-            b.stderr(capture.stream("stderr"));
+            let (out, err) = (capture.stream("stdout"), capture.stream("stderr"));
+            b.stdout(out.clone());
+            b.stderr(err.clone());
+            streams = vec![out, err];
         }
         b.allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
-        Ok(b.build())
+        Ok((b.build(), streams))
     }
 }
 
@@ -194,8 +235,28 @@ impl std::fmt::Display for MemoryDenied {
 
 impl std::error::Error for MemoryDenied {}
 
-/// Caps linear memory and tables of one store; growth past the cap traps with
-/// [`MemoryDenied`] so the host can tell an out-of-memory guest from other traps.
+/// Why the limiter refused to grow a table, for the typed error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TableDenied {
+    pub(crate) desired: usize,
+    pub(crate) limit: usize,
+}
+
+impl std::fmt::Display for TableDenied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "table limit exceeded: wanted {} elements, limit {}",
+            self.desired, self.limit
+        )
+    }
+}
+
+impl std::error::Error for TableDenied {}
+
+/// Caps linear memory and tables of one store; growth past a cap traps with
+/// [`MemoryDenied`] or [`TableDenied`] so the host can tell a guest that outgrew its own
+/// limits from other traps.
 pub(crate) struct Limits {
     pub(crate) memory: usize,
     pub(crate) table_elements: usize,
@@ -224,16 +285,25 @@ impl ResourceLimiter for Limits {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= self.table_elements)
+        if desired > self.table_elements {
+            return Err(TableDenied {
+                desired,
+                limit: self.table_elements,
+            }
+            .into());
+        }
+        Ok(true)
     }
 }
 
 /// Captures a guest's stdout/stderr line by line into the diagnostics store, attributed to
 /// the instance pool's session. Carriage-return progress frames collapse to the last frame.
+/// Lines share the instance's log budget with its log records.
 #[derive(Clone)]
 pub(crate) struct Capture {
     pub(crate) session: Arc<str>,
     pub(crate) sink: Arc<dyn DiagnosticsSink>,
+    pub(crate) budget: Arc<Mutex<LogBudget>>,
 }
 
 impl Capture {
@@ -251,7 +321,7 @@ impl Capture {
 const MAX_LINE: usize = 64 * 1024;
 
 #[derive(Clone)]
-struct CaptureStream {
+pub(crate) struct CaptureStream {
     capture: Capture,
     name: &'static str,
     pending: Arc<Mutex<Vec<u8>>>,
@@ -270,7 +340,25 @@ impl CaptureStream {
         }
     }
 
+    /// Emits an unterminated last line (a guest's `print!` without a newline).
+    pub(crate) fn flush_line(&self) {
+        let line =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if !line.is_empty() {
+            self.emit(&line);
+        }
+    }
+
     fn emit(&self, line: &[u8]) {
+        if !self
+            .capture
+            .budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit()
+        {
+            return;
+        }
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
         let frame = text.rsplit('\r').next().unwrap_or(text);

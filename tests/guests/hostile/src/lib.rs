@@ -115,6 +115,41 @@ impl Capability for Hostile {
                 cx.progress(0.5, "half");
                 Ok(json!("accounted"))
             }
+            "sleep" => {
+                let secs: f64 = arg(&kwargs, "secs")?;
+                cx.progress(0.0, "sleeping");
+                std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+                Ok(json!("slept"))
+            }
+            "progress_flood" => {
+                let n: u64 = arg(&kwargs, "n")?;
+                for i in 0..n {
+                    cx.progress((i + 1) as f64 / n as f64, &format!("step {}", i + 1));
+                }
+                Ok(json!(n))
+            }
+            "big_message" => {
+                let bytes: usize = arg(&kwargs, "bytes")?;
+                let text = "x".repeat(bytes);
+                cx.progress(0.5, &text);
+                cx.info(&text);
+                Ok(json!("sent"))
+            }
+            "log_flood" => {
+                let n: u64 = arg(&kwargs, "n")?;
+                for i in 0..n {
+                    cx.info(&format!("record {i}"));
+                }
+                Ok(json!(n))
+            }
+            "big_result" => {
+                let bytes: usize = arg(&kwargs, "bytes")?;
+                Ok(Value::String("r".repeat(bytes)))
+            }
+            "print_unterminated" => {
+                print!("no newline at the end");
+                Ok(json!("printed"))
+            }
             "fail_user" => Err(JobError::user_input("the text is too short")
                 .with_fields(["text"])
                 .into()),
