@@ -67,6 +67,10 @@ pub struct HostConfig {
     pub queue: QueueConfig,
     /// The `cjm.yaml` that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// Directories searched for manifests before the data dir's `manifests/` (the first
+    /// manifest of a name wins: a local dir shadows the data dir, as cjm-substrate's search
+    /// path does). Set by embedders ([`HostBuilder::manifest_dirs`](crate::HostBuilder::manifest_dirs)).
+    pub extra_manifest_dirs: Vec<PathBuf>,
 }
 
 /// Substrate behaviour toggles (cjm-substrate's `SubstrateConfig`).
@@ -271,6 +275,13 @@ impl HostConfig {
         self.data_dir.join("manifests")
     }
 
+    /// Where manifests are discovered, first wins: the extra dirs, then `manifests/`.
+    pub fn manifest_search_path(&self) -> Vec<PathBuf> {
+        let mut dirs = self.extra_manifest_dirs.clone();
+        dirs.push(self.manifests_dir());
+        dirs
+    }
+
     /// `data/`: the parent of every capability's own data dir.
     pub fn capability_data_root(&self) -> PathBuf {
         self.data_dir.join("data")
@@ -279,6 +290,22 @@ impl HostConfig {
     /// `data/<capability>`: a capability's `CAPABILITY_DATA_DIR`.
     pub fn capability_data_dir(&self, capability: &str) -> PathBuf {
         self.capability_data_root().join(capability)
+    }
+
+    /// The value of a `${NAME}` placeholder (see
+    /// [`PLACEHOLDERS`](crate::manifest::runtime::PLACEHOLDERS)) for capability `capability`,
+    /// the same values its worker gets in its environment (cjm-substrate's):
+    /// `CJM_CAPABILITY_DATA_DIR` is the parent of every capability's data (`data/`),
+    /// `CAPABILITY_DATA_DIR` the capability's own (`data/<capability>`).
+    pub fn placeholder(&self, capability: &str, name: &str) -> Option<String> {
+        let path = match name {
+            "CJM_CAPABILITY_DATA_DIR" => self.capability_data_root(),
+            "CAPABILITY_DATA_DIR" => self.capability_data_dir(capability),
+            "CJM_MODELS_DIR" => self.models_dir.clone()?,
+            "CAPABILITY_NAME" => return Some(capability.to_owned()),
+            _ => return None,
+        };
+        Some(path.display().to_string())
     }
 
     /// `cache/`.
@@ -648,6 +675,7 @@ fn resolve(
         },
         substrate,
         queue,
+        extra_manifest_dirs: Vec::new(),
         config_file,
     })
 }

@@ -263,7 +263,13 @@ impl Error {
     pub fn to_job_error(&self) -> JobError {
         match self {
             Error::Job(e) => (**e).clone(),
-            Error::NotFound(what) => JobError::user_input(format!("not found: {what}")),
+            // As cjm-substrate's host ends a job whose task or method the worker does not
+            // have (its 404): fatal, with the worker's answer in the message.
+            Error::NotFound(what) => {
+                let body = serde_json::json!({ "detail": what }).to_string();
+                JobError::fatal(format!("Execute failed: {body}"))
+                    .with_repr(format!("RuntimeError('Execute failed: {body}')"))
+            }
             Error::Queue(crate::queue::QueueError::Wedged(_)) => JobError::fatal(self.to_string()),
             Error::Queue(_) => JobError::user_input(self.to_string()),
             Error::InvalidComponent { .. } | Error::InvalidGrant(_) | Error::Json { .. } => {

@@ -74,6 +74,7 @@ pub struct HostBuilder {
     lanes: Option<u32>,
     resources: Option<Box<dyn ResourceSource>>,
     load: Vec<ToLoad>,
+    manifest_dirs: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for HostBuilder {
@@ -106,6 +107,17 @@ impl HostBuilder {
     /// At most `lanes` jobs at once.
     pub fn lanes(mut self, lanes: u32) -> Self {
         self.lanes = Some(lanes);
+        self
+    }
+
+    /// Also discovers manifests in `dirs`, searched in order before the data dir's
+    /// `manifests/` (the first manifest of a name wins).
+    pub fn manifest_dirs<I, P>(mut self, dirs: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: Into<PathBuf>,
+    {
+        self.manifest_dirs = dirs.into_iter().map(Into::into).collect();
         self
     }
 
@@ -150,6 +162,8 @@ impl HostBuilder {
             (None, Some(dir)) => HostConfig::builder().data_dir(dir).build()?,
             (None, None) => ConfigLoader::new().load()?,
         };
+        let mut config = config;
+        config.extra_manifest_dirs.extend(self.manifest_dirs);
         let mut queue = self.queue.unwrap_or_else(|| config.queue.clone());
         if let Some(lanes) = self.lanes {
             queue.max_concurrent_lanes = lanes;

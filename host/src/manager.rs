@@ -56,6 +56,7 @@ pub struct Instance {
     last_used: Mutex<Instant>,
     drift: Drift,
     adapters: Vec<String>,
+    adapter_specs: Vec<String>,
     /// The hash of `config` (the empirical key), kept with it.
     config_hash: Mutex<String>,
     /// The empirical aggregate of (id, config hash): what admission reads, in memory.
@@ -138,6 +139,12 @@ impl Instance {
     /// The adapters bound to it at load (unit names), one per task.
     pub fn adapters(&self) -> &[String] {
         &self.adapters
+    }
+
+    /// The `module:Class` specs of those adapters, as a Python worker is given them
+    /// (`--adapters`).
+    pub fn adapter_specs(&self) -> &[String] {
+        &self.adapter_specs
     }
 
     /// Drift of the live capability against its manifest.
@@ -334,7 +341,7 @@ impl CapabilityManager {
     /// Rescans the manifests dir; returns the per-file problems (one bad file never stops the
     /// others from loading).
     pub fn discover(&self) -> Vec<Error> {
-        let found = manifest::discover(&[self.inner.config.manifests_dir()]);
+        let found = manifest::discover(&self.inner.config.manifest_search_path());
         let mut map = self
             .inner
             .manifests
@@ -504,10 +511,14 @@ impl CapabilityManager {
         let stored = self.inner.stores.configs.get(&id)?;
         let given = config.or_else(|| stored.as_ref().map(|r| r.config.clone()));
         let schema = backend.info().config_schema.clone();
+        // The merged view is what is validated; the worker gets what cjm-substrate's host
+        // sends: the config as given (or stored), the schema's defaults only when there is
+        // none.
         let effective = config::effective(&schema, given.as_ref());
+        let sent = given.unwrap_or_else(|| config::defaults(&schema));
         let ready = async {
             config::validate(name, &schema, &effective, false)?;
-            backend.initialize(effective.clone()).await
+            backend.initialize(sent.clone()).await
         }
         .await;
         if let Err(e) = ready {
@@ -516,7 +527,7 @@ impl CapabilityManager {
         }
         let enabled = stored.as_ref().is_none_or(|r| r.enabled);
         let record = CapabilityConfigRecord {
-            config: effective.clone(),
+            config: sent.clone(),
             enabled,
             ..stored.unwrap_or_default()
         };
@@ -526,7 +537,7 @@ impl CapabilityManager {
             None => 1,
         };
         let drift = Drift::of(&loaded.manifest, backend.info());
-        let config_hash = manifest::hash::config_hash(Some(&effective));
+        let config_hash = manifest::hash::config_hash(Some(&sent));
         let profile = self.inner.stores.empirical.get_record(&id, &config_hash)?;
         if drift != Drift::default() {
             tracing::warn!(
@@ -537,11 +548,12 @@ impl CapabilityManager {
         }
         let instance = Arc::new(Instance {
             adapters: bound.iter().map(|a| a.name.clone()).collect(),
+            adapter_specs: bound.iter().map(crate::adapter::worker_spec).collect(),
             drift,
             id: id.clone(),
             name: name.to_owned(),
             backend: RwLock::new(backend),
-            config: Mutex::new(effective),
+            config: Mutex::new(sent),
             enabled: AtomicBool::new(enabled),
             permits: tokio::sync::Semaphore::new(max),
             max_concurrency: max,
@@ -592,11 +604,7 @@ impl CapabilityManager {
         let name = m.code.name.clone();
         let config = &self.inner.config;
         let data_dir = config.capability_data_dir(&name);
-        let lookup = |placeholder: &str| match placeholder {
-            "CJM_CAPABILITY_DATA_DIR" => Some(data_dir.display().to_string()),
-            "CJM_MODELS_DIR" => config.models_dir.as_ref().map(|d| d.display().to_string()),
-            _ => None,
-        };
+        let lookup = |placeholder: &str| config.placeholder(&name, placeholder);
         let events: Arc<dyn WorkerEvents> = Arc::new(JournalEvents {
             inner: Arc::downgrade(&self.inner),
             name: name.clone(),

@@ -37,7 +37,7 @@ pub use admission::{Peaks, ResourceSource, ResourceView, SystemResources};
 pub use composition::{Arg, Composition, CompositionRun, Node, NodeRun, NodeState, OutputRef};
 pub use error::QueueError;
 pub use events::{EventKind, JobEvent, Scope, Subscription};
-pub use job::{CancelPhase, Job, JobSpec, JobStatus, QueueStats};
+pub use job::{CancelPhase, Job, JobSpec, JobStatus, QueueStats, host_view};
 
 use crate::backend::{CallControl, CallRequest};
 pub use crate::config::QueueConfig;
@@ -100,8 +100,6 @@ struct Entry {
     done: Arc<Done>,
     /// Callers of [`JobQueue::wait`] on it now: a large result stays until the last leaves.
     waiters: u32,
-    /// Cancelled because its timeout passed (it then fails instead of being cancelled).
-    timed_out: bool,
 }
 
 struct CompositionEntry {

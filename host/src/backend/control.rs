@@ -56,7 +56,8 @@ pub struct CallControl {
     deadline: Option<Instant>,
     progress: Mutex<ProgressState>,
     listener: Option<ProgressListener>,
-    accounts: Mutex<Vec<Account>>,
+    /// Every account of the call, and how many of them were taken already.
+    accounts: Mutex<(Vec<Account>, usize)>,
     usage: Mutex<Map<String, Value>>,
 }
 
@@ -89,7 +90,7 @@ impl CallControl {
             deadline: None,
             progress: Mutex::new(ProgressState::default()),
             listener: None,
-            accounts: Mutex::new(Vec::new()),
+            accounts: Mutex::new((Vec::new(), 0)),
             usage: Mutex::new(Map::new()),
         }
     }
@@ -214,12 +215,21 @@ impl CallControl {
 
     /// Records an account.
     pub fn push_account(&self, account: Account) {
-        lock(&self.accounts).push(account);
+        lock(&self.accounts).0.push(account);
     }
 
-    /// The accounts reported so far, leaving none behind.
+    /// The accounts reported since the last take (the manager journals each once).
     pub fn take_accounts(&self) -> Vec<Account> {
-        std::mem::take(&mut *lock(&self.accounts))
+        let mut acc = lock(&self.accounts);
+        let (all, taken) = &mut *acc;
+        let new = all[*taken..].to_vec();
+        *taken = all.len();
+        new
+    }
+
+    /// Every account the call reported (a job keeps them).
+    pub fn accounts(&self) -> Vec<Account> {
+        lock(&self.accounts).0.clone()
     }
 
     /// Adds reported usage: numbers are summed per key, anything else replaces.

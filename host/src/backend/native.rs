@@ -30,6 +30,9 @@ use crate::error::{Error, Result};
 const PROGRESS_POLL: Duration = Duration::from_millis(200);
 /// Time allowed to lifecycle endpoints.
 const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time allowed to a progress poll or a cancel request during a call: a worker that cannot
+/// answer these in a second is hung, and the call's deadline or a forced cancel handles it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 struct Live {
     base: String,
@@ -317,6 +320,9 @@ impl NativeBackend {
                 .unwrap_or_default()
                 .to_owned()
         };
+        if self.inner.kind == RuntimeKind::Python {
+            check_substrate(self.name(), health.get("substrate_version"))?;
+        }
         let mut extra = Map::new();
         for key in ["substrate_version", "runtime"] {
             if let Some(v) = health.get(key) {
@@ -517,26 +523,23 @@ impl NativeBackend {
 
     /// Runs one call, cancelling through the contract: a cooperative request becomes
     /// `POST /cancel`, a forced one kills the worker's process group (the next call respawns
-    /// it). Progress is polled from `GET /progress` while the call runs.
+    /// it), and so does the call's deadline (a `transient` error). Progress is polled from
+    /// `GET /progress` while the call runs. The probes run beside the call with short
+    /// timeouts, so a hung worker (SIGSTOP, a wedged event loop) delays neither the deadline
+    /// nor a forced cancel.
     async fn run_call(&self, request: CallRequest, control: Arc<CallControl>) -> Result<Value> {
-        let (path, mut body) = match request.target {
-            Target::Execute { args } => {
-                ("/execute", json!({"args": args, "kwargs": request.kwargs}))
+        let (path, body) = request_body(request);
+        let expired = async {
+            match control.deadline() {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
             }
-            Target::Task { task, method } => (
-                "/task",
-                json!({"task": task, "method": method, "kwargs": request.kwargs}),
-            ),
         };
-        if !request.envelope.is_empty()
-            && let Some(obj) = body.as_object_mut()
-        {
-            obj.insert(
-                "envelope".into(),
-                serde_json::to_value(&request.envelope).unwrap_or_default(),
-            );
-        }
-        self.ensure_worker().await?;
+        tokio::pin!(expired);
+        tokio::select! {
+            started = self.ensure_worker() => started?,
+            () = &mut expired => return Err(self.past_deadline()),
+        };
         let pid = self.pid();
         let call = self.send(
             Method::POST,
@@ -545,33 +548,27 @@ impl NativeBackend {
             None,
         );
         tokio::pin!(call);
+        let poller = self.progress_poller(Arc::clone(&control));
+        let _stop_polling = AbortOnDrop(poller);
         // From `Running`: a cancel asked while the worker was still starting is seen at once.
         let mut seen = CancelState::Running;
-        // The first poll is one period away: an interval's immediate first tick still goes
-        // through the timer wheel and would cost every call up to a millisecond.
-        let mut poll =
-            tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_POLL, PROGRESS_POLL);
-        let mut last_progress: Option<Progress> = None;
         let answer = loop {
             tokio::select! {
                 answer = &mut call => break answer,
+                () = &mut expired => {
+                    let error = self.past_deadline();
+                    self.kill(pid, "the call ran past its deadline").await;
+                    return Err(error);
+                }
                 state = control.changed_from(seen) => {
                     seen = state;
                     match state {
-                        CancelState::Requested => {
-                            let _ = self.post_json("/cancel", &json!({})).await;
+                        CancelState::Requested => self.post_cancel(),
+                        CancelState::Forced => {
+                            self.kill(pid, "forced cancellation").await;
+                            return Err(Error::Cancelled);
                         }
-                        CancelState::Forced => self.kill(pid, "forced cancellation").await,
                         CancelState::Running => {}
-                    }
-                }
-                _ = poll.tick() => {
-                    if let Ok(v) = self.get_json("/progress").await
-                        && let Ok(p) = serde_json::from_value::<Progress>(v)
-                        && last_progress.as_ref() != Some(&p)
-                    {
-                        control.set_progress(p.clone());
-                        last_progress = Some(p);
                     }
                 }
             }
@@ -588,9 +585,73 @@ impl NativeBackend {
         self.answer_json(path, answer)
     }
 
+    fn past_deadline(&self) -> Error {
+        Error::job(
+            JobError::transient(format!(
+                "capability '{}': the call ran past its time limit and its worker was stopped",
+                self.name()
+            ))
+            .stamped(self.name(), &self.session_id().unwrap_or_default()),
+        )
+    }
+
+    /// `GET /progress` every [`PROGRESS_POLL`] on the live worker (never spawning one), each
+    /// bounded by [`PROBE_TIMEOUT`], into `control`.
+    fn progress_poller(&self, control: Arc<CallControl>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            // The first poll is one period away: most calls end before it.
+            let mut poll = tokio::time::interval_at(
+                tokio::time::Instant::now() + PROGRESS_POLL,
+                PROGRESS_POLL,
+            );
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last: Option<Progress> = None;
+            loop {
+                poll.tick().await;
+                let Some(v) = me.probe(Method::GET, "/progress").await else {
+                    continue;
+                };
+                if let Ok(p) = serde_json::from_value::<Progress>(v)
+                    && last.as_ref() != Some(&p)
+                {
+                    control.set_progress(p.clone());
+                    last = Some(p);
+                }
+            }
+        })
+    }
+
+    /// `POST /cancel` to the live worker, in the background, bounded by [`PROBE_TIMEOUT`].
+    fn post_cancel(&self) {
+        let me = self.clone();
+        tokio::spawn(async move { me.probe(Method::POST, "/cancel").await });
+    }
+
+    /// One short request to the live worker (none when no worker runs): its JSON answer, or
+    /// nothing when it failed or took longer than [`PROBE_TIMEOUT`].
+    async fn probe(&self, method: Method, path: &str) -> Option<Value> {
+        let (_, base) = self.live()?;
+        let mut req = self
+            .inner
+            .http
+            .request(method.clone(), format!("{base}{path}"))
+            .timeout(PROBE_TIMEOUT);
+        if method == Method::POST {
+            req = req.header("content-type", "application/json").body("{}");
+        }
+        let r = req.send().await.ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        serde_json::from_slice(&r.bytes().await.ok()?).ok()
+    }
+
+    /// Kills the worker's process group (when it is still the worker `pid` the caller saw),
+    /// reaps it and forgets it: the next call spawns a fresh one.
     async fn kill(&self, pid: Option<u32>, why: &str) {
-        let guard = self.inner.process.lock().await;
-        if let Some(p) = guard.as_ref()
+        let mut guard = self.inner.process.lock().await;
+        if let Some(p) = guard.as_mut()
             && Some(p.pid) == pid
         {
             p.kill_now();
@@ -599,7 +660,50 @@ impl NativeBackend {
                 &p.session,
                 json!({"capability_name": self.name(), "pid": p.pid, "reason": why}),
             );
+            let status = p.terminate(Duration::ZERO).await;
+            self.died(p, &format!("worker {} ({why})", describe_exit(status)));
+            *guard = None;
         }
+    }
+}
+
+/// The cjm-substrate releases whose worker contract this host speaks (a Python worker's
+/// `/health` reports its `substrate_version`). cjm-substrate's own host accepts only its own
+/// release; so does this one, for the release it was verified against.
+pub const SUPPORTED_SUBSTRATE_VERSIONS: &[&str] = &["0.0.74"];
+
+/// Refuses a Python worker whose cjm-substrate this host does not speak, as cjm-substrate's
+/// host does; `CJM_SUBSTRATE_MISMATCH=warn` only warns.
+fn check_substrate(name: &str, reported: Option<&Value>) -> Result<()> {
+    let problem = match reported.and_then(Value::as_str) {
+        Some(v) if SUPPORTED_SUBSTRATE_VERSIONS.contains(&v) => return Ok(()),
+        Some(v) => format!("its env runs cjm-substrate {v}"),
+        None => "it answered /health without a substrate_version (a cjm-substrate older \
+                 than 0.0.70)"
+            .to_owned(),
+    };
+    let supported = SUPPORTED_SUBSTRATE_VERSIONS.join(", ");
+    if std::env::var("CJM_SUBSTRATE_MISMATCH").is_ok_and(|v| v.eq_ignore_ascii_case("warn")) {
+        tracing::warn!(
+            capability = name,
+            "{problem}; this host speaks cjm-substrate {supported}"
+        );
+        return Ok(());
+    }
+    Err(Error::job(JobError::fatal(format!(
+        "capability '{name}' refused at launch: {problem}, and this host speaks cjm-substrate \
+         {supported}. Install cjm-substrate=={} in its environment (or set \
+         CJM_SUBSTRATE_MISMATCH=warn to try anyway)",
+        SUPPORTED_SUBSTRATE_VERSIONS[SUPPORTED_SUBSTRATE_VERSIONS.len() - 1]
+    ))))
+}
+
+/// Aborts a background task when dropped (the call it served ended, or was dropped).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -179,12 +179,7 @@ pub(crate) async fn introspect(
 ) -> Result<CapabilityInfo> {
     let data_dir = config.capability_data_dir(name);
     std::fs::create_dir_all(&data_dir).map_err(|e| crate::Error::io(&data_dir, e))?;
-    let lookup = |p: &str| match p {
-        "CJM_CAPABILITY_DATA_DIR" | "CAPABILITY_DATA_DIR" => Some(data_dir.display().to_string()),
-        "CJM_MODELS_DIR" => config.models_dir.as_ref().map(|d| d.display().to_string()),
-        "CAPABILITY_NAME" => Some(name.to_owned()),
-        _ => None,
-    };
+    let lookup = |p: &str| config.placeholder(name, p);
     let grants = SandboxGrants::from_manifest(sandbox, lookup)?;
     let cache = config.component_cache_dir();
     let component_path = component;

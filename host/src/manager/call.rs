@@ -64,6 +64,17 @@ impl CapabilityManager {
                 result.is_ok(),
                 usage,
             )?;
+            self.journal_accounts(&instance, &control, &request.envelope)?;
+            // The host's names for the failure: this instance, and when the host saw it.
+            let result = result.map_err(|e| match e {
+                Error::Job(mut job) => {
+                    job.capability_instance_id = Some(instance.id.clone());
+                    job.occurred_at
+                        .get_or_insert_with(cjm_guest::python::time::now_iso);
+                    Error::Job(job)
+                }
+                other => other,
+            });
             match result {
                 // Only a retriable resource error is worth evicting others and trying again
                 // (a worker killed for memory, a GPU shortfall); a wasm guest past its own
@@ -225,11 +236,27 @@ impl CapabilityManager {
                 Err(_) => self.flush_samples()?,
             }
         }
+        Ok(())
+    }
+
+    /// Journals the accounts a call reported (once each), stamped with the instance and the
+    /// call's envelope (job, run, composition, node, actor), `worker_reported`.
+    fn journal_accounts(
+        &self,
+        instance: &Instance,
+        control: &CallControl,
+        envelope: &cjm_guest::contract::Envelope,
+    ) -> Result<()> {
         for account in control.take_accounts() {
             let mut e = JournalEvent::new(account.event_type)
                 .instance(&instance.id)
                 .payload(account.payload);
             e.capability_name = Some(instance.name.clone());
+            e.job_id.clone_from(&envelope.job_id);
+            e.run_id.clone_from(&envelope.run_id);
+            e.composition_id.clone_from(&envelope.composition_id);
+            e.node_id.clone_from(&envelope.node_id);
+            e.actor.clone_from(&envelope.actor);
             e.worker_reported = true;
             self.inner.stores.journal.append(&e)?;
         }

@@ -37,7 +37,6 @@ impl Inner {
                 grant: None,
                 done: Arc::new(Done::default()),
                 waiters: 0,
-                timed_out: false,
             },
         );
     }

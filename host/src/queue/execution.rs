@@ -48,7 +48,6 @@ impl Inner {
             inner: Arc::clone(&self),
             id: Some(launch.id.clone()),
         };
-        let deadline = self.deadline_timer(&launch);
         let snapshots = self.snapshots(&launch);
         let result = self
             .manager
@@ -59,9 +58,6 @@ impl Inner {
             )
             .await;
         if let Some(task) = snapshots {
-            task.abort();
-        }
-        if let Some(task) = deadline {
             task.abort();
         }
         // Forced and actually stopped (a call that returned just before the force needs no
@@ -76,42 +72,16 @@ impl Inner {
             self.cancel_phase(&launch.id, CancelPhase::Completed);
         }
         guard.id = None;
+        let accounts = launch.control.accounts();
         let launches = {
             let mut st = self.lock();
+            if let Some(entry) = st.jobs.get_mut(&launch.id) {
+                entry.job.accounts = accounts;
+            }
             self.finish(&mut st, &launch.id, result);
             self.dispatch(&mut st)
         };
         self.after(launches);
-    }
-
-    /// For a backend that does not enforce deadlines itself (native workers; a wasm call
-    /// traps at its own), cancels the job when its timeout passes; it then fails as
-    /// `transient` ("ran past its timeout").
-    pub(super) fn deadline_timer(
-        self: &Arc<Self>,
-        launch: &Launch,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        let deadline = launch.control.deadline()?;
-        let kind = launch.backend.as_ref()?.kind();
-        if kind == crate::backend::RuntimeKind::Wasm {
-            return None;
-        }
-        let weak = Arc::downgrade(self);
-        let id = launch.id.clone();
-        Some(self.runtime.spawn(async move {
-            tokio::time::sleep_until(deadline.into()).await;
-            let Some(inner) = weak.upgrade() else { return };
-            let launches = {
-                let mut st = inner.lock();
-                match st.jobs.get_mut(&id) {
-                    Some(e) if e.job.status == JobStatus::Running => e.timed_out = true,
-                    _ => return,
-                }
-                let _ = inner.cancel_job(&mut st, &id);
-                inner.dispatch(&mut st)
-            };
-            inner.after(launches);
-        }))
     }
 
     /// While a native job runs, publishes a resource snapshot of its worker's process
@@ -203,25 +173,17 @@ impl Inner {
         let Some(entry) = st.jobs.get_mut(job_id) else {
             return;
         };
-        let timeout = entry.timed_out.then_some(entry.timeout).flatten();
         let (status, value, error) = match result {
             Ok(v) => (JobStatus::Completed, Some(v), None),
-            Err(Error::Cancelled) if timeout.is_some() => {
-                let t = timeout.unwrap_or_default().as_secs_f64();
-                let mut e = JobError::transient(format!("the job ran past its timeout of {t} s"));
-                e.capability_instance_id = Some(entry.job.instance_id.clone());
-                e.capability_name.clone_from(&entry.job.capability_name);
-                (JobStatus::Failed, None, Some(e))
-            }
             Err(Error::Cancelled) => (JobStatus::Cancelled, None, None),
             Err(e) => {
-                let name = entry.job.capability_name.clone().unwrap_or_default();
+                let raw = e.to_job_error();
                 // The host's names for the instance, whatever the worker calls itself.
-                let mut je = e.to_job_error();
-                je.capability_instance_id = Some(entry.job.instance_id.clone());
-                if !name.is_empty() {
+                let mut je = host_view(&raw, &entry.job.instance_id);
+                if let Some(name) = entry.job.capability_name.clone().filter(|n| !n.is_empty()) {
                     je.capability_name = Some(name);
                 }
+                entry.job.raw_error = Some(raw);
                 (JobStatus::Failed, None, Some(je))
             }
         };

@@ -6,7 +6,7 @@ use cjm_guest::contract::JobError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::backend::{CallRequest, Target};
+use crate::backend::{Account, CallRequest, Target};
 use crate::store::JobSnapshot;
 
 /// Where a job is.
@@ -156,6 +156,12 @@ impl JobSpec {
         self
     }
 
+    /// The same job with all of its per-call control flags (replacing any set before).
+    pub fn controls(mut self, flags: Map<String, Value>) -> Self {
+        self.request.envelope.control = flags;
+        self
+    }
+
     /// The same job with a wall-clock limit.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -197,8 +203,16 @@ pub struct Job {
     /// memory after delivery: its approximate size in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result_dropped_bytes: Option<usize>,
-    /// Why it failed or was cancelled.
+    /// Why it failed, as cjm-substrate's host records it (see [`host_view`]).
     pub error: Option<JobError>,
+    /// The error as the capability (or the host's own check) reported it, before that
+    /// mapping: every field it sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_error: Option<JobError>,
+    /// The accounts the capability reported during the call (also journaled, each with
+    /// the job's id).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<Account>,
     /// The composition it is a member of.
     pub composition_id: Option<String>,
     /// The composition node it runs.
@@ -240,6 +254,8 @@ impl Job {
             result: None,
             result_dropped_bytes: None,
             error: None,
+            raw_error: None,
+            accounts: Vec::new(),
             composition_id: envelope.composition_id.clone(),
             node_id: envelope.node_id.clone(),
             run_id: envelope.run_id.clone(),
@@ -291,6 +307,8 @@ impl Job {
             result: None,
             result_dropped_bytes: None,
             error: s.error,
+            raw_error: None,
+            accounts: Vec::new(),
             composition_id: s.composition_id,
             node_id: s.node_id,
             run_id: s.run_id,
@@ -345,4 +363,30 @@ pub(crate) fn size_over(value: &Value, limit: usize) -> Option<usize> {
     }
     let mut acc = 0;
     (!walk(value, &mut acc, limit)).then_some(acc)
+}
+
+/// A failed job's error as cjm-substrate's host records it (it rebuilds the capability's
+/// typed exception and maps it back): only the category's own fields (`fields_invalid` of a
+/// `user_input` error, `[]` when the capability named none; `retry_after_seconds` of a
+/// `transient` one; `resource_shortfall` of a `resource` one), the job's instance id, and the
+/// host's time. Unlike cjm-substrate, the capability's `retriable` flag and its name are
+/// kept: they say more than the category's default.
+pub fn host_view(raw: &JobError, instance_id: &str) -> JobError {
+    use cjm_guest::contract::ErrorCategory;
+    let mut e = raw.clone();
+    let category = e.category;
+    if category == ErrorCategory::UserInput {
+        e.fields_invalid.get_or_insert_with(Vec::new);
+    } else {
+        e.fields_invalid = None;
+    }
+    if category != ErrorCategory::Transient {
+        e.retry_after_seconds = None;
+    }
+    if category != ErrorCategory::Resource {
+        e.resource_shortfall = None;
+    }
+    e.capability_instance_id = Some(instance_id.to_owned());
+    e.occurred_at = Some(cjm_guest::python::time::now_iso());
+    e
 }

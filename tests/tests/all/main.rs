@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod contract;
+mod fidelity;
 mod manager;
 mod native;
 mod parity;

@@ -87,8 +87,8 @@ async fn the_same_manager_calls_behave_the_same_on_wasm_and_native() {
             .unwrap();
         assert_eq!(
             inst.config(),
-            json!({"case_sensitive": false, "top_n": 1}),
-            "defaults filled in"
+            json!({"top_n": 1}),
+            "as given (what cjm-substrate's host sends to /initialize)"
         );
         assert_eq!(m.info(&id).unwrap().name, "text-stats");
         // Idempotent re-load.

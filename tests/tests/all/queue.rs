@@ -532,6 +532,68 @@ async fn a_timeout_fails_the_job_on_both_kinds() {
     h.shutdown().await.unwrap();
 }
 
+/// A hung native worker (SIGSTOP during a call) answers nothing, not even `/progress` or
+/// `/cancel`: the job's timeout and a cancel still end the job (the backend kills the
+/// worker), and the next call gets a fresh worker. The bounds asserted are loose (the hang
+/// used to last 300 s); the measured times are printed and noted with the benchmarks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_native_worker_ends_at_the_timeout_or_a_cancel() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = data_dir();
+    let h = host(dir.path(), 4, &[("probe", "p")]).await;
+    let q = h.queue();
+    for how in ["timeout", "cancel"] {
+        let warm = q
+            .submit(JobSpec::execute("p", probe("echo", json!({}))))
+            .unwrap();
+        assert_eq!(q.wait(&warm, T).await.unwrap().status, JobStatus::Completed);
+        let pid = h.manager().instance("p").unwrap().backend().pid().unwrap();
+        let mut spec = JobSpec::execute("p", probe("sleep", json!({"seconds": 60})));
+        if how == "timeout" {
+            spec = spec.timeout(Duration::from_secs(2));
+        }
+        let started = std::time::Instant::now();
+        let id = q.submit(spec).unwrap();
+        until_started(q, &id).await;
+        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+        let cancelled_at = std::time::Instant::now();
+        if how == "cancel" {
+            q.cancel(&id).unwrap();
+        }
+        let job = q.wait(&id, T).await.unwrap();
+        let (took, since_cancel) = (started.elapsed(), cancelled_at.elapsed());
+        eprintln!("{how}: ended after {took:?} ({since_cancel:?} after the SIGSTOP)");
+        match how {
+            "timeout" => {
+                assert_eq!(job.status, JobStatus::Failed);
+                let err = job.error.unwrap();
+                assert_eq!(
+                    err.category,
+                    cjm_guest::contract::ErrorCategory::Transient,
+                    "{}",
+                    err.message
+                );
+                assert!(took < Duration::from_secs(30), "{took:?}");
+            }
+            _ => {
+                assert_eq!(job.status, JobStatus::Cancelled, "{:?}", job.error);
+                assert!(since_cancel < Duration::from_secs(30), "{since_cancel:?}");
+            }
+        }
+        let ok = q
+            .submit(JobSpec::execute(
+                "p",
+                probe("echo", json!({"text": "again"})),
+            ))
+            .unwrap();
+        assert_eq!(q.wait(&ok, T).await.unwrap().status, JobStatus::Completed);
+        let fresh = h.manager().instance("p").unwrap().backend().pid().unwrap();
+        assert_ne!(fresh, pid, "{how}: a fresh worker serves the next call");
+    }
+    h.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_journal_first_bounded_subscribers_and_progress() {
     let dir = data_dir();

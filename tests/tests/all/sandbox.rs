@@ -131,7 +131,9 @@ impl Guest {
                 match job.status {
                     JobStatus::Completed => Ok(job.result.unwrap_or(Value::Null)),
                     JobStatus::Cancelled => Err(Error::Cancelled),
-                    _ => Err(Error::Job(Box::new(job.error.unwrap()))),
+                    // The error as the guest raised it (`error` is the host's view of it,
+                    // checked by the fidelity tests).
+                    _ => Err(Error::Job(Box::new(job.raw_error.unwrap()))),
                 }
             }
         }

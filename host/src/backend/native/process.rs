@@ -108,19 +108,22 @@ impl WorkerSpec {
         }
     }
 
-    /// Adds the environment the worker contract promises (`CONTRACT.md`): the data dirs
-    /// (`CJM_DATA_DIR`, `CAPABILITY_DATA_DIR` = `<data dir>/data/<name>`, created, and
-    /// `CJM_CAPABILITY_DATA_DIR`), `CJM_MODELS_DIR` when set, `CJM_DIAGNOSTICS_DB` (Python
-    /// workers write their log records into it) and `CJM_LOG_LEVEL`; and the configured
-    /// prefetch stall threshold. `CJM_WORKER_SESSION_ID` is set per spawn.
+    /// Adds the environment the worker contract promises (`CONTRACT.md`), with
+    /// cjm-substrate's values: the data dirs (`CJM_DATA_DIR`, `CJM_CAPABILITY_DATA_DIR` =
+    /// `<data dir>/data`, `CAPABILITY_DATA_DIR` = `<data dir>/data/<name>`, created),
+    /// `CJM_MODELS_DIR` when set, `CJM_DIAGNOSTICS_DB` (Python workers write their log
+    /// records into it) and `CJM_LOG_LEVEL`; and the configured prefetch stall threshold.
+    /// `CJM_WORKER_SESSION_ID` is set per spawn.
     pub fn with_host_env(mut self, config: &crate::config::HostConfig) -> Result<Self> {
-        let data = config.capability_data_dir(&self.name);
-        std::fs::create_dir_all(&data).map_err(|e| Error::io(&data, e))?;
-        let data = data.display().to_string();
+        let own = config.capability_data_dir(&self.name);
+        std::fs::create_dir_all(&own).map_err(|e| Error::io(&own, e))?;
         self = self
             .env("CJM_DATA_DIR", config.data_dir.display().to_string())
-            .env("CAPABILITY_DATA_DIR", data.clone())
-            .env("CJM_CAPABILITY_DATA_DIR", data)
+            .env("CAPABILITY_DATA_DIR", own.display().to_string())
+            .env(
+                "CJM_CAPABILITY_DATA_DIR",
+                config.capability_data_root().display().to_string(),
+            )
             .env(
                 "CJM_DIAGNOSTICS_DB",
                 config.diagnostics_db_path().display().to_string(),

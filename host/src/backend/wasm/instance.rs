@@ -17,7 +17,7 @@ use super::bindings::Capability;
 use super::bindings::cjm::capability::{host, types as wit};
 use super::emit::{LogBudget, truncate};
 use super::runtime::LoadedComponent;
-use super::sandbox::{Capture, CaptureStream, Limits, MemoryDenied, SandboxGrants, TableDenied};
+use super::sandbox::{Capture, CaptureStream, LimitDenied, Limited, Limits, SandboxGrants};
 use crate::backend::{Account, CallControl, DiagnosticsSink, LogRecord};
 use crate::error::{Error, Result};
 
@@ -279,18 +279,15 @@ impl Instance {
         let mb = |b: usize| (b as f64 / (1024.0 * 1024.0) * 100.0).round() / 100.0;
         // A guest past its *own* limits is not short of host memory: another attempt or
         // evicting other capabilities would change nothing, so it is not retriable.
-        if let Some(denied) = e.downcast_ref::<MemoryDenied>() {
-            return Error::job(
-                JobError::resource(format!("the guest exceeded its {denied}"))
-                    .with_shortfall("system_ram_mb", mb(denied.desired), mb(denied.limit))
-                    .with_retriable(false),
-            );
-        }
-        if let Some(denied) = e.downcast_ref::<TableDenied>() {
-            return Error::job(
-                JobError::resource(format!("the guest exceeded its {denied}"))
-                    .with_retriable(false),
-            );
+        if let Some(denied) = e.downcast_ref::<LimitDenied>() {
+            let error = JobError::resource(format!("the guest exceeded its {denied}"));
+            let error = match denied.what {
+                Limited::Memory => {
+                    error.with_shortfall("system_ram_mb", mb(denied.desired), mb(denied.limit))
+                }
+                Limited::Table => error,
+            };
+            return Error::job(error.with_retriable(false));
         }
         let panic = self.store.data().last_panic.clone();
         let job = match (e.downcast_ref::<Trap>(), panic) {

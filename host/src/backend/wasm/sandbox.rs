@@ -75,7 +75,7 @@ impl Default for SandboxGrants {
 
 impl SandboxGrants {
     /// The grants a manifest's `sandbox` block declares, with `${...}` placeholders in host
-    /// paths expanded by `lookup` (for example `${CJM_CAPABILITY_DATA_DIR}`). Unset limits
+    /// paths expanded by `lookup` (for example `${CAPABILITY_DATA_DIR}`). Unset limits
     /// take the defaults. A network grant is refused: wasm capabilities get no sockets.
     pub fn from_manifest(
         sandbox: &crate::manifest::Sandbox,
@@ -216,46 +216,41 @@ impl SandboxGrants {
     }
 }
 
-/// Why the limiter refused to grow memory, for the typed error.
+/// What a store's limiter caps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct MemoryDenied {
+pub(crate) enum Limited {
+    /// Linear memory, in bytes.
+    Memory,
+    /// Table elements.
+    Table,
+}
+
+/// Why the limiter refused to grow memory or a table, for the typed error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LimitDenied {
+    pub(crate) what: Limited,
     pub(crate) desired: usize,
     pub(crate) limit: usize,
 }
 
-impl std::fmt::Display for MemoryDenied {
+impl std::fmt::Display for LimitDenied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, unit) = match self.what {
+            Limited::Memory => ("memory", " bytes"),
+            Limited::Table => ("table", " elements"),
+        };
         write!(
             f,
-            "memory limit exceeded: wanted {} bytes, limit {} bytes",
+            "{what} limit exceeded: wanted {}{unit}, limit {}{unit}",
             self.desired, self.limit
         )
     }
 }
 
-impl std::error::Error for MemoryDenied {}
-
-/// Why the limiter refused to grow a table, for the typed error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TableDenied {
-    pub(crate) desired: usize,
-    pub(crate) limit: usize,
-}
-
-impl std::fmt::Display for TableDenied {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "table limit exceeded: wanted {} elements, limit {}",
-            self.desired, self.limit
-        )
-    }
-}
-
-impl std::error::Error for TableDenied {}
+impl std::error::Error for LimitDenied {}
 
 /// Caps linear memory and tables of one store; growth past a cap traps with
-/// [`MemoryDenied`] or [`TableDenied`] so the host can tell a guest that outgrew its own
+/// [`LimitDenied`] so the host can tell a guest that outgrew its own
 /// limits from other traps.
 pub(crate) struct Limits {
     pub(crate) memory: usize,
@@ -270,7 +265,8 @@ impl ResourceLimiter for Limits {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.memory {
-            return Err(MemoryDenied {
+            return Err(LimitDenied {
+                what: Limited::Memory,
                 desired,
                 limit: self.memory,
             }
@@ -286,7 +282,8 @@ impl ResourceLimiter for Limits {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
-            return Err(TableDenied {
+            return Err(LimitDenied {
+                what: Limited::Table,
                 desired,
                 limit: self.table_elements,
             }
@@ -437,13 +434,13 @@ mod tests {
     fn manifest_sandbox_maps_onto_grants() {
         let dir = tempfile::tempdir().unwrap();
         let raw = serde_json::json!({
-            "preopens": [{"host": "${CJM_CAPABILITY_DATA_DIR}", "guest": "/data", "mode": "rw"}],
+            "preopens": [{"host": "${CAPABILITY_DATA_DIR}", "guest": "/data", "mode": "rw"}],
             "env": ["LANG"], "memory_limit_mb": 64, "max_concurrency": 3
         });
         let sandbox: crate::manifest::Sandbox = serde_json::from_value(raw).unwrap();
         let data = dir.path().display().to_string();
         let grants = SandboxGrants::from_manifest(&sandbox, |name| {
-            (name == "CJM_CAPABILITY_DATA_DIR").then(|| data.clone())
+            (name == "CAPABILITY_DATA_DIR").then(|| data.clone())
         })
         .unwrap();
         assert_eq!(grants.dirs[0].host, dir.path());
