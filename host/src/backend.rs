@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use cjm_guest::contract::{CapabilityInfo, Envelope, Status};
+use cjm_guest::contract::{CapabilityInfo, Envelope, JobError, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -117,6 +117,53 @@ impl CallRequest {
         self.envelope = envelope;
         self
     }
+
+    /// Takes the request apart without recursion: how a request refused by
+    /// [`check_bounds`](Self::check_bounds) is dropped.
+    pub fn drop_flat(self) {
+        let args = match self.target {
+            Target::Execute { args } => args,
+            Target::Task { .. } => Vec::new(),
+        };
+        crate::bounds::drop_flat(self.kwargs.into_iter().map(|(_, v)| v).chain(args));
+    }
+
+    /// Refuses kwargs or positional args nesting deeper than
+    /// [`MAX_JSON_DEPTH`](crate::bounds::MAX_JSON_DEPTH) (a typed `user_input` error).
+    pub fn check_bounds(&self) -> std::result::Result<(), JobError> {
+        for (key, value) in &self.kwargs {
+            crate::bounds::check_depth(key, value).map_err(|_| depth_error("kwargs", key))?;
+        }
+        if let Target::Execute { args } = &self.target {
+            for value in args {
+                crate::bounds::check_depth("args", value)
+                    .map_err(|_| depth_error("args", "args"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The approximate size of its kwargs and args as JSON text.
+    pub fn approx_bytes(&self) -> usize {
+        let kwargs: usize = self
+            .kwargs
+            .iter()
+            .map(|(k, v)| k.len() + 4 + crate::bounds::size_of(v))
+            .sum();
+        let args: usize = match &self.target {
+            Target::Execute { args } => args.iter().map(crate::bounds::size_of).sum(),
+            Target::Task { .. } => 0,
+        };
+        kwargs + args
+    }
+}
+
+fn depth_error(what: &str, field: &str) -> JobError {
+    JobError::user_input(format!(
+        "{what} nest deeper than {} levels (at '{field}')",
+        crate::bounds::MAX_JSON_DEPTH
+    ))
+    .with_fields([field])
 }
 
 /// A loaded capability instance of either kind. Every method may be called concurrently; a
@@ -207,6 +254,12 @@ pub trait DiagnosticsSink: Send + Sync {
     fn record(&self, record: LogRecord);
     /// Stores one line of a capability's stdout or stderr (`stream` is `stdout` / `stderr`).
     fn chunk(&self, worker_session_id: &str, stream: &str, content: &str);
+    /// Masks `values` in log records a worker of `worker_session_id` wrote into the store by
+    /// itself (a Python worker writes its own). Sinks that only hold what they were given
+    /// have nothing to do.
+    fn scrub(&self, worker_session_id: &str, values: &[String]) {
+        let _ = (worker_session_id, values);
+    }
 }
 
 /// Lifecycle events of workers (spawned, ready, died, stopped, killed), for the journal.

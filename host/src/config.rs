@@ -125,6 +125,9 @@ pub struct QueueConfig {
     /// delivered: to the waiters present when its job ends, or, with none, not at all (the
     /// job then reports `result_dropped_bytes`). Bounds what a burst of large results holds.
     pub max_history_result_bytes: usize,
+    /// Bytes of kwargs that waiting jobs may hold in all; a submission past it is refused
+    /// with a typed `resource` error (`QueueError::Full`), never queued into unbounded memory.
+    pub max_pending_bytes: usize,
     /// Calls one capability instance takes at once unless its manifest raises it.
     pub default_instance_concurrency: u32,
 }
@@ -140,6 +143,7 @@ impl Default for QueueConfig {
             evict_cooldown: Duration::from_secs(15),
             max_history: 1000,
             max_history_result_bytes: 1024 * 1024,
+            max_pending_bytes: 256 * 1024 * 1024,
             default_instance_concurrency: 1,
         }
     }
@@ -275,13 +279,6 @@ impl HostConfig {
         self.data_dir.join("manifests")
     }
 
-    /// Where manifests are discovered, first wins: the extra dirs, then `manifests/`.
-    pub fn manifest_search_path(&self) -> Vec<PathBuf> {
-        let mut dirs = self.extra_manifest_dirs.clone();
-        dirs.push(self.manifests_dir());
-        dirs
-    }
-
     /// `data/`: the parent of every capability's own data dir.
     pub fn capability_data_root(&self) -> PathBuf {
         self.data_dir.join("data")
@@ -356,6 +353,7 @@ impl HostConfig {
     /// Creates the data dir layout (`manifests/`, `data/`, `cache/components/`, `secrets/`
     /// with mode 0700). The databases create themselves when opened.
     pub fn ensure_layout(&self) -> Result<()> {
+        let created = !self.data_dir.exists();
         for dir in [
             self.manifests_dir(),
             self.capability_data_root(),
@@ -364,15 +362,27 @@ impl HostConfig {
         ] {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
+        // The data dir (when the host made it: an existing dir may be shared on purpose) and
+        // the secrets dir are the user's alone; the stores are 0600 whatever the dir.
         use std::os::unix::fs::PermissionsExt;
-        let secrets = self.secrets_dir();
-        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(&secrets, e))
+        let private = if created {
+            vec![self.data_dir.clone(), self.secrets_dir()]
+        } else {
+            vec![self.secrets_dir()]
+        };
+        for dir in private {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(&dir, e))?;
+        }
+        Ok(())
     }
 
-    /// The manifest search paths: the data dir's `manifests/`.
+    /// Where manifests are discovered, first wins: the extra dirs, then the data dir's
+    /// `manifests/`.
     pub fn manifest_search_paths(&self) -> Vec<PathBuf> {
-        vec![self.manifests_dir()]
+        let mut dirs = self.extra_manifest_dirs.clone();
+        dirs.push(self.manifests_dir());
+        dirs
     }
 }
 
@@ -655,6 +665,8 @@ fn resolve(
         max_history: qu(|q| q.max_history).map_or(qd.max_history, |(v, _)| v),
         max_history_result_bytes: qu(|q| q.max_history_result_bytes)
             .map_or(qd.max_history_result_bytes, |(v, _)| v as usize),
+        max_pending_bytes: qu(|q| q.max_pending_bytes)
+            .map_or(qd.max_pending_bytes, |(v, _)| v as usize),
         default_instance_concurrency: at_least_one(
             qu(|q| q.default_instance_concurrency),
             "queue.default_instance_concurrency",
@@ -867,6 +879,7 @@ impl HostConfigBuilder {
                 max_history_result_bytes: Some(
                     u32::try_from(q.max_history_result_bytes).unwrap_or(u32::MAX),
                 ),
+                max_pending_bytes: Some(u32::try_from(q.max_pending_bytes).unwrap_or(u32::MAX)),
                 default_instance_concurrency: Some(q.default_instance_concurrency),
             });
         }

@@ -271,6 +271,9 @@ impl Error {
                     .with_repr(format!("RuntimeError('Execute failed: {body}')"))
             }
             Error::Queue(crate::queue::QueueError::Wedged(_)) => JobError::fatal(self.to_string()),
+            Error::Queue(crate::queue::QueueError::Full { .. }) => {
+                JobError::resource(self.to_string())
+            }
             Error::Queue(_) => JobError::user_input(self.to_string()),
             Error::InvalidComponent { .. } | Error::InvalidGrant(_) | Error::Json { .. } => {
                 JobError::user_input(self.to_string())

@@ -6,6 +6,7 @@
 //!
 //! Modules, one concept each:
 //! - [`adapter`]: adapter compatibility, manifest against manifest over every kind of capability;
+//! - [`bounds`]: bounds on callers' JSON (depth, size) checked at every entry point;
 //! - [`backend`]: the one contract as a trait, with the wasm sandbox (`backend::wasm`) and
 //!   the native worker supervisor and client (`backend::native`);
 //! - [`manifest`]: v2.0 capability and adapter manifests (Python-compatible), canonical
@@ -27,6 +28,7 @@
 
 pub mod adapter;
 pub mod backend;
+pub mod bounds;
 pub mod config;
 pub mod error;
 pub mod host;

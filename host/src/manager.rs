@@ -341,7 +341,7 @@ impl CapabilityManager {
     /// Rescans the manifests dir; returns the per-file problems (one bad file never stops the
     /// others from loading).
     pub fn discover(&self) -> Vec<Error> {
-        let found = manifest::discover(&self.inner.config.manifest_search_path());
+        let found = manifest::discover(&self.inner.config.manifest_search_paths());
         let mut map = self
             .inner
             .manifests
@@ -654,9 +654,14 @@ impl CapabilityManager {
         for (k, v) in &m.install.env_vars {
             spec = spec.env(k, v);
         }
-        for (k, v) in self.worker_env(m, &lookup)? {
+        let mut secrets = Vec::new();
+        for (k, v, secret) in self.worker_env(m, &lookup)? {
+            if secret {
+                secrets.push(v.clone());
+            }
             spec = spec.env(k, v);
         }
+        spec.masker = crate::backend::native::Masker::new(secrets);
         Ok(Arc::new(
             NativeBackend::start(spec, kind, sink, events).await?,
         ))
@@ -664,12 +669,13 @@ impl CapabilityManager {
 
     /// Resolves the manifest's `worker_env`: secrets from the secret store (keyed by
     /// capability name, shared by all its instances), visible defaults with `${...}`
-    /// templates expanded; a required variable with neither is an error naming it.
+    /// templates expanded; a required variable with neither is an error naming it. Each
+    /// entry says whether it is a secret (its value is then masked in what the host records).
     fn worker_env(
         &self,
         m: &CapabilityManifest,
         lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Vec<(String, String)>> {
+    ) -> Result<Vec<(String, String, bool)>> {
         let name = &m.code.name;
         let mut out = Vec::new();
         let mut missing = Vec::new();
@@ -686,7 +692,7 @@ impl CapabilityManager {
                     .and_then(|d| manifest::runtime::expand_placeholders(d, lookup))
             };
             match value {
-                Some(v) => out.push((spec.name.clone(), v)),
+                Some(v) => out.push((spec.name.clone(), v, spec.secret)),
                 None if spec.required => missing.push(spec.name.clone()),
                 None => {}
             }

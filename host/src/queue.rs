@@ -40,13 +40,13 @@ pub use events::{EventKind, JobEvent, Scope, Subscription};
 pub use job::{CancelPhase, Job, JobSpec, JobStatus, QueueStats, host_view};
 
 use crate::backend::{CallControl, CallRequest};
+use crate::bounds::size_over;
 pub use crate::config::QueueConfig;
 use crate::error::{Error, Result};
 use crate::manager::CapabilityManager;
 use admission::{Grant, Ledger, Limits, Order, PendingIndex};
 use dispatch::Launch;
 use events::{Bus, Done, Emitter, Item};
-use job::size_over;
 
 /// The journal event another process writes to ask for a job's cancellation.
 pub const CANCEL_REQUESTED: &str = "cancel_requested";
@@ -100,6 +100,8 @@ struct Entry {
     done: Arc<Done>,
     /// Callers of [`JobQueue::wait`] on it now: a large result stays until the last leaves.
     waiters: u32,
+    /// The approximate bytes of its kwargs while it waits (counted in `pending_bytes`).
+    bytes: usize,
 }
 
 struct CompositionEntry {
@@ -118,6 +120,8 @@ struct State {
     stats: QueueStats,
     next_seq: u64,
     closed: bool,
+    /// Bytes of kwargs held by waiting jobs (bounded by `max_pending_bytes`).
+    pending_bytes: usize,
 }
 
 fn now() -> String {
@@ -237,14 +241,28 @@ impl JobQueue {
     pub fn submit(&self, spec: JobSpec) -> Result<String> {
         let inner = &self.inner;
         inner.admissible_submission()?;
+        if let Err(e) = spec.request.check_bounds() {
+            spec.request.drop_flat();
+            return Err(Error::job(e));
+        }
         let name = inner.check_instance(&spec.instance_id)?;
         let id = uuid::Uuid::now_v7().to_string();
+        let bytes = spec.request.approx_bytes();
         let launches = {
             let mut st = inner.lock();
             if st.closed {
                 return Err(QueueError::Closed.into());
             }
-            inner.enqueue(&mut st, id.clone(), spec, Some(name));
+            let limit = inner.config.max_pending_bytes;
+            if st.pending_bytes.saturating_add(bytes) > limit {
+                return Err(QueueError::Full {
+                    pending_bytes: st.pending_bytes,
+                    bytes,
+                    limit,
+                }
+                .into());
+            }
+            inner.enqueue(&mut st, id.clone(), spec, Some(name), bytes);
             inner.dispatch(&mut st)
         };
         inner.after(launches);

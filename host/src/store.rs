@@ -87,6 +87,12 @@ impl Db {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
+        // Private to the user (SQLite gives its -wal and -shm files the same mode).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(path, e))?;
+        }
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
         // Reading the header (and the schema) first: a file that is not a database fails
         // here, before anything could write to it.

@@ -7,6 +7,7 @@
 //!   worker that died (killed, crashed, forcibly cancelled) is respawned and re-initialized
 //!   with the configuration in force on the next call.
 
+pub mod mask;
 pub mod process;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,6 +18,7 @@ use cjm_guest::contract::{CapabilityInfo, JobError, Progress, Status, Structural
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
+pub use mask::Masker;
 pub use process::WorkerSpec;
 
 use self::process::{Process, describe_exit};
@@ -284,6 +286,7 @@ impl NativeBackend {
             &p.session,
             json!({"capability_name": self.name(), "pid": p.pid, "reason": reason}),
         );
+        self.scrub_session(&p.session);
         let mut live = lock(&self.inner.live);
         if live.as_ref().is_some_and(|l| l.pid == p.pid) {
             *live = None;
@@ -294,6 +297,8 @@ impl NativeBackend {
         let mut guard = self.inner.process.lock().await;
         let mut p = guard.take()?;
         let status = p.terminate(self.inner.spec.stop_grace).await;
+        // A stopped Python worker has flushed its last records into the store.
+        self.scrub_session(&p.session);
         self.inner.events.event(
             "worker_stopped",
             &p.session,
@@ -490,7 +495,7 @@ impl NativeBackend {
             status => {
                 let body = parsed().unwrap_or(Value::Null);
                 if let Some(job) = body.get("_job_error")
-                    && let Ok(job) = serde_json::from_value::<JobError>(job.clone())
+                    && let Ok(job) = serde_json::from_value::<JobError>(self.masked(job))
                 {
                     return Err(Error::job(job.stamped(self.name(), &session)));
                 }
@@ -578,11 +583,34 @@ impl NativeBackend {
         }
         let answer = answer?;
         if let Some(accounts) = &answer.accounts
-            && let Ok(list) = serde_json::from_str::<Vec<Account>>(accounts)
+            && let Ok(list) =
+                serde_json::from_str::<Vec<Account>>(&self.inner.spec.masker.mask(accounts))
         {
             list.into_iter().for_each(|a| control.push_account(a));
         }
+        self.scrub_records();
         self.answer_json(path, answer)
+    }
+
+    /// `value` with the worker's secrets masked in its strings.
+    fn masked(&self, value: &Value) -> Value {
+        let mut value = value.clone();
+        self.inner.spec.masker.mask_json(&mut value);
+        value
+    }
+
+    /// Masks the worker's secrets in the log records it wrote into the diagnostics store.
+    fn scrub_records(&self) {
+        if let Some(session) = self.session_id() {
+            self.scrub_session(&session);
+        }
+    }
+
+    fn scrub_session(&self, session: &str) {
+        let masker = &self.inner.spec.masker;
+        if !masker.is_empty() {
+            self.inner.sink.scrub(session, masker.values());
+        }
     }
 
     fn past_deadline(&self) -> Error {
@@ -612,7 +640,7 @@ impl NativeBackend {
                 let Some(v) = me.probe(Method::GET, "/progress").await else {
                     continue;
                 };
-                if let Ok(p) = serde_json::from_value::<Progress>(v)
+                if let Ok(p) = serde_json::from_value::<Progress>(me.masked(&v))
                     && last.as_ref() != Some(&p)
                 {
                     control.set_progress(p.clone());
@@ -729,7 +757,10 @@ fn request_body(request: CallRequest) -> (&'static str, Value) {
 }
 
 /// One NDJSON line of a stream: a chunk, or the `_job_error` that ends it.
-fn stream_item(line: &[u8], name: &str, session: &str) -> Result<Value> {
+/// The longest NDJSON line a stream may send (one chunk); past it the stream fails.
+const MAX_STREAM_LINE: usize = 64 * 1024 * 1024;
+
+fn stream_item(line: &[u8], name: &str, session: &str, masker: &Masker) -> Result<Value> {
     let value: Value = serde_json::from_slice(line).map_err(|e| {
         Error::job(
             JobError::transient(format!(
@@ -739,10 +770,11 @@ fn stream_item(line: &[u8], name: &str, session: &str) -> Result<Value> {
             .stamped(name, session),
         )
     })?;
-    match value
-        .get("_job_error")
-        .map(|j| serde_json::from_value::<JobError>(j.clone()))
-    {
+    match value.get("_job_error").map(|j| {
+        let mut j = j.clone();
+        masker.mask_json(&mut j);
+        serde_json::from_value::<JobError>(j)
+    }) {
         Some(Ok(job)) => Err(Error::job(job.stamped(name, session))),
         _ => Ok(value),
     }
@@ -863,7 +895,7 @@ impl Backend for NativeBackend {
                     state = control.changed_from(seen) => {
                         seen = state;
                         match state {
-                            CancelState::Requested => { let _ = me.post_json("/cancel", &json!({})).await; }
+                            CancelState::Requested => me.post_cancel(),
                             CancelState::Forced => {
                                 me.kill(me.pid(), "forced cancellation").await;
                                 let _ = tx.send(Err(Error::Cancelled)).await;
@@ -885,13 +917,21 @@ impl Backend for NativeBackend {
                     }
                 };
                 pending.extend_from_slice(&bytes);
+                if pending.len() > MAX_STREAM_LINE && !pending.contains(&b'\n') {
+                    let e = JobError::transient(format!(
+                        "capability '{name}': a stream line grew past {MAX_STREAM_LINE} bytes without a newline"
+                    ))
+                    .stamped(&name, &session);
+                    let _ = tx.send(Err(Error::job(e))).await;
+                    return;
+                }
                 while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=end).collect();
                     let line = line.trim_ascii();
                     if line.is_empty() {
                         continue;
                     }
-                    let item = stream_item(line, &name, &session);
+                    let item = stream_item(line, &name, &session, &me.inner.spec.masker);
                     let last = item.is_err();
                     if tx.send(item).await.is_err() || last {
                         return;
@@ -900,7 +940,9 @@ impl Backend for NativeBackend {
             }
             let rest = pending.trim_ascii();
             if !rest.is_empty() {
-                let _ = tx.send(stream_item(rest, &name, &session)).await;
+                let _ = tx
+                    .send(stream_item(rest, &name, &session, &me.inner.spec.masker))
+                    .await;
             }
         });
         Ok(rx)

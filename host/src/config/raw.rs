@@ -87,6 +87,8 @@ pub struct RawQueue {
     pub max_history: Option<u32>,
     /// Results larger than this (bytes of JSON) leave the in-memory history once delivered.
     pub max_history_result_bytes: Option<u32>,
+    /// Bytes of kwargs waiting jobs may hold in all.
+    pub max_pending_bytes: Option<u32>,
     /// Calls one capability instance takes at once unless its manifest says otherwise.
     pub default_instance_concurrency: Option<u32>,
 }

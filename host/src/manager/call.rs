@@ -23,6 +23,10 @@ impl CapabilityManager {
         request: CallRequest,
         control: Arc<CallControl>,
     ) -> Result<Value> {
+        if let Err(e) = request.check_bounds() {
+            request.drop_flat();
+            return Err(Error::job(e));
+        }
         let instance = self.instance(id)?;
         if !instance.enabled() {
             return Err(user(format!("capability instance '{id}' is disabled")));

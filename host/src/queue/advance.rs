@@ -100,7 +100,8 @@ impl Inner {
         let mut enqueued = Vec::new();
         for (node_id, spec, name) in specs {
             let id = uuid::Uuid::now_v7().to_string();
-            self.enqueue(st, id.clone(), spec, Some(name));
+            let bytes = spec.request.approx_bytes();
+            self.enqueue(st, id.clone(), spec, Some(name), bytes);
             if let Some(entry) = st.compositions.get_mut(comp_id)
                 && let Some(n) = entry.run.nodes.get_mut(&node_id)
             {

@@ -241,6 +241,13 @@ impl Composition {
             if n.task.is_some() != n.method.is_some() {
                 problems.push(format!("node '{}': task and method go together", n.id));
             }
+            for (name, arg) in &n.kwargs {
+                if let Arg::Value(v) = arg
+                    && let Err(e) = crate::bounds::check_depth(name, v)
+                {
+                    problems.push(format!("node '{}': {}", n.id, e.message));
+                }
+            }
         }
         let mut deps = BTreeMap::new();
         for n in &self.nodes {

@@ -20,6 +20,7 @@ impl Inner {
         id: String,
         mut spec: JobSpec,
         name: Option<String>,
+        bytes: usize,
     ) {
         spec.request.envelope.job_id = Some(id.clone());
         st.next_seq += 1;
@@ -37,8 +38,10 @@ impl Inner {
                 grant: None,
                 done: Arc::new(Done::default()),
                 waiters: 0,
+                bytes,
             },
         );
+        st.pending_bytes += bytes;
     }
 
     /// Admits every job the ladder allows, in priority order with skip-ahead.
@@ -119,6 +122,7 @@ impl Inner {
                 .request
                 .take()
                 .unwrap_or_else(|| CallRequest::execute(Default::default()));
+            st.pending_bytes -= std::mem::take(&mut entry.bytes);
             self.emitter.push(Item::Event(job_event(
                 EventKind::AdmissionDecided,
                 &entry.job,

@@ -44,4 +44,16 @@ pub enum QueueError {
     /// The queue was shut down.
     #[error("the queue is shut down")]
     Closed,
+    /// Waiting jobs already hold as many bytes of kwargs as the queue keeps.
+    #[error(
+        "the queue is full: waiting jobs hold {pending_bytes} bytes of kwargs, this job adds {bytes}, the limit is {limit} (queue.max_pending_bytes); retry when jobs have started"
+    )]
+    Full {
+        /// Held by waiting jobs now.
+        pending_bytes: usize,
+        /// This job's kwargs.
+        bytes: usize,
+        /// `queue.max_pending_bytes`.
+        limit: usize,
+    },
 }

@@ -230,6 +230,7 @@ impl Inner {
         entry.job.status = to;
         entry.job.completed_at = Some(now());
         entry.request = None;
+        st.pending_bytes -= std::mem::take(&mut entry.bytes);
         let snapshot = serde_json::to_value(entry.job.snapshot()).unwrap_or(Value::Null);
         self.emitter.push(Item::Event(job_event(
             EventKind::StateTransition,

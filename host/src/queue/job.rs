@@ -336,35 +336,6 @@ pub struct QueueStats {
     pub cancelled: u64,
 }
 
-/// The size of `value` as JSON text, approximately (strings by their bytes, quotes and
-/// separators counted), when it is more than `limit`; the walk stops as soon as it is.
-pub(crate) fn size_over(value: &Value, limit: usize) -> Option<usize> {
-    fn walk(v: &Value, acc: &mut usize, limit: usize) -> bool {
-        *acc += match v {
-            Value::Null | Value::Bool(_) => 5,
-            Value::Number(_) => 8,
-            Value::String(s) => s.len() + 2,
-            Value::Array(items) => {
-                *acc += 2;
-                return items.iter().all(|i| {
-                    *acc += 1;
-                    walk(i, acc, limit)
-                });
-            }
-            Value::Object(map) => {
-                *acc += 2;
-                return map.iter().all(|(k, i)| {
-                    *acc += k.len() + 4;
-                    walk(i, acc, limit)
-                });
-            }
-        };
-        *acc <= limit
-    }
-    let mut acc = 0;
-    (!walk(value, &mut acc, limit)).then_some(acc)
-}
-
 /// A failed job's error as cjm-substrate's host records it (it rebuilds the capability's
 /// typed exception and maps it back): only the category's own fields (`fields_invalid` of a
 /// `user_input` error, `[]` when the capability named none; `retry_after_seconds` of a

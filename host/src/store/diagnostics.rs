@@ -212,6 +212,35 @@ impl DiagnosticsStore {
         })
     }
 
+    /// Replaces `values` by `***` in the log records of one worker session (records a
+    /// Python worker wrote into this database itself, so the host could not mask them on the
+    /// way in).
+    pub fn scrub(&self, worker_session_id: &str, values: &[String]) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        self.db.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE records SET message = replace(message, ?2, '***'), \
+                 exc_text = replace(exc_text, ?2, '***') \
+                 WHERE worker_session_id = ?1 \
+                 AND (instr(message, ?2) > 0 OR instr(coalesce(exc_text, ''), ?2) > 0)",
+            )?;
+            for v in values {
+                stmt.execute(rusqlite::params![worker_session_id, v])?;
+            }
+            Ok(())
+        })?;
+        // The rows' old versions live on in the WAL and in freed page space: overwrite
+        // freed content and fold the WAL back (best effort: a worker still reading keeps
+        // the WAL until its next scrub, at the latest when it stops).
+        self.db.with(|conn| {
+            conn.pragma_update(None, "secure_delete", true)?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+
     /// Log records matching `q`.
     pub fn query_records(&self, q: &RecordQuery) -> Result<Vec<DiagnosticRecord>> {
         let mut clauses = Vec::new();
@@ -501,6 +530,7 @@ const WRITER_BATCH: usize = 4096;
 enum Msg {
     Record(DiagnosticRecord),
     Chunk(StreamChunk),
+    Scrub(String, Vec<String>),
     Flush(SyncSender<()>),
 }
 
@@ -570,6 +600,10 @@ impl DiagnosticsSink for DiagnosticsWriter {
         self.send(Msg::Record(record.into()));
     }
 
+    fn scrub(&self, worker_session_id: &str, values: &[String]) {
+        self.send(Msg::Scrub(worker_session_id.to_owned(), values.to_vec()));
+    }
+
     fn chunk(&self, worker_session_id: &str, stream: &str, content: &str) {
         self.send(Msg::Chunk(StreamChunk::new(
             Some(worker_session_id),
@@ -593,6 +627,7 @@ fn writer_loop(store: &DiagnosticsStore, rx: &Receiver<Msg>, failed: &AtomicU64)
     let mut records = Vec::new();
     let mut chunks = Vec::new();
     let mut acks = Vec::new();
+    let mut scrubs = Vec::new();
     loop {
         // Block for the first message, then take whatever else is already queued.
         let Ok(first) = rx.recv() else {
@@ -604,6 +639,7 @@ fn writer_loop(store: &DiagnosticsStore, rx: &Receiver<Msg>, failed: &AtomicU64)
             match msg {
                 Msg::Record(r) => records.push(r),
                 Msg::Chunk(c) => chunks.push(c),
+                Msg::Scrub(session, values) => scrubs.push((session, values)),
                 Msg::Flush(ack) => acks.push(ack),
             }
             taken += 1;
@@ -619,6 +655,11 @@ fn writer_loop(store: &DiagnosticsStore, rx: &Receiver<Msg>, failed: &AtomicU64)
         }
         records.clear();
         chunks.clear();
+        for (session, values) in scrubs.drain(..) {
+            if let Err(e) = store.scrub(&session, &values) {
+                tracing::warn!(error = %e, "cannot scrub secrets from diagnostics records");
+            }
+        }
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }

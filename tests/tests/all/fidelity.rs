@@ -158,3 +158,65 @@ async fn errors_of_direct_calls_carry_the_instance_id_and_the_hosts_time() {
     assert!(e.occurred_at.is_some());
     h.shutdown().await.unwrap();
 }
+
+/// A secret injected into a worker and spread by it (stdout, a log record the Python worker
+/// writes itself, an account, an error) is masked in everything the host records: after the
+/// host stops, no file of the data dir but the secrets file holds it, and the stores are
+/// private to the user.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_spread_by_a_worker_is_masked_everywhere_the_host_records() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = data_dir();
+    let secret = "sk-test-0123456789abcdef";
+    let h = Host::builder().data_dir(dir.path()).build().await.unwrap();
+    h.manager()
+        .set_secret(ECHO, "ECHO_API_KEY", secret)
+        .await
+        .unwrap();
+    h.manager().load(ECHO, None, Some("echo-1")).await.unwrap();
+    let q = h.queue();
+    let id = q
+        .submit(JobSpec::execute(
+            "echo-1",
+            kwargs(json!({"action": "leak"})),
+        ))
+        .unwrap();
+    let job = q.wait(&id, T).await.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    let shown = serde_json::to_string(&job).unwrap();
+    assert!(!shown.contains(secret), "{shown}");
+    assert!(job.error.unwrap().message.contains("***"));
+    assert_eq!(job.accounts[0].payload["key"], "***");
+    h.shutdown().await.unwrap();
+
+    let mut stack = vec![dir.path().to_path_buf()];
+    let mut scanned = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("secrets") {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the secret",
+                path.display()
+            );
+            scanned += 1;
+            if path.extension().is_some_and(|e| e == "db") {
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+            }
+        }
+    }
+    assert!(scanned > 3, "{scanned} files scanned");
+    let mode = std::fs::metadata(dir.path().join("secrets"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}

@@ -594,6 +594,93 @@ async fn a_sigstopped_native_worker_ends_at_the_timeout_or_a_cancel() {
     h.shutdown().await.unwrap();
 }
 
+/// Input that used to kill the host or grow it without bound is refused with typed errors:
+/// kwargs nested 10,000 deep (at submit and on a direct call), and waiting jobs past the
+/// queue's byte budget; the queue keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_kwargs_and_a_full_queue_are_typed_refusals() {
+    let dir = data_dir();
+    let h = Host::builder()
+        .data_dir(dir.path())
+        .queue(QueueConfig {
+            max_concurrent_lanes: 1,
+            max_pending_bytes: 64 * 1024,
+            cancel_timeout: Duration::from_millis(300),
+            ..QueueConfig::default()
+        })
+        .load_with("probe", None, Some("p".to_owned()))
+        .build()
+        .await
+        .unwrap();
+    let q = h.queue();
+    let deep = || {
+        // Built by hand: `json!` would deep-copy (recursively) at every level.
+        let mut v = json!("bottom");
+        for _ in 0..10_000 {
+            v = Value::Object(serde_json::Map::from_iter([("d".to_owned(), v)]));
+        }
+        serde_json::Map::from_iter([("nested".to_owned(), v)])
+    };
+    match q.submit(JobSpec::execute("p", deep())) {
+        Err(Error::Job(e)) => {
+            assert_eq!(e.category, cjm_guest::contract::ErrorCategory::UserInput);
+            assert_eq!(e.fields_invalid, Some(vec!["nested".to_owned()]));
+        }
+        other => panic!("{other:?}"),
+    }
+    let direct = h
+        .manager()
+        .call("p", cjm_host::backend::CallRequest::execute(deep()))
+        .await;
+    assert!(matches!(direct, Err(Error::Job(_))), "{direct:?}");
+
+    // One job runs (lane 1), the rest wait: 1 KiB each against a 64 KiB budget.
+    let busy = q
+        .submit(JobSpec::execute(
+            "p",
+            probe("sleep", json!({"seconds": 60})),
+        ))
+        .unwrap();
+    until_started(q, &busy).await;
+    let filler = "x".repeat(1024);
+    let mut waiting = Vec::new();
+    let full = loop {
+        match q.submit(JobSpec::execute(
+            "p",
+            probe("echo", json!({"text": filler})),
+        )) {
+            Ok(id) => waiting.push(id),
+            Err(e) => break e,
+        }
+        assert!(waiting.len() < 1000, "never full");
+    };
+    assert!(
+        matches!(full, Error::Queue(QueueError::Full { .. })),
+        "{full}"
+    );
+    assert_eq!(
+        full.to_job_error().category,
+        cjm_guest::contract::ErrorCategory::Resource
+    );
+    assert!((50..70).contains(&waiting.len()), "{}", waiting.len());
+    q.cancel(&busy).unwrap();
+    for id in &waiting {
+        assert_eq!(q.wait(id, T).await.unwrap().status, JobStatus::Completed);
+    }
+    // Drained: the budget is free again.
+    let again = q
+        .submit(JobSpec::execute(
+            "p",
+            probe("echo", json!({"text": filler})),
+        ))
+        .unwrap();
+    assert_eq!(
+        q.wait(&again, T).await.unwrap().status,
+        JobStatus::Completed
+    );
+    h.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_journal_first_bounded_subscribers_and_progress() {
     let dir = data_dir();

@@ -44,6 +44,8 @@ pub struct WorkerSpec {
     pub stop_grace: Duration,
     /// How long `prefetch` may go without progress before the worker is stopped.
     pub prefetch_stall: Duration,
+    /// The secret values put into its environment: masked in all the host records of it.
+    pub masker: super::mask::Masker,
 }
 
 impl std::fmt::Debug for WorkerSpec {
@@ -105,6 +107,7 @@ impl WorkerSpec {
             ready_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(3),
             prefetch_stall: Duration::from_secs(300),
+            masker: super::mask::Masker::default(),
         }
     }
 
@@ -239,12 +242,20 @@ impl Process {
                 session.clone(),
                 Arc::clone(&sink),
                 tail.clone(),
+                spec.masker.clone(),
             ));
         }
         if let Some(err) = child.stderr.take() {
             let err =
                 tokio::process::ChildStderr::from_std(err).map_err(|e| Error::io(program, e))?;
-            pumps.push(pump(err, "stderr", session.clone(), sink, tail.clone()));
+            pumps.push(pump(
+                err,
+                "stderr",
+                session.clone(),
+                sink,
+                tail.clone(),
+                spec.masker.clone(),
+            ));
         }
         Ok(Process {
             child,
@@ -357,31 +368,61 @@ pub(crate) fn describe_exit(status: Option<ExitStatus>) -> String {
     }
 }
 
+/// The longest output line kept; the rest of a longer line is dropped (a progress bar
+/// printed without newlines must not grow host memory).
+const MAX_LINE: usize = 64 * 1024;
+
 /// Pumps one pipe into the diagnostics store line by line (carriage-return progress frames
-/// collapsed to the last), keeping the tail. Reading continuously keeps a chatty worker from
-/// blocking on a full pipe.
+/// collapsed to the last, lines cut at [`MAX_LINE`], secrets masked), keeping the tail.
+/// Reading continuously keeps a chatty worker from blocking on a full pipe.
 fn pump(
     pipe: impl AsyncRead + Unpin + Send + 'static,
     stream: &'static str,
     session: String,
     sink: Arc<dyn DiagnosticsSink>,
     tail: Tail,
+    masker: super::mask::Masker,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut reader = BufReader::new(pipe);
-        let mut buf = Vec::new();
+        let mut line: Vec<u8> = Vec::new();
+        // A carriage return seen: the next byte other than a newline starts a new frame.
+        let mut cr = false;
+        let emit = |line: &[u8]| {
+            let text = String::from_utf8_lossy(line);
+            let text = masker.mask(&text);
+            sink.chunk(&session, stream, &text);
+            tail.push(text.into_owned());
+        };
         loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&buf);
-                    let text = text.trim_end_matches(['\n', '\r']);
-                    let frame = text.rsplit('\r').next().unwrap_or(text);
-                    sink.chunk(&session, stream, frame);
-                    tail.push(frame.to_owned());
+            let chunk = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(chunk) => chunk,
+            };
+            for &b in chunk {
+                match b {
+                    b'\n' => {
+                        emit(&line);
+                        line.clear();
+                        cr = false;
+                    }
+                    b'\r' => cr = true,
+                    other => {
+                        if cr {
+                            line.clear();
+                            cr = false;
+                        }
+                        if line.len() < MAX_LINE {
+                            line.push(other);
+                        }
+                    }
                 }
             }
+            let n = chunk.len();
+            reader.consume(n);
+        }
+        if !line.is_empty() {
+            emit(&line);
         }
     })
 }
