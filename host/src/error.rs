@@ -286,6 +286,18 @@ impl Error {
     pub fn is_cancelled(&self) -> bool {
         matches!(self, Error::Cancelled)
     }
+
+    /// Whether this is a store held by another connection (SQLite busy or locked past the
+    /// busy timeout): it clears by itself, unlike a full disk or a corrupt file.
+    pub fn is_transient_lock(&self) -> bool {
+        match self {
+            Error::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
+    }
 }
 
 impl From<JobError> for Error {

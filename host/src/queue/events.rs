@@ -291,6 +291,9 @@ pub(crate) enum Item {
 /// in one transaction with its admission.
 pub(crate) const COMMIT_DELAY: Duration = Duration::from_millis(1);
 
+/// How long a stopping queue keeps retrying a failing journal before it gives up.
+const GIVE_UP_AFTER_CLOSE: Duration = Duration::from_secs(5);
+
 #[derive(Default)]
 struct Queued {
     items: Vec<Item>,
@@ -416,6 +419,55 @@ impl Emitter {
             .clone()
     }
 
+    /// Un-wedges after a write went through again.
+    fn unwedge(&self) {
+        let mut wedged = self.wedged.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(why) = wedged.take() {
+            tracing::warn!(was = %why, "the journal takes writes again: the queue is serving");
+        }
+        self.is_wedged.store(false, Ordering::Release);
+    }
+
+    /// Commits `rows`, never giving up on them while the queue runs: a store held by another
+    /// connection is retried with backoff (submissions keep being accepted); any other
+    /// failure wedges the queue (submissions refused, visibly) and is retried as a probe
+    /// until a write goes through, which un-wedges it. Only a closed queue whose journal
+    /// still fails after [`GIVE_UP_AFTER_CLOSE`] gives up, and then reports nothing as
+    /// written. Returns the rows' seqs, or `None` when they were not written.
+    fn commit(&self, journal: &JournalStore, rows: &[JournalEvent]) -> Option<Vec<i64>> {
+        let mut backoff = Duration::from_millis(50);
+        let mut closed_since: Option<Instant> = None;
+        loop {
+            match journal.append_batch(rows) {
+                Ok(seqs) => {
+                    if self.is_wedged.load(Ordering::Acquire) {
+                        self.unwedge();
+                    }
+                    return Some(seqs);
+                }
+                Err(err) if err.is_transient_lock() => {
+                    tracing::warn!(error = %err, rows = rows.len(), "the journal is held by another connection; retrying");
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, rows = rows.len(), "journal append failed: the queue is wedged and refuses new submissions until a write goes through");
+                    self.wedge(err.to_string());
+                }
+            }
+            if self.lock().closed {
+                let since = *closed_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= GIVE_UP_AFTER_CLOSE {
+                    tracing::error!(
+                        rows = rows.len(),
+                        "the host is stopping and the journal still fails: these rows are lost, and nothing waiting on them is told they were written"
+                    );
+                    return None;
+                }
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
     fn write(&self, journal: &JournalStore, bus: &Bus, batch: &mut [Item]) {
         let rows: Vec<JournalEvent> = batch
             .iter_mut()
@@ -424,12 +476,10 @@ impl Emitter {
                 _ => None,
             })
             .collect();
-        let written = journal.append_batch(&rows);
-        if let Err(err) = &written {
-            tracing::error!(error = %err, rows = rows.len(), "journal append failed: the queue is wedged and refuses new submissions");
-            self.wedge(err.to_string());
-        }
-        let mut seqs = written.unwrap_or_default().into_iter();
+        let Some(seqs) = self.commit(journal, &rows) else {
+            return;
+        };
+        let mut seqs = seqs.into_iter();
         let mut rows = rows.into_iter();
         for item in batch.iter_mut() {
             if let Item::Event(e) = item

@@ -761,7 +761,7 @@ async fn events_journal_first_bounded_subscribers_and_progress() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_journal_append_wedges_the_queue() {
+async fn a_failed_journal_append_wedges_the_queue_until_a_write_goes_through() {
     let dir = data_dir();
     let h = host(dir.path(), 4, &[("noop", "n")]).await;
     let q = h.queue();
@@ -770,24 +770,97 @@ async fn a_failed_journal_append_wedges_the_queue() {
     assert_eq!(q.wedged(), None);
     // Break the journal under the queue (another connection drops its table).
     let path = h.manager().host_config().journal_db_path();
-    rusqlite::Connection::open(&path)
+    let other = rusqlite::Connection::open(&path).unwrap();
+    let schema: Vec<String> = other
+        .prepare("SELECT sql FROM sqlite_master WHERE tbl_name = 'journal' AND sql IS NOT NULL")
         .unwrap()
-        .execute_batch("DROP TABLE journal")
-        .unwrap();
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    other.execute_batch("DROP TABLE journal").unwrap();
     let lost = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
-    let job = q.wait(&lost, T).await.unwrap();
-    assert_eq!(
-        job.status,
-        JobStatus::Completed,
-        "admitted work still finishes, no lane leaks"
+    // Its terminal row cannot be written: it is never reported done.
+    let waited = q.wait(&lost, Some(Duration::from_secs(1))).await;
+    assert!(
+        matches!(waited, Err(Error::Queue(QueueError::Timeout(..)))),
+        "{waited:?}"
     );
+    for _ in 0..200 {
+        if q.wedged().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(q.wedged().unwrap().contains("journal"), "{:?}", q.wedged());
     let refused = queue_error(q.submit(JobSpec::execute("n", kwargs(json!({})))));
     assert!(matches!(refused, QueueError::Wedged(_)));
     assert!(refused.to_string().contains("refused"), "{refused}");
     let refused = queue_error(q.submit_composition(Composition::new(vec![Node::new("a", "n")])));
     assert!(matches!(refused, QueueError::Wedged(_)));
-    assert_eq!(q.stats().running, 0);
+    assert_eq!(
+        q.stats().running,
+        0,
+        "admitted work still finished, no lane leaks"
+    );
+
+    // The journal is repaired: the writer's next probe goes through, the queue un-wedges by
+    // itself, and the job is reported done with its row.
+    for sql in &schema {
+        other.execute_batch(sql).unwrap();
+    }
+    let job = q.wait(&lost, T).await.unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert!(rows(q, &lost).iter().any(|r| r.is_terminal_transition()));
+    assert_eq!(q.wedged(), None);
+    let again = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
+    assert_eq!(
+        q.wait(&again, T).await.unwrap().status,
+        JobStatus::Completed
+    );
+}
+
+/// Another connection holds the journal's write lock for 5 s: no job is reported done
+/// before its row is written, and the queue serves on by itself afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_held_by_another_connection_delays_but_never_lies() {
+    let dir = data_dir();
+    let h = host(dir.path(), 4, &[("noop", "n")]).await;
+    let q = h.queue();
+    let path = h.manager().host_config().journal_db_path();
+    let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = {
+        let released = std::sync::Arc::clone(&released);
+        std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch("BEGIN IMMEDIATE").unwrap();
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_secs(5));
+            released.store(true, std::sync::atomic::Ordering::SeqCst);
+            c.execute_batch("COMMIT").unwrap();
+        })
+    };
+    locked_rx.recv().unwrap();
+    let ids: Vec<String> = (0..20)
+        .map(|_| q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap())
+        .collect();
+    for id in &ids {
+        let job = q.wait(id, T).await.unwrap();
+        assert_eq!(job.status, JobStatus::Completed);
+        assert!(
+            released.load(std::sync::atomic::Ordering::SeqCst),
+            "reported done while its row could not be written"
+        );
+        assert!(rows(q, id).iter().any(|r| r.is_terminal_transition()));
+    }
+    holder.join().unwrap();
+    assert_eq!(q.wedged(), None);
+    let again = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
+    assert_eq!(
+        q.wait(&again, T).await.unwrap().status,
+        JobStatus::Completed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -679,6 +679,7 @@ async fn a_pool_of_n_runs_n_calls_at_once() {
 async fn progress_is_coalesced_and_messages_are_bounded() {
     let g = Guest::new(Way::WarmQueue, json!({})).await;
     let q = g.host().queue();
+    let rss_before = rss_kib();
     let mut all = q.subscribe(Scope::All);
     let id = q
         .submit(JobSpec::execute(
@@ -715,6 +716,23 @@ async fn progress_is_coalesced_and_messages_are_bounded() {
     assert!(p.message.contains("bytes cut"));
     let longest = g.logged().iter().map(String::len).max().unwrap();
     assert!(longest < 17 * 1024, "{longest}");
+    // For the record (RSS is the whole test process's: run alone to read it).
+    eprintln!(
+        "RSS before the 1M progress reports and the 1 MiB message: {rss_before} KiB, after: {} KiB",
+        rss_kib()
+    );
+}
+
+/// This process's resident set, in KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Log records past the per-instance rate are dropped and counted; one warning says so.
