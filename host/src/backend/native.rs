@@ -9,6 +9,7 @@
 
 pub mod mask;
 pub mod process;
+mod supervise;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ struct Inner {
     live: Mutex<Option<Live>>,
     /// The configuration in force, re-applied after a respawn.
     config: Mutex<Option<Value>>,
+    /// Deaths of its workers: restart backoff and crash-loop detection.
+    supervision: Mutex<supervise::Supervision>,
 }
 
 /// A capability served by a worker subprocess.
@@ -116,6 +119,7 @@ impl NativeBackend {
                 process: tokio::sync::Mutex::new(None),
                 live: Mutex::new(None),
                 config: Mutex::new(None),
+                supervision: Mutex::new(supervise::Supervision::default()),
             }),
         };
         me.ensure_worker().await?;
@@ -164,6 +168,37 @@ impl NativeBackend {
         &self.inner.spec.name
     }
 
+    /// Waits out the restart backoff after deaths of the worker, or refuses to spawn once it
+    /// crash-loops (journaled once, as `worker_crash_loop`).
+    async fn before_spawn(&self) -> Result<()> {
+        let jitter = f64::from(uuid::Uuid::new_v4().as_u128() as u16) / f64::from(u16::MAX);
+        let next = lock(&self.inner.supervision).next_spawn(self.name(), jitter);
+        match next {
+            supervise::NextSpawn::Now => Ok(()),
+            supervise::NextSpawn::After { attempt, delay } => {
+                self.inner.events.event(
+                    "worker_restart_scheduled",
+                    "",
+                    json!({"capability_name": self.name(), "attempt": attempt,
+                           "delay_ms": delay.as_secs_f64() * 1000.0}),
+                );
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            supervise::NextSpawn::Failed { why, newly } => {
+                if newly {
+                    tracing::error!(capability = self.name(), "{why}");
+                    self.inner.events.event(
+                        "worker_crash_loop",
+                        "",
+                        json!({"capability_name": self.name(), "reason": why}),
+                    );
+                }
+                Err(Error::job(JobError::fatal(why)))
+            }
+        }
+    }
+
     /// Spawns a worker unless a live one runs; a fresh worker gets the configuration in force.
     async fn ensure_worker(&self) -> Result<String> {
         let mut guard = self.inner.process.lock().await;
@@ -172,10 +207,12 @@ impl NativeBackend {
                 None => return Ok(format!("http://127.0.0.1:{}", p.port)),
                 Some(status) => {
                     self.died(p, &format!("worker {}", describe_exit(Some(status))));
+                    lock(&self.inner.supervision).death();
                     *guard = None;
                 }
             }
         }
+        self.before_spawn().await?;
         let session = uuid::Uuid::new_v4().to_string();
         let started = Instant::now();
         let mut p = Process::spawn(
@@ -190,6 +227,7 @@ impl NativeBackend {
         );
         let base = format!("http://127.0.0.1:{}", p.port);
         if let Err(e) = self.wait_ready(&mut p, &base).await {
+            lock(&self.inner.supervision).death();
             let status = p.terminate(self.inner.spec.stop_grace).await;
             self.inner.events.event(
                 "worker_died",
@@ -400,6 +438,7 @@ impl NativeBackend {
                 use std::os::unix::process::ExitStatusExt as _;
                 let reason = describe_exit(Some(status));
                 self.died(p, &format!("worker {reason} during {path}"));
+                lock(&self.inner.supervision).death();
                 let err = self.worker_failed(p, &format!("worker {reason} during {path}"));
                 *guard = None;
                 return match (status.signal(), err) {
@@ -810,6 +849,9 @@ impl Backend for NativeBackend {
     }
 
     async fn health(&self) -> Result<Value> {
+        if let Some(why) = lock(&self.inner.supervision).failed() {
+            return Ok(json!({"status": "failed", "name": self.name(), "reason": why}));
+        }
         self.get_json("/health").await
     }
 

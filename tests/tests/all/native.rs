@@ -486,3 +486,85 @@ async fn a_prefetch_without_progress_is_stopped_at_the_stall_threshold() {
     assert!(b.pid().is_none(), "the stalled worker was stopped");
     assert!(events.types().contains(&"worker_stopped".to_owned()));
 }
+
+/// A worker that dies at every start once its environment broke: respawns wait a growing
+/// backoff (journaled), then the instance is marked failed (journaled, in its health) and
+/// spawns nothing more; the host keeps serving its other capabilities.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_looping_worker_backs_off_then_is_marked_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken");
+    let script = repo_root().join("tests/fixtures/fake_worker.py");
+    let mut install =
+        cjm_tests::native_install(&["python3", &script.display().to_string(), "flaky"]);
+    install["env_vars"] = json!({"FAKE_WORKER_BROKEN": broken});
+    cjm_tests::write_manifest(dir.path(), "flaky", install);
+    cjm_tests::write_manifest(
+        dir.path(),
+        "noop",
+        cjm_tests::wasm_install(cjm_tests::fixtures::NOOP, json!({})),
+    );
+    let h = cjm_host::Host::builder()
+        .data_dir(dir.path())
+        .load("flaky")
+        .load("noop")
+        .build()
+        .await
+        .unwrap();
+    let m = h.manager();
+    let pid = m.instance("flaky").unwrap().backend().pid().unwrap();
+    std::fs::write(&broken, "").unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut last = None;
+    for _ in 0..20 {
+        match m
+            .call("flaky", CallRequest::execute(kwargs(json!({}))))
+            .await
+        {
+            Err(Error::Job(e)) if e.message.contains("crash-looping") => {
+                last = Some(e);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let e = last.expect("the loop was detected");
+    assert_eq!(e.category, ErrorCategory::Fatal);
+    let health = m
+        .instance("flaky")
+        .unwrap()
+        .backend()
+        .health()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "failed", "{health}");
+    let rows = m
+        .journal()
+        .query(&cjm_host::store::JournalQuery::default())
+        .unwrap();
+    let delays: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.event_type == "worker_restart_scheduled")
+        .map(|r| r.payload["delay_ms"].as_f64().unwrap())
+        .collect();
+    assert!(delays.len() >= 3, "{delays:?}");
+    assert!(
+        delays.windows(2).all(|w| w[1] > w[0]),
+        "growing: {delays:?}"
+    );
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.event_type == "worker_crash_loop")
+            .count(),
+        1
+    );
+    // The other capability still serves.
+    m.call("noop", CallRequest::execute(kwargs(json!({}))))
+        .await
+        .unwrap();
+    h.shutdown().await.unwrap();
+}
