@@ -741,10 +741,16 @@ async fn log_records_are_rate_limited_per_instance() {
     for way in [Way::Fresh, Way::WarmManager] {
         let g = Guest::new(way, json!({"log_records_per_second": 50})).await;
         let flood = json!({"attack": "log_flood", "n": 10_000});
+        let started = Instant::now();
         assert_eq!(g.call(flood).await.unwrap(), 10_000);
+        // A burst of one second's worth, then the rate while the flood lasted.
+        let allowed = 50 + (50.0 * started.elapsed().as_secs_f64()).ceil() as usize;
         let logged = g.logged();
         let kept = logged.iter().filter(|m| m.starts_with("record ")).count();
-        assert!((50..=60).contains(&kept), "{way:?}: {kept} kept");
+        assert!(
+            (50..=allowed).contains(&kept),
+            "{way:?}: {kept} kept, {allowed} allowed"
+        );
         let warning = logged
             .iter()
             .find(|m| m.contains("dropped"))
