@@ -130,6 +130,8 @@ pub struct QueueConfig {
     pub max_pending_bytes: usize,
     /// Calls one capability instance takes at once unless its manifest raises it.
     pub default_instance_concurrency: u32,
+    /// Retry policies by capability name, for jobs that bring none of their own.
+    pub retry_defaults: BTreeMap<String, crate::queue::RetryPolicy>,
 }
 
 impl Default for QueueConfig {
@@ -145,6 +147,7 @@ impl Default for QueueConfig {
             max_history_result_bytes: 1024 * 1024,
             max_pending_bytes: 256 * 1024 * 1024,
             default_instance_concurrency: 1,
+            retry_defaults: BTreeMap::new(),
         }
     }
 }
@@ -672,6 +675,7 @@ fn resolve(
             "queue.default_instance_concurrency",
             qd.default_instance_concurrency,
         )?,
+        retry_defaults: BTreeMap::new(),
     };
 
     Ok(HostConfig {

@@ -24,6 +24,7 @@ pub mod error;
 pub mod events;
 mod execution;
 pub mod job;
+pub mod retry;
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
@@ -38,6 +39,7 @@ pub use composition::{Arg, Composition, CompositionRun, Node, NodeRun, NodeState
 pub use error::QueueError;
 pub use events::{EventKind, JobEvent, Scope, Subscription};
 pub use job::{CancelPhase, Job, JobSpec, JobStatus, QueueStats, host_view};
+pub use retry::RetryPolicy;
 
 use crate::backend::{CallControl, CallRequest};
 use crate::bounds::size_over;
@@ -102,6 +104,10 @@ struct Entry {
     waiters: u32,
     /// The approximate bytes of its kwargs while it waits (counted in `pending_bytes`).
     bytes: usize,
+    /// When it runs again after a failure.
+    retry: RetryPolicy,
+    /// A copy of the call kept at admission while attempts remain.
+    retry_request: Option<CallRequest>,
 }
 
 struct CompositionEntry {

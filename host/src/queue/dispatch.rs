@@ -25,6 +25,14 @@ impl Inner {
         spec.request.envelope.job_id = Some(id.clone());
         st.next_seq += 1;
         let order = (Reverse(spec.priority), st.next_seq);
+        let retry = spec
+            .retry
+            .clone()
+            .or_else(|| {
+                name.as_ref()
+                    .and_then(|n| self.config.retry_defaults.get(n).cloned())
+            })
+            .unwrap_or_default();
         let job = Job::new(id.clone(), &spec, name);
         st.pending.insert(&spec.instance_id, order, id.clone());
         st.jobs.insert(
@@ -39,6 +47,8 @@ impl Inner {
                 done: Arc::new(Done::default()),
                 waiters: 0,
                 bytes,
+                retry,
+                retry_request: None,
             },
         );
         st.pending_bytes += bytes;
@@ -122,6 +132,10 @@ impl Inner {
                 .request
                 .take()
                 .unwrap_or_else(|| CallRequest::execute(Default::default()));
+            // Attempts remain: keep the call for the next one.
+            if entry.retry.max_attempts > entry.job.retry_count + 1 {
+                entry.retry_request = Some(request.clone());
+            }
             st.pending_bytes -= std::mem::take(&mut entry.bytes);
             self.emitter.push(Item::Event(job_event(
                 EventKind::AdmissionDecided,

@@ -201,6 +201,50 @@ impl Inner {
             st.ledger.gpu_reserved_mb = (st.ledger.gpu_reserved_mb - grant.gpu_mb).max(0.0);
         }
         entry.control = None;
+        if status == JobStatus::Failed
+            && !st.closed
+            && let Some(e) = &error
+            && entry.retry.retries(e, entry.job.retry_count + 1)
+            && let Some(request) = entry.retry_request.take()
+        {
+            let attempt = entry.job.retry_count + 1;
+            // Never sooner than the capability asked (`retry_after_seconds`).
+            let asked = e
+                .retry_after_seconds
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map_or(Duration::ZERO, Duration::from_secs_f64);
+            let delay = entry
+                .retry
+                .delay(attempt, super::retry::jitter())
+                .max(asked.min(Duration::from_secs_f64(
+                    entry.retry.max_backoff_seconds.max(0.0),
+                )));
+            entry.job.retry_count = attempt;
+            entry.job.status = JobStatus::Pending;
+            entry.job.started_at = None;
+            entry.job.error.clone_from(&error);
+            entry.request = Some(request);
+            self.emitter.push(Item::Event(job_event(
+                EventKind::StateTransition,
+                &entry.job,
+                json!({"from": "running", "to": "pending", "retry": {
+                    "attempt": attempt + 1, "of": entry.retry.max_attempts,
+                    "delay_ms": delay.as_secs_f64() * 1000.0, "error": e}}),
+            )));
+            let weak = Arc::downgrade(self);
+            let id = job_id.to_owned();
+            self.runtime.spawn(async move {
+                tokio::time::sleep(delay).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let launches = {
+                    let mut st = inner.lock();
+                    inner.requeue(&mut st, &id);
+                    inner.dispatch(&mut st)
+                };
+                inner.after(launches);
+            });
+            return;
+        }
         if status == JobStatus::Completed {
             entry.job.progress = 1.0;
         }
@@ -219,6 +263,25 @@ impl Inner {
             };
             self.advance(st, &comp, &node, state, value, error);
         }
+    }
+
+    /// Puts a job waiting for its retry back into the pending index (unless it was
+    /// cancelled meanwhile); it queues behind the jobs of its priority submitted since.
+    fn requeue(&self, st: &mut State, job_id: &str) {
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        let Some(entry) = st.jobs.get_mut(job_id) else {
+            return;
+        };
+        if entry.job.status != JobStatus::Pending {
+            return;
+        }
+        let order = (std::cmp::Reverse(entry.job.priority), seq);
+        entry.order = order;
+        entry.bytes = entry.request.as_ref().map_or(0, CallRequest::approx_bytes);
+        st.pending_bytes += entry.bytes;
+        st.pending
+            .insert(&entry.job.instance_id, order, job_id.to_owned());
     }
 
     /// Marks a job terminal: counts it, journals the transition with its snapshot, marks

@@ -104,6 +104,8 @@ pub struct JobSpec {
     pub priority: i64,
     /// A wall-clock limit for the call (cancelled when it passes).
     pub timeout: Option<Duration>,
+    /// When it runs again after a failure (default: its capability's, else none).
+    pub retry: Option<super::RetryPolicy>,
 }
 
 impl JobSpec {
@@ -129,6 +131,7 @@ impl JobSpec {
             request,
             priority: 0,
             timeout: None,
+            retry: None,
         }
     }
 
@@ -159,6 +162,12 @@ impl JobSpec {
     /// The same job with all of its per-call control flags (replacing any set before).
     pub fn controls(mut self, flags: Map<String, Value>) -> Self {
         self.request.envelope.control = flags;
+        self
+    }
+
+    /// The same job with its own retry policy.
+    pub fn retry(mut self, policy: super::RetryPolicy) -> Self {
+        self.retry = Some(policy);
         self
     }
 
@@ -227,7 +236,8 @@ pub struct Job {
     pub cancel_requested_at: Option<String>,
     /// Where cancellation is.
     pub cancel_phase: Option<CancelPhase>,
-    /// Reactive retries (resource errors) while it ran.
+    /// Retries so far: reactive ones (resource errors) while it ran, and attempts its retry
+    /// policy started.
     pub retry_count: u32,
 }
 

@@ -594,6 +594,79 @@ async fn a_sigstopped_native_worker_ends_at_the_timeout_or_a_cancel() {
     h.shutdown().await.unwrap();
 }
 
+/// Retry policies: a job's own, or its capability's default; only retriable errors of the
+/// listed categories; every attempt journaled; a job cancelled while it waits for its retry
+/// never runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_jobs_are_retried_by_their_policy() {
+    use cjm_host::queue::RetryPolicy;
+    let dir = data_dir();
+    let mut defaults = std::collections::BTreeMap::new();
+    defaults.insert(
+        "probe".to_owned(),
+        RetryPolicy::attempts(2).backoff(Duration::from_millis(20)),
+    );
+    let h = Host::builder()
+        .data_dir(dir.path())
+        .queue(QueueConfig {
+            retry_defaults: defaults,
+            ..queue_config(4, 300)
+        })
+        .load_with("probe", None, Some("p".to_owned()))
+        .build()
+        .await
+        .unwrap();
+    let q = h.queue();
+    let fail = |kind: &str| probe("fail", json!({"kind": kind}));
+    let retries = |id: &str| -> Vec<Value> {
+        rows(q, id)
+            .into_iter()
+            .filter(|r| r.payload.get("retry").is_some())
+            .map(|r| r.payload["retry"]["attempt"].clone())
+            .collect()
+    };
+
+    // Its own policy: three attempts, each retry journaled.
+    let own = RetryPolicy::attempts(3).backoff(Duration::from_millis(20));
+    let id = q
+        .submit(JobSpec::execute("p", fail("transient")).retry(own.clone()))
+        .unwrap();
+    let job = q.wait(&id, T).await.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.retry_count, 2);
+    assert_eq!(retries(&id), [json!(2), json!(3)]);
+
+    // A fatal error is not retried.
+    let id = q
+        .submit(JobSpec::execute("p", fail("fatal")).retry(own))
+        .unwrap();
+    let job = q.wait(&id, T).await.unwrap();
+    assert_eq!((job.status, job.retry_count), (JobStatus::Failed, 0));
+
+    // The capability's default applies to a job without a policy.
+    let id = q.submit(JobSpec::execute("p", fail("transient"))).unwrap();
+    let job = q.wait(&id, T).await.unwrap();
+    assert_eq!(job.retry_count, 1);
+    assert_eq!(retries(&id), [json!(2)]);
+
+    // Cancelled while waiting for its retry: it never runs again.
+    let slow = RetryPolicy::attempts(5).backoff(Duration::from_secs(30));
+    let id = q
+        .submit(JobSpec::execute("p", fail("transient")).retry(slow))
+        .unwrap();
+    for _ in 0..2000 {
+        if q.get(&id).is_some_and(|j| j.retry_count == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(q.get(&id).unwrap().status, JobStatus::Pending);
+    q.cancel(&id).unwrap();
+    let job = q.wait(&id, T).await.unwrap();
+    assert_eq!((job.status, job.retry_count), (JobStatus::Cancelled, 1));
+    h.shutdown().await.unwrap();
+}
+
 /// Input that used to kill the host or grow it without bound is refused with typed errors:
 /// kwargs nested 10,000 deep (at submit and on a direct call), and waiting jobs past the
 /// queue's byte budget; the queue keeps serving.
