@@ -886,7 +886,12 @@ async fn a_failed_journal_append_wedges_the_queue_until_a_write_goes_through() {
     assert_eq!(job.status, JobStatus::Completed);
     assert!(rows(q, &lost).iter().any(|r| r.is_terminal_transition()));
     assert_eq!(q.wedged(), None);
-    let again = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
+    serves(q, "n").await;
+}
+
+/// The queue runs a no-op job on instance `id` to completion.
+async fn serves(q: &JobQueue, id: &str) {
+    let again = q.submit(JobSpec::execute(id, kwargs(json!({})))).unwrap();
     assert_eq!(
         q.wait(&again, T).await.unwrap().status,
         JobStatus::Completed
@@ -929,11 +934,7 @@ async fn a_journal_held_by_another_connection_delays_but_never_lies() {
     }
     holder.join().unwrap();
     assert_eq!(q.wedged(), None);
-    let again = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
-    assert_eq!(
-        q.wait(&again, T).await.unwrap().status,
-        JobStatus::Completed
-    );
+    serves(q, "n").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
