@@ -379,3 +379,42 @@ async fn compatible_adapters_bind_at_load_and_native_samples_are_measured() {
 mod sentence_split_surface {
     pub use sentence_split::SentenceSplit;
 }
+
+/// Manifests in extra dirs are discovered before the data dir's: the first of a name wins.
+#[tokio::test(flavor = "multi_thread")]
+async fn extra_manifest_dirs_are_searched_first() {
+    let data = tempfile::tempdir().unwrap();
+    let extra = tempfile::tempdir().unwrap();
+    cjm_tests::write_manifest(
+        data.path(),
+        "noop",
+        cjm_tests::wasm_install(cjm_tests::fixtures::NOOP, json!({"max_concurrency": 1})),
+    );
+    // `write_manifest` writes into `<dir>/manifests`: that folder is the extra search dir.
+    cjm_tests::write_manifest(
+        extra.path(),
+        "noop",
+        cjm_tests::wasm_install(cjm_tests::fixtures::NOOP, json!({"max_concurrency": 3})),
+    );
+    cjm_tests::write_manifest(
+        extra.path(),
+        "only-here",
+        cjm_tests::wasm_install(cjm_tests::fixtures::NOOP, json!({})),
+    );
+    let h = cjm_host::Host::builder()
+        .data_dir(data.path())
+        .manifest_dirs([extra.path().join("manifests")])
+        .load("noop")
+        .load("only-here")
+        .build()
+        .await
+        .unwrap();
+    let m = h.manager();
+    assert_eq!(
+        m.instance("noop").unwrap().max_concurrency(),
+        3,
+        "the extra dir shadows"
+    );
+    assert!(m.instance("only-here").is_ok());
+    h.shutdown().await.unwrap();
+}
