@@ -1047,3 +1047,23 @@ impl Backend for NativeBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_of_another_cjm_substrate_is_refused_with_what_to_do() {
+        assert!(check_substrate("echo", Some(&json!("0.0.74"))).is_ok());
+        let e = check_substrate("echo", Some(&json!("0.0.61")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("echo") && e.contains("0.0.61") && e.contains("0.0.74"),
+            "{e}"
+        );
+        assert!(e.contains("CJM_SUBSTRATE_MISMATCH"), "{e}");
+        let e = check_substrate("echo", None).unwrap_err().to_string();
+        assert!(e.contains("without a substrate_version"), "{e}");
+    }
+}
