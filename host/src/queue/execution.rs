@@ -203,6 +203,7 @@ impl Inner {
         entry.control = None;
         if status == JobStatus::Failed
             && !st.closed
+            && entry.job.cancel_requested_at.is_none()
             && let Some(e) = &error
             && entry.retry.retries(e, entry.job.retry_count + 1)
             && let Some(request) = entry.retry_request.take()
