@@ -871,6 +871,7 @@ impl HostConfigBuilder {
                 ),
             });
         }
+        let queue = self.queue.clone();
         if let Some(q) = self.queue {
             raw.queue = Some(RawQueue {
                 max_concurrent_lanes: Some(q.max_concurrent_lanes),
@@ -887,7 +888,14 @@ impl HostConfigBuilder {
                 default_instance_concurrency: Some(q.default_instance_concurrency),
             });
         }
-        HostConfig::try_from(raw)
+        let mut config = HostConfig::try_from(raw)?;
+        // What the YAML layer cannot carry (or carries narrower) is kept as given.
+        if let Some(q) = queue {
+            config.queue.retry_defaults = q.retry_defaults;
+            config.queue.max_pending_bytes = q.max_pending_bytes;
+            config.queue.max_history_result_bytes = q.max_history_result_bytes;
+        }
+        Ok(config)
     }
 }
 

@@ -306,9 +306,13 @@ impl JobQueue {
                 .into());
             }
             let (instance, order) = (entry.job.instance_id.clone(), entry.order);
-            st.pending.remove(&instance, order);
+            // A job waiting for its retry is not in the index yet: its new priority applies
+            // when it is put back.
+            let indexed = st.pending.remove(&instance, order).is_some();
             let order = (Reverse(priority), order.1);
-            st.pending.insert(&instance, order, job_id.to_owned());
+            if indexed {
+                st.pending.insert(&instance, order, job_id.to_owned());
+            }
             if let Some(e) = st.jobs.get_mut(job_id) {
                 e.order = order;
                 e.job.priority = priority;
@@ -333,9 +337,13 @@ impl JobQueue {
         let Some(done) = done else {
             return self.journal_record(job_id).await;
         };
+        // Counted out however this future ends (a caller may drop it).
+        let _leaving = Leaving {
+            inner: &self.inner,
+            job_id,
+        };
         let waited = wait_done(&done, timeout, job_id).await;
         let job = waited.is_ok().then(|| self.get(job_id)).flatten();
-        self.inner.release_result(job_id);
         waited?;
         match job {
             Some(job) => Ok(job),
@@ -433,9 +441,19 @@ impl JobQueue {
     pub fn submit_composition(&self, composition: Composition) -> Result<String> {
         let inner = &self.inner;
         inner.admissible_submission()?;
-        let deps = composition
-            .validate()
-            .map_err(QueueError::InvalidComposition)?;
+        let deps = match composition.validate() {
+            Ok(deps) => deps,
+            Err(problems) => {
+                // Its args may nest past any stack: dropped without recursion.
+                crate::bounds::drop_flat(composition.nodes.into_iter().flat_map(|n| {
+                    n.kwargs.into_iter().filter_map(|(_, a)| match a {
+                        Arg::Value(v) => Some(v),
+                        Arg::Output(_) => None,
+                    })
+                }));
+                return Err(QueueError::InvalidComposition(problems).into());
+            }
+        };
         let problems: Vec<String> = composition
             .nodes
             .iter()
@@ -534,12 +552,30 @@ impl JobQueue {
             inner
                 .closed
                 .store(true, std::sync::atomic::Ordering::SeqCst);
-            let ids = st.pending.all();
+            // Every waiting job, those waiting for a retry included.
+            let ids: Vec<String> = st
+                .jobs
+                .iter()
+                .filter(|(_, e)| e.job.status == JobStatus::Pending)
+                .map(|(id, _)| id.clone())
+                .collect();
             for id in ids {
                 let _ = inner.cancel_job(&mut st, &id);
             }
         }
         inner.after(Vec::new());
+    }
+}
+
+/// A waiter of a job leaving [`JobQueue::wait`]: see [`Inner::release_result`].
+struct Leaving<'a> {
+    inner: &'a Inner,
+    job_id: &'a str,
+}
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.inner.release_result(self.job_id);
     }
 }
 

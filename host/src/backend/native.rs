@@ -202,9 +202,15 @@ impl NativeBackend {
     /// Spawns a worker unless a live one runs; a fresh worker gets the configuration in force.
     async fn ensure_worker(&self) -> Result<String> {
         let mut guard = self.inner.process.lock().await;
+        let initialized = self.live().is_some();
         if let Some(p) = guard.as_mut() {
             match p.exited() {
-                None => return Ok(format!("http://127.0.0.1:{}", p.port)),
+                None if initialized => return Ok(format!("http://127.0.0.1:{}", p.port)),
+                // Alive but never initialized (its start was interrupted): replaced.
+                None => {
+                    p.terminate(Duration::ZERO).await;
+                    *guard = None;
+                }
                 Some(status) => {
                     self.died(p, &format!("worker {}", describe_exit(Some(status))));
                     lock(&self.inner.supervision).death();
@@ -243,17 +249,23 @@ impl NativeBackend {
             json!({"capability_name": self.name(), "pid": p.pid, "port": p.port,
                    "startup_ms": started.elapsed().as_secs_f64() * 1000.0}),
         );
+        let pid = p.pid;
+        *guard = Some(p);
+        drop(guard);
+        // The worker is reachable (`live`) only once initialized: a start interrupted here
+        // (a deadline, a dropped call) leaves it unpublished, and the next call replaces it.
+        let config = lock(&self.inner.config).clone();
+        if let Some(config) = config
+            && let Err(e) = self.post_initialize(&base, &config).await
+        {
+            self.stop_worker("initialize failed").await;
+            return Err(e);
+        }
         *lock(&self.inner.live) = Some(Live {
             base: base.clone(),
             session,
-            pid: p.pid,
+            pid,
         });
-        *guard = Some(p);
-        drop(guard);
-        let config = lock(&self.inner.config).clone();
-        if let Some(config) = config {
-            self.post_initialize(&base, &config).await?;
-        }
         Ok(base)
     }
 
@@ -512,20 +524,23 @@ impl NativeBackend {
                     JobError::transient(format!(
                         "capability '{}': {path} answered non-JSON ({e}): {}",
                         self.name(),
-                        snippet(&a.body)
+                        self.inner.spec.masker.mask(&snippet(&a.body))
                     ))
                     .stamped(self.name(), &session),
                 )
             })
         };
+        let masker = &self.inner.spec.masker;
         let detail = |v: &Value| {
-            v.get("detail")
+            let text = v
+                .get("detail")
                 .map(|d| {
                     d.as_str()
                         .map(str::to_owned)
                         .unwrap_or_else(|| d.to_string())
                 })
-                .unwrap_or_else(|| snippet(&a.body))
+                .unwrap_or_else(|| snippet(&a.body));
+            masker.mask(&text).into_owned()
         };
         match a.status {
             StatusCode::OK => parsed(),
@@ -622,10 +637,13 @@ impl NativeBackend {
         }
         let answer = answer?;
         if let Some(accounts) = &answer.accounts
-            && let Ok(list) =
-                serde_json::from_str::<Vec<Account>>(&self.inner.spec.masker.mask(accounts))
+            && let Ok(list) = serde_json::from_str::<Vec<Account>>(accounts)
         {
-            list.into_iter().for_each(|a| control.push_account(a));
+            // Masked once parsed: a secret JSON-escaped in the header text would not match.
+            for mut a in list {
+                self.inner.spec.masker.mask_json(&mut a.payload);
+                control.push_account(a);
+            }
         }
         self.scrub_records();
         self.answer_json(path, answer)

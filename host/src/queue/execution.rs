@@ -136,7 +136,12 @@ impl Inner {
     pub(super) fn progress(&self, job_id: &str, p: &cjm_guest::contract::Progress) {
         let event = {
             let mut st = self.lock();
-            let Some(entry) = st.jobs.get_mut(job_id) else {
+            // A late poll of a call that already ended changes nothing.
+            let Some(entry) = st
+                .jobs
+                .get_mut(job_id)
+                .filter(|e| e.job.status == JobStatus::Running)
+            else {
                 return;
             };
             entry.job.progress = p.progress;
@@ -210,16 +215,11 @@ impl Inner {
         {
             let attempt = entry.job.retry_count + 1;
             // Never sooner than the capability asked (`retry_after_seconds`).
-            let asked = e
-                .retry_after_seconds
-                .filter(|s| s.is_finite() && *s > 0.0)
-                .map_or(Duration::ZERO, Duration::from_secs_f64);
+            let asked = super::retry::seconds(e.retry_after_seconds.unwrap_or(0.0));
             let delay = entry
                 .retry
                 .delay(attempt, super::retry::jitter())
-                .max(asked.min(Duration::from_secs_f64(
-                    entry.retry.max_backoff_seconds.max(0.0),
-                )));
+                .max(asked.min(super::retry::seconds(entry.retry.max_backoff_seconds)));
             entry.job.retry_count = attempt;
             entry.job.status = JobStatus::Pending;
             entry.job.started_at = None;
@@ -271,10 +271,11 @@ impl Inner {
     fn requeue(&self, st: &mut State, job_id: &str) {
         st.next_seq += 1;
         let seq = st.next_seq;
+        let closed = st.closed;
         let Some(entry) = st.jobs.get_mut(job_id) else {
             return;
         };
-        if entry.job.status != JobStatus::Pending {
+        if entry.job.status != JobStatus::Pending || closed {
             return;
         }
         let order = (std::cmp::Reverse(entry.job.priority), seq);

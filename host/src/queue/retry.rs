@@ -58,10 +58,21 @@ impl RetryPolicy {
     /// `jitter` in `0..1`.
     pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
         let exp = attempt.saturating_sub(1).min(30);
-        let base = (self.backoff_seconds.max(0.0) * f64::from(1u32 << exp))
-            .min(self.max_backoff_seconds.max(0.0));
-        Duration::from_secs_f64(base * (0.8 + 0.4 * jitter.clamp(0.0, 1.0)))
+        let base = (self.backoff_seconds * f64::from(1u32 << exp)).min(self.max_backoff_seconds);
+        seconds(base * (0.8 + 0.4 * jitter.clamp(0.0, 1.0)))
     }
+}
+
+/// The longest delay a policy or a capability can ask for (a day).
+const LONGEST: Duration = Duration::from_secs(24 * 3600);
+
+/// `secs` as a delay: negative or NaN is none, anything past a day (infinity included) is a
+/// day. Never panics, whatever a capability or a policy says.
+pub(crate) fn seconds(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs).map_or(LONGEST, |d| d.min(LONGEST))
 }
 
 /// A number in `0..1` to spread delays with (no two hosts retry in lockstep).
@@ -83,6 +94,20 @@ mod tests {
         assert!(!p.retries(&JobError::transient("no").with_retriable(false), 1));
         assert!(!p.retries(&JobError::user_input("bad"), 1));
         assert!(!RetryPolicy::default().retries(&transient, 1));
+    }
+
+    #[test]
+    fn absurd_delays_never_panic() {
+        assert_eq!(seconds(f64::NAN), Duration::ZERO);
+        assert_eq!(seconds(-1.0), Duration::ZERO);
+        assert_eq!(seconds(1e300), LONGEST);
+        assert_eq!(seconds(f64::INFINITY), LONGEST);
+        let p = RetryPolicy {
+            max_backoff_seconds: f64::INFINITY,
+            backoff_seconds: 1e300,
+            ..RetryPolicy::attempts(3)
+        };
+        assert_eq!(p.delay(2, 0.5), LONGEST);
     }
 
     #[test]

@@ -219,6 +219,9 @@ impl DiagnosticsStore {
         if values.is_empty() {
             return Ok(());
         }
+        // Freed cell content is zeroed from now on, so the old rows leave no bytes behind.
+        self.db
+            .with(|conn| conn.pragma_update(None, "secure_delete", true))?;
         self.db.write(|tx| {
             let mut stmt = tx.prepare_cached(
                 "UPDATE records SET message = replace(message, ?2, '***'), \
@@ -235,7 +238,6 @@ impl DiagnosticsStore {
         // freed content and fold the WAL back (best effort: a worker still reading keeps
         // the WAL until its next scrub, at the latest when it stops).
         self.db.with(|conn| {
-            conn.pragma_update(None, "secure_delete", true)?;
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             Ok(())
         })
@@ -601,7 +603,10 @@ impl DiagnosticsSink for DiagnosticsWriter {
     }
 
     fn scrub(&self, worker_session_id: &str, values: &[String]) {
-        self.send(Msg::Scrub(worker_session_id.to_owned(), values.to_vec()));
+        // Never dropped like a log line when the buffer is full: it waits for room.
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Scrub(worker_session_id.to_owned(), values.to_vec()));
+        }
     }
 
     fn chunk(&self, worker_session_id: &str, stream: &str, content: &str) {
