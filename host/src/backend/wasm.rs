@@ -286,6 +286,14 @@ impl WasmBackend {
         new: Value,
         f: impl for<'i> FnOnce(&'i mut Instance) -> BoxFuture<'i, Result<(), Outcome>>,
     ) -> Result<()> {
+        // A configuration change runs guest code too: under a permit like any call, so no
+        // more than `max_instances` guests ever run at once.
+        let _permit = self
+            .pool
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| self.stopped())?;
         let inst = {
             let mut state = self.pool.lock();
             if state.shut_down {
