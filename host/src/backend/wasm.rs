@@ -194,15 +194,20 @@ impl WasmBackend {
         }
     }
 
-    /// Checks out an instance of the current configuration, waiting (asynchronously) while
-    /// `max_instances` are busy; a fresh one is made when none is idle.
-    async fn checkout(&self) -> Result<Slot<'_>> {
-        let permit = self
-            .pool
+    /// One of the `max_instances` permits to run guest code (waiting without a thread); a
+    /// shut-down pool has none.
+    async fn permit(&self) -> Result<SemaphorePermit<'_>> {
+        self.pool
             .permits
             .acquire()
             .await
-            .map_err(|_| self.stopped())?;
+            .map_err(|_| self.stopped())
+    }
+
+    /// Checks out an instance of the current configuration, waiting (asynchronously) while
+    /// `max_instances` are busy; a fresh one is made when none is idle.
+    async fn checkout(&self) -> Result<Slot<'_>> {
+        let permit = self.permit().await?;
         let (found, config, generation) = {
             let mut state = self.pool.lock();
             if state.shut_down {
@@ -288,12 +293,7 @@ impl WasmBackend {
     ) -> Result<()> {
         // A configuration change runs guest code too: under a permit like any call, so no
         // more than `max_instances` guests ever run at once.
-        let _permit = self
-            .pool
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| self.stopped())?;
+        let _permit = self.permit().await?;
         let inst = {
             let mut state = self.pool.lock();
             if state.shut_down {
