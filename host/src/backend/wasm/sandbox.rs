@@ -264,15 +264,7 @@ impl ResourceLimiter for Limits {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory {
-            return Err(LimitDenied {
-                what: Limited::Memory,
-                desired,
-                limit: self.memory,
-            }
-            .into());
-        }
-        Ok(true)
+        grow(Limited::Memory, desired, self.memory)
     }
 
     fn table_growing(
@@ -281,16 +273,21 @@ impl ResourceLimiter for Limits {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.table_elements {
-            return Err(LimitDenied {
-                what: Limited::Table,
-                desired,
-                limit: self.table_elements,
-            }
-            .into());
-        }
-        Ok(true)
+        grow(Limited::Table, desired, self.table_elements)
     }
+}
+
+/// Allows growth to `desired` within `limit`; past it, the typed trap.
+fn grow(what: Limited, desired: usize, limit: usize) -> wasmtime::Result<bool> {
+    if desired > limit {
+        return Err(LimitDenied {
+            what,
+            desired,
+            limit,
+        }
+        .into());
+    }
+    Ok(true)
 }
 
 /// Captures a guest's stdout/stderr line by line into the diagnostics store, attributed to
