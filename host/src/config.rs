@@ -132,6 +132,13 @@ pub struct QueueConfig {
     pub default_instance_concurrency: u32,
     /// Retry policies by capability name, for jobs that bring none of their own.
     pub retry_defaults: BTreeMap<String, crate::queue::RetryPolicy>,
+    /// How long this host's lease on the data dir holds without a heartbeat (renewed every
+    /// third of it). Past it, another host takes this host for gone and reconciles its jobs.
+    pub lease_ttl: Duration,
+    /// Whether this queue reconciles the jobs of gone hosts on the data dir (adopts their
+    /// waiting jobs, ends their running ones). A long-lived host does; a one-shot command
+    /// (`cjm-ctl submit`) leaves them to one.
+    pub recover: bool,
 }
 
 impl Default for QueueConfig {
@@ -148,6 +155,8 @@ impl Default for QueueConfig {
             max_pending_bytes: 256 * 1024 * 1024,
             default_instance_concurrency: 1,
             retry_defaults: BTreeMap::new(),
+            lease_ttl: Duration::from_secs(15),
+            recover: true,
         }
     }
 }
@@ -676,6 +685,8 @@ fn resolve(
             qd.default_instance_concurrency,
         )?,
         retry_defaults: BTreeMap::new(),
+        lease_ttl: qd.lease_ttl,
+        recover: qd.recover,
     };
 
     Ok(HostConfig {
@@ -894,6 +905,8 @@ impl HostConfigBuilder {
             config.queue.retry_defaults = q.retry_defaults;
             config.queue.max_pending_bytes = q.max_pending_bytes;
             config.queue.max_history_result_bytes = q.max_history_result_bytes;
+            config.queue.lease_ttl = q.lease_ttl;
+            config.queue.recover = q.recover;
         }
         Ok(config)
     }

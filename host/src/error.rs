@@ -28,6 +28,16 @@ pub enum Error {
     #[error("not found: {0}")]
     NotFound(String),
 
+    /// This host's lease on the data dir was taken over by another host (it was found gone:
+    /// suspended or cut off past its lease): it may no longer write job outcomes.
+    #[error("host {host_id} lost its lease on the data dir: host {by} reconciled its jobs")]
+    LeaseLost {
+        /// This host.
+        host_id: String,
+        /// The host that reconciled it.
+        by: String,
+    },
+
     /// A file could not be read or written.
     #[error("{path}: {source}", path = path.display())]
     Io {

@@ -13,7 +13,7 @@
 //! let kwargs = serde_json::json!({"text": "Hello there."});
 //! let id = host
 //!     .queue()
-//!     .submit(JobSpec::execute("text-stats", kwargs.as_object().cloned().unwrap_or_default()))?;
+//!     .submit(JobSpec::execute("text-stats", kwargs.as_object().cloned().unwrap_or_default())).await?;
 //! let job = host.queue().wait(&id, None).await?;
 //! println!("{:?}", job.result);
 //! host.shutdown().await?;

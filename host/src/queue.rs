@@ -24,6 +24,7 @@ pub mod error;
 pub mod events;
 mod execution;
 pub mod job;
+mod recovery;
 pub mod retry;
 
 use std::cmp::Reverse;
@@ -38,7 +39,7 @@ pub use admission::{Peaks, ResourceSource, ResourceView, SystemResources};
 pub use composition::{Arg, Composition, CompositionRun, Node, NodeRun, NodeState, OutputRef};
 pub use error::QueueError;
 pub use events::{EventKind, JobEvent, Scope, Subscription};
-pub use job::{CancelPhase, Job, JobSpec, JobStatus, QueueStats, host_view};
+pub use job::{CancelPhase, Job, JobSpec, JobStatus, KwargsRef, QueueStats, SpecRecord, host_view};
 pub use retry::RetryPolicy;
 
 use crate::backend::{CallControl, CallRequest};
@@ -108,6 +109,8 @@ struct Entry {
     retry: RetryPolicy,
     /// A copy of the call kept at admission while attempts remain.
     retry_request: Option<CallRequest>,
+    /// Its kwargs file in the data dir (large kwargs), removed when it ends.
+    payload_file: Option<String>,
 }
 
 struct CompositionEntry {
@@ -167,7 +170,8 @@ impl JobQueue {
         config: QueueConfig,
         resources: Box<dyn ResourceSource>,
     ) -> Self {
-        let emitter = Arc::new(Emitter::default());
+        let host_id = uuid::Uuid::now_v7().to_string();
+        let emitter = Arc::new(Emitter::new(host_id, config.lease_ttl));
         let bus = Arc::new(Bus::default());
         let queue = JobQueue {
             inner: Arc::new(Inner {
@@ -186,7 +190,14 @@ impl JobQueue {
             emitter.wedge(format!("cannot start the journal writer thread: {e}"));
         }
         queue.watch_cancel_requests();
+        queue.hold_lease();
         queue
+    }
+
+    /// This host's id on the data dir (its lease in the journal's `hosts` table, and the
+    /// owner named in the `job_submitted` row of every job it accepts).
+    pub fn host_id(&self) -> &str {
+        self.inner.emitter.host_id()
     }
 
     /// Follows the journal for `cancel_requested` rows written by other processes (`cjm-ctl
@@ -242,37 +253,94 @@ impl JobQueue {
         &self.inner.manager
     }
 
-    /// Submits a job; returns its id. Refused with a typed error for an unknown or disabled
-    /// instance, a wedged journal or a closed queue.
-    pub fn submit(&self, spec: JobSpec) -> Result<String> {
+    /// Submits a job; returns its id once the job's `job_submitted` row (its spec) is
+    /// committed to the journal: an id a caller holds always has a record, and a host that
+    /// dies before running it leaves it to the next host. Refused with a typed error for an
+    /// unknown or disabled instance, input past the bounds, a full or closed queue, or a
+    /// wedged journal.
+    pub async fn submit(&self, spec: JobSpec) -> Result<String> {
+        let mut ids = self.submit_many(vec![spec]).await?;
+        ids.pop()
+            .ok_or_else(|| Error::job(JobError::fatal("a submission returned no id")))
+    }
+
+    /// Submits jobs together, all or none: their rows are committed in one transaction
+    /// before their ids (in order) are returned. The first refusal refuses them all.
+    pub async fn submit_many(&self, specs: Vec<JobSpec>) -> Result<Vec<String>> {
         let inner = &self.inner;
         inner.admissible_submission()?;
-        if let Err(e) = spec.request.check_bounds() {
-            spec.request.drop_flat();
-            return Err(Error::job(e));
+        let mut accepted = Vec::with_capacity(specs.len());
+        let mut refused = None;
+        for spec in specs {
+            let checked = if refused.is_some() {
+                Err(None)
+            } else {
+                spec.request
+                    .check_bounds()
+                    .map_err(|e| Some(Error::job(e)))
+                    .and_then(|()| inner.check_instance(&spec.instance_id).map_err(Some))
+            };
+            match checked {
+                Ok(name) => accepted.push((spec, name)),
+                Err(e) => {
+                    refused = refused.or(e);
+                    spec.request.drop_flat();
+                }
+            }
         }
-        let name = inner.check_instance(&spec.instance_id)?;
-        let id = uuid::Uuid::now_v7().to_string();
-        let bytes = spec.request.approx_bytes();
+        if let Some(e) = refused {
+            for (spec, _) in accepted {
+                spec.request.drop_flat();
+            }
+            return Err(e);
+        }
+        let mut prepared = Vec::with_capacity(accepted.len());
+        let mut total = 0usize;
+        for (spec, name) in accepted {
+            let id = uuid::Uuid::now_v7().to_string();
+            let bytes = spec.request.approx_bytes();
+            total = total.saturating_add(bytes);
+            let kwargs_ref = if bytes > job::INLINE_KWARGS_BYTES {
+                Some(inner.spill_kwargs(&id, &spec).await?)
+            } else {
+                None
+            };
+            prepared.push((id, spec, name, bytes, kwargs_ref));
+        }
+        let written = Arc::new(Done::default());
+        let mut ids = Vec::with_capacity(prepared.len());
         let launches = {
             let mut st = inner.lock();
             if st.closed {
                 return Err(QueueError::Closed.into());
             }
             let limit = inner.config.max_pending_bytes;
-            if st.pending_bytes.saturating_add(bytes) > limit {
+            if st.pending_bytes.saturating_add(total) > limit {
                 return Err(QueueError::Full {
                     pending_bytes: st.pending_bytes,
-                    bytes,
+                    bytes: total,
                     limit,
                 }
                 .into());
             }
-            inner.enqueue(&mut st, id.clone(), spec, Some(name), bytes);
+            for (id, spec, name, bytes, kwargs_ref) in prepared {
+                ids.push(id.clone());
+                let origin = dispatch::Origin::Submitted(kwargs_ref);
+                inner.enqueue(&mut st, id, spec, Some(name), bytes, origin);
+            }
+            inner.emitter.push(Item::Done(Arc::clone(&written)));
             inner.dispatch(&mut st)
         };
         inner.after(launches);
-        Ok(id)
+        written.wait().await;
+        if !written.written() {
+            return Err(QueueError::Wedged(
+                self.wedged()
+                    .unwrap_or_else(|| "the submission could not be journaled".into()),
+            )
+            .into());
+        }
+        Ok(ids)
     }
 
     /// Cancels a job. A pending job never starts; a running one goes through the cancel
@@ -438,7 +506,7 @@ impl JobQueue {
     /// Submits a composition; returns its run id. Validated first: structure (duplicate ids,
     /// unknown bindings, cycles) and every node's instance (unknown, disabled), every problem
     /// listed. Member jobs are created when their inputs exist.
-    pub fn submit_composition(&self, composition: Composition) -> Result<String> {
+    pub async fn submit_composition(&self, composition: Composition) -> Result<String> {
         let inner = &self.inner;
         inner.admissible_submission()?;
         let deps = match composition.validate() {
@@ -468,11 +536,21 @@ impl JobQueue {
             return Err(QueueError::InvalidComposition(problems).into());
         }
         let id = uuid::Uuid::now_v7().to_string();
+        let written = Arc::new(Done::default());
         let launches = {
             let mut st = inner.lock();
             if st.closed {
                 return Err(QueueError::Closed.into());
             }
+            let mut submitted = JobEvent::new(
+                EventKind::CompositionSubmitted,
+                json!({"host_id": inner.emitter.host_id(), "composition": &composition}),
+            );
+            submitted.composition_id = Some(id.clone());
+            submitted.run_id.clone_from(&composition.run_id);
+            submitted.actor.clone_from(&composition.actor);
+            inner.emitter.push(Item::Event(submitted));
+            inner.emitter.push(Item::Done(Arc::clone(&written)));
             st.compositions.insert(
                 id.clone(),
                 CompositionEntry {
@@ -485,6 +563,14 @@ impl JobQueue {
             inner.dispatch(&mut st)
         };
         inner.after(launches);
+        written.wait().await;
+        if !written.written() {
+            return Err(QueueError::Wedged(
+                self.wedged()
+                    .unwrap_or_else(|| "the submission could not be journaled".into()),
+            )
+            .into());
+        }
         Ok(id)
     }
 
@@ -604,6 +690,19 @@ impl Inner {
             Some(why) => Err(QueueError::Wedged(why).into()),
             None => Ok(()),
         }
+    }
+
+    /// Writes the kwargs of job `id` to its file in the data dir (off the runtime).
+    async fn spill_kwargs(&self, id: &str, spec: &JobSpec) -> Result<job::KwargsRef> {
+        let bytes = serde_json::to_vec(&spec.request.kwargs).map_err(|e| Error::Json {
+            what: "job kwargs".into(),
+            source: e,
+        })?;
+        let dir = self.manager.host_config().data_dir.clone();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || job::KwargsRef::write(&dir, &id, &bytes))
+            .await
+            .map_err(|e| Error::job(JobError::fatal(format!("writing kwargs failed: {e}"))))?
     }
 
     /// The capability name of a loaded, enabled instance, or the typed refusal.

@@ -44,7 +44,10 @@ pub use diagnostics::{
     RetentionOutcome, StreamChunk,
 };
 pub use empirical::{BufferedSample, EmpiricalRecord, EmpiricalStore, ResourceSample};
-pub use journal::{JobSnapshot, JournalEvent, JournalQuery, JournalStore, event_types};
+pub use journal::{
+    HostRecord, JobSnapshot, JournalEvent, JournalQuery, JournalStore, Leftovers, Liveness,
+    OpenComposition, OpenJob, OrphanCancel, event_types, hostname,
+};
 pub use secrets::{SecretStore, SecretValue};
 
 use crate::error::{Error, Result};

@@ -87,6 +87,7 @@ fn env() -> Env {
             let j = host
                 .queue()
                 .submit(JobSpec::execute(id, kwargs(kw)))
+                .await
                 .unwrap();
             host.queue().wait(&j, None).await.unwrap();
         }
@@ -104,12 +105,15 @@ fn burst(bencher: Bencher, instance: &str, n: usize, kw: serde_json::Value) {
     let q = e.host.queue().clone();
     bencher.counter(ItemsCount::new(n)).bench_local(|| {
         e.rt.block_on(async {
-            let ids: Vec<String> = (0..n)
-                .map(|_| {
-                    q.submit(JobSpec::execute(instance, kwargs(kw.clone())))
-                        .unwrap()
-                })
-                .collect();
+            // One submission of the whole burst: its rows are committed together.
+            let ids = q
+                .submit_many(
+                    (0..n)
+                        .map(|_| JobSpec::execute(instance, kwargs(kw.clone())))
+                        .collect(),
+                )
+                .await
+                .unwrap();
             for id in &ids {
                 q.wait(id, None).await.unwrap();
             }
@@ -135,6 +139,7 @@ fn one_at_a_time_wasm_noop(bencher: Bencher) {
         e.rt.block_on(async {
             let id = q
                 .submit(JobSpec::execute("noop", kwargs(json!({}))))
+                .await
                 .unwrap();
             q.wait(&id, None).await.unwrap();
         })
@@ -152,7 +157,7 @@ fn chain_3_nodes(bencher: Bencher) {
     ]);
     bencher.bench_local(|| {
         e.rt.block_on(async {
-            let id = q.submit_composition(comp.clone()).unwrap();
+            let id = q.submit_composition(comp.clone()).await.unwrap();
             q.wait_composition(&id, None).await.unwrap();
         })
     });
@@ -161,21 +166,25 @@ fn chain_3_nodes(bencher: Bencher) {
 /// Parks `n` jobs behind a probe job that sleeps: they stay pending for the whole bench.
 fn park(e: &Env, n: usize) {
     let q = e.host.queue();
-    let busy = q
-        .submit(JobSpec::execute(
-            "probe",
-            kwargs(json!({"action": "sleep", "seconds": 3600})),
-        ))
-        .unwrap();
     e.rt.block_on(async {
+        let busy = q
+            .submit(JobSpec::execute(
+                "probe",
+                kwargs(json!({"action": "sleep", "seconds": 3600})),
+            ))
+            .await
+            .unwrap();
         while q.get(&busy).unwrap().started_at.is_none() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        q.submit_many(
+            (0..n)
+                .map(|_| JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
+                .collect(),
+        )
+        .await
+        .unwrap();
     });
-    for _ in 0..n {
-        q.submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
-            .unwrap();
-    }
 }
 
 #[divan::bench(args = [0, 10_000], sample_count = 100, sample_size = 20)]
@@ -188,6 +197,7 @@ fn admission_with_parked_jobs(bencher: Bencher, parked: usize) {
         e.rt.block_on(async {
             let id = q
                 .submit(JobSpec::execute("noop", kwargs(json!({}))))
+                .await
                 .unwrap();
             q.wait(&id, None).await.unwrap();
         })
@@ -201,10 +211,10 @@ fn submit_parked(bencher: Bencher) {
     park(&e, 0);
     let q = e.host.queue().clone();
     bencher.bench_local(|| {
-        q.submit(JobSpec::execute(
+        e.rt.block_on(q.submit(JobSpec::execute(
             "probe",
             kwargs(json!({"action": "echo", "text": "a"})),
-        ))
+        )))
         .unwrap()
     });
     e.host.queue().close();

@@ -112,6 +112,20 @@ impl Capability for Probe {
                 std::thread::sleep(std::time::Duration::from_secs_f64(seconds));
                 Ok(json!({"slept": seconds}))
             }
+            // Starts `sleep` in a session of its own (outside the worker's process group)
+            // and returns its pid.
+            "detach" => {
+                let out = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg("setsid sleep 3600 >/dev/null 2>&1 </dev/null & echo $!")
+                    .output()
+                    .map_err(|e| JobError::fatal(format!("cannot start a child: {e}")))?;
+                let pid: u32 = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .map_err(|e| JobError::fatal(format!("no pid from sh: {e}")))?;
+                Ok(json!({"pid": pid}))
+            }
             "log" => {
                 cx.info("info line");
                 cx.warn("warning line");

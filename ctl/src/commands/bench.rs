@@ -69,9 +69,13 @@ where
 async fn burst(host: &Host, instance: &str, n: u32) -> anyhow::Result<f64> {
     let q = host.queue();
     let t = Instant::now();
-    let ids: Vec<String> = (0..n)
-        .map(|_| q.submit(JobSpec::execute(instance, kwargs("a"))))
-        .collect::<Result<_, _>>()?;
+    let ids = q
+        .submit_many(
+            (0..n)
+                .map(|_| JobSpec::execute(instance, kwargs("a")))
+                .collect(),
+        )
+        .await?;
     for id in &ids {
         q.wait(id, None).await?;
     }
@@ -84,7 +88,7 @@ async fn measure(host: &Host, samples: u32, n: u32) -> anyhow::Result<Vec<Row>> 
     // First runs measure each (instance, config); then admission has profiles.
     for instance in ["text-stats", "text-stats-native"] {
         for _ in 0..5 {
-            let id = q.submit(JobSpec::execute(instance, kwargs("a")))?;
+            let id = q.submit(JobSpec::execute(instance, kwargs("a"))).await?;
             q.wait(&id, None).await?;
         }
     }
@@ -96,7 +100,7 @@ async fn measure(host: &Host, samples: u32, n: u32) -> anyhow::Result<Vec<Row>> 
         })
         .await?;
         let queued = time(samples, || async {
-            let id = q.submit(JobSpec::execute(instance, kwargs("a")))?;
+            let id = q.submit(JobSpec::execute(instance, kwargs("a"))).await?;
             q.wait(&id, None).await?;
             Ok(())
         })
@@ -141,7 +145,7 @@ async fn measure(host: &Host, samples: u32, n: u32) -> anyhow::Result<Vec<Row>> 
             .bind("after", OutputRef::field("b", "words")),
     ]);
     let composed = time(samples.div_ceil(3), || async {
-        let id = q.submit_composition(chain.clone())?;
+        let id = q.submit_composition(chain.clone()).await?;
         q.wait_composition(&id, None).await?;
         Ok(())
     })

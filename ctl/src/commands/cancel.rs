@@ -1,9 +1,10 @@
 //! `cjm-ctl cancel JOB`: asks the host running a job (any process on the same data dir) to
 //! cancel it, through the journal: the host's queue follows `cancel_requested` rows and runs
-//! its cancel state machine (cooperative, then forced, then reload).
+//! its cancel state machine (cooperative, then forced, then reload). A job whose host is gone
+//! (crashed, killed) is ended here with its terminal `cancelled` row.
 
 use cjm_host::queue::CANCEL_REQUESTED;
-use cjm_host::store::{JournalEvent, JournalQuery, JournalStore};
+use cjm_host::store::{JournalEvent, JournalQuery, JournalStore, OrphanCancel};
 use serde_json::json;
 
 use crate::ctx::{Ctx, hint};
@@ -40,6 +41,26 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             args.job,
             done.payload["to"].as_str().unwrap_or("")
         ));
+    }
+    // A job whose host is gone has nobody to stop it: it is ended here, once.
+    match journal.cancel_orphan(&args.job, "cjm-ctl cancel")? {
+        OrphanCancel::Cancelled { host, why } => {
+            if ctx.out.json {
+                ctx.out.json(
+                    &json!({"job": args.job, "cancelled": true, "host_gone": host, "why": why}),
+                );
+            } else {
+                ctx.out.info(format!(
+                    "job {} cancelled: the host that ran it ({host}) is gone ({why})",
+                    args.job
+                ));
+            }
+            return Ok(());
+        }
+        OrphanCancel::Finished => {
+            return Err(anyhow::anyhow!("job {} already finished", args.job));
+        }
+        OrphanCancel::NotOrphan => {}
     }
     let mut e = JournalEvent::new(CANCEL_REQUESTED)
         .job(args.job.clone())

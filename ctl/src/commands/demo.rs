@@ -98,7 +98,7 @@ async fn run_composition(ctx: &Ctx, host: &Host) -> anyhow::Result<()> {
     let q = host.queue();
     let events = q.subscribe(Scope::All);
     let t = Instant::now();
-    let id = q.submit_composition(comp)?;
+    let id = q.submit_composition(comp).await?;
     ctx.out.info(format!(
         "composition {id}: {total} nodes ({} paragraphs x split + count in wasm, 1 merge in a native worker)",
         paragraphs.len()

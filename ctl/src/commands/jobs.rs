@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use cjm_host::store::{JournalQuery, JournalStore};
+use cjm_host::store::{JournalQuery, JournalStore, Liveness};
 use serde_json::{Value, json};
 
 use crate::ctx::{Ctx, hint};
@@ -62,13 +62,37 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let rows = journal.query(&JournalQuery {
-        event_type: Some("state_transition".into()),
-        run_id: args.run_id.clone(),
-        descending: true,
-        ..JournalQuery::default()
-    })?;
-    // The newest transition of each job is its state.
+    let mut rows = Vec::new();
+    for kind in ["state_transition", "job_submitted", "job_adopted"] {
+        rows.extend(journal.query(&JournalQuery {
+            event_type: Some(kind.into()),
+            run_id: args.run_id.clone(),
+            descending: true,
+            ..JournalQuery::default()
+        })?);
+    }
+    rows.sort_by_key(|e| std::cmp::Reverse(e.seq));
+    // Who owns each job now (its latest submission or adoption row), and whether that
+    // host is still there.
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    for e in &rows {
+        if e.event_type != "state_transition"
+            && let (Some(id), Some(host)) = (&e.job_id, e.payload["host_id"].as_str())
+        {
+            owners.entry(id.clone()).or_insert_with(|| host.to_owned());
+        }
+    }
+    let now = cjm_host::store::unix_now();
+    let here = cjm_host::store::hostname();
+    let gone: BTreeMap<String, String> = journal
+        .hosts()?
+        .into_iter()
+        .filter_map(|h| match h.liveness(now, &here) {
+            Liveness::Gone(why) => Some((h.host_id, why)),
+            Liveness::Alive => None,
+        })
+        .collect();
+    // The newest transition of each job is its state; a job with none yet waits.
     let mut seen: BTreeMap<String, ()> = BTreeMap::new();
     let mut jobs: Vec<Value> = Vec::new();
     for e in rows {
@@ -76,12 +100,24 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         if seen.insert(id.clone(), ()).is_some() {
             continue;
         }
-        let state = e.payload["to"].as_str().unwrap_or("").to_owned();
+        let state = if e.event_type == "state_transition" {
+            e.payload["to"].as_str().unwrap_or("").to_owned()
+        } else {
+            "pending".to_owned()
+        };
         if args.status.as_deref().is_some_and(|s| s != state) {
             continue;
         }
+        let terminal = matches!(state.as_str(), "completed" | "failed" | "cancelled");
+        // A job left unfinished by a gone host is said so: it ends when a host reconciles
+        // it (`cjm-ctl serve`, an embedded host) or `cjm-ctl cancel` ends it.
+        let host_gone = (!terminal)
+            .then(|| owners.get(&id).and_then(|h| gone.get(h)))
+            .flatten()
+            .cloned();
         let snap = e.job_snapshot();
         jobs.push(json!({
+            "host_gone": host_gone,
             "id": id,
             "instance_id": e.capability_instance_id,
             "status": state,
@@ -109,13 +145,15 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let mut table = ctx.out.table(&["job", "instance", "status", "at", "error"]);
     for j in &jobs {
         let s = |k: &str| j[k].as_str().unwrap_or("").to_owned();
-        table.add_row(vec![
-            s("id"),
-            s("instance_id"),
-            s("status"),
-            s("at"),
-            s("error"),
-        ]);
+        let status = match j["host_gone"].as_str() {
+            Some(_) => format!("{} (host gone)", s("status")),
+            None => s("status"),
+        };
+        let error = match j["host_gone"].as_str() {
+            Some(why) => format!("its host is gone ({why}): awaiting recovery"),
+            None => s("error"),
+        };
+        table.add_row(vec![s("id"), s("instance_id"), status, s("at"), error]);
     }
     ctx.out.info(table);
     Ok(())

@@ -102,6 +102,9 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
         Some(text) => object(parse("KWARGS", text)?)?,
     };
+    // A one-shot host: it leaves the jobs of gone hosts to a long-lived one.
+    let mut config = config;
+    config.queue.recover = false;
     let rt = runtime()?;
     rt.block_on(async {
         let mut builder = Host::builder().config(config);
@@ -132,6 +135,21 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     })
 }
 
+/// Resolves with the signal's name at the first SIGINT or SIGTERM.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
 fn object(v: Value) -> anyhow::Result<Map<String, Value>> {
     match v {
         Value::Object(m) => Ok(m),
@@ -145,14 +163,24 @@ fn object(v: Value) -> anyhow::Result<Map<String, Value>> {
 async fn job_run(ctx: &Ctx, host: &Host, spec: JobSpec) -> anyhow::Result<()> {
     let q = host.queue();
     let mut events = q.subscribe(Scope::All);
-    let id = q.submit(spec)?;
+    let id = q.submit(spec).await?;
     ctx.out.note(format!("job {id} submitted"));
     let progress = follow::bar(ctx, Some(1000));
     let wait = q.wait(&id, None);
     tokio::pin!(wait);
+    let stop = interrupted();
+    tokio::pin!(stop);
+    let mut cancelling = false;
     let job = loop {
         tokio::select! {
             job = &mut wait => break job?,
+            signal = &mut stop, if !cancelling => {
+                // Ctrl-C or SIGTERM: the job is cancelled (its record says so), not left
+                // running with nobody to finish it.
+                cancelling = true;
+                ctx.out.note(format!("{signal}: cancelling job {id}"));
+                let _ = q.cancel(&id);
+            }
             Some(e) = events.next() => {
                 if e.job_id.as_deref() == Some(id.as_str()) {
                     match e.kind {
@@ -193,7 +221,7 @@ async fn composition_run(ctx: &Ctx, host: &Host, c: Composition) -> anyhow::Resu
     let q = host.queue();
     let total = c.nodes.len() as u64;
     let events = q.subscribe(Scope::All);
-    let id = q.submit_composition(c)?;
+    let id = q.submit_composition(c).await?;
     ctx.out
         .note(format!("composition {id} submitted ({total} nodes)"));
     let run = follow::composition(ctx, q, events, &id, total, None).await?;

@@ -25,11 +25,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .as_object()
         .cloned()
         .unwrap_or_default();
-    let id = q.submit(
-        JobSpec::execute("text-stats", kwargs)
-            .priority(5)
-            .run_id("run-1"),
-    )?;
+    let id = q
+        .submit(
+            JobSpec::execute("text-stats", kwargs)
+                .priority(5)
+                .run_id("run-1"),
+        )
+        .await?;
     let job = q.wait(&id, None).await?;
     assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
     println!(
@@ -50,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .bind("stats", OutputRef::whole("count")),
     ]);
     let run = q
-        .wait_composition(&q.submit_composition(comp)?, None)
+        .wait_composition(&q.submit_composition(comp).await?, None)
         .await?;
     println!("composition {}: {:?}", run.id, run.status);
     println!(

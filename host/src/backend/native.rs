@@ -10,6 +10,7 @@
 pub mod mask;
 pub mod process;
 mod supervise;
+mod watchdog;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};

@@ -101,7 +101,14 @@ impl Inner {
         for (node_id, spec, name) in specs {
             let id = uuid::Uuid::now_v7().to_string();
             let bytes = spec.request.approx_bytes();
-            self.enqueue(st, id.clone(), spec, Some(name), bytes);
+            self.enqueue(
+                st,
+                id.clone(),
+                spec,
+                Some(name),
+                bytes,
+                dispatch::Origin::Submitted(None),
+            );
             if let Some(entry) = st.compositions.get_mut(comp_id)
                 && let Some(n) = entry.run.nodes.get_mut(&node_id)
             {

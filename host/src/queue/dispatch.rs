@@ -13,6 +13,18 @@ pub(super) struct Launch {
     pub(super) backend: Option<Arc<dyn crate::backend::Backend>>,
 }
 
+/// How a job enters the queue.
+pub(super) enum Origin {
+    /// Submitted here: its `job_submitted` row (the spec, its kwargs inline or by
+    /// reference) is queued with it.
+    Submitted(Option<job::KwargsRef>),
+    /// Adopted from a gone host, on attempt `attempt`: its `job_adopted` row is written.
+    Adopted {
+        /// The attempt it starts on (1-based).
+        attempt: u32,
+    },
+}
+
 impl Inner {
     pub(super) fn enqueue(
         &self,
@@ -21,6 +33,7 @@ impl Inner {
         mut spec: JobSpec,
         name: Option<String>,
         bytes: usize,
+        origin: Origin,
     ) {
         spec.request.envelope.job_id = Some(id.clone());
         st.next_seq += 1;
@@ -33,7 +46,32 @@ impl Inner {
                     .and_then(|n| self.config.retry_defaults.get(n).cloned())
             })
             .unwrap_or_default();
-        let job = Job::new(id.clone(), &spec, name);
+        let mut job = Job::new(id.clone(), &spec, name);
+        let payload_file = match origin {
+            Origin::Submitted(kwargs_ref) => {
+                let file = kwargs_ref.as_ref().map(|r| r.path.clone());
+                // Kwargs bound from upstream results may be large: past the inline limit
+                // they are left out (such a member is not rerun on another host).
+                let mut record = if kwargs_ref.is_none() && bytes > job::INLINE_KWARGS_BYTES {
+                    let mut r = SpecRecord::of(&spec, job.capability_name.as_deref(), &retry, None);
+                    r.kwargs = None;
+                    r
+                } else {
+                    SpecRecord::of(&spec, job.capability_name.as_deref(), &retry, kwargs_ref)
+                };
+                record.envelope.job_id = None;
+                self.emitter.push(Item::Event(job_event(
+                    EventKind::JobSubmitted,
+                    &job,
+                    json!({"host_id": self.emitter.host_id(), "attempt": 1, "spec": record}),
+                )));
+                file
+            }
+            Origin::Adopted { attempt } => {
+                job.retry_count = attempt.saturating_sub(1);
+                None
+            }
+        };
         st.pending.insert(&spec.instance_id, order, id.clone());
         st.jobs.insert(
             id,
@@ -49,6 +87,7 @@ impl Inner {
                 bytes,
                 retry,
                 retry_request: None,
+                payload_file,
             },
         );
         st.pending_bytes += bytes;

@@ -23,6 +23,11 @@ use crate::store::{JournalEvent, JournalStore, event_types};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    /// A job was accepted (`payload.spec`: everything needed to run it; `payload.host_id`:
+    /// the host that owns it). Journaled before its id is returned.
+    JobSubmitted,
+    /// A composition was accepted (`payload.composition`: its definition).
+    CompositionSubmitted,
     /// A job changed state (`payload.from`, `payload.to`; terminal ones carry
     /// `job_snapshot`).
     StateTransition,
@@ -48,6 +53,8 @@ impl EventKind {
     /// Its journal event type.
     pub fn as_str(self) -> &'static str {
         match self {
+            EventKind::JobSubmitted => event_types::JOB_SUBMITTED,
+            EventKind::CompositionSubmitted => event_types::COMPOSITION_SUBMITTED,
             EventKind::StateTransition => event_types::STATE_TRANSITION,
             EventKind::AdmissionDecided => event_types::ADMISSION_DECIDED,
             EventKind::CancelPhaseChanged => event_types::CANCEL_PHASE_CHANGED,
@@ -252,10 +259,13 @@ impl Bus {
     }
 }
 
-/// Set once a job's (or a composition's) terminal event is journaled and published.
+/// Set once the events queued before it are journaled and published (a job's or a
+/// composition's terminal event, a submission), or once the writer gave up on them.
 #[derive(Debug, Default)]
 pub(crate) struct Done {
     flag: AtomicBool,
+    /// Set with `flag` when the rows before it were committed.
+    written: AtomicBool,
     notify: Notify,
 }
 
@@ -264,7 +274,13 @@ impl Done {
         self.flag.load(Ordering::Acquire)
     }
 
-    fn set(&self) {
+    /// Whether the rows it waited for were committed (meaningful once set).
+    pub(crate) fn written(&self) -> bool {
+        self.written.load(Ordering::Acquire)
+    }
+
+    fn set(&self, written: bool) {
+        self.written.store(written, Ordering::Release);
         self.flag.store(true, Ordering::Release);
         self.notify.notify_waiters();
     }
@@ -309,15 +325,63 @@ struct Queued {
 /// them in batches (group commit), publishes them in journal order and then marks what was
 /// waiting on them done. No SQLite write ever runs on an async runtime thread, so a journal
 /// held by another process stalls the writer, never the runtime.
-#[derive(Default)]
 pub(crate) struct Emitter {
     queued: Mutex<Queued>,
     wake: Condvar,
     wedged: Mutex<Option<String>>,
     is_wedged: AtomicBool,
+    /// The host whose lease guards every write (see [`JournalStore::append_batch_as`]).
+    host_id: String,
+    /// Its lease, registered by the writer before its first write.
+    lease_ttl: Duration,
+    /// The lease was taken over: nothing more is written, the queue stays wedged.
+    lease_lost: AtomicBool,
 }
 
 impl Emitter {
+    pub(crate) fn new(host_id: String, lease_ttl: Duration) -> Self {
+        Emitter {
+            queued: Mutex::default(),
+            wake: Condvar::new(),
+            wedged: Mutex::default(),
+            is_wedged: AtomicBool::new(false),
+            host_id,
+            lease_ttl,
+            lease_lost: AtomicBool::new(false),
+        }
+    }
+
+    /// The host id whose lease guards the writes.
+    pub(crate) fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// Marks the lease lost: the queue is wedged for good.
+    pub(crate) fn lose_lease(&self, why: String) {
+        self.lease_lost.store(true, Ordering::Release);
+        tracing::error!(host = %self.host_id, %why, "this host lost its lease on the data dir; it writes no more job outcomes");
+        self.wedge(why);
+    }
+
+    /// Registers the host's lease, retrying a store held by another connection; a
+    /// persistent failure wedges the queue.
+    fn register(&self, journal: &JournalStore) {
+        let mut backoff = Duration::from_millis(50);
+        for _ in 0..20 {
+            match journal.register_host(&self.host_id, self.lease_ttl.as_secs_f64()) {
+                Ok(_) => return,
+                Err(e) if e.is_transient_lock() => {}
+                Err(e) => {
+                    self.wedge(format!("cannot register this host in the journal: {e}"));
+                    return;
+                }
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        self.wedge("cannot register this host in the journal: it stays locked".into());
+    }
+
     /// Starts the writer thread of `emitter`, journaling into `manager`'s journal and
     /// publishing on `bus`; it ends after [`close`](Self::close), once the queue is written.
     pub(crate) fn start(
@@ -329,6 +393,7 @@ impl Emitter {
         std::thread::Builder::new()
             .name("cjm-journal".into())
             .spawn(move || {
+                emitter.register(manager.journal());
                 while let Some(mut batch) = emitter.next_batch() {
                     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         emitter.write(manager.journal(), &bus, &mut batch);
@@ -338,10 +403,15 @@ impl Emitter {
                         emitter.wedge("the journal writer panicked".into());
                         for item in &batch {
                             if let Item::Done(d) = item {
-                                d.set();
+                                d.set(false);
                             }
                         }
                     }
+                }
+                if !emitter.lease_lost.load(Ordering::Acquire)
+                    && let Err(e) = manager.journal().stop_host(&emitter.host_id)
+                {
+                    tracing::warn!(error = %e, "cannot mark this host stopped in the journal; its lease expires instead");
                 }
             })
             .map(|_| ())
@@ -421,6 +491,9 @@ impl Emitter {
 
     /// Un-wedges after a write went through again.
     fn unwedge(&self) {
+        if self.lease_lost.load(Ordering::Acquire) {
+            return;
+        }
         let mut wedged = self.wedged.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(why) = wedged.take() {
             tracing::warn!(was = %why, "the journal takes writes again: the queue is serving");
@@ -438,12 +511,19 @@ impl Emitter {
         let mut backoff = Duration::from_millis(50);
         let mut closed_since: Option<Instant> = None;
         loop {
-            match journal.append_batch(rows) {
+            if self.lease_lost.load(Ordering::Acquire) {
+                return None;
+            }
+            match journal.append_batch_as(&self.host_id, rows) {
                 Ok(seqs) => {
                     if self.is_wedged.load(Ordering::Acquire) {
                         self.unwedge();
                     }
                     return Some(seqs);
+                }
+                Err(err @ crate::Error::LeaseLost { .. }) => {
+                    self.lose_lease(err.to_string());
+                    return None;
                 }
                 Err(err) if err.is_transient_lock() => {
                     tracing::warn!(error = %err, rows = rows.len(), "the journal is held by another connection; retrying");
@@ -477,6 +557,13 @@ impl Emitter {
             })
             .collect();
         let Some(seqs) = self.commit(journal, &rows) else {
+            // Nothing waits forever on rows that were not written, and nobody is told
+            // they were.
+            for item in batch.iter() {
+                if let Item::Done(d) = item {
+                    d.set(false);
+                }
+            }
             return;
         };
         let mut seqs = seqs.into_iter();
@@ -493,7 +580,7 @@ impl Emitter {
         for item in batch.iter() {
             match item {
                 Item::Event(e) => bus.publish(e),
-                Item::Done(d) => d.set(),
+                Item::Done(d) => d.set(true),
             }
         }
     }

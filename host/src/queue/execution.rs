@@ -4,8 +4,8 @@
 
 use super::*;
 
-/// Finishes a job whose task ended without finishing it (a panic in a backend): the job
-/// fails, its lane and reservations are released, its waiters wake.
+/// Finishes a job whose task panicked (in a backend): the job fails, its lane and
+/// reservations are released, its waiters wake.
 struct FinishGuard {
     inner: Arc<Inner>,
     id: Option<String>,
@@ -14,6 +14,11 @@ struct FinishGuard {
 impl Drop for FinishGuard {
     fn drop(&mut self) {
         let Some(id) = self.id.take() else { return };
+        // Dropped without a panic: the runtime is going away with the host. The job stays
+        // running in the journal, for the host that reconciles this one ("host lost").
+        if !std::thread::panicking() {
+            return;
+        }
         tracing::error!(job = %id, "a job's task ended without finishing it (panic?)");
         let error = Error::job(JobError::fatal(
             "the job's task panicked; the instance may need a reload",
@@ -295,6 +300,11 @@ impl Inner {
         entry.job.status = to;
         entry.job.completed_at = Some(now());
         entry.request = None;
+        if let Some(file) = entry.payload_file.take() {
+            let path = self.manager.host_config().data_dir.join(file);
+            self.runtime
+                .spawn_blocking(move || std::fs::remove_file(path));
+        }
         st.pending_bytes -= std::mem::take(&mut entry.bytes);
         let snapshot = serde_json::to_value(entry.job.snapshot()).unwrap_or(Value::Null);
         self.emitter.push(Item::Event(job_event(

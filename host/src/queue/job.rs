@@ -178,6 +178,182 @@ impl JobSpec {
     }
 }
 
+/// A job's spec as its `job_submitted` (or `job_adopted`) journal row keeps it: enough to
+/// run it again on another host after its own is gone. Kwargs larger than
+/// [`INLINE_KWARGS_BYTES`] are kept by reference to a file in the data dir
+/// ([`KwargsRef`]) rather than in the row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpecRecord {
+    /// The target instance.
+    pub instance_id: String,
+    /// Its capability, when loaded at submit (a recovering host loads it by this name).
+    #[serde(default)]
+    pub capability_name: Option<String>,
+    /// `execute` or `task`.
+    pub channel: String,
+    /// Positional arguments of an `execute` call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<Value>,
+    /// The task of a task-channel call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The method of a task-channel call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The keyword arguments, inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kwargs: Option<Map<String, Value>>,
+    /// The keyword arguments, by reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kwargs_ref: Option<KwargsRef>,
+    /// Correlation and control flags.
+    #[serde(default)]
+    pub envelope: cjm_guest::contract::Envelope,
+    /// Its priority.
+    #[serde(default)]
+    pub priority: i64,
+    /// Its wall-clock limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+    /// The retry policy in force (its own, else its capability's).
+    #[serde(default)]
+    pub retry: super::RetryPolicy,
+}
+
+/// Kwargs of a spec kept in a file of the data dir (`payloads/<job id>.json`, 0600).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KwargsRef {
+    /// The file, relative to the data dir.
+    pub path: String,
+    /// The SHA-256 of its bytes (hex), checked when it is read back.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Kwargs up to this size (approximate bytes of JSON) are journaled inline.
+pub const INLINE_KWARGS_BYTES: usize = 64 * 1024;
+
+impl SpecRecord {
+    /// The record of `spec` (its kwargs inline unless `kwargs_ref` is given).
+    pub(crate) fn of(
+        spec: &JobSpec,
+        capability_name: Option<&str>,
+        retry: &super::RetryPolicy,
+        kwargs_ref: Option<KwargsRef>,
+    ) -> Self {
+        let (channel, args, task, method) = match &spec.request.target {
+            Target::Execute { args } => ("execute", args.clone(), None, None),
+            Target::Task { task, method } => {
+                ("task", Vec::new(), Some(task.clone()), Some(method.clone()))
+            }
+        };
+        SpecRecord {
+            instance_id: spec.instance_id.clone(),
+            capability_name: capability_name.map(str::to_owned),
+            channel: channel.to_owned(),
+            args,
+            task,
+            method,
+            kwargs: kwargs_ref.is_none().then(|| spec.request.kwargs.clone()),
+            kwargs_ref,
+            envelope: spec.request.envelope.clone(),
+            priority: spec.priority,
+            timeout_s: spec.timeout.map(|t| t.as_secs_f64()),
+            retry: retry.clone(),
+        }
+    }
+
+    /// The spec again, its kwargs read from `data_dir` when kept by reference.
+    pub fn to_spec(&self, data_dir: &std::path::Path) -> crate::Result<JobSpec> {
+        let kwargs = match (&self.kwargs, &self.kwargs_ref) {
+            (Some(k), _) => k.clone(),
+            (None, Some(r)) => r.read(data_dir)?,
+            (None, None) => Map::new(),
+        };
+        let target = match (&self.task, &self.method) {
+            (Some(task), Some(method)) if self.channel == "task" => Target::Task {
+                task: task.clone(),
+                method: method.clone(),
+            },
+            _ => Target::Execute {
+                args: self.args.clone(),
+            },
+        };
+        let mut spec = JobSpec::call(
+            self.instance_id.clone(),
+            CallRequest {
+                target,
+                kwargs,
+                envelope: self.envelope.clone(),
+            },
+        );
+        spec.priority = self.priority;
+        spec.timeout = self
+            .timeout_s
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .map(Duration::from_secs_f64);
+        spec.retry = Some(self.retry.clone());
+        Ok(spec)
+    }
+}
+
+impl KwargsRef {
+    /// Writes the kwargs `bytes` (JSON) of job `job_id` under `data_dir` and returns the
+    /// reference.
+    pub(crate) fn write(
+        data_dir: &std::path::Path,
+        job_id: &str,
+        bytes: &[u8],
+    ) -> crate::Result<KwargsRef> {
+        use sha2::Digest;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let rel = format!("payloads/{job_id}.json");
+        let path = data_dir.join(&rel);
+        let dir = data_dir.join("payloads");
+        std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| crate::Error::io(&path, e))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| crate::Error::io(&path, e))?;
+        Ok(KwargsRef {
+            path: rel,
+            sha256: hex::encode(sha2::Sha256::digest(bytes)),
+            bytes: bytes.len() as u64,
+        })
+    }
+
+    /// Reads the kwargs back, checking their digest.
+    pub fn read(&self, data_dir: &std::path::Path) -> crate::Result<Map<String, Value>> {
+        use sha2::Digest;
+        if self.path.contains("..") || std::path::Path::new(&self.path).is_absolute() {
+            return Err(crate::Error::job(JobError::fatal(format!(
+                "kwargs reference '{}' leaves the data dir",
+                self.path
+            ))));
+        }
+        let path = data_dir.join(&self.path);
+        let bytes = std::fs::read(&path).map_err(|e| crate::Error::io(&path, e))?;
+        if hex::encode(sha2::Sha256::digest(&bytes)) != self.sha256 {
+            return Err(crate::Error::job(JobError::fatal(format!(
+                "{}: the kwargs file does not match its digest",
+                path.display()
+            ))));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| crate::Error::Json {
+            what: path.display().to_string(),
+            source: e,
+        })
+    }
+}
+
 /// A job as the queue tracks it (a copy: [`JobQueue::get`](super::JobQueue::get) returns a
 /// snapshot).
 #[derive(Debug, Clone, Serialize)]

@@ -15,7 +15,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Db, Migration, now_iso};
+
+mod lease;
 use crate::error::Result;
+pub use lease::{
+    HostRecord, Leftovers, Liveness, OpenComposition, OpenJob, OrphanCancel, hostname,
+    process_start,
+};
 
 /// The journal's event vocabulary (the journal itself accepts any string).
 pub mod event_types {
@@ -49,6 +55,14 @@ pub mod event_types {
     pub const CACHE_HIT: &str = "cache_hit";
     /// A graph mutation account.
     pub const GRAPH_EXTENDED: &str = "graph_extended";
+    /// A job was accepted: its spec (`payload.spec`) and the host that owns it
+    /// (`payload.host_id`), written before its id is returned.
+    pub const JOB_SUBMITTED: &str = "job_submitted";
+    /// Another host took over a job of a gone host (`payload.host_id`, `payload.from_host`,
+    /// `payload.attempt`, `payload.spec`).
+    pub const JOB_ADOPTED: &str = "job_adopted";
+    /// A composition was accepted: its definition (`payload.composition`) and its host.
+    pub const COMPOSITION_SUBMITTED: &str = "composition_submitted";
     /// A host-tier run began.
     pub const RUN_STARTED: &str = "run_started";
     /// A host-tier run ended.
@@ -333,7 +347,10 @@ CREATE INDEX IF NOT EXISTS idx_journal_instance_ts ON journal (capability_instan
 CREATE INDEX IF NOT EXISTS idx_journal_wsession ON journal (worker_session_id);
 ";
 
-const MIGRATIONS: &[Migration] = &[|tx| tx.execute_batch(SCHEMA_V1)];
+const MIGRATIONS: &[Migration] = &[
+    |tx| tx.execute_batch(SCHEMA_V1),
+    |tx| tx.execute_batch(lease::SCHEMA_V2),
+];
 
 const INSERT: &str = "INSERT INTO journal (event_id, ts, event_type, run_id, job_id, composition_id, node_id, \
      capability_instance_id, capability_name, config_hash, task_name, method, worker_session_id, actor, \

@@ -89,6 +89,7 @@ async fn jobs_end_as_under_cjm_substrate() {
             "no_such_method",
             kwargs(json!({})),
         ))
+        .await
         .unwrap();
     let job = q.wait(&id, T).await.unwrap();
     assert_eq!(job.status, JobStatus::Failed);
@@ -110,6 +111,7 @@ async fn jobs_end_as_under_cjm_substrate() {
             "echo-1",
             kwargs(json!({"action": "fail", "kind": "value"})),
         ))
+        .await
         .unwrap();
     let job = q.wait(&id, T).await.unwrap();
     let e = job.error.unwrap();
@@ -127,6 +129,7 @@ async fn jobs_end_as_under_cjm_substrate() {
             "echo-1",
             kwargs(json!({"action": "account"})),
         ))
+        .await
         .unwrap();
     let job = q.wait(&id, T).await.unwrap();
     let kinds: Vec<&str> = job.accounts.iter().map(|a| a.event_type.as_str()).collect();
@@ -180,6 +183,7 @@ async fn a_secret_spread_by_a_worker_is_masked_everywhere_the_host_records() {
             "echo-1",
             kwargs(json!({"action": "leak"})),
         ))
+        .await
         .unwrap();
     let job = q.wait(&id, T).await.unwrap();
     assert_eq!(job.status, JobStatus::Failed);

@@ -7,5 +7,6 @@ mod manager;
 mod native;
 mod parity;
 mod queue;
+mod recovery;
 mod sandbox;
 mod wasm;

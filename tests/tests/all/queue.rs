@@ -168,9 +168,11 @@ async fn jobs_on_both_kinds_and_history_survives_a_restart() {
                     .run_id("run-1")
                     .actor("tester"),
             )
+            .await
             .unwrap();
         let b = q
             .submit(JobSpec::execute("tsn", kwargs(json!({"text": text}))))
+            .await
             .unwrap();
         let t = q
             .submit(JobSpec::task(
@@ -179,6 +181,7 @@ async fn jobs_on_both_kinds_and_history_survives_a_restart() {
                 "echo",
                 kwargs(json!({"text": "hi", "times": 2})),
             ))
+            .await
             .unwrap();
         let (ja, jb, jt) = (
             q.wait(&a, T).await.unwrap(),
@@ -203,7 +206,12 @@ async fn jobs_on_both_kinds_and_history_survives_a_restart() {
         let types: Vec<String> = rows(q, &a).iter().map(|e| e.event_type.clone()).collect();
         assert_eq!(
             types,
-            ["admission_decided", "state_transition", "state_transition"]
+            [
+                "job_submitted",
+                "admission_decided",
+                "state_transition",
+                "state_transition"
+            ]
         );
         assert!(
             rows(q, &a)
@@ -246,8 +254,8 @@ async fn admission_rules() {
     let slow = |steps: u32| probe("slow", json!({"steps": steps}));
 
     // 1. Unprofiled (instance, config) runs alone: p2's first job waits for p1's.
-    let a = q.submit(JobSpec::execute("p1", slow(4))).unwrap();
-    let b = q.submit(JobSpec::execute("p2", slow(4))).unwrap();
+    let a = q.submit(JobSpec::execute("p1", slow(4))).await.unwrap();
+    let b = q.submit(JobSpec::execute("p2", slow(4))).await.unwrap();
     q.wait(&b, T).await.unwrap();
     assert!(
         seq_of(q, &b, "running") > seq_of(q, &a, "completed"),
@@ -257,8 +265,8 @@ async fn admission_rules() {
     assert_eq!(admission(q, &b)["measured"], false);
 
     // 2. Profiled jobs on different instances share lanes.
-    let a = q.submit(JobSpec::execute("p1", slow(6))).unwrap();
-    let b = q.submit(JobSpec::execute("p2", slow(1))).unwrap();
+    let a = q.submit(JobSpec::execute("p1", slow(6))).await.unwrap();
+    let b = q.submit(JobSpec::execute("p2", slow(1))).await.unwrap();
     q.wait(&a, T).await.unwrap();
     assert!(
         seq_of(q, &b, "running") < seq_of(q, &a, "completed"),
@@ -267,9 +275,10 @@ async fn admission_rules() {
     assert_eq!(admission(q, &a)["exclusive"], false);
 
     // 3. The per-instance cap (1 for a native worker): jobs on one instance never overlap.
-    let jobs: Vec<String> = (0..3)
-        .map(|_| q.submit(JobSpec::execute("p1", slow(1))).unwrap())
-        .collect();
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.push(q.submit(JobSpec::execute("p1", slow(1))).await.unwrap());
+    }
     for j in &jobs {
         q.wait(j, T).await.unwrap();
     }
@@ -278,21 +287,22 @@ async fn admission_rules() {
     }
 
     // 4. Priority, FIFO within a priority, skip-ahead past a blocked head, reorder.
-    let busy = q.submit(JobSpec::execute("p1", slow(8))).unwrap();
+    let busy = q.submit(JobSpec::execute("p1", slow(8))).await.unwrap();
     until_running(q, &busy).await;
-    let low = q.submit(JobSpec::execute("p1", slow(1))).unwrap();
-    let low2 = q.submit(JobSpec::execute("p1", slow(1))).unwrap();
+    let low = q.submit(JobSpec::execute("p1", slow(1))).await.unwrap();
+    let low2 = q.submit(JobSpec::execute("p1", slow(1))).await.unwrap();
     let high = q
         .submit(JobSpec::execute("p1", slow(1)).priority(10))
+        .await
         .unwrap();
-    let late = q.submit(JobSpec::execute("p1", slow(1))).unwrap();
+    let late = q.submit(JobSpec::execute("p1", slow(1))).await.unwrap();
     q.reorder(&late, 5).unwrap();
     let pending: Vec<String> = q.pending().into_iter().map(|j| j.id).collect();
     assert_eq!(
         pending,
         [high.clone(), late.clone(), low.clone(), low2.clone()]
     );
-    let other = q.submit(JobSpec::execute("p2", slow(1))).unwrap();
+    let other = q.submit(JobSpec::execute("p2", slow(1))).await.unwrap();
     q.wait(&other, T).await.unwrap();
     q.wait(&busy, T).await.unwrap();
     assert!(
@@ -316,15 +326,18 @@ async fn lanes_bound_the_running_set() {
     for i in ["p1", "p2"] {
         let j = q
             .submit(JobSpec::execute(i, probe("echo", json!({}))))
+            .await
             .unwrap();
         q.wait(&j, T).await.unwrap();
     }
     // Both profiled, different instances: only the single lane keeps them apart.
     let a = q
         .submit(JobSpec::execute("p1", probe("slow", json!({"steps": 4}))))
+        .await
         .unwrap();
     let b = q
         .submit(JobSpec::execute("p2", probe("slow", json!({"steps": 1}))))
+        .await
         .unwrap();
     q.wait(&b, T).await.unwrap();
     assert!(seq_of(q, &b, "running") > seq_of(q, &a, "completed"));
@@ -380,10 +393,10 @@ async fn gpu_ledger_and_memory_admission() {
     let h = b.build().await.unwrap();
     let q = h.queue();
     let slow = || probe("slow", json!({"steps": 6}));
-    let g1 = q.submit(JobSpec::execute("g1", slow())).unwrap();
-    let g2 = q.submit(JobSpec::execute("g2", slow())).unwrap();
-    let huge = q.submit(JobSpec::execute("huge", slow())).unwrap();
-    let cpu = q.submit(JobSpec::execute("cpu", slow())).unwrap();
+    let g1 = q.submit(JobSpec::execute("g1", slow())).await.unwrap();
+    let g2 = q.submit(JobSpec::execute("g2", slow())).await.unwrap();
+    let huge = q.submit(JobSpec::execute("huge", slow())).await.unwrap();
+    let cpu = q.submit(JobSpec::execute("cpu", slow())).await.unwrap();
     q.wait(&g2, T).await.unwrap();
     q.wait(&cpu, T).await.unwrap();
     // 4000 + 4000 MB > 90% of 8000 MB: g2 waits for g1; the CPU job does not.
@@ -406,9 +419,9 @@ async fn gpu_ledger_and_memory_admission() {
     }
     assert_eq!(admission(q, &huge)["exclusive"], true);
     // A job pending behind a busy instance is cancelled cleanly and never starts.
-    let busy = q.submit(JobSpec::execute("cpu", slow())).unwrap();
+    let busy = q.submit(JobSpec::execute("cpu", slow())).await.unwrap();
     until_running(q, &busy).await;
-    let queued = q.submit(JobSpec::execute("cpu", slow())).unwrap();
+    let queued = q.submit(JobSpec::execute("cpu", slow())).await.unwrap();
     q.cancel(&queued).unwrap();
     let j = q.wait(&queued, T).await.unwrap();
     assert_eq!((j.status, j.started_at), (JobStatus::Cancelled, None));
@@ -432,8 +445,8 @@ async fn gpu_ledger_and_memory_admission() {
         .await
         .unwrap();
     let q = h.queue();
-    let g = q.submit(JobSpec::execute("g1", slow())).unwrap();
-    let c = q.submit(JobSpec::execute("cpu", slow())).unwrap();
+    let g = q.submit(JobSpec::execute("g1", slow())).await.unwrap();
+    let c = q.submit(JobSpec::execute("cpu", slow())).await.unwrap();
     q.wait(&c, T).await.unwrap();
     assert_eq!(admission(q, &g)["exclusive"], true);
     assert!(seq_of(q, &c, "running") > seq_of(q, &g, "completed"));
@@ -472,7 +485,7 @@ async fn cancellation_paths_on_wasm_and_native() {
         ),
     ];
     for (instance, kw, want) in cases {
-        let id = q.submit(JobSpec::execute(instance, kw)).unwrap();
+        let id = q.submit(JobSpec::execute(instance, kw)).await.unwrap();
         until_started(q, &id).await;
         q.cancel(&id).unwrap();
         // Idempotent while it stops; a typed error once it has stopped.
@@ -493,7 +506,7 @@ async fn cancellation_paths_on_wasm_and_native() {
             "h" => attack("ok"),
             _ => probe("echo", json!({"text": "again"})),
         };
-        let ok = q.submit(JobSpec::execute(instance, next)).unwrap();
+        let ok = q.submit(JobSpec::execute(instance, next)).await.unwrap();
         assert_eq!(q.wait(&ok, T).await.unwrap().status, JobStatus::Completed);
     }
     h.shutdown().await.unwrap();
@@ -511,6 +524,7 @@ async fn a_timeout_fails_the_job_on_both_kinds() {
     for (instance, kw) in cases {
         let id = q
             .submit(JobSpec::execute(instance, kw).timeout(Duration::from_millis(300)))
+            .await
             .unwrap();
         let job = q.wait(&id, T).await.unwrap();
         assert_eq!(job.status, JobStatus::Failed, "{instance}");
@@ -526,7 +540,7 @@ async fn a_timeout_fails_the_job_on_both_kinds() {
             "h" => kwargs(json!({"attack": "ok"})),
             _ => probe("echo", json!({})),
         };
-        let ok = q.submit(JobSpec::execute(instance, next)).unwrap();
+        let ok = q.submit(JobSpec::execute(instance, next)).await.unwrap();
         assert_eq!(q.wait(&ok, T).await.unwrap().status, JobStatus::Completed);
     }
     h.shutdown().await.unwrap();
@@ -546,6 +560,7 @@ async fn a_sigstopped_native_worker_ends_at_the_timeout_or_a_cancel() {
     for how in ["timeout", "cancel"] {
         let warm = q
             .submit(JobSpec::execute("p", probe("echo", json!({}))))
+            .await
             .unwrap();
         assert_eq!(q.wait(&warm, T).await.unwrap().status, JobStatus::Completed);
         let pid = h.manager().instance("p").unwrap().backend().pid().unwrap();
@@ -554,7 +569,7 @@ async fn a_sigstopped_native_worker_ends_at_the_timeout_or_a_cancel() {
             spec = spec.timeout(Duration::from_secs(2));
         }
         let started = std::time::Instant::now();
-        let id = q.submit(spec).unwrap();
+        let id = q.submit(spec).await.unwrap();
         until_started(q, &id).await;
         kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
         let cancelled_at = std::time::Instant::now();
@@ -586,6 +601,7 @@ async fn a_sigstopped_native_worker_ends_at_the_timeout_or_a_cancel() {
                 "p",
                 probe("echo", json!({"text": "again"})),
             ))
+            .await
             .unwrap();
         assert_eq!(q.wait(&ok, T).await.unwrap().status, JobStatus::Completed);
         let fresh = h.manager().instance("p").unwrap().backend().pid().unwrap();
@@ -630,6 +646,7 @@ async fn failed_jobs_are_retried_by_their_policy() {
     let own = RetryPolicy::attempts(3).backoff(Duration::from_millis(20));
     let id = q
         .submit(JobSpec::execute("p", fail("transient")).retry(own.clone()))
+        .await
         .unwrap();
     let job = q.wait(&id, T).await.unwrap();
     assert_eq!(job.status, JobStatus::Failed);
@@ -639,12 +656,16 @@ async fn failed_jobs_are_retried_by_their_policy() {
     // A fatal error is not retried.
     let id = q
         .submit(JobSpec::execute("p", fail("fatal")).retry(own))
+        .await
         .unwrap();
     let job = q.wait(&id, T).await.unwrap();
     assert_eq!((job.status, job.retry_count), (JobStatus::Failed, 0));
 
     // The capability's default applies to a job without a policy.
-    let id = q.submit(JobSpec::execute("p", fail("transient"))).unwrap();
+    let id = q
+        .submit(JobSpec::execute("p", fail("transient")))
+        .await
+        .unwrap();
     let job = q.wait(&id, T).await.unwrap();
     assert_eq!(job.retry_count, 1);
     assert_eq!(retries(&id), [json!(2)]);
@@ -653,6 +674,7 @@ async fn failed_jobs_are_retried_by_their_policy() {
     let slow = RetryPolicy::attempts(5).backoff(Duration::from_secs(30));
     let id = q
         .submit(JobSpec::execute("p", fail("transient")).retry(slow))
+        .await
         .unwrap();
     for _ in 0..2000 {
         if q.get(&id).is_some_and(|j| j.retry_count == 1) {
@@ -694,7 +716,7 @@ async fn deep_kwargs_and_a_full_queue_are_typed_refusals() {
         }
         serde_json::Map::from_iter([("nested".to_owned(), v)])
     };
-    match q.submit(JobSpec::execute("p", deep())) {
+    match q.submit(JobSpec::execute("p", deep())).await {
         Err(Error::Job(e)) => {
             assert_eq!(e.category, cjm_guest::contract::ErrorCategory::UserInput);
             assert_eq!(e.fields_invalid, Some(vec!["nested".to_owned()]));
@@ -713,15 +735,19 @@ async fn deep_kwargs_and_a_full_queue_are_typed_refusals() {
             "p",
             probe("sleep", json!({"seconds": 60})),
         ))
+        .await
         .unwrap();
     until_started(q, &busy).await;
     let filler = "x".repeat(1024);
     let mut waiting = Vec::new();
     let full = loop {
-        match q.submit(JobSpec::execute(
-            "p",
-            probe("echo", json!({"text": filler})),
-        )) {
+        match q
+            .submit(JobSpec::execute(
+                "p",
+                probe("echo", json!({"text": filler})),
+            ))
+            .await
+        {
             Ok(id) => waiting.push(id),
             Err(e) => break e,
         }
@@ -746,6 +772,7 @@ async fn deep_kwargs_and_a_full_queue_are_typed_refusals() {
             "p",
             probe("echo", json!({"text": filler})),
         ))
+        .await
         .unwrap();
     assert_eq!(
         q.wait(&again, T).await.unwrap().status,
@@ -763,6 +790,7 @@ async fn events_journal_first_bounded_subscribers_and_progress() {
     let slow_reader = q.subscribe(Scope::All);
     let id = q
         .submit(JobSpec::execute("p", probe("slow", json!({"steps": 8}))))
+        .await
         .unwrap();
     let mut job_events = Vec::new();
     while let Some(e) = all.next().await {
@@ -782,6 +810,7 @@ async fn events_journal_first_bounded_subscribers_and_progress() {
     assert_eq!(
         kinds,
         [
+            EventKind::JobSubmitted,
             EventKind::AdmissionDecided,
             EventKind::StateTransition,
             EventKind::StateTransition
@@ -819,9 +848,14 @@ async fn events_journal_first_bounded_subscribers_and_progress() {
     );
 
     // A subscriber that never reads loses events, counted; the queue does not wait for it.
-    let ids: Vec<String> = (0..600)
-        .map(|_| q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap())
-        .collect();
+    let ids = q
+        .submit_many(
+            (0..600)
+                .map(|_| JobSpec::execute("n", kwargs(json!({}))))
+                .collect(),
+        )
+        .await
+        .unwrap();
     for i in &ids {
         assert_eq!(q.wait(i, T).await.unwrap().status, JobStatus::Completed);
     }
@@ -838,7 +872,10 @@ async fn a_failed_journal_append_wedges_the_queue_until_a_write_goes_through() {
     let dir = data_dir();
     let h = host(dir.path(), 4, &[("noop", "n")]).await;
     let q = h.queue();
-    let ok = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
+    let ok = q
+        .submit(JobSpec::execute("n", kwargs(json!({}))))
+        .await
+        .unwrap();
     q.wait(&ok, T).await.unwrap();
     assert_eq!(q.wedged(), None);
     // Break the journal under the queue (another connection drops its table).
@@ -852,12 +889,15 @@ async fn a_failed_journal_append_wedges_the_queue_until_a_write_goes_through() {
         .map(Result::unwrap)
         .collect();
     other.execute_batch("DROP TABLE journal").unwrap();
-    let lost = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
-    // Its terminal row cannot be written: it is never reported done.
-    let waited = q.wait(&lost, Some(Duration::from_secs(1))).await;
+    // Its submission row cannot be written: its id is not returned (it waits for the row).
+    let submitting = tokio::spawn({
+        let q = q.clone();
+        async move { q.submit(JobSpec::execute("n", kwargs(json!({})))).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        matches!(waited, Err(Error::Queue(QueueError::Timeout(..)))),
-        "{waited:?}"
+        !submitting.is_finished(),
+        "an id was returned without its row"
     );
     for _ in 0..200 {
         if q.wedged().is_some() {
@@ -866,10 +906,13 @@ async fn a_failed_journal_append_wedges_the_queue_until_a_write_goes_through() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(q.wedged().unwrap().contains("journal"), "{:?}", q.wedged());
-    let refused = queue_error(q.submit(JobSpec::execute("n", kwargs(json!({})))));
+    let refused = queue_error(q.submit(JobSpec::execute("n", kwargs(json!({})))).await);
     assert!(matches!(refused, QueueError::Wedged(_)));
     assert!(refused.to_string().contains("refused"), "{refused}");
-    let refused = queue_error(q.submit_composition(Composition::new(vec![Node::new("a", "n")])));
+    let refused = queue_error(
+        q.submit_composition(Composition::new(vec![Node::new("a", "n")]))
+            .await,
+    );
     assert!(matches!(refused, QueueError::Wedged(_)));
     assert_eq!(
         q.stats().running,
@@ -882,6 +925,7 @@ async fn a_failed_journal_append_wedges_the_queue_until_a_write_goes_through() {
     for sql in &schema {
         other.execute_batch(sql).unwrap();
     }
+    let lost = submitting.await.unwrap().unwrap();
     let job = q.wait(&lost, T).await.unwrap();
     assert_eq!(job.status, JobStatus::Completed);
     assert!(rows(q, &lost).iter().any(|r| r.is_terminal_transition()));
@@ -891,7 +935,10 @@ async fn a_failed_journal_append_wedges_the_queue_until_a_write_goes_through() {
 
 /// The queue runs a no-op job on instance `id` to completion.
 async fn serves(q: &JobQueue, id: &str) {
-    let again = q.submit(JobSpec::execute(id, kwargs(json!({})))).unwrap();
+    let again = q
+        .submit(JobSpec::execute(id, kwargs(json!({}))))
+        .await
+        .unwrap();
     assert_eq!(
         q.wait(&again, T).await.unwrap().status,
         JobStatus::Completed
@@ -920,9 +967,19 @@ async fn a_journal_held_by_another_connection_delays_but_never_lies() {
         })
     };
     locked_rx.recv().unwrap();
-    let ids: Vec<String> = (0..20)
-        .map(|_| q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap())
-        .collect();
+    // A submission returns once its row is written: not before the lock is released.
+    let ids = q
+        .submit_many(
+            (0..20)
+                .map(|_| JobSpec::execute("n", kwargs(json!({}))))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        released.load(std::sync::atomic::Ordering::SeqCst),
+        "a submission returned while its row could not be written"
+    );
     for id in &ids {
         let job = q.wait(id, T).await.unwrap();
         assert_eq!(job.status, JobStatus::Completed);
@@ -965,7 +1022,7 @@ async fn a_fan_out_mixing_wasm_and_native_matches_one_by_one_calls() {
             .arg("case_sensitive", json!(true)),
     ]);
     let mut events = q.subscribe(Scope::All);
-    let id = q.submit_composition(comp).unwrap();
+    let id = q.submit_composition(comp).await.unwrap();
     // Subscribed right after submit: the composition's rows wait for the group commit.
     let mut scoped = q.subscribe(Scope::Composition(id.clone()));
     let run = q.wait_composition(&id, T).await.unwrap();
@@ -1015,19 +1072,29 @@ async fn a_fan_out_mixing_wasm_and_native_matches_one_by_one_calls() {
     assert_eq!(
         seen,
         [
+            EventKind::CompositionSubmitted,
             EventKind::CompositionAdvanced,
             EventKind::CompositionFinished
         ]
     );
-    // The composition's own stream: its 5 members' journaled events and its own, nothing else.
+    // The composition's own stream: its members' journaled events and its own, nothing
+    // else, every one from the moment it subscribed (the submission returned after its
+    // first rows were committed).
     let mut mine = Vec::new();
+    let mut seqs = Vec::new();
     while let Some(e) = scoped.try_next() {
         assert_eq!(e.composition_id.as_deref(), Some(id.as_str()));
         if e.kind.journaled() {
             mine.push(e.kind);
+            seqs.push(e.seq.unwrap());
         }
     }
-    assert_eq!(mine.len(), 5 * 3 + 2, "{mine:?}");
+    let expected: Vec<i64> = journal
+        .iter()
+        .filter_map(|e| e.seq)
+        .filter(|s| *s >= seqs[0])
+        .collect();
+    assert_eq!(seqs, expected, "{mine:?}");
     assert_eq!(mine.last(), Some(&EventKind::CompositionFinished));
     assert_eq!(scoped.dropped(), 0);
     h.shutdown().await.unwrap();
@@ -1052,6 +1119,7 @@ async fn composition_rules() {
     for i in ["p", "q"] {
         let j = q
             .submit(JobSpec::execute(i, probe("echo", json!({}))))
+            .await
             .unwrap();
         q.wait(&j, T).await.unwrap();
     }
@@ -1061,8 +1129,9 @@ async fn composition_rules() {
             .arg("text", json!("some words here"))
     };
     let fail = |id: &str| Node::new(id, "q").arg("action", json!("fail"));
-    let busy = || {
+    let busy = || async {
         q.submit(JobSpec::execute("p", probe("slow", json!({"steps": 6}))))
+            .await
             .unwrap()
     };
 
@@ -1076,6 +1145,7 @@ async fn composition_rules() {
             Node::new("b", "ts").bind("text", OutputRef::field("a", "nope")),
             Node::new("c", "ts").bind("text", OutputRef::whole("b")),
         ]))
+        .await
         .unwrap();
     let run = q.wait_composition(&id, T).await.unwrap();
     assert_eq!(
@@ -1100,7 +1170,7 @@ async fn composition_rules() {
 
     // Fail-fast: a failure cancels independent pending members (x, y wait behind a busy
     // instance), dependents skip, the composition is failed, not cancelled.
-    let b = busy();
+    let b = busy().await;
     until_running(q, &b).await;
     let comp = Composition::new(vec![
         fail("f"),
@@ -1109,7 +1179,7 @@ async fn composition_rules() {
         Node::new("z", "ts").bind("text", OutputRef::field("f", "text")),
     ]);
     let run = q
-        .wait_composition(&q.submit_composition(comp.clone()).unwrap(), T)
+        .wait_composition(&q.submit_composition(comp.clone()).await.unwrap(), T)
         .await
         .unwrap();
     assert_eq!(
@@ -1126,7 +1196,7 @@ async fn composition_rules() {
 
     // Best-effort: independent members still run; the composition completes.
     let run = q
-        .wait_composition(&q.submit_composition(comp.best_effort()).unwrap(), T)
+        .wait_composition(&q.submit_composition(comp.best_effort()).await.unwrap(), T)
         .await
         .unwrap();
     assert_eq!(
@@ -1141,13 +1211,13 @@ async fn composition_rules() {
     );
 
     // Cancelled as a unit: the pending member and the node without a job are cancelled.
-    let b = busy();
+    let b = busy().await;
     until_running(q, &b).await;
     let comp = Composition::new(vec![
         echo("x", "p"),
         Node::new("y", "ts").bind("text", OutputRef::field("x", "text")),
     ]);
-    let id = q.submit_composition(comp.clone()).unwrap();
+    let id = q.submit_composition(comp.clone()).await.unwrap();
     q.cancel_composition(&id).unwrap();
     let run = q.wait_composition(&id, T).await.unwrap();
     assert_eq!(
@@ -1161,7 +1231,7 @@ async fn composition_rules() {
     ));
 
     // A member cancelled directly (no failure) lands the composition cancelled.
-    let id = q.submit_composition(comp).unwrap();
+    let id = q.submit_composition(comp).await.unwrap();
     let member = q.composition(&id).unwrap().nodes["x"]
         .job_id
         .clone()
@@ -1177,7 +1247,12 @@ async fn composition_rules() {
 
     // An empty composition completes at submit.
     let run = q
-        .wait_composition(&q.submit_composition(Composition::new(vec![])).unwrap(), T)
+        .wait_composition(
+            &q.submit_composition(Composition::new(vec![]))
+                .await
+                .unwrap(),
+            T,
+        )
         .await
         .unwrap();
     assert_eq!(run.status, Completed);
@@ -1213,7 +1288,7 @@ async fn composition_rules() {
     ];
     let before = q.stats();
     for (comp, want) in bad {
-        let e = queue_error(q.submit_composition(comp));
+        let e = queue_error(q.submit_composition(comp).await);
         assert!(matches!(e, QueueError::InvalidComposition(_)));
         assert!(e.to_string().contains(want), "{e} / {want}");
     }
@@ -1228,6 +1303,7 @@ async fn bad_input_is_typed_and_the_queue_is_unharmed() {
     let q = h.queue();
     let e = q
         .submit(JobSpec::execute("nowhere", kwargs(json!({}))))
+        .await
         .unwrap_err();
     assert!(
         e.to_string()
@@ -1237,6 +1313,7 @@ async fn bad_input_is_typed_and_the_queue_is_unharmed() {
     h.manager().set_enabled("p", false).await.unwrap();
     let e = q
         .submit(JobSpec::execute("p", kwargs(json!({}))))
+        .await
         .unwrap_err();
     assert!(e.to_string().contains("disabled"), "{e}");
     h.manager().set_enabled("p", true).await.unwrap();
@@ -1244,7 +1321,10 @@ async fn bad_input_is_typed_and_the_queue_is_unharmed() {
         queue_error(q.cancel("no-such-job")),
         QueueError::UnknownJob("no-such-job".into())
     );
-    let done = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
+    let done = q
+        .submit(JobSpec::execute("n", kwargs(json!({}))))
+        .await
+        .unwrap();
     q.wait(&done, T).await.unwrap();
     assert!(
         matches!(queue_error(q.cancel(&done)), QueueError::Finished { status, .. } if status == "completed")
@@ -1262,6 +1342,7 @@ async fn bad_input_is_typed_and_the_queue_is_unharmed() {
             "p",
             probe("sleep", json!({"seconds": 0.5})),
         ))
+        .await
         .unwrap();
     assert!(matches!(
         queue_error(q.wait(&slow, Some(Duration::from_millis(1))).await),
@@ -1273,6 +1354,7 @@ async fn bad_input_is_typed_and_the_queue_is_unharmed() {
             "p",
             probe("fail", json!({"kind": "input"})),
         ))
+        .await
         .unwrap();
     let job = q.wait(&failed, T).await.unwrap();
     assert_eq!(job.status, JobStatus::Failed);
@@ -1282,13 +1364,16 @@ async fn bad_input_is_typed_and_the_queue_is_unharmed() {
         ("bad text", Some("p"))
     );
     // Still serving.
-    let ok = q.submit(JobSpec::execute("n", kwargs(json!({})))).unwrap();
+    let ok = q
+        .submit(JobSpec::execute("n", kwargs(json!({}))))
+        .await
+        .unwrap();
     assert_eq!(q.wait(&ok, T).await.unwrap().status, JobStatus::Completed);
     let s = q.stats();
     assert_eq!((s.pending, s.running, s.failed), (0, 0, 1));
     h.shutdown().await.unwrap();
     assert!(matches!(
-        queue_error(q.submit(JobSpec::execute("n", kwargs(json!({}))))),
+        queue_error(q.submit(JobSpec::execute("n", kwargs(json!({})))).await),
         QueueError::Closed
     ));
 }

@@ -118,7 +118,7 @@ impl Guest {
                 spec.timeout = control
                     .deadline()
                     .map(|d| d.saturating_duration_since(Instant::now()));
-                let id = q.submit(spec).unwrap();
+                let id = q.submit(spec).await.unwrap();
                 let watcher = {
                     let (q, id, control) = (q.clone(), id.clone(), Arc::clone(&control));
                     tokio::spawn(async move {
@@ -686,6 +686,7 @@ async fn progress_is_coalesced_and_messages_are_bounded() {
             ID,
             kwargs(json!({"attack": "progress_flood", "n": 1_000_000})),
         ))
+        .await
         .unwrap();
     let job = q.wait(&id, T).await.unwrap();
     assert_eq!(job.status, JobStatus::Completed, "{job:?}");
@@ -816,7 +817,7 @@ async fn concurrent_warm_calls_with_blocking_wasi_operations_never_wedge_the_run
         };
         let mut spec = JobSpec::execute(ID, kwargs(args));
         spec.timeout = Some(Duration::from_secs(20));
-        ids.push(q.submit(spec).unwrap());
+        ids.push(q.submit(spec).await.unwrap());
     }
     for id in ids {
         let job = tokio::time::timeout(Duration::from_secs(60), q.wait(&id, T))
@@ -835,15 +836,16 @@ async fn concurrent_warm_calls_with_blocking_wasi_operations_never_wedge_the_run
 async fn large_results_leave_the_history_after_delivery() {
     let g = Guest::new(Way::WarmQueue, json!({})).await;
     let q = g.host().queue();
-    let run = |bytes: usize| {
+    let run = |bytes: usize| async move {
         let mut events = q.subscribe(Scope::All);
         let id = q
             .submit(JobSpec::execute(
                 ID,
                 kwargs(json!({"attack": "big_result", "bytes": bytes})),
             ))
+            .await
             .unwrap();
-        async move {
+        {
             // Wait through events, not `wait`: nobody waits on the job itself.
             loop {
                 let e = events.next().await.unwrap();

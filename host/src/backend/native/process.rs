@@ -203,7 +203,7 @@ impl Process {
             .arg("--ppid")
             .arg(std::process::id().to_string())
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .env("CJM_WORKER_SESSION_ID", &session)
+            .env(super::watchdog::SESSION_ENV, &session)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -227,6 +227,9 @@ impl Process {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
             });
         }
+        // The mark that lets the watchdog find the worker's descendants if the host dies.
+        let (key, token) = super::watchdog::mark();
+        std_cmd.env(key, token);
         let mut child =
             spawn_from_lasting_thread(std_cmd).map_err(|e| Error::io(&spec.program, e))?;
         let pid = child.id();
@@ -280,8 +283,10 @@ impl Process {
             let _ = killpg(group, Signal::SIGTERM);
             let _ = self.wait_for(grace).await;
         }
-        // Grandchildren may outlive the leader: the group gets a SIGKILL in any case.
+        // Grandchildren may outlive the leader: the group gets a SIGKILL in any case, and so
+        // does every descendant that left it.
         let _ = killpg(group, Signal::SIGKILL);
+        super::watchdog::kill_session(&self.session);
         let status = self.wait_for(Duration::from_secs(5)).await;
         for p in self.pumps.drain(..) {
             // The pipes close when the group is gone; do not wait on stray holders forever.
@@ -307,6 +312,7 @@ impl Process {
     /// Kills the group at once (forced cancellation).
     pub(crate) fn kill_now(&self) {
         let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        super::watchdog::kill_session(&self.session);
     }
 }
 
@@ -316,6 +322,8 @@ impl Drop for Process {
             let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
             let _ = self.child.wait();
         }
+        // Descendants outlive a worker that exited by itself, too.
+        super::watchdog::kill_session(&self.session);
     }
 }
 
