@@ -1180,7 +1180,12 @@ fn submit_jobs_and_cancel() {
         .collect();
     assert_eq!(
         types,
-        ["admission_decided", "state_transition", "state_transition"]
+        [
+            "job_submitted",
+            "admission_decided",
+            "state_transition",
+            "state_transition"
+        ]
     );
     // A composition mixing wasm and native, bindings in its JSON.
     let comp = env.write(
@@ -1246,6 +1251,74 @@ fn cancel_reaches_a_job_running_in_another_process() {
         .args(["install-all", "--capabilities", caps.to_str().unwrap()])
         .assert()
         .success();
+    let (mut runner, job) = run_forever(&env);
+    env.ctl()
+        .args(["cancel", &job])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("cancel requested"));
+    let status = runner.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut runner.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("was cancelled"), "{err}");
+    let jobs = env.json(&["jobs"]);
+    assert_eq!(jobs[0]["status"], "cancelled");
+
+    // Ctrl-C (or SIGTERM) of `submit` cancels its job and exits cleanly.
+    for signal in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        let (mut runner, job) = run_forever(&env);
+        let pid = nix::unistd::Pid::from_raw(runner.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+        let status = runner.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut runner.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(1), "{signal}: {err}");
+        assert!(err.contains("cancelling job"), "{err}");
+        let jobs = env.json(&["jobs"]);
+        assert_eq!(jobs[0]["id"], job.as_str());
+        assert_eq!(jobs[0]["status"], "cancelled");
+    }
+
+    // A SIGKILLed `submit` leaves its job to nobody: `jobs` says so, `cancel` ends it.
+    let (mut runner, job) = run_forever(&env);
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    let jobs = env.json(&["jobs"]);
+    assert_eq!(jobs[0]["id"], job.as_str());
+    assert_eq!(jobs[0]["status"], "running");
+    assert!(
+        jobs[0]["host_gone"]
+            .as_str()
+            .unwrap()
+            .contains("no longer exists"),
+        "{jobs}"
+    );
+    env.ctl()
+        .args(["jobs"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("running (host gone)"));
+    env.ctl()
+        .args(["cancel", &job])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("is gone"));
+    let jobs = env.json(&["jobs"]);
+    assert_eq!(jobs[0]["status"], "cancelled");
+    assert_eq!(jobs[0]["host_gone"], Value::Null);
+    env.ctl()
+        .args(["cancel", &job])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("already finished"));
+}
+
+/// Starts `cjm-ctl submit hostile loop_forever` and returns it with its job id, once running.
+fn run_forever(env: &Env) -> (std::process::Child, String) {
     let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_cjm-ctl"))
         .current_dir(env.path())
         .arg("--data-dir")
@@ -1272,18 +1345,7 @@ fn cancel_reaches_a_job_running_in_another_process() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    env.ctl()
-        .args(["cancel", &job])
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("cancel requested"));
-    let status = runner.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut runner.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains("was cancelled"), "{err}");
-    let jobs = env.json(&["jobs"]);
-    assert_eq!(jobs[0]["status"], "cancelled");
+    (runner, job)
 }
 
 #[test]
