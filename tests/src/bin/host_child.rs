@@ -31,6 +31,8 @@ async fn main() {
             .await
             .unwrap();
         println!("{} {}", b.pid().unwrap(), out["pid"]);
+        // `b` lives (its worker with it) until the process is killed.
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     } else {
         let python = first;
         let pythonpath = args.next().unwrap();
@@ -51,6 +53,6 @@ async fn main() {
         .await
         .unwrap();
         println!("{}", b.pid().unwrap());
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
 }

@@ -132,12 +132,15 @@ async fn a_host_killed_mid_burst_loses_nothing_and_leaves_no_orphan() {
     let mut acknowledged: BTreeSet<String> = BTreeSet::new();
     let (mut adopted, mut ended) = (0, 0);
     for round in 0..rounds {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_burst_host"))
-            .arg(dir.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_burst_host"))
+                .arg(dir.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let child = &mut child.0;
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
@@ -371,12 +374,16 @@ async fn jobs_of_a_gone_host_are_adopted_retried_or_ended_once() {
 /// started its own session included.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_host_takes_its_workers_detached_children_along() {
-    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_host_child"))
-        .arg("--detach")
-        .arg(env!("CARGO_BIN_EXE_probe_worker"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut host = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_host_child"))
+            .arg("--detach")
+            .arg(env!("CARGO_BIN_EXE_probe_worker"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let host = &mut host.0;
     let mut line = String::new();
     std::io::BufReader::new(host.stdout.take().unwrap())
         .read_line(&mut line)
@@ -392,6 +399,13 @@ async fn a_killed_host_takes_its_workers_detached_children_along() {
     assert!(pids.iter().all(|&p| alive(p)), "{pids:?}");
     // The detached child is in its own session, outside the worker's process group.
     let sid = |pid: i32| nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
+    // (`setsid` may still be on its way when the probe answers.)
+    for _ in 0..100 {
+        if sid(pids[0]) != sid(pids[1]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_ne!(sid(pids[0]), sid(pids[1]));
     host.kill().unwrap();
     host.wait().unwrap();
@@ -404,6 +418,16 @@ async fn a_killed_host_takes_its_workers_detached_children_along() {
         left.is_empty(),
         "still alive 1 s after the host died: {left:?}"
     );
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn zombie(pid: i32) -> bool {
