@@ -224,7 +224,17 @@ async fn composition_run(ctx: &Ctx, host: &Host, c: Composition) -> anyhow::Resu
     let id = q.submit_composition(c).await?;
     ctx.out
         .note(format!("composition {id} submitted ({total} nodes)"));
-    let run = follow::composition(ctx, q, events, &id, total, None).await?;
+    let follow = follow::composition(ctx, q, events, &id, total, None);
+    tokio::pin!(follow);
+    let run = tokio::select! {
+        run = &mut follow => run?,
+        signal = interrupted() => {
+            // As for one job: the composition is cancelled as a unit, not left running.
+            ctx.out.note(format!("{signal}: cancelling composition {id}"));
+            let _ = q.cancel_composition(&id);
+            follow.await?
+        }
+    };
     let nodes: Map<String, Value> = run
         .nodes
         .iter()
