@@ -29,6 +29,9 @@ use crate::error::Result;
 use crate::manager::CapabilityManager;
 use crate::queue::{JobQueue, ResourceSource};
 
+/// How long [`Host::shutdown`] lets running jobs finish.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A capability host: one manager, one queue, over one data dir.
 #[derive(Clone, Debug)]
 pub struct Host {
@@ -52,9 +55,18 @@ impl Host {
         &self.queue
     }
 
-    /// Stops taking work (pending jobs are cancelled) and unloads every instance.
+    /// [`shutdown_within`](Self::shutdown_within) a grace of 5 s.
     pub async fn shutdown(&self) -> Result<()> {
+        self.shutdown_within(SHUTDOWN_GRACE).await
+    }
+
+    /// Stops taking work (pending jobs are cancelled), lets running jobs finish for up to
+    /// `grace`, waits for the journal to hold everything queued so far, then stops every
+    /// instance (past one that fails to stop; the first failure is returned). A job still
+    /// running when its worker is stopped is left to the host that reconciles this one.
+    pub async fn shutdown_within(&self, grace: std::time::Duration) -> Result<()> {
         self.queue.close();
+        self.queue.drain(grace).await;
         self.manager.shutdown().await
     }
 }

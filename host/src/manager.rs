@@ -839,11 +839,15 @@ impl CapabilityManager {
 
     /// Unloads every instance and writes the buffered empirical samples.
     pub async fn shutdown(&self) -> Result<()> {
-        self.flush_samples()?;
+        // Every instance is stopped whatever fails on the way; the first failure is returned.
+        let mut first = self.flush_samples().err();
         let ids: Vec<String> = self.instances().iter().map(|i| i.id.clone()).collect();
         for id in ids {
-            self.unload(&id).await?;
+            if let Err(e) = self.unload(&id).await {
+                tracing::warn!(instance = %id, error = %e, "stopping an instance failed; stopping the others");
+                first.get_or_insert(e);
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 }

@@ -653,6 +653,29 @@ impl JobQueue {
     }
 }
 
+impl JobQueue {
+    /// Waits up to `grace` for running jobs to finish, then (up to 5 s more) for the journal
+    /// writer to commit everything queued so far. Returns whether both happened.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.stats().running > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let idle = self.stats().running == 0;
+        let written = Arc::new(Done::default());
+        self.inner.emitter.push(Item::Done(Arc::clone(&written)));
+        self.inner.flush();
+        let flushed = tokio::time::timeout(Duration::from_secs(5), written.wait())
+            .await
+            .is_ok()
+            && written.written();
+        idle && flushed
+    }
+}
+
 /// A waiter of a job leaving [`JobQueue::wait`]: see [`Inner::release_result`].
 struct Leaving<'a> {
     inner: &'a Inner,

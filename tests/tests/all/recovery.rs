@@ -439,3 +439,44 @@ fn zombie(pid: i32) -> bool {
         })
         .unwrap_or(true)
 }
+
+/// `Host::shutdown_within` lets a running job finish and its outcome reach the journal
+/// before the workers stop; pending jobs are cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_running_jobs_into_the_journal() {
+    let dir = data_dir();
+    let host = recovering_host(dir.path()).await;
+    let q = host.queue();
+    let warm = q
+        .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
+        .await
+        .unwrap();
+    q.wait(&warm, None).await.unwrap();
+    let running = q
+        .submit(JobSpec::execute(
+            "probe",
+            kwargs(json!({"action": "sleep", "seconds": 0.5})),
+        ))
+        .await
+        .unwrap();
+    let pending = q
+        .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
+        .await
+        .unwrap();
+    while q.get(&running).unwrap().status != JobStatus::Running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    host.shutdown_within(Duration::from_secs(10)).await.unwrap();
+    let c = rusqlite::Connection::open(dir.path().join("journal.db")).unwrap();
+    let outcome = |job: &str| -> String {
+        c.query_row(
+            "SELECT json_extract(payload, '$.to') FROM journal WHERE job_id = ?1 \
+             AND event_type = 'state_transition' ORDER BY seq DESC LIMIT 1",
+            [job],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(outcome(&running), "completed");
+    assert_eq!(outcome(&pending), "cancelled");
+}
