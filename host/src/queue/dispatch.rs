@@ -22,6 +22,8 @@ pub(super) enum Origin {
     Adopted {
         /// The attempt it starts on (1-based).
         attempt: u32,
+        /// Its kwargs file in the data dir, when its spec keeps them by reference.
+        payload_file: Option<String>,
     },
 }
 
@@ -67,9 +69,12 @@ impl Inner {
                 )));
                 file
             }
-            Origin::Adopted { attempt } => {
+            Origin::Adopted {
+                attempt,
+                payload_file,
+            } => {
                 job.retry_count = attempt.saturating_sub(1);
-                None
+                payload_file
             }
         };
         st.pending.insert(&spec.instance_id, order, id.clone());

@@ -31,6 +31,7 @@ enum Verdict {
         spec: Box<JobSpec>,
         name: Option<String>,
         attempt: u32,
+        payload_file: Option<String>,
     },
     /// Ended with its terminal row.
     Ended,
@@ -129,9 +130,14 @@ impl JobQueue {
                         spec,
                         name,
                         attempt,
+                        payload_file,
                     } => {
                         adopted += 1;
-                        self.adopt(job_id, *spec, name, attempt).await;
+                        let origin = dispatch::Origin::Adopted {
+                            attempt,
+                            payload_file,
+                        };
+                        self.adopt(job_id, *spec, name, origin).await;
                     }
                 }
             }
@@ -140,7 +146,13 @@ impl JobQueue {
     }
 
     /// Puts an adopted job in the queue (loading its instance when this host has not).
-    async fn adopt(&self, id: String, spec: JobSpec, name: Option<String>, attempt: u32) {
+    async fn adopt(
+        &self,
+        id: String,
+        spec: JobSpec,
+        name: Option<String>,
+        origin: dispatch::Origin,
+    ) {
         let inner = &self.inner;
         if inner.manager.instance(&spec.instance_id).is_err()
             && let Some(name) = &name
@@ -157,7 +169,6 @@ impl JobQueue {
             if st.closed {
                 return;
             }
-            let origin = dispatch::Origin::Adopted { attempt };
             inner.enqueue(&mut st, id, spec, name, bytes, origin);
             inner.dispatch(&mut st)
         };
@@ -300,6 +311,10 @@ fn settle(
                 spec: Box::new(spec),
                 name,
                 attempt,
+                payload_file: record
+                    .as_ref()
+                    .and_then(|r| r.kwargs_ref.as_ref())
+                    .map(|r| r.path.clone()),
             };
             (rows, verdict)
         }

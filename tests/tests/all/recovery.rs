@@ -480,3 +480,54 @@ async fn shutdown_drains_running_jobs_into_the_journal() {
     assert_eq!(outcome(&running), "completed");
     assert_eq!(outcome(&pending), "cancelled");
 }
+
+/// Kwargs over 64 KiB are journaled by reference to a 0600 file in the data dir (its digest
+/// checked when read back), which is removed when the job ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_kwargs_are_journaled_by_reference() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = data_dir();
+    let host = recovering_host(dir.path()).await;
+    let q = host.queue();
+    let text = "x".repeat(100 * 1024);
+    let id = q
+        .submit(JobSpec::execute(
+            "noop",
+            kwargs(json!({"text": text.clone()})),
+        ))
+        .await
+        .unwrap();
+    let rows = host
+        .manager()
+        .journal()
+        .query(&cjm_host::store::JournalQuery::job(id.clone()))
+        .unwrap();
+    let submitted = rows
+        .iter()
+        .find(|r| r.event_type == "job_submitted")
+        .unwrap();
+    let record: cjm_host::queue::SpecRecord =
+        serde_json::from_value(submitted.payload["spec"].clone()).unwrap();
+    assert!(record.kwargs.is_none());
+    let reference = record.kwargs_ref.clone().unwrap();
+    let file = dir.path().join(&reference.path);
+    let spec = record.to_spec(dir.path()).unwrap();
+    assert_eq!(spec.request.kwargs["text"], json!(text));
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    q.wait(&id, None).await.unwrap();
+    for _ in 0..100 {
+        if !file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!file.exists(), "the kwargs file outlived its job");
+    // A tampered file is refused, not run.
+    std::fs::write(&file, b"{\"text\": \"other\"}").unwrap();
+    let err = record.to_spec(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("digest"), "{err}");
+    host.shutdown().await.unwrap();
+}
