@@ -332,15 +332,21 @@ impl JobQueue {
             inner.dispatch(&mut st)
         };
         inner.after(launches);
-        written.wait().await;
-        if !written.written() {
-            return Err(QueueError::Wedged(
-                self.wedged()
-                    .unwrap_or_else(|| "the submission could not be journaled".into()),
-            )
-            .into());
-        }
+        self.journaled(&written).await?;
         Ok(ids)
+    }
+
+    /// Waits for a submission's rows; a typed refusal when they were not written.
+    async fn journaled(&self, written: &Done) -> Result<()> {
+        written.wait().await;
+        if written.written() {
+            return Ok(());
+        }
+        Err(QueueError::Wedged(
+            self.wedged()
+                .unwrap_or_else(|| "the submission could not be journaled".into()),
+        )
+        .into())
     }
 
     /// Cancels a job. A pending job never starts; a running one goes through the cancel
@@ -563,14 +569,7 @@ impl JobQueue {
             inner.dispatch(&mut st)
         };
         inner.after(launches);
-        written.wait().await;
-        if !written.written() {
-            return Err(QueueError::Wedged(
-                self.wedged()
-                    .unwrap_or_else(|| "the submission could not be journaled".into()),
-            )
-            .into());
-        }
+        self.journaled(&written).await?;
         Ok(id)
     }
 

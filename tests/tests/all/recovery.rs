@@ -394,7 +394,8 @@ async fn a_killed_host_takes_its_workers_detached_children_along() {
         .collect();
     assert_eq!(pids.len(), 2, "{line}");
     let alive = |pid: i32| {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !zombie(pid)
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            && !crate::native::is_zombie(pid)
     };
     assert!(pids.iter().all(|&p| alive(p)), "{pids:?}");
     // The detached child is in its own session, outside the worker's process group.
@@ -428,16 +429,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
 }
 
 /// `Host::shutdown_within` lets a running job finish and its outcome reach the journal
