@@ -14,6 +14,7 @@ mod regenerate_manifest;
 mod remove;
 mod retention;
 mod run;
+mod serve;
 mod set_secret;
 mod submit;
 mod validate;
@@ -49,6 +50,8 @@ pub enum Command {
     Run(run::Args),
     /// Run a job (or a composition) through the job queue, with progress
     Submit(submit::Args),
+    /// Serve the data dir's capabilities and queue over HTTP/JSON (`/v1`) until stopped
+    Serve(serve::Args),
     /// Jobs of this data dir, from the journal
     Jobs(jobs::Args),
     /// Ask the host running a job to cancel it
@@ -77,6 +80,7 @@ pub fn run(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::ListSecrets(args) => list_secrets::run(args, ctx),
         Command::Run(args) => run::run(args, ctx),
         Command::Submit(args) => submit::run(args, ctx),
+        Command::Serve(args) => serve::run(args, ctx),
         Command::Jobs(args) => jobs::run(args, ctx),
         Command::Cancel(args) => cancel::run(args, ctx),
         Command::Bench(args) => bench::run(args, ctx),

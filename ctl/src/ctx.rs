@@ -30,6 +30,13 @@ pub struct GlobalArgs {
         value_name = "FILE"
     )]
     pub config: Option<PathBuf>,
+    /// Talk to the host serving at URL [default: the data dir's `cjm-ctl serve`, when one
+    /// runs]; its token, if it needs one, in CJM_TOKEN
+    #[arg(long = "host", global = true, env = "CJM_HOST", value_name = "URL")]
+    pub host: Option<String>,
+    /// Run in this process even when a host serves the data dir
+    #[arg(long, global = true, conflicts_with = "host")]
+    pub local: bool,
     /// Machine-readable JSON on stdout
     #[arg(long, global = true)]
     pub json: bool,
@@ -97,6 +104,24 @@ impl Ctx {
                 "check cjm.yaml and the CJM_* environment variables",
             )
         })
+    }
+}
+
+impl Ctx {
+    /// The service to go through: `--host`, else the live `cjm-ctl serve` of the data dir;
+    /// `None` with `--local` or when none runs (the command then hosts in-process).
+    pub fn client(&self) -> anyhow::Result<Option<cjm_host::client::Client>> {
+        if self.global.local {
+            return Ok(None);
+        }
+        if let Some(url) = &self.global.host {
+            let token = std::env::var("CJM_TOKEN")
+                .ok()
+                .and_then(|t| cjm_host::server::Token::new(&t));
+            return Ok(Some(cjm_host::client::Client::new(url.clone(), token)));
+        }
+        let config = self.config()?;
+        Ok(cjm_host::client::Client::discover(&config.data_dir))
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::Stdio;
 
 use assert_cmd::Command;
 use cjm_host::store::{
-    DiagnosticRecord, DiagnosticsStore, JournalEvent, JournalStore, StreamChunk,
+    DiagnosticRecord, DiagnosticsStore, JournalEvent, JournalQuery, JournalStore, StreamChunk,
 };
 use predicates::prelude::*;
 use serde_json::Value;
@@ -1395,4 +1395,298 @@ fn bench_prints_a_table_of_medians() {
         "{out}"
     );
     env.ctl().args(["bench", "--samples", "0"]).assert().code(2);
+}
+
+/// A running `cjm-ctl serve` on an env's data dir (SIGTERMed and reaped on drop).
+struct Serving {
+    child: std::process::Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Serving {
+    fn start(env: &Env) -> Serving {
+        let log = env.path().join(format!("serve-{}.log", std::process::id()));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cjm-ctl"))
+            .current_dir(env.path())
+            .env_remove("CJM_CONFIG")
+            .env_remove("CJM_DATA_DIR")
+            .env("CJM_MAX_CONCURRENT_LANES", "1")
+            .arg("--data-dir")
+            .arg(env.data())
+            .args(["serve", "--bind", "127.0.0.1:0", "--grace", "2"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let discovery = env.data().join("serve.json");
+        let started = std::time::Instant::now();
+        let url = loop {
+            if let Ok(text) = std::fs::read(&discovery)
+                && let Ok(v) = serde_json::from_slice::<Value>(&text)
+            {
+                assert_eq!(v["auth"], "none", "loopback needs no token");
+                break v["url"].as_str().unwrap().to_owned();
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "serve did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        Serving { child, url, log }
+    }
+
+    fn client(&self) -> cjm_host::client::Client {
+        cjm_host::client::Client::new(self.url.clone(), None)
+    }
+
+    /// SIGTERM, then the exit status and the log.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = self.child.wait().unwrap();
+        (status, std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn install_served(env: &Env) {
+    let caps = env.write(
+        "capabilities.yaml",
+        &capabilities_yaml(&format!(
+            "- name: hostile\n  kind: wasm\n  component: {}\n",
+            cjm_tests::fixtures::HOSTILE
+        )),
+    );
+    env.ctl()
+        .args(["install-all", "--capabilities", caps.to_str().unwrap()])
+        .assert()
+        .success();
+}
+
+#[test]
+fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
+    let env = Env::new();
+    install_served(&env);
+    let serving = Serving::start(&env);
+    let client = serving.client();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let health = rt.block_on(client.health()).unwrap();
+    assert_eq!(health["status"], "ok");
+    // Follow everything from now.
+    let mut events = rt.block_on(client.events("", None)).unwrap();
+
+    // The CLI finds the service and goes through it.
+    let out = env
+        .ctl()
+        .args(["--json", "submit", "text-stats", r#"{"text": "a b b"}"#])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("submitted to the host at"), "{err}");
+    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["status"], "completed");
+    assert_eq!(first["result"]["words"], 3);
+
+    // One lane: a job that never ends holds it; the next waits and `cjm-ctl cancel` reaches
+    // it there at once.
+    let forever = rt
+        .block_on(client.submit(&serde_json::json!({"capability": "hostile", "kwargs": {"attack": "loop_forever"}})))
+        .unwrap();
+    let waiting = rt
+        .block_on(client.submit(&serde_json::json!({"capability": "text-stats-native", "kwargs": {"text": "x"}})))
+        .unwrap();
+    env.ctl()
+        .args(["cancel", &waiting])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("cancelled by the host"));
+    let job = rt
+        .block_on(client.wait(&waiting, std::time::Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(job["status"], "cancelled");
+    assert!(job["started_at"].is_null());
+    rt.block_on(client.cancel(&forever)).unwrap();
+    let job = rt
+        .block_on(client.wait(&forever, std::time::Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(job["status"], "cancelled");
+
+    // The stream saw all three end; stop reading part way through the journal.
+    let mut ended = std::collections::BTreeSet::new();
+    let mut last_id = 0;
+    while ended.len() < 3 {
+        let e = rt.block_on(events.next()).unwrap().expect("the stream ended");
+        if let Some(id) = e.id {
+            assert!(id > last_id, "ids increase: {id} after {last_id}");
+            last_id = id;
+        }
+        if e.event == "state_transition"
+            && matches!(e.data["payload"]["to"].as_str(), Some("completed" | "cancelled"))
+        {
+            ended.insert(e.data["job_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(ended.contains(&waiting) && ended.contains(&forever));
+    drop(events);
+
+    // Jobs run while nobody listens; a reconnect with Last-Event-ID gets every row after it.
+    let mut later = Vec::new();
+    for text in ["one", "two three", "four five six"] {
+        let id = rt
+            .block_on(client.submit(&serde_json::json!({"capability": "text-stats", "kwargs": {"text": text}})))
+            .unwrap();
+        later.push(id);
+    }
+    for id in &later {
+        let job = rt
+            .block_on(client.wait(id, std::time::Duration::from_secs(30)))
+            .unwrap();
+        assert_eq!(job["status"], "completed");
+    }
+    let journal = JournalStore::open(&env.data().join("journal.db")).unwrap();
+    let expected: Vec<i64> = journal
+        .query(&JournalQuery::default().after(last_id))
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.seq)
+        .collect();
+    let mut events = rt.block_on(client.events("", Some(last_id))).unwrap();
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let e = rt.block_on(events.next()).unwrap().expect("the stream ended");
+        if let Some(id) = e.id {
+            got.push(id);
+        }
+    }
+    assert_eq!(got, expected, "the resumed stream missed or repeated rows");
+    drop(events);
+
+    // `jobs` through the service lists what it ran.
+    let jobs = env.json(&["jobs", "-n", "50"]);
+    let listed: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    for id in later.iter().chain([&waiting, &forever]) {
+        assert!(listed.contains(&id.as_str()), "{id} not listed");
+    }
+
+    // SIGTERM: a clean exit, the discovery file gone; a restart keeps the history.
+    let (status, log) = serving.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("stopping"), "{log}");
+    assert!(!env.data().join("serve.json").exists());
+    let serving = Serving::start(&env);
+    let page = rt.block_on(serving.client().jobs("limit=50")).unwrap();
+    let ids: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    for id in later.iter().chain([&waiting, &forever]) {
+        assert!(ids.contains(&id.as_str()), "{id} lost over a restart");
+    }
+    let again = rt
+        .block_on(serving.client().json(reqwest::Method::GET, &format!("/v1/jobs/{}", later[2]), None))
+        .unwrap();
+    assert_eq!(again["status"], "completed");
+    let (status, log) = serving.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// A Python standard-library client (urllib only) calls a wasm and a native capability
+/// through the service with the worker contract's bodies, and a standalone native worker of
+/// the same capability directly: the answers are the same bytes.
+#[test]
+fn a_python_stdlib_client_gets_the_workers_bytes_through_the_service() {
+    let env = Env::new();
+    install_served(&env);
+    let serving = Serving::start(&env);
+    // The same capability as a worker of its own, called directly.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut worker = std::process::Command::new(text_stats_worker())
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let script = env.write(
+        "client.py",
+        r#"
+import json, sys, time, urllib.request, urllib.error
+
+host, worker = sys.argv[1], sys.argv[2]
+
+def post(url, body):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+for _ in range(200):
+    try:
+        urllib.request.urlopen(worker + "/health", timeout=1)
+        break
+    except Exception:
+        time.sleep(0.05)
+
+cases = {
+    "task": {"task": "text_statistics", "method": "compute_stats",
+             "kwargs": {"text": "Été, été! b a b 1e16 0.0 x"}},
+    "execute": {"args": [], "kwargs": {"text": "one two two"}, "envelope": {"run_id": "py"}},
+    "bad_method": {"task": "text_statistics", "method": "nope", "kwargs": {}},
+}
+out = {}
+for name, body in cases.items():
+    path = "task" if "task" in body else "execute"
+    out[name] = {
+        "wasm": post(host + "/v1/capabilities/text-stats/" + path, body),
+        "native": post(host + "/v1/capabilities/text-stats-native/" + path, body),
+        "direct": post(worker + "/" + path, body),
+    }
+print(json.dumps(out))
+"#,
+    );
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&serving.url)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for case in ["task", "execute", "bad_method"] {
+        let a = &answers[case];
+        assert_eq!(a["wasm"], a["direct"], "{case}: wasm through the service");
+        assert_eq!(a["native"], a["direct"], "{case}: native through the service");
+    }
+    assert_eq!(answers["task"]["direct"][0], 200);
+    assert_eq!(answers["bad_method"]["direct"][0], 404);
+    let (status, log) = serving.stop();
+    assert!(status.success(), "{log}");
 }

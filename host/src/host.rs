@@ -69,6 +69,15 @@ impl Host {
         self.queue.drain(grace).await;
         self.manager.shutdown().await
     }
+
+    /// Stops as a service does: new work is refused and nothing more is admitted, waiting
+    /// jobs stay journaled as submitted (the host that reconciles this one adopts them),
+    /// running jobs get up to `grace` to finish, then every instance stops.
+    pub async fn stop_leaving_pending(&self, grace: std::time::Duration) -> Result<()> {
+        self.queue.stop_admitting();
+        self.queue.drain(grace).await;
+        self.manager.shutdown().await
+    }
 }
 
 struct ToLoad {

@@ -21,7 +21,9 @@
 //! - [`host`]: [`Host::builder`] assembles manager and queue in one call;
 //! - [`install`]: the install pipeline behind `cjm-ctl install-all` (wasm, Python, native);
 //! - [`telemetry`]: system CPU/RAM, process-subtree and GPU (NVML) telemetry, the platform string;
-//! - [`error`]: the host's error type; the domain taxonomy travels as `JobError` data.
+//! - [`error`]: the host's error type; the domain taxonomy travels as `JobError` data;
+//! - `server` (feature `server`): the host as an HTTP/JSON service under `/v1` (axum), and
+//!   `client`, its Rust client.
 //!
 //! The contract types shared with guests and workers (JobError, envelope, capability info,
 //! structural surface) live in `cjm_guest::contract` and are re-exported as [`contract`].
@@ -29,6 +31,8 @@
 pub mod adapter;
 pub mod backend;
 pub mod bounds;
+#[cfg(feature = "server")]
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod host;
@@ -36,6 +40,8 @@ pub mod install;
 pub mod manager;
 pub mod manifest;
 pub mod queue;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod store;
 pub mod telemetry;
 

@@ -181,6 +181,17 @@ impl Instance {
     }
 }
 
+/// The capability (among `names`) an instance id belongs to: ids are the name itself or
+/// `name-<suffix>`, and the longest matching name owns an id (`a-b-1234` is `a-b`'s, not
+/// `a`'s).
+pub fn instance_owner<'a>(id: &str, names: &[&'a str]) -> Option<&'a str> {
+    names
+        .iter()
+        .filter(|n| id == **n || id.strip_prefix(**n).is_some_and(|r| r.starts_with('-')))
+        .max_by_key(|n| n.len())
+        .copied()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -430,7 +441,28 @@ impl CapabilityManager {
         &self.inner.stores.secrets
     }
 
-    fn manifest(&self, name: &str) -> Result<Loaded<CapabilityManifest>> {
+    /// The discovered capability manifests, by name.
+    pub fn manifests(&self) -> Vec<Loaded<CapabilityManifest>> {
+        self.inner
+            .manifests
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The discovered adapter manifests, in discovery order.
+    pub fn adapter_manifests(&self) -> Vec<Loaded<AdapterManifest>> {
+        self.inner
+            .adapters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The manifest of capability `name`; an unknown name is a typed `user_input` error.
+    pub fn manifest(&self, name: &str) -> Result<Loaded<CapabilityManifest>> {
         self.inner
             .manifests
             .read()

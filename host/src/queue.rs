@@ -24,6 +24,7 @@ pub mod error;
 pub mod events;
 mod execution;
 pub mod job;
+pub mod listing;
 mod recovery;
 pub mod retry;
 
@@ -40,6 +41,7 @@ pub use composition::{Arg, Composition, CompositionRun, Node, NodeRun, NodeState
 pub use error::QueueError;
 pub use events::{EventKind, JobEvent, Scope, Subscription};
 pub use job::{CancelPhase, Job, JobSpec, JobStatus, KwargsRef, QueueStats, SpecRecord, host_view};
+pub use listing::{JobFilter, JobPage, list_jobs};
 pub use retry::RetryPolicy;
 
 use crate::backend::{CallControl, CallRequest};
@@ -625,6 +627,23 @@ impl JobQueue {
         };
         inner.after(launches);
         Ok(())
+    }
+
+    /// Stops taking work but keeps what waits: new submissions are refused, nothing more is
+    /// admitted, and waiting jobs stay in the journal as submitted, for the host that
+    /// reconciles this one once it is gone (`cjm-ctl serve` on SIGTERM). Running jobs finish.
+    pub fn stop_admitting(&self) {
+        let mut st = self.inner.lock();
+        st.closed = true;
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether it has stopped taking work ([`close`](Self::close),
+    /// [`stop_admitting`](Self::stop_admitting)).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops taking work: new submissions are refused and pending jobs are cancelled;

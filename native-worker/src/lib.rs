@@ -27,16 +27,15 @@
 //! - `stats`: CPU and memory of the worker's process subtree (`/stats`).
 //! - `watchdog`: exit when the host dies (`PR_SET_PDEATHSIG` and a 250 ms poll).
 //! - `listener`: adopting the inherited socket.
-//! - [`job_error`] and [`pyjson`]: the Python worker's exact JSON shapes (all eleven
-//!   `JobError` keys, Python float repr, `json.dumps` separators and escapes).
+//! - the Python worker's exact JSON shapes (all eleven `JobError` keys, Python float repr,
+//!   `json.dumps` separators and escapes) live in `cjm_guest::python` (`job_error`, `wire`),
+//!   shared with the host's server.
 //! - [`error`]: this crate's failures.
 
 pub mod args;
 pub mod diagnostics;
 pub mod error;
-pub mod job_error;
 mod listener;
-pub mod pyjson;
 pub mod runtime;
 pub mod server;
 mod services;
@@ -48,7 +47,7 @@ pub use args::{Listen, WorkerArgs};
 pub use cjm_guest::{Capability, DynCapability, Hosted};
 pub use diagnostics::{LogConfig, LogSink};
 pub use error::{Error, Result};
-pub use job_error::wire_job_error;
+pub use cjm_guest::python::job_error::wire_job_error;
 pub use runtime::{run, serve};
 pub use server::router;
 pub use worker::Worker;

@@ -4,7 +4,7 @@
 //! Request bodies are read as raw JSON whatever the content type (as Starlette's
 //! `request.json()` does), with no size limit; a body that is not a JSON object where one is
 //! required gets Starlette's bare `500 Internal Server Error`. Unary bodies are compact JSON,
-//! stream lines and the accounts header `json.dumps` defaults ([`crate::pyjson`]).
+//! stream lines and the accounts header `json.dumps` defaults ([`cjm_guest::python::wire`]).
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -19,10 +19,10 @@ use cjm_guest::{CallError, Envelope, JobError};
 use serde_json::{Map, Value, json};
 
 use crate::error::Error;
-use crate::job_error::{
+use cjm_guest::python::job_error::{
     cancelled_job_error, cancelled_message, py_list_repr, py_str_repr, wire_job_error,
 };
-use crate::pyjson::{to_compact, to_spaced_ascii};
+use cjm_guest::python::wire::{to_compact, to_spaced_ascii};
 use crate::stats::{io_delta, proc_io};
 use crate::worker::{Outcome, Worker};
 

@@ -19,6 +19,20 @@ pub struct Args {
 
 /// Runs `cancel`.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    if let Some(client) = ctx.client()? {
+        // The serving host cancels at once, waiting jobs included.
+        crate::ctx::runtime()?.block_on(client.cancel(&args.job))?;
+        if ctx.out.json {
+            ctx.out.json(&json!({"job": args.job, "cancel_requested": true}));
+        } else {
+            ctx.out.info(format!(
+                "job {} cancelled by the host at {}",
+                args.job,
+                client.url()
+            ));
+        }
+        return Ok(());
+    }
     let config = ctx.config()?;
     let path = config.journal_db_path();
     let unknown = || {

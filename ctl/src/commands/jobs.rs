@@ -1,10 +1,8 @@
 //! `cjm-ctl jobs`: jobs of a data dir, from the journal (durable across restarts and
 //! processes): the last state of each, or every row of one job.
 
-use std::collections::BTreeMap;
-
-use cjm_host::store::{JournalQuery, JournalStore, Liveness};
-use serde_json::{Value, json};
+use cjm_host::store::{JournalQuery, JournalStore};
+use serde_json::Value;
 
 use crate::ctx::{Ctx, hint};
 
@@ -30,6 +28,20 @@ pub struct Args {
 
 /// Runs `jobs`.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    if args.job.is_none()
+        && let Some(client) = ctx.client()?
+    {
+        let mut query = format!("limit={}", args.limit);
+        if let Some(s) = &args.status {
+            query.push_str(&format!("&status={s}"));
+        }
+        if let Some(r) = &args.run_id {
+            query.push_str(&format!("&run_id={r}"));
+        }
+        let page = crate::ctx::runtime()?.block_on(client.jobs(&query))?;
+        let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
+        return show(ctx, jobs);
+    }
     let config = ctx.config()?;
     let path = config.journal_db_path();
     if !path.is_file() {
@@ -62,78 +74,20 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let mut rows = Vec::new();
-    for kind in ["state_transition", "job_submitted", "job_adopted"] {
-        rows.extend(journal.query(&JournalQuery {
-            event_type: Some(kind.into()),
-            run_id: args.run_id.clone(),
-            descending: true,
-            ..JournalQuery::default()
-        })?);
-    }
-    rows.sort_by_key(|e| std::cmp::Reverse(e.seq));
-    // Who owns each job now (its latest submission or adoption row), and whether that
-    // host is still there.
-    let mut owners: BTreeMap<String, String> = BTreeMap::new();
-    for e in &rows {
-        if e.event_type != "state_transition"
-            && let (Some(id), Some(host)) = (&e.job_id, e.payload["host_id"].as_str())
-        {
-            owners.entry(id.clone()).or_insert_with(|| host.to_owned());
-        }
-    }
-    let now = cjm_host::store::unix_now();
-    let here = cjm_host::store::hostname();
-    let gone: BTreeMap<String, String> = journal
-        .hosts()?
-        .into_iter()
-        .filter_map(|h| match h.liveness(now, &here) {
-            Liveness::Gone(why) => Some((h.host_id, why)),
-            Liveness::Alive => None,
-        })
-        .collect();
-    // The newest transition of each job is its state; a job with none yet waits.
-    let mut seen: BTreeMap<String, ()> = BTreeMap::new();
-    let mut jobs: Vec<Value> = Vec::new();
-    for e in rows {
-        let Some(id) = e.job_id.clone() else { continue };
-        if seen.insert(id.clone(), ()).is_some() {
-            continue;
-        }
-        let state = if e.event_type == "state_transition" {
-            e.payload["to"].as_str().unwrap_or("").to_owned()
-        } else {
-            "pending".to_owned()
-        };
-        if args.status.as_deref().is_some_and(|s| s != state) {
-            continue;
-        }
-        let terminal = matches!(state.as_str(), "completed" | "failed" | "cancelled");
-        // A job left unfinished by a gone host is said so: it ends when a host reconciles
-        // it (`cjm-ctl serve`, an embedded host) or `cjm-ctl cancel` ends it.
-        let host_gone = (!terminal)
-            .then(|| owners.get(&id).and_then(|h| gone.get(h)))
-            .flatten()
-            .cloned();
-        let snap = e.job_snapshot();
-        jobs.push(json!({
-            "host_gone": host_gone,
-            "id": id,
-            "instance_id": e.capability_instance_id,
-            "status": state,
-            "at": e.ts,
-            "submitted_at": snap.as_ref().and_then(|s| s.submitted_at.clone()),
-            "started_at": snap.as_ref().and_then(|s| s.started_at.clone()),
-            "completed_at": snap.as_ref().and_then(|s| s.completed_at.clone()),
-            "run_id": e.run_id,
-            "composition_id": e.composition_id,
-            "node_id": e.node_id,
-            "error": snap.and_then(|s| s.error).map(|e| format!("[{}] {}", e.category, e.message)),
-        }));
-        if jobs.len() >= args.limit {
-            break;
-        }
-    }
+    let jobs = cjm_host::queue::list_jobs(
+        &journal,
+        &cjm_host::queue::JobFilter {
+            status: args.status,
+            run_id: args.run_id,
+            limit: args.limit,
+            ..Default::default()
+        },
+    )?
+    .jobs;
+    show(ctx, jobs)
+}
+
+fn show(ctx: &Ctx, jobs: Vec<Value>) -> anyhow::Result<()> {
     if ctx.out.json {
         ctx.out.json(&Value::Array(jobs));
         return Ok(());

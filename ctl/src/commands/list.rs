@@ -57,7 +57,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             // name owns an id (so `a-b-1234` is `a-b`'s, not `a`'s).
             let owned = configs
                 .iter()
-                .filter(|(id, _)| owner(id, &names) == Some(c.manifest.name()));
+                .filter(|(id, _)| cjm_host::manager::instance_owner(id, &names) == Some(c.manifest.name()));
             let (instances, enabled) =
                 owned.fold((0, 0), |(n, e), (_, r)| (n + 1, e + usize::from(r.enabled)));
             Row {
@@ -131,14 +131,6 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     }
     println!("{table}");
     Ok(())
-}
-
-fn owner<'a>(id: &str, names: &[&'a str]) -> Option<&'a str> {
-    names
-        .iter()
-        .filter(|n| id == **n || id.strip_prefix(**n).is_some_and(|r| r.starts_with('-')))
-        .max_by_key(|n| n.len())
-        .copied()
 }
 
 /// Drift visible without loading: the witnesses against the manifest's own code section,

@@ -77,6 +77,29 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some(client) = ctx.client()? {
+        let kwargs = read_kwargs(args.kwargs.as_deref())?;
+        return runtime()?.block_on(async {
+            match composition {
+                Some(c) => remote_composition(ctx, &client, c).await,
+                None => {
+                    let mut body = json!({
+                        "capability": args.name.clone().unwrap_or_default(),
+                        "kwargs": kwargs,
+                        "priority": args.priority,
+                        "run_id": args.run_id,
+                        "timeout_s": args.timeout,
+                    });
+                    if let (Some(t), Some(m)) = (&args.task, &args.method) {
+                        body["channel"] = json!("task");
+                        body["task"] = json!(t);
+                        body["method"] = json!(m);
+                    }
+                    remote_job(ctx, &client, &body).await
+                }
+            }
+        });
+    }
     let names: BTreeSet<String> = match (&composition, &args.name) {
         (Some(c), _) => c.nodes.iter().map(|n| n.instance_id.clone()).collect(),
         (None, Some(n)) => BTreeSet::from([n.clone()]),
@@ -90,18 +113,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             ));
         }
     }
-    let kwargs = match args.kwargs.as_deref() {
-        None => Map::new(),
-        Some("-") => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            match text.trim() {
-                "" => Map::new(),
-                t => object(parse("stdin", t)?)?,
-            }
-        }
-        Some(text) => object(parse("KWARGS", text)?)?,
-    };
+    let kwargs = read_kwargs(args.kwargs.as_deref())?;
     // A one-shot host: it leaves the jobs of gone hosts to a long-lived one.
     let mut config = config;
     config.queue.recover = false;
@@ -136,7 +148,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 /// Resolves with the signal's name at the first SIGINT or SIGTERM.
-async fn interrupted() -> &'static str {
+pub(crate) async fn interrupted() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -148,6 +160,22 @@ async fn interrupted() -> &'static str {
         _ = int.recv() => "interrupted",
         _ = term.recv() => "terminated",
     }
+}
+
+/// KWARGS as given: a JSON object, `-` for stdin, or nothing.
+fn read_kwargs(given: Option<&str>) -> anyhow::Result<Map<String, Value>> {
+    Ok(match given {
+        None => Map::new(),
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            match text.trim() {
+                "" => Map::new(),
+                t => object(parse("stdin", t)?)?,
+            }
+        }
+        Some(text) => object(parse("KWARGS", text)?)?,
+    })
 }
 
 fn object(v: Value) -> anyhow::Result<Map<String, Value>> {
@@ -254,5 +282,141 @@ async fn composition_run(ctx: &Ctx, host: &Host, c: Composition) -> anyhow::Resu
             "composition {id} ended {}",
             run.status.as_str()
         ))
+    }
+}
+
+/// The next event of a stream, or never (no stream, or it ended).
+async fn next_event(
+    stream: &mut Option<cjm_host::client::EventStream>,
+) -> cjm_host::client::ServerEvent {
+    if let Some(s) = stream {
+        if let Ok(Some(e)) = s.next().await {
+            return e;
+        }
+        *stream = None;
+    }
+    std::future::pending().await
+}
+
+/// `submit` through a serving host: the job is submitted over HTTP, followed over its event
+/// stream, cancelled there on Ctrl-C.
+async fn remote_job(
+    ctx: &Ctx,
+    client: &cjm_host::client::Client,
+    body: &Value,
+) -> anyhow::Result<()> {
+    let id = client.submit(body).await?;
+    ctx.out
+        .note(format!("job {id} submitted to the host at {}", client.url()));
+    let progress = follow::bar(ctx, Some(1000));
+    let mut events = client.events(&format!("job={id}"), Some(0)).await.ok();
+    let wait = client.wait(&id, Duration::from_secs(30));
+    tokio::pin!(wait);
+    let stop = interrupted();
+    tokio::pin!(stop);
+    let mut cancelling = false;
+    let job = loop {
+        tokio::select! {
+            job = &mut wait => break job?,
+            signal = &mut stop, if !cancelling => {
+                cancelling = true;
+                ctx.out.note(format!("{signal}: cancelling job {id}"));
+                let _ = client.cancel(&id).await;
+            }
+            e = next_event(&mut events) => match e.event.as_str() {
+                "progress_changed" => {
+                    let p = e.data["payload"]["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
+                    progress.set_position((p * 1000.0) as u64);
+                    progress.set_message(e.data["payload"]["message"].as_str().unwrap_or("").to_owned());
+                }
+                "state_transition" => progress.set_message(e.data["payload"]["to"].as_str().unwrap_or("").to_owned()),
+                _ => {}
+            }
+        }
+    };
+    progress.finish_and_clear();
+    if ctx.out.json {
+        ctx.out.json(&job);
+    } else if let Some(result) = job.get("result").filter(|r| !r.is_null()) {
+        ctx.out.json(result);
+    }
+    match job["status"].as_str() {
+        Some("completed") => Ok(()),
+        Some("cancelled") => Err(anyhow::anyhow!("job {id} was cancelled")),
+        _ => Err(hint(
+            format!(
+                "job {id} failed: [{}] {}",
+                job["error"]["category"].as_str().unwrap_or("fatal"),
+                job["error"]["message"].as_str().unwrap_or("failed")
+            ),
+            format!("its log: `cjm-ctl logs --job {id}`"),
+        )),
+    }
+}
+
+/// `submit --composition` through a serving host.
+async fn remote_composition(
+    ctx: &Ctx,
+    client: &cjm_host::client::Client,
+    c: Composition,
+) -> anyhow::Result<()> {
+    let answer = client
+        .json(
+            reqwest::Method::POST,
+            "/v1/compositions",
+            Some(&serde_json::to_value(&c)?),
+        )
+        .await?;
+    let id = answer["composition_id"].as_str().unwrap_or_default().to_owned();
+    ctx.out.note(format!(
+        "composition {id} submitted to the host at {} ({} nodes)",
+        client.url(),
+        c.nodes.len()
+    ));
+    let wait = async {
+        loop {
+            let run = client
+                .json(
+                    reqwest::Method::GET,
+                    &format!("/v1/compositions/{id}/wait?timeout_s=30"),
+                    None,
+                )
+                .await?;
+            if run["status"].as_str().is_some_and(|s| s != "running" && s != "pending") {
+                return Ok::<_, anyhow::Error>(run);
+            }
+        }
+    };
+    tokio::pin!(wait);
+    let run = tokio::select! {
+        run = &mut wait => run?,
+        signal = interrupted() => {
+            ctx.out.note(format!("{signal}: cancelling composition {id}"));
+            let _ = client
+                .json(reqwest::Method::POST, &format!("/v1/compositions/{id}/cancel"), None)
+                .await;
+            wait.await?
+        }
+    };
+    let nodes: Map<String, Value> = run["nodes"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(n, r)| {
+                    (
+                        n.clone(),
+                        json!({"state": r["state"], "result": r["result"], "error": r["error"]}),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let status = run["status"].as_str().unwrap_or("").to_owned();
+    ctx.out
+        .json(&json!({"composition": id, "status": status, "nodes": nodes}));
+    if status == "completed" {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("composition {id} ended {status}"))
     }
 }

@@ -105,6 +105,10 @@ impl Inner {
             gpu_headroom: self.config.gpu_headroom_fraction,
         };
         let mut launches = Vec::new();
+        if st.closed {
+            // Stopped: what still waits is left to the host that reconciles this one.
+            return launches;
+        }
         let mut view: Option<ResourceView> = None;
         while st.ledger.running < limits.lanes && !st.ledger.exclusive && st.pending.len() > 0 {
             let mut chosen = None;

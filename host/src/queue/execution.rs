@@ -187,6 +187,9 @@ impl Inner {
             Ok(v) => (JobStatus::Completed, Some(v), None),
             Err(Error::Cancelled) => (JobStatus::Cancelled, None, None),
             Err(e) => {
+                if let Error::NotFound(what) = &e {
+                    entry.job.not_found = Some(what.clone());
+                }
                 let raw = e.to_job_error();
                 // The host's names for the instance, whatever the worker calls itself.
                 let mut je = host_view(&raw, &entry.job.instance_id);

@@ -394,6 +394,9 @@ pub struct Job {
     /// mapping: every field it sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_error: Option<JobError>,
+    /// The capability's answer when the task or method does not exist (its 404 detail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_found: Option<String>,
     /// The accounts the capability reported during the call (also journaled, each with
     /// the job's id).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -441,6 +444,7 @@ impl Job {
             result_dropped_bytes: None,
             error: None,
             raw_error: None,
+            not_found: None,
             accounts: Vec::new(),
             composition_id: envelope.composition_id.clone(),
             node_id: envelope.node_id.clone(),
@@ -494,6 +498,7 @@ impl Job {
             result_dropped_bytes: None,
             error: s.error,
             raw_error: None,
+            not_found: None,
             accounts: Vec::new(),
             composition_id: s.composition_id,
             node_id: s.node_id,

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 pub const RETENTION_BATCH: usize = 5000;
 
 /// One structured log record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DiagnosticRecord {
     /// Store-assigned cursor.
     pub seq: Option<i64>,
@@ -81,7 +81,7 @@ impl From<LogRecord> for DiagnosticRecord {
 }
 
 /// One raw stdout/stderr line, attributed to the worker session only.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StreamChunk {
     /// Store-assigned cursor.
     pub seq: Option<i64>,

@@ -287,6 +287,8 @@ pub struct JournalQuery {
     pub event_type: Option<String>,
     /// Only rows after this cursor.
     pub after_seq: Option<i64>,
+    /// Only rows before this cursor (paging backwards with `descending`).
+    pub before_seq: Option<i64>,
     /// Only rows at or after this time (ISO-8601, compared as text).
     pub since_ts: Option<String>,
     /// Only rows at or before this time.
@@ -428,6 +430,10 @@ impl JournalStore {
         if let Some(after) = query.after_seq {
             clauses.push("seq > ?");
             args.push(SqlValue::Integer(after));
+        }
+        if let Some(before) = query.before_seq {
+            clauses.push("seq < ?");
+            args.push(SqlValue::Integer(before));
         }
         let mut sql = format!("SELECT {COLUMNS} FROM journal");
         if !clauses.is_empty() {

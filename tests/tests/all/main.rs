@@ -9,4 +9,5 @@ mod parity;
 mod queue;
 mod recovery;
 mod sandbox;
+mod server;
 mod wasm;

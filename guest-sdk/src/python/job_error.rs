@@ -6,10 +6,10 @@
 //! that shape, so a `_job_error` body of this worker has the same keys, order and types as
 //! one of the Python worker.
 
-use cjm_guest::{ErrorCategory, JobError};
+use crate::contract::{ErrorCategory, JobError};
 use serde_json::{Map, Value};
 
-use cjm_guest::python::time::now_isoformat as now_iso;
+use super::time::now_isoformat as now_iso;
 
 /// The keys of the Python `JobError` dataclass, in declaration order.
 const KEYS: [&str; 11] = [
@@ -142,7 +142,7 @@ mod tests {
         let v = wire_job_error(&r, "echo");
         assert_eq!(v["original_exc_repr"], "OomError");
         assert_eq!(
-            crate::pyjson::to_spaced_ascii(&v["resource_shortfall"]).unwrap(),
+            super::wire::to_spaced_ascii(&v["resource_shortfall"]).unwrap(),
             r#"{"resource": "gpu_vram_mb", "needed": 4096.0, "available": 1024.0}"#
         );
     }

@@ -38,7 +38,7 @@ fn write<T: Serialize + ?Sized>(value: &T, formatter: PyFormatter) -> serde_json
 
 /// `repr(float)` of a finite `value`, as the host writes it too (one implementation, checked
 /// against floats real Python printed).
-pub use cjm_guest::python::json::float_repr as python_float_repr;
+pub use super::json::float_repr as python_float_repr;
 
 /// A serde_json formatter writing Python's separators, float repr and (when `spaced`)
 /// `ensure_ascii` escapes.

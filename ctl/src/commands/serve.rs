@@ -1,0 +1,224 @@
+//! `cjm-ctl serve`: a long-running host on the data dir, as an HTTP/JSON service (`/v1`).
+//!
+//! It loads the enabled capabilities (each installed capability once, as its own name, when
+//! the config store records no instance of it), keeps their workers warm, runs the queue and
+//! recovers what gone hosts left. It writes `serve.json` (address, pid, how to authenticate)
+//! into the data dir, so other `cjm-ctl` commands on that data dir become its clients, and
+//! removes it on exit. SIGINT or SIGTERM: stop accepting, let running jobs finish within
+//! `--grace`, leave waiting jobs journaled for the next host.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cjm_host::Host;
+use cjm_host::server::discovery::{self, Discovery};
+use cjm_host::server::{Server, ServerConfig, Token};
+use cjm_host::store::ConfigStore;
+use serde_json::json;
+
+use crate::ctx::{Ctx, hint, runtime};
+
+/// Options of `serve`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  cjm-ctl serve\n  cjm-ctl serve --bind 127.0.0.1:0\n  cjm-ctl serve --bind 0.0.0.0:8631   (requires the token in <data dir>/serve.token)\n  curl -s http://127.0.0.1:8631/v1/capabilities\n\nLogs go to stderr; set the level with --log-level or CJM_LOG (error, warn, info, debug, trace, or targets such as cjm_host=debug)."
+)]
+pub struct Args {
+    /// The address to listen on (any address but loopback requires a token)
+    #[arg(long, default_value = "127.0.0.1:8631", value_name = "ADDR")]
+    bind: SocketAddr,
+    /// Require the bearer token on loopback too
+    #[arg(long)]
+    require_token: bool,
+    /// Seconds running jobs get to finish on shutdown
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    grace: f64,
+    /// Log level or filter (default: info)
+    #[arg(long, env = "CJM_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
+    /// The largest request body accepted, in bytes
+    #[arg(long, default_value_t = 16 * 1024 * 1024, value_name = "BYTES")]
+    max_body: usize,
+}
+
+/// Runs `serve`.
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    init_logging(args.log_level.as_deref().unwrap_or("info"))?;
+    let config = ctx.config()?;
+    let data_dir = config.data_dir.clone();
+    if let Some(running) = Discovery::find(&data_dir) {
+        return Err(hint(
+            format!(
+                "a host already serves {} at {} (pid {})",
+                data_dir.display(),
+                running.url,
+                running.pid
+            ),
+            "stop it first, or use another --data-dir",
+        ));
+    }
+    if !(args.grace.is_finite() && args.grace >= 0.0) {
+        return Err(hint("--grace must be a number of seconds", "for example --grace 10"));
+    }
+    let loopback = args.bind.ip().is_loopback();
+    let needs_token = !loopback || args.require_token;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let host = Host::builder().config(config).build().await?;
+        load_enabled(&host).await;
+        let token_file = data_dir.join(discovery::TOKEN_FILE);
+        let token = if needs_token {
+            let token = match Token::read(&token_file) {
+                Ok(token) => token,
+                Err(_) => {
+                    let token = Token::generate();
+                    token.write(&token_file)?;
+                    token
+                }
+            };
+            Some(token)
+        } else {
+            None
+        };
+        let listener = tokio::net::TcpListener::bind(args.bind).await.map_err(|e| {
+            hint(
+                format!("cannot listen on {}: {e}", args.bind),
+                "another process may hold the port: pick another with --bind 127.0.0.1:<port> (0 picks a free one)",
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        let found = Discovery {
+            url: url.clone(),
+            pid: std::process::id(),
+            host_id: host.queue().host_id().to_owned(),
+            auth: if token.is_some() { "bearer" } else { "none" }.to_owned(),
+            token_file: token.is_some().then(|| token_file.clone()),
+            started_at: cjm_host::store::now_iso(),
+        };
+        found.write(&data_dir)?;
+        let server = Server::new(
+            host.clone(),
+            ServerConfig {
+                token,
+                max_body_bytes: args.max_body,
+                ..ServerConfig::default()
+            },
+        );
+        announce(ctx, &host, &found, &data_dir);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
+        let serving = tokio::spawn(server.serve(listener, async move {
+            let _ = stop_rx.await;
+        }));
+        let signal = crate::commands::submit::interrupted().await;
+        tracing::info!("{signal}: stopping (running jobs get {}s)", args.grace);
+        let _ = stop_tx.send(signal);
+        let grace = Duration::from_secs_f64(args.grace);
+        let stopped = host.stop_leaving_pending(grace).await;
+        // Requests still in flight (a long poll) get a moment, then the connections close.
+        let _ = tokio::time::timeout(Duration::from_secs(2), serving).await;
+        Discovery::remove(&data_dir);
+        stopped?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Loads every enabled instance the config store records, and each installed capability
+/// without a recorded instance as its own name. A capability that fails to load is logged
+/// and skipped: the others still serve.
+async fn load_enabled(host: &Host) {
+    let manager = host.manager();
+    let config = manager.host_config();
+    let records = if config.config_store_path().is_file() {
+        ConfigStore::open(&config.config_store_path())
+            .and_then(|s| s.list_all())
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let manifests = manager.manifests();
+    let names: Vec<&str> = manifests.iter().map(|c| c.manifest.name()).collect();
+    let mut to_load: Vec<(String, String)> = Vec::new();
+    for name in &names {
+        let mine: Vec<(&String, bool)> = records
+            .iter()
+            .filter(|(id, _)| cjm_host::manager::instance_owner(id, &names) == Some(name))
+            .map(|(id, r)| (id, r.enabled))
+            .collect();
+        if mine.is_empty() {
+            to_load.push(((*name).to_owned(), (*name).to_owned()));
+        }
+        for (id, enabled) in mine {
+            if enabled {
+                to_load.push(((*name).to_owned(), id.clone()));
+            }
+        }
+    }
+    for (name, id) in to_load {
+        match manager.load(&name, None, Some(&id)).await {
+            Ok(i) => tracing::info!(instance = %i.id(), kind = ?i.backend().kind(), "loaded"),
+            Err(e) => tracing::warn!(capability = %name, instance = %id, error = %e, "not loaded"),
+        }
+    }
+}
+
+fn announce(ctx: &Ctx, host: &Host, found: &Discovery, data_dir: &std::path::Path) {
+    let instances: Vec<String> = host
+        .manager()
+        .instances()
+        .iter()
+        .map(|i| i.id().to_owned())
+        .collect();
+    if ctx.out.json {
+        ctx.out.json(&json!({
+            "url": found.url,
+            "pid": found.pid,
+            "host_id": found.host_id,
+            "auth": found.auth,
+            "token_file": found.token_file,
+            "instances": instances,
+        }));
+        return;
+    }
+    ctx.out.note(format!(
+        "cjm host serving {} at {}",
+        data_dir.display(),
+        found.url
+    ));
+    match &found.token_file {
+        Some(file) => ctx.out.note(format!(
+            "auth: bearer token required (Authorization: Bearer $(cat {}))",
+            file.display()
+        )),
+        None => ctx.out.note("auth: none (loopback only)"),
+    }
+    ctx.out.note(format!(
+        "instances: {}",
+        if instances.is_empty() {
+            "none (install capabilities with `cjm-ctl install-all`)".to_owned()
+        } else {
+            instances.join(", ")
+        }
+    ));
+    ctx.out.note(format!(
+        "API: {0}/v1 (OpenAPI at {0}/v1/openapi.json); Ctrl-C stops",
+        found.url
+    ));
+}
+
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let targets: tracing_subscriber::filter::Targets = filter.parse().map_err(|e| {
+        hint(
+            format!("bad log filter '{filter}': {e}"),
+            "use a level (error, warn, info, debug, trace) or targets such as cjm_host=debug,info",
+        )
+    })?;
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(targets)
+        .try_init();
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The host as an HTTP/JSON service: the router behind `cjm-ctl serve` (feature `server`).
+//!
+//! Everything is under `/v1`, JSON in and out, and documented by the OpenAPI document the
+//! routes themselves generate (`/v1/openapi.json`, utoipa). One file per resource:
+//! - [`capabilities`](self::capabilities): list, info with the matcher's verdicts, lifecycle,
+//!   config;
+//! - [`contract`](self::contract): the worker contract per instance (`/execute`, `/task`,
+//!   `/execute_stream`, ...), the same bodies, statuses and bytes as a cjm-substrate worker, so
+//!   a client cannot tell a wasm capability from a native one; calls go through the queue
+//!   unless `?direct=true`;
+//! - [`jobs`](self::jobs) and [`compositions`](self::compositions): submit, get, wait, cancel,
+//!   reorder, list;
+//! - [`events`](self::events): Server-Sent Events from the journal (resumable with
+//!   `Last-Event-ID`, the journal's `seq`) and log queries and follows;
+//! - [`system`](self::system): health, readiness, resources, queue stats, `/metrics`, secrets.
+//!
+//! Security: [`auth`](self::auth) checks a bearer token (constant-time) when one is
+//! configured — `cjm-ctl serve` requires one on any address but loopback; request bodies are
+//! bounded ([`ServerConfig::max_body_bytes`]) and so is JSON nesting
+//! ([`crate::bounds::MAX_JSON_DEPTH`]); no CORS headers are sent; no secret value is ever in
+//! an answer; a 5xx answer never carries internals (they go to the log).
+//! [`discovery`](self::discovery) writes the file that tells clients where the service is.
+
+mod auth;
+mod capabilities;
+mod compositions;
+mod contract;
+pub mod discovery;
+mod error;
+mod events;
+mod jobs;
+mod system;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::Host;
+
+use auth::BearerScheme;
+pub use auth::Token;
+pub use error::ApiError;
+
+/// How the service behaves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The bearer token every request must carry (`None`: no authentication, loopback only).
+    pub token: Option<Token>,
+    /// The largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// The longest a `wait` long poll may be asked to wait.
+    pub max_wait: std::time::Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            token: None,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_wait: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) host: Host,
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) started: Instant,
+    pub(crate) openapi: Arc<OnceLock<String>>,
+    /// Set when the service stops: event streams end.
+    pub(crate) stop: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// The OpenAPI document's frame; the paths come from the routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "cjm host API",
+        description = "Capabilities (wasm components and native workers) behind one HTTP/JSON contract, one queue and one journal."
+    ),
+    modifiers(&BearerScheme),
+    security(("bearer" = [])),
+    tags(
+        (name = "capabilities", description = "Installed capabilities and loaded instances"),
+        (name = "contract", description = "The worker contract, per instance"),
+        (name = "jobs", description = "The job queue"),
+        (name = "compositions", description = "DAGs of jobs"),
+        (name = "events", description = "Journal events and logs, live"),
+        (name = "host", description = "Health, resources, metrics, secrets"),
+    )
+)]
+struct ApiDoc;
+
+/// The routes and their OpenAPI document.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(capabilities::routes())
+        .merge(contract::routes())
+        .merge(jobs::routes())
+        .merge(compositions::routes())
+        .merge(events::routes())
+        .merge(system::routes())
+}
+
+/// The OpenAPI document of every route, as JSON.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The service over one host: its router, and the signal that ends its event streams.
+#[derive(Clone)]
+pub struct Server {
+    router: Router,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// The service over `host`.
+    pub fn new(host: Host, config: ServerConfig) -> Self {
+        let (router, doc) = routes().split_for_parts();
+        let openapi = Arc::new(OnceLock::new());
+        let _ = openapi.set(doc.to_json().unwrap_or_else(|_| "{}".to_owned()));
+        let stop = Arc::new(tokio::sync::watch::Sender::new(false));
+        let max_body = config.max_body_bytes;
+        let state = AppState {
+            host,
+            config: Arc::new(config),
+            started: Instant::now(),
+            openapi,
+            stop: Arc::clone(&stop),
+        };
+        let router = router
+            .fallback(error::not_found)
+            .method_not_allowed_fallback(error::method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_token,
+            ))
+            .layer(DefaultBodyLimit::max(max_body))
+            .with_state(state);
+        Server { router, stop }
+    }
+
+    /// The router (for `oneshot` tests and embedding in a larger app).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Ends every open event stream (the service is going away).
+    pub fn stop_streams(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then ends the event streams and lets
+    /// requests in flight finish.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let stop = Arc::clone(&self.stop);
+        axum::serve(listener, self.router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await
+    }
+}

@@ -1,0 +1,123 @@
+//! The bearer token: generated into a 0600 file of the data dir, compared in constant time,
+//! never printed by `Debug`.
+
+use std::path::Path;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq as _;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// A bearer token. Its `Debug` shows no part of it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    /// A fresh random token (256 bits from the OS through two v4 UUIDs, hex).
+    pub fn generate() -> Self {
+        Token(format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        ))
+    }
+
+    /// A token given as text (surrounding whitespace trimmed; empty is refused).
+    pub fn new(text: &str) -> Option<Self> {
+        let text = text.trim();
+        (!text.is_empty()).then(|| Token(text.to_owned()))
+    }
+
+    /// The token of `path` (a token file).
+    pub fn read(path: &Path) -> crate::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+        Token::new(&text).ok_or_else(|| {
+            crate::Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "the token file is empty"),
+            )
+        })
+    }
+
+    /// Writes the token to `path`, readable by its owner only (0600, replaced atomically).
+    pub fn write(&self, path: &Path) -> crate::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| crate::Error::io(&tmp, e))?;
+        file.write_all(self.0.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| crate::Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| crate::Error::io(path, e))
+    }
+
+    /// The token's text, for a client's `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn matches(&self, given: &str) -> bool {
+        self.0.as_bytes().ct_eq(given.as_bytes()).into()
+    }
+}
+
+/// Refuses a request without the configured token (401, with `WWW-Authenticate`).
+pub(super) async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &state.config.token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if token.matches(given) => next.run(request).await,
+        Some(_) => refuse("the bearer token is wrong"),
+        None => refuse("this host requires a bearer token (Authorization: Bearer <token>; see the data dir's serve.token)"),
+    }
+}
+
+fn refuse(message: &str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// Declares the bearer scheme in the OpenAPI document.
+pub(super) struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}

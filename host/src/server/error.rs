@@ -1,0 +1,167 @@
+//! The API's error answers: `{"error": {"kind", "message"}}` with a status that means
+//! something. A 5xx never carries internals: the detail goes to the log, the client gets a
+//! reference to it.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::Error;
+use crate::queue::QueueError;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    fields: Option<Vec<String>>,
+}
+
+impl ApiError {
+    /// An answer of `status` with `kind` and `message`.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            fields: None,
+        }
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404: no such thing.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 422: the request is well formed but invalid, naming the fields.
+    pub fn invalid(message: impl Into<String>, fields: Vec<String>) -> Self {
+        ApiError {
+            fields: Some(fields),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+        }
+    }
+
+    /// Its message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Its status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        use cjm_guest::contract::ErrorCategory;
+        match &e {
+            Error::Queue(q) => match q {
+                QueueError::UnknownJob(_) | QueueError::UnknownComposition(_) => {
+                    ApiError::not_found(e.to_string())
+                }
+                QueueError::Finished { .. } | QueueError::NotPending { .. } => {
+                    ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+                }
+                QueueError::InvalidComposition(problems) => ApiError {
+                    fields: Some(Vec::new()),
+                    ..ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid",
+                        format!("invalid composition: {}", problems.join("; ")),
+                    )
+                },
+                QueueError::Full { .. } => ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "queue_full",
+                    e.to_string(),
+                ),
+                QueueError::Closed => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the host is shutting down",
+                ),
+                QueueError::Wedged(_) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "wedged",
+                    "the journal cannot be written; the host refuses new work",
+                ),
+                _ => ApiError::bad_request(e.to_string()),
+            },
+            Error::InvalidConfig { field, .. } => ApiError::invalid(e.to_string(), vec![field.clone()]),
+            Error::NotFound(what) => ApiError::not_found(what.clone()),
+            Error::Job(j) if j.category == ErrorCategory::UserInput => ApiError {
+                fields: j.fields_invalid.clone(),
+                ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", j.message.clone())
+            },
+            Error::Job(j) if j.category == ErrorCategory::Resource => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "resource",
+                j.message.clone(),
+            ),
+            _ => ApiError::internal(&e),
+        }
+    }
+}
+
+impl ApiError {
+    /// 500, its detail logged under a reference the client is given.
+    pub fn internal(detail: &dyn std::fmt::Display) -> Self {
+        let reference = uuid::Uuid::new_v4().simple().to_string();
+        tracing::error!(reference = %reference, "request failed: {detail}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error (reference {reference} in the host's log)"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"kind": self.kind, "message": self.message});
+        if let Some(fields) = self.fields {
+            error["fields"] = json!(fields);
+        }
+        (self.status, axum::Json(json!({ "error": error }))).into_response()
+    }
+}
+
+/// Unknown routes.
+pub(super) async fn not_found() -> ApiError {
+    ApiError::not_found("no such route (the API is under /v1; see /v1/openapi.json)")
+}
+
+/// Known routes, wrong method.
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method (see /v1/openapi.json)",
+    )
+}
+
+/// The JSON object of a request body: parsed, bounded in depth, or a clear 400.
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = parse_value(body)?;
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("bad body: {e}")))
+}
+
+/// A request body as a JSON value, bounded in depth.
+pub(super) fn parse_value(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    if body.is_empty() {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    // serde_json refuses nesting past 128 on its own (and so never overflows the stack);
+    // the host's bound is checked on what parsed.
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
+    crate::bounds::check_depth("body", &value).map_err(|e| ApiError::bad_request(e.message))?;
+    Ok(value)
+}
