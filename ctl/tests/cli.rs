@@ -1447,7 +1447,10 @@ impl Serving {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let status = self.child.wait().unwrap();
-        (status, std::fs::read_to_string(&self.log).unwrap_or_default())
+        (
+            status,
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+        )
     }
 }
 
@@ -1492,18 +1495,26 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("submitted to the host at"), "{err}");
     let first: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(first["status"], "completed");
     assert_eq!(first["result"]["words"], 3);
+    // It ran in the service: its queue holds the result (the journal keeps none).
+    let held = rt
+        .block_on(client.job(first["id"].as_str().unwrap()))
+        .unwrap();
+    assert_eq!(held["result"]["words"], 3);
 
     // One lane: a job that never ends holds it; the next waits and `cjm-ctl cancel` reaches
     // it there at once.
     let forever = rt
-        .block_on(client.submit(&serde_json::json!({"capability": "hostile", "kwargs": {"attack": "loop_forever"}})))
+        .block_on(client.submit(
+            &serde_json::json!({"capability": "hostile", "kwargs": {"attack": "loop_forever"}}),
+        ))
         .unwrap();
     let waiting = rt
-        .block_on(client.submit(&serde_json::json!({"capability": "text-stats-native", "kwargs": {"text": "x"}})))
+        .block_on(client.submit(
+            &serde_json::json!({"capability": "text-stats-native", "kwargs": {"text": "x"}}),
+        ))
         .unwrap();
     env.ctl()
         .args(["cancel", &waiting])
@@ -1525,13 +1536,19 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
     let mut ended = std::collections::BTreeSet::new();
     let mut last_id = 0;
     while ended.len() < 3 {
-        let e = rt.block_on(events.next()).unwrap().expect("the stream ended");
+        let e = rt
+            .block_on(events.next())
+            .unwrap()
+            .expect("the stream ended");
         if let Some(id) = e.id {
             assert!(id > last_id, "ids increase: {id} after {last_id}");
             last_id = id;
         }
         if e.event == "state_transition"
-            && matches!(e.data["payload"]["to"].as_str(), Some("completed" | "cancelled"))
+            && matches!(
+                e.data["payload"]["to"].as_str(),
+                Some("completed" | "cancelled")
+            )
         {
             ended.insert(e.data["job_id"].as_str().unwrap().to_owned());
         }
@@ -1542,8 +1559,10 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
     // Jobs run while nobody listens; a reconnect with Last-Event-ID gets every row after it.
     let mut later = Vec::new();
     for text in ["one", "two three", "four five six"] {
-        let id = rt
-            .block_on(client.submit(&serde_json::json!({"capability": "text-stats", "kwargs": {"text": text}})))
+        let id =
+            rt.block_on(client.submit(
+                &serde_json::json!({"capability": "text-stats", "kwargs": {"text": text}}),
+            ))
             .unwrap();
         later.push(id);
     }
@@ -1563,7 +1582,10 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
     let mut events = rt.block_on(client.events("", Some(last_id))).unwrap();
     let mut got = Vec::new();
     while got.len() < expected.len() {
-        let e = rt.block_on(events.next()).unwrap().expect("the stream ended");
+        let e = rt
+            .block_on(events.next())
+            .unwrap()
+            .expect("the stream ended");
         if let Some(id) = e.id {
             got.push(id);
         }
@@ -1600,7 +1622,11 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
         assert!(ids.contains(&id.as_str()), "{id} lost over a restart");
     }
     let again = rt
-        .block_on(serving.client().json(reqwest::Method::GET, &format!("/v1/jobs/{}", later[2]), None))
+        .block_on(serving.client().json(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{}", later[2]),
+            None,
+        ))
         .unwrap();
     assert_eq!(again["status"], "completed");
     let (status, log) = serving.stop();
@@ -1648,6 +1674,8 @@ for _ in range(200):
         break
     except Exception:
         time.sleep(0.05)
+# As a host loads a worker: initialize with the config (the schema's defaults).
+post(worker + "/initialize", {})
 
 cases = {
     "task": {"task": "text_statistics", "method": "compute_stats",
@@ -1683,7 +1711,10 @@ print(json.dumps(out))
     for case in ["task", "execute", "bad_method"] {
         let a = &answers[case];
         assert_eq!(a["wasm"], a["direct"], "{case}: wasm through the service");
-        assert_eq!(a["native"], a["direct"], "{case}: native through the service");
+        assert_eq!(
+            a["native"], a["direct"],
+            "{case}: native through the service"
+        );
     }
     assert_eq!(answers["task"]["direct"][0], 200);
     assert_eq!(answers["bad_method"]["direct"][0], 404);

@@ -189,11 +189,33 @@ impl<C: Capability> DynCapability for Hosted<C> {
         method: &str,
         kwargs: Kwargs,
     ) -> Result<Value, CallError> {
+        // The Python worker's 404 details, word for word: a client cannot tell the kinds apart.
+        use crate::python::job_error::{py_list_repr, py_str_repr};
+        let bound = self.tasks.task_names();
+        if !bound.iter().any(|t| t == task) {
+            return Err(CallError::NotFound(format!(
+                "No adapter bound for task {} (bound: {})",
+                py_str_repr(task),
+                py_list_repr(&bound)
+            )));
+        }
+        if method.is_empty() || method.starts_with('_') {
+            return Err(CallError::NotFound(format!(
+                "Invalid task method {}",
+                py_str_repr(method)
+            )));
+        }
         let handler = self
             .tasks
             .find(task, method)
             .map(|m| m.handler)
-            .ok_or_else(|| CallError::NotFound(format!("no method '{method}' on task '{task}'")))?;
+            .ok_or_else(|| {
+                CallError::NotFound(format!(
+                    "Task {} adapter has no method {}",
+                    py_str_repr(task),
+                    py_str_repr(method)
+                ))
+            })?;
         handler(self.instance()?, cx, kwargs)
     }
 

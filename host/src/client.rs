@@ -181,7 +181,9 @@ impl Client {
 
     /// Submits a job (`POST /v1/jobs`, the body as the API takes it); its id.
     pub async fn submit(&self, job: &Value) -> Result<String> {
-        let answer = self.json(reqwest::Method::POST, "/v1/jobs", Some(job)).await?;
+        let answer = self
+            .json(reqwest::Method::POST, "/v1/jobs", Some(job))
+            .await?;
         answer["job_id"]
             .as_str()
             .map(str::to_owned)
@@ -215,9 +217,13 @@ impl Client {
 
     /// Cancels job `id` (waiting or running).
     pub async fn cancel(&self, id: &str) -> Result<()> {
-        self.json(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
-            .await
-            .map(|_| ())
+        self.json(
+            reqwest::Method::POST,
+            &format!("/v1/jobs/{id}/cancel"),
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Jobs from the journal (`query`: `status=failed&limit=20`, or empty).

@@ -44,10 +44,10 @@ mod watchdog;
 pub mod worker;
 
 pub use args::{Listen, WorkerArgs};
+pub use cjm_guest::python::job_error::wire_job_error;
 pub use cjm_guest::{Capability, DynCapability, Hosted};
 pub use diagnostics::{LogConfig, LogSink};
 pub use error::{Error, Result};
-pub use cjm_guest::python::job_error::wire_job_error;
 pub use runtime::{run, serve};
 pub use server::router;
 pub use worker::Worker;

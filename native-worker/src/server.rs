@@ -19,12 +19,12 @@ use cjm_guest::{CallError, Envelope, JobError};
 use serde_json::{Map, Value, json};
 
 use crate::error::Error;
+use crate::stats::{io_delta, proc_io};
+use crate::worker::{Outcome, Worker};
 use cjm_guest::python::job_error::{
     cancelled_job_error, cancelled_message, py_list_repr, py_str_repr, wire_job_error,
 };
 use cjm_guest::python::wire::{to_compact, to_spaced_ascii};
-use crate::stats::{io_delta, proc_io};
-use crate::worker::{Outcome, Worker};
 
 /// The response header carrying the accounts a call recorded.
 pub const ACCOUNTS_HEADER: &str = "x-cjm-accounts";

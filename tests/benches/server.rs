@@ -34,7 +34,10 @@ fn env() -> Env {
     write_manifest(
         dir.path(),
         "noop",
-        wasm_install(fixtures::NOOP, json!({"max_concurrency": 4, "pool_size": 4})),
+        wasm_install(
+            fixtures::NOOP,
+            json!({"max_concurrency": 4, "pool_size": 4}),
+        ),
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -23,7 +23,8 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         // The serving host cancels at once, waiting jobs included.
         crate::ctx::runtime()?.block_on(client.cancel(&args.job))?;
         if ctx.out.json {
-            ctx.out.json(&json!({"job": args.job, "cancel_requested": true}));
+            ctx.out
+                .json(&json!({"job": args.job, "cancel_requested": true}));
         } else {
             ctx.out.info(format!(
                 "job {} cancelled by the host at {}",

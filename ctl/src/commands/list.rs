@@ -55,9 +55,9 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         .map(|c| {
             // Instance ids are the name itself or `name-<suffix>`; the longest matching
             // name owns an id (so `a-b-1234` is `a-b`'s, not `a`'s).
-            let owned = configs
-                .iter()
-                .filter(|(id, _)| cjm_host::manager::instance_owner(id, &names) == Some(c.manifest.name()));
+            let owned = configs.iter().filter(|(id, _)| {
+                cjm_host::manager::instance_owner(id, &names) == Some(c.manifest.name())
+            });
             let (instances, enabled) =
                 owned.fold((0, 0), |(n, e), (_, r)| (n + 1, e + usize::from(r.enabled)));
             Row {

@@ -58,7 +58,10 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         ));
     }
     if !(args.grace.is_finite() && args.grace >= 0.0) {
-        return Err(hint("--grace must be a number of seconds", "for example --grace 10"));
+        return Err(hint(
+            "--grace must be a number of seconds",
+            "for example --grace 10",
+        ));
     }
     let loopback = args.bind.ip().is_loopback();
     let needs_token = !loopback || args.require_token;

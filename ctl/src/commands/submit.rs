@@ -306,8 +306,10 @@ async fn remote_job(
     body: &Value,
 ) -> anyhow::Result<()> {
     let id = client.submit(body).await?;
-    ctx.out
-        .note(format!("job {id} submitted to the host at {}", client.url()));
+    ctx.out.note(format!(
+        "job {id} submitted to the host at {}",
+        client.url()
+    ));
     let progress = follow::bar(ctx, Some(1000));
     let mut events = client.events(&format!("job={id}"), Some(0)).await.ok();
     let wait = client.wait(&id, Duration::from_secs(30));
@@ -367,7 +369,10 @@ async fn remote_composition(
             Some(&serde_json::to_value(&c)?),
         )
         .await?;
-    let id = answer["composition_id"].as_str().unwrap_or_default().to_owned();
+    let id = answer["composition_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     ctx.out.note(format!(
         "composition {id} submitted to the host at {} ({} nodes)",
         client.url(),
@@ -382,7 +387,10 @@ async fn remote_composition(
                     None,
                 )
                 .await?;
-            if run["status"].as_str().is_some_and(|s| s != "running" && s != "pending") {
+            if run["status"]
+                .as_str()
+                .is_some_and(|s| s != "running" && s != "pending")
+            {
                 return Ok::<_, anyhow::Error>(run);
             }
         }

@@ -142,7 +142,7 @@ mod tests {
         let v = wire_job_error(&r, "echo");
         assert_eq!(v["original_exc_repr"], "OomError");
         assert_eq!(
-            super::wire::to_spaced_ascii(&v["resource_shortfall"]).unwrap(),
+            crate::python::wire::to_spaced_ascii(&v["resource_shortfall"]).unwrap(),
             r#"{"resource": "gpu_vram_mb", "needed": 4096.0, "available": 1024.0}"#
         );
     }

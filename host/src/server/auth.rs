@@ -94,7 +94,9 @@ pub(super) async fn require_token(
     match given {
         Some(given) if token.matches(given) => next.run(request).await,
         Some(_) => refuse("the bearer token is wrong"),
-        None => refuse("this host requires a bearer token (Authorization: Bearer <token>; see the data dir's serve.token)"),
+        None => refuse(
+            "this host requires a bearer token (Authorization: Bearer <token>; see the data dir's serve.token)",
+        ),
     }
 }
 

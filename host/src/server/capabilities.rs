@@ -144,7 +144,10 @@ fn manifest_view(state: &AppState, c: &Loaded<CapabilityManifest>) -> Value {
     params(("id" = String, Path, description = "Instance id or capability name")),
     responses((status = 200, description = "Tasks and methods with parameters, config schema and current config, grants, the matcher's verdict for every adapter", body = Object),
         (status = 404, description = "Neither a loaded instance nor an installed capability")))]
-async fn info(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn info(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let manager = state.host.manager();
     if let Ok(i) = manager.instance(&id) {
         let manifest = manager.manifest(i.name())?;
@@ -157,7 +160,8 @@ async fn info(State(state): State<AppState>, Path(id): Path<String>) -> Result<J
         view["config"] = i.config();
         view["config_hash"] = json!(i.config_hash());
         view["config_schema"] = live.config_schema;
-        view["structural_surface"] = serde_json::to_value(&live.structural_surface).unwrap_or(Value::Null);
+        view["structural_surface"] =
+            serde_json::to_value(&live.structural_surface).unwrap_or(Value::Null);
         view["tasks"] = json!(live.tasks);
         view["bound_adapters"] = json!(i.adapters());
         view["drift"] = drift_json(&i);
@@ -216,7 +220,12 @@ async fn load(
         .map_err(|_| ApiError::not_found(format!("no installed capability '{name}'")))?;
     let instance_id = body.instance_id.unwrap_or_else(|| name.clone());
     let loaded = manager
-        .load_with_adapters(&name, body.config, Some(&instance_id), body.adapters.as_deref())
+        .load_with_adapters(
+            &name,
+            body.config,
+            Some(&instance_id),
+            body.adapters.as_deref(),
+        )
         .await?;
     Ok(Json(instance_summary(&state, &loaded)))
 }
@@ -239,10 +248,30 @@ macro_rules! lifecycle {
     };
 }
 
-lifecycle!(unload, "/v1/capabilities/{id}/unload", "Unloads an instance (its worker stops).", |m, id| m.unload(&id));
-lifecycle!(reload, "/v1/capabilities/{id}/reload", "Replaces an instance's backend with a fresh one.", |m, id| m.reload(&id));
-lifecycle!(enable, "/v1/capabilities/{id}/enable", "Enables an instance.", |m, id| m.set_enabled(&id, true));
-lifecycle!(disable, "/v1/capabilities/{id}/disable", "Disables an instance (calls are refused).", |m, id| m.set_enabled(&id, false));
+lifecycle!(
+    unload,
+    "/v1/capabilities/{id}/unload",
+    "Unloads an instance (its worker stops).",
+    |m, id| m.unload(&id)
+);
+lifecycle!(
+    reload,
+    "/v1/capabilities/{id}/reload",
+    "Replaces an instance's backend with a fresh one.",
+    |m, id| m.reload(&id)
+);
+lifecycle!(
+    enable,
+    "/v1/capabilities/{id}/enable",
+    "Enables an instance.",
+    |m, id| m.set_enabled(&id, true)
+);
+lifecycle!(
+    disable,
+    "/v1/capabilities/{id}/disable",
+    "Disables an instance (calls are refused).",
+    |m, id| m.set_enabled(&id, false)
+);
 
 /// An instance's current config.
 #[utoipa::path(get, path = "/v1/capabilities/{id}/config", tag = "capabilities",

@@ -75,10 +75,18 @@ async fn wait(
 ) -> Result<Json<CompositionRun>, ApiError> {
     let secs = params.timeout_s.unwrap_or(30.0);
     if !(secs.is_finite() && secs >= 0.0) {
-        return Err(ApiError::invalid("timeout_s must be a number of seconds", vec!["timeout_s".into()]));
+        return Err(ApiError::invalid(
+            "timeout_s must be a number of seconds",
+            vec!["timeout_s".into()],
+        ));
     }
     let timeout = Duration::from_secs_f64(secs).min(state.config.max_wait);
-    match state.host.queue().wait_composition(&id, Some(timeout)).await {
+    match state
+        .host
+        .queue()
+        .wait_composition(&id, Some(timeout))
+        .await
+    {
         Ok(run) => Ok(Json(run)),
         Err(crate::Error::Queue(QueueError::Timeout(..))) => Ok(Json(get(&state, &id)?)),
         Err(e) => Err(e.into()),
@@ -89,7 +97,10 @@ async fn wait(
 #[utoipa::path(post, path = "/v1/compositions/{id}/cancel", tag = "compositions",
     params(("id" = String, Path, description = "Composition id")),
     responses((status = 200, body = Object), (status = 404), (status = 409, description = "Already finished")))]
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     state.host.queue().cancel_composition(&id)?;
     Ok(Json(json!({"id": id, "status": "cancelling"})))
 }

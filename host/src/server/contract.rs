@@ -117,7 +117,9 @@ async fn execute_stream(
             Ok(Outcome::Done(job)) => outcome_line(&job, &name),
             Ok(Outcome::Direct(Ok(value))) => value,
             Ok(Outcome::Direct(Err(e))) => json!({"_job_error": direct_error(&e, &name)}),
-            Err(e) => json!({"_job_error": {"category": "fatal", "message": e.message(), "retriable": false}}),
+            Err(e) => {
+                json!({"_job_error": {"category": "fatal", "message": e.message(), "retriable": false}})
+            }
         }
     });
     let line = async move {
@@ -139,11 +141,17 @@ async fn execute_stream(
 fn outcome_line(job: &Job, name: &str) -> Value {
     match job.status {
         JobStatus::Completed => job.result.clone().unwrap_or(Value::Null),
-        JobStatus::Cancelled => json!({"_job_error": wire_job_error(&cancelled_job_error(name), name)}),
+        JobStatus::Cancelled => {
+            json!({"_job_error": wire_job_error(&cancelled_job_error(name), name)})
+        }
         _ => match (&job.not_found, &job.raw_error) {
-            (Some(detail), _) => json!({"_job_error": wire_job_error(&cjm_guest::JobError::user_input(detail.clone()), name)}),
+            (Some(detail), _) => {
+                json!({"_job_error": wire_job_error(&cjm_guest::JobError::user_input(detail.clone()), name)})
+            }
             (None, Some(e)) => json!({"_job_error": wire_job_error(e, name)}),
-            (None, None) => json!({"_job_error": wire_job_error(&cjm_guest::JobError::fatal("the job failed"), name)}),
+            (None, None) => {
+                json!({"_job_error": wire_job_error(&cjm_guest::JobError::fatal("the job failed"), name)})
+            }
         },
     }
 }
@@ -307,8 +315,8 @@ macro_rules! query_route {
     ($fn:ident, $path:literal, $doc:literal, |$state:ident, $i:ident| $body:expr) => {
         #[doc = $doc]
         #[utoipa::path(get, path = $path, tag = "contract",
-            params(("id" = String, Path, description = "Instance id")),
-            responses((status = 200, description = $doc, body = Object), (status = 404)))]
+                    params(("id" = String, Path, description = "Instance id")),
+                    responses((status = 200, description = $doc, body = Object), (status = 404)))]
         async fn $fn(State($state): State<AppState>, Path(id): Path<String>) -> Response {
             let $i = match instance(&$state, &id) {
                 Ok(i) => i,
@@ -322,15 +330,35 @@ macro_rules! query_route {
     };
 }
 
-query_route!(config_schema, "/v1/capabilities/{id}/config_schema", "The config's JSON Schema.",
-    |state, i| Ok::<_, ApiError>(i.backend().info().config_schema.clone()));
-query_route!(structural_surface, "/v1/capabilities/{id}/structural_surface", "Methods, properties and attributes of the capability.",
-    |state, i| serde_json::to_value(&i.backend().info().structural_surface).map_err(|e| ApiError::internal(&e)));
-query_route!(health, "/v1/capabilities/{id}/health", "The capability's health.",
-    |state, i| i.backend().health().await.map_err(ApiError::from));
-query_route!(stats, "/v1/capabilities/{id}/stats", "CPU and memory of the capability's worker subtree.",
-    |state, i| i.backend().stats().await.map_err(ApiError::from));
-query_route!(progress, "/v1/capabilities/{id}/progress", "Progress of the job running on the instance.",
+query_route!(
+    config_schema,
+    "/v1/capabilities/{id}/config_schema",
+    "The config's JSON Schema.",
+    |state, i| Ok::<_, ApiError>(i.backend().info().config_schema.clone())
+);
+query_route!(
+    structural_surface,
+    "/v1/capabilities/{id}/structural_surface",
+    "Methods, properties and attributes of the capability.",
+    |state, i| serde_json::to_value(&i.backend().info().structural_surface)
+        .map_err(|e| ApiError::internal(&e))
+);
+query_route!(
+    health,
+    "/v1/capabilities/{id}/health",
+    "The capability's health.",
+    |state, i| i.backend().health().await.map_err(ApiError::from)
+);
+query_route!(
+    stats,
+    "/v1/capabilities/{id}/stats",
+    "CPU and memory of the capability's worker subtree.",
+    |state, i| i.backend().stats().await.map_err(ApiError::from)
+);
+query_route!(
+    progress,
+    "/v1/capabilities/{id}/progress",
+    "Progress of the job running on the instance.",
     |state, i| Ok::<_, ApiError>({
         let running = state.host.queue().running();
         let job = running.iter().find(|j| j.instance_id == i.id());
@@ -338,7 +366,8 @@ query_route!(progress, "/v1/capabilities/{id}/progress", "Progress of the job ru
             "progress": job.map_or(0.0, |j| j.progress),
             "message": job.map_or("", |j| j.status_message.as_str()),
         })
-    }));
+    })
+);
 
 /// Cancels what runs on the instance (`{"status": "cancelled"}`).
 #[utoipa::path(post, path = "/v1/capabilities/{id}/cancel", tag = "contract",

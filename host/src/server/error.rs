@@ -77,11 +77,9 @@ impl From<Error> for ApiError {
                         format!("invalid composition: {}", problems.join("; ")),
                     )
                 },
-                QueueError::Full { .. } => ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "queue_full",
-                    e.to_string(),
-                ),
+                QueueError::Full { .. } => {
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+                }
                 QueueError::Closed => ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shutting_down",
@@ -94,11 +92,17 @@ impl From<Error> for ApiError {
                 ),
                 _ => ApiError::bad_request(e.to_string()),
             },
-            Error::InvalidConfig { field, .. } => ApiError::invalid(e.to_string(), vec![field.clone()]),
+            Error::InvalidConfig { field, .. } => {
+                ApiError::invalid(e.to_string(), vec![field.clone()])
+            }
             Error::NotFound(what) => ApiError::not_found(what.clone()),
             Error::Job(j) if j.category == ErrorCategory::UserInput => ApiError {
                 fields: j.fields_invalid.clone(),
-                ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", j.message.clone())
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    j.message.clone(),
+                )
             },
             Error::Job(j) if j.category == ErrorCategory::Resource => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -256,7 +256,10 @@ struct LogParams {
 /// Log records (or raw output chunks) as JSON, or followed as Server-Sent Events.
 #[utoipa::path(get, path = "/v1/logs", tag = "events", params(LogParams),
     responses((status = 200, description = "{\"records\": [...], \"next_cursor\"}, or an event stream with `follow`", body = Object)))]
-async fn logs(State(state): State<AppState>, Query(p): Query<LogParams>) -> Result<Response, ApiError> {
+async fn logs(
+    State(state): State<AppState>,
+    Query(p): Query<LogParams>,
+) -> Result<Response, ApiError> {
     let chunks = match p.kind.as_deref() {
         None | Some("records") => false,
         Some("chunks") => true,
@@ -334,29 +337,34 @@ struct LogRead {
 
 impl LogRead {
     /// Items after `after`, and the last cursor among them.
-    async fn page(&self, state: &AppState, after: i64) -> Result<(Vec<Value>, Option<i64>), ApiError> {
+    async fn page(
+        &self,
+        state: &AppState,
+        after: i64,
+    ) -> Result<(Vec<Value>, Option<i64>), ApiError> {
         let manager = state.host.manager().clone();
         let chunks = self.chunks;
         let mut records = self.records.clone();
         records.after_seq = Some(after);
         let mut chunk_query = self.chunk_query.clone();
         chunk_query.after_seq = Some(after);
-        let items: Vec<Value> = tokio::task::spawn_blocking(move || -> crate::Result<Vec<Value>> {
-            let d = manager.diagnostics();
-            Ok(if chunks {
-                d.query_chunks(&chunk_query)?
-                    .iter()
-                    .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
-                    .collect()
-            } else {
-                d.query_records(&records)?
-                    .iter()
-                    .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
-                    .collect()
+        let items: Vec<Value> =
+            tokio::task::spawn_blocking(move || -> crate::Result<Vec<Value>> {
+                let d = manager.diagnostics();
+                Ok(if chunks {
+                    d.query_chunks(&chunk_query)?
+                        .iter()
+                        .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+                        .collect()
+                } else {
+                    d.query_records(&records)?
+                        .iter()
+                        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+                        .collect()
+                })
             })
-        })
-        .await
-        .map_err(|e| ApiError::internal(&e))??;
+            .await
+            .map_err(|e| ApiError::internal(&e))??;
         let last = items.iter().filter_map(|i| i["seq"].as_i64()).max();
         Ok((items, last))
     }

@@ -196,12 +196,13 @@ async fn list(
         limit: params.limit.unwrap_or(50).clamp(1, 1000),
     };
     let manager = state.host.manager().clone();
-    let page = tokio::task::spawn_blocking(move || {
-        crate::queue::list_jobs(manager.journal(), &filter)
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))??;
-    Ok(Json(json!({"jobs": page.jobs, "next_cursor": page.next_cursor})))
+    let page =
+        tokio::task::spawn_blocking(move || crate::queue::list_jobs(manager.journal(), &filter))
+            .await
+            .map_err(|e| ApiError::internal(&e))??;
+    Ok(Json(
+        json!({"jobs": page.jobs, "next_cursor": page.next_cursor}),
+    ))
 }
 
 /// The job as the queue holds it, else its journal record.
@@ -223,7 +224,10 @@ async fn find(state: &AppState, id: &str) -> Result<Job, ApiError> {
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = Object), (status = 404)))]
-async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
     Ok(Json(find(&state, &id).await?))
 }
 
@@ -246,7 +250,10 @@ async fn wait(
 ) -> Result<Json<Job>, ApiError> {
     let secs = params.timeout_s.unwrap_or(30.0);
     if !(secs.is_finite() && secs >= 0.0) {
-        return Err(ApiError::invalid("timeout_s must be a number of seconds", vec!["timeout_s".into()]));
+        return Err(ApiError::invalid(
+            "timeout_s must be a number of seconds",
+            vec!["timeout_s".into()],
+        ));
     }
     let timeout = Duration::from_secs_f64(secs).min(state.config.max_wait);
     match state.host.queue().wait(&id, Some(timeout)).await {
@@ -260,7 +267,10 @@ async fn wait(
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = Object), (status = 404), (status = 409, description = "Already finished")))]
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     state.host.queue().cancel(&id)?;
     Ok(Json(json!({"id": id, "status": "cancelling"})))
 }
@@ -287,18 +297,26 @@ async fn reorder(
     Ok(Json(json!({"id": id, "priority": body.priority})))
 }
 
-async fn journal_rows(state: &AppState, query: JournalQuery) -> Result<Vec<crate::store::JournalEvent>, ApiError> {
+async fn journal_rows(
+    state: &AppState,
+    query: JournalQuery,
+) -> Result<Vec<crate::store::JournalEvent>, ApiError> {
     let manager = state.host.manager().clone();
-    Ok(tokio::task::spawn_blocking(move || manager.journal().query(&query))
-        .await
-        .map_err(|e| ApiError::internal(&e))??)
+    Ok(
+        tokio::task::spawn_blocking(move || manager.journal().query(&query))
+            .await
+            .map_err(|e| ApiError::internal(&e))??,
+    )
 }
 
 /// Every journal row of a job: submission, admission, transitions, retries, accounts.
 #[utoipa::path(get, path = "/v1/jobs/{id}/journal", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = Object), (status = 404)))]
-async fn timeline(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn timeline(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let rows = journal_rows(&state, JournalQuery::job(&id)).await?;
     if rows.is_empty() {
         return Err(ApiError::not_found(format!("no job '{id}' in the journal")));
@@ -310,12 +328,17 @@ async fn timeline(State(state): State<AppState>, Path(id): Path<String>) -> Resu
 #[utoipa::path(get, path = "/v1/jobs/{id}/accounts", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = Object)))]
-async fn accounts(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn accounts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let rows = journal_rows(&state, JournalQuery::job(&id)).await?;
     let accounts: Vec<Value> = rows
         .into_iter()
         .filter(|r| r.worker_reported)
-        .map(|r| json!({"seq": r.seq, "ts": r.ts, "event_type": r.event_type, "payload": r.payload}))
+        .map(
+            |r| json!({"seq": r.seq, "ts": r.ts, "event_type": r.event_type, "payload": r.payload}),
+        )
         .collect();
     Ok(Json(json!({ "accounts": accounts })))
 }
@@ -324,7 +347,10 @@ async fn accounts(State(state): State<AppState>, Path(id): Path<String>) -> Resu
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = Object)))]
-async fn logs(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let manager = state.host.manager().clone();
     let query = RecordQuery {
         job_id: Some(id),

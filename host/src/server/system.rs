@@ -119,21 +119,59 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let s = q.stats();
     let mut out = String::with_capacity(1024);
     let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     };
-    gauge("cjm_jobs_pending", "Jobs waiting for admission.", "gauge", s.pending as f64);
-    gauge("cjm_jobs_running", "Jobs running.", "gauge", s.running as f64);
-    gauge("cjm_jobs_completed_total", "Jobs completed since start.", "counter", s.completed as f64);
-    gauge("cjm_jobs_failed_total", "Jobs failed since start.", "counter", s.failed as f64);
-    gauge("cjm_jobs_cancelled_total", "Jobs cancelled since start.", "counter", s.cancelled as f64);
+    gauge(
+        "cjm_jobs_pending",
+        "Jobs waiting for admission.",
+        "gauge",
+        s.pending as f64,
+    );
+    gauge(
+        "cjm_jobs_running",
+        "Jobs running.",
+        "gauge",
+        s.running as f64,
+    );
+    gauge(
+        "cjm_jobs_completed_total",
+        "Jobs completed since start.",
+        "counter",
+        s.completed as f64,
+    );
+    gauge(
+        "cjm_jobs_failed_total",
+        "Jobs failed since start.",
+        "counter",
+        s.failed as f64,
+    );
+    gauge(
+        "cjm_jobs_cancelled_total",
+        "Jobs cancelled since start.",
+        "counter",
+        s.cancelled as f64,
+    );
     gauge(
         "cjm_instances_loaded",
         "Capability instances loaded.",
         "gauge",
         state.host.manager().instances().len() as f64,
     );
-    gauge("cjm_journal_wedged", "1 when the journal cannot be written.", "gauge", f64::from(u8::from(q.wedged().is_some())));
-    gauge("cjm_uptime_seconds", "Seconds since the service started.", "gauge", state.started.elapsed().as_secs_f64());
+    gauge(
+        "cjm_journal_wedged",
+        "1 when the journal cannot be written.",
+        "gauge",
+        f64::from(u8::from(q.wedged().is_some())),
+    );
+    gauge(
+        "cjm_uptime_seconds",
+        "Seconds since the service started.",
+        "gauge",
+        state.started.elapsed().as_secs_f64(),
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -187,6 +225,10 @@ async fn set_secret(
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "host",
     responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
 async fn openapi(State(state): State<AppState>) -> Response {
-    let doc = state.openapi.get().cloned().unwrap_or_else(|| "{}".to_owned());
+    let doc = state
+        .openapi
+        .get()
+        .cloned()
+        .unwrap_or_else(|| "{}".to_owned());
     ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
 }

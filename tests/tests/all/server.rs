@@ -19,7 +19,11 @@ use tower::ServiceExt as _;
 fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_manifest(d, "text-stats", wasm_install(fixtures::TEXT_STATS, json!({})));
+    write_manifest(
+        d,
+        "text-stats",
+        wasm_install(fixtures::TEXT_STATS, json!({})),
+    );
     write_manifest(
         d,
         "text-stats-native",
@@ -62,7 +66,10 @@ impl Answer {
     }
 
     fn kind(&self) -> String {
-        self.json()["error"]["kind"].as_str().unwrap_or("").to_owned()
+        self.json()["error"]["kind"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
     }
 }
 
@@ -144,12 +151,18 @@ async fn every_documented_route_answers_and_none_is_undocumented() {
                 .replace("{id}", "text-stats")
                 .replace("{capability}", "text-stats")
                 .replace("{key}", "API_KEY");
-            let uri = if uri.starts_with("/v1/jobs/text-stats") || uri.starts_with("/v1/compositions/text-stats") {
+            let uri = if uri.starts_with("/v1/jobs/text-stats")
+                || uri.starts_with("/v1/compositions/text-stats")
+            {
                 uri.replace("text-stats", "no-such-id")
             } else {
                 uri
             };
-            let uri = if uri.contains("/wait") { format!("{uri}?timeout_s=0") } else { uri };
+            let uri = if uri.contains("/wait") {
+                format!("{uri}?timeout_s=0")
+            } else {
+                uri
+            };
             let body = if method == Method::PUT && uri.contains("secrets") {
                 r#"{"value": "s3cret"}"#
             } else if method == Method::PUT {
@@ -165,14 +178,22 @@ async fn every_documented_route_answers_and_none_is_undocumented() {
             assert_ne!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
             if a.status == StatusCode::NOT_FOUND && !a.body.is_empty() {
                 let text = String::from_utf8_lossy(&a.body);
-                assert!(!text.contains("no such route"), "{method} {uri} is not routed");
+                assert!(
+                    !text.contains("no such route"),
+                    "{method} {uri} is not routed"
+                );
             }
         }
     }
     // And an unknown route is a JSON 404 pointing at the document.
     let a = call(&router, Method::GET, "/v2/nothing", Body::empty()).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
-    assert!(a.json()["error"]["message"].as_str().unwrap().contains("openapi.json"));
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("openapi.json")
+    );
     let a = call(&router, Method::DELETE, "/v1/jobs", Body::empty()).await;
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
     host.shutdown().await.unwrap();
@@ -186,48 +207,139 @@ async fn the_worker_contract_answers_the_same_bytes_for_wasm_and_native() {
     let task = r#"{"task": "text_statistics", "method": "compute_stats", "kwargs": {"text": "Été, été! b a b 1e16"}}"#;
     let exec = r#"{"args": [], "kwargs": {"text": "one two two"}, "envelope": {"run_id": "r-7"}}"#;
     for (path, body) in [("task", task), ("execute", exec)] {
-        let wasm = call(&router, Method::POST, &format!("/v1/capabilities/text-stats/{path}"), body).await;
-        let native = call(&router, Method::POST, &format!("/v1/capabilities/text-stats-native/{path}"), body).await;
-        let direct = call(&router, Method::POST, &format!("/v1/capabilities/text-stats/{path}?direct=true"), body).await;
-        assert_eq!(wasm.status, StatusCode::OK, "{}", String::from_utf8_lossy(&wasm.body));
+        let wasm = call(
+            &router,
+            Method::POST,
+            &format!("/v1/capabilities/text-stats/{path}"),
+            body,
+        )
+        .await;
+        let native = call(
+            &router,
+            Method::POST,
+            &format!("/v1/capabilities/text-stats-native/{path}"),
+            body,
+        )
+        .await;
+        let direct = call(
+            &router,
+            Method::POST,
+            &format!("/v1/capabilities/text-stats/{path}?direct=true"),
+            body,
+        )
+        .await;
+        assert_eq!(
+            wasm.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&wasm.body)
+        );
         assert_eq!(wasm.body, native.body, "{path}: wasm and native differ");
         assert_eq!(wasm.body, direct.body, "{path}: queued and direct differ");
         // It ran as a job: its id rides along and the journal has it.
-        let job = wasm.headers.get("x-cjm-job-id").unwrap().to_str().unwrap().to_owned();
-        let a = call(&router, Method::GET, &format!("/v1/jobs/{job}"), Body::empty()).await;
+        let job = wasm
+            .headers
+            .get("x-cjm-job-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let a = call(
+            &router,
+            Method::GET,
+            &format!("/v1/jobs/{job}"),
+            Body::empty(),
+        )
+        .await;
         assert_eq!(a.json()["status"], "completed");
     }
     // The native worker's accounts ride on X-CJM-Accounts as the worker sent them.
-    let native = call(&router, Method::POST, "/v1/capabilities/text-stats-native/task", task).await;
+    let native = call(
+        &router,
+        Method::POST,
+        "/v1/capabilities/text-stats-native/task",
+        task,
+    )
+    .await;
     let accounts: Value = serde_json::from_str(
-        native.headers.get("x-cjm-accounts").unwrap().to_str().unwrap(),
+        native
+            .headers
+            .get("x-cjm-accounts")
+            .unwrap()
+            .to_str()
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(accounts[0]["event_type"], "task_account");
     // Unknown task method: the worker's 404 with its detail, for both kinds.
-    let bad = r#"{"task": "text_statistics", "method": "nope", "kwargs": {}}"#;
-    for id in ["text-stats", "text-stats-native"] {
-        let a = call(&router, Method::POST, &format!("/v1/capabilities/{id}/task"), bad).await;
-        assert_eq!(a.status, StatusCode::NOT_FOUND, "{id}");
-        assert!(a.json()["detail"].as_str().unwrap().contains("nope"), "{id}");
+    for bad in [
+        r#"{"task": "text_statistics", "method": "nope", "kwargs": {}}"#,
+        r#"{"task": "no_such_task", "method": "run", "kwargs": {}}"#,
+    ] {
+        let wasm = call(
+            &router,
+            Method::POST,
+            "/v1/capabilities/text-stats/task",
+            bad,
+        )
+        .await;
+        let native = call(
+            &router,
+            Method::POST,
+            "/v1/capabilities/text-stats-native/task",
+            bad,
+        )
+        .await;
+        assert_eq!(wasm.status, StatusCode::NOT_FOUND, "{bad}");
+        assert_eq!(wasm.body, native.body, "{bad}");
     }
     // A failing call: 500 with the `_job_error` of all eleven keys.
-    let a = call(&router, Method::POST, "/v1/capabilities/text-stats/execute", r#"{"kwargs": {"text": 5}}"#).await;
+    let a = call(
+        &router,
+        Method::POST,
+        "/v1/capabilities/text-stats/execute",
+        r#"{"kwargs": {"text": 5}}"#,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
     let e = &a.json()["_job_error"];
     assert_eq!(e["category"], "user_input");
     assert_eq!(e.as_object().unwrap().len(), 11);
     // The stream: one NDJSON line with the result, as the worker's.
-    let a = call(&router, Method::POST, "/v1/capabilities/text-stats/execute_stream", exec).await;
+    let a = call(
+        &router,
+        Method::POST,
+        "/v1/capabilities/text-stats/execute_stream",
+        exec,
+    )
+    .await;
     assert_eq!(a.headers["content-type"], "application/x-ndjson");
     let line: Value = serde_json::from_slice(a.body.strip_suffix(b"\n").unwrap()).unwrap();
     assert_eq!(line["words"], 3);
     // Schema, surface, health, progress, cancel answer per instance.
-    for q in ["config_schema", "structural_surface", "health", "stats", "progress"] {
-        let a = call(&router, Method::GET, &format!("/v1/capabilities/text-stats-native/{q}"), Body::empty()).await;
+    for q in [
+        "config_schema",
+        "structural_surface",
+        "health",
+        "stats",
+        "progress",
+    ] {
+        let a = call(
+            &router,
+            Method::GET,
+            &format!("/v1/capabilities/text-stats-native/{q}"),
+            Body::empty(),
+        )
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{q}");
     }
-    let a = call(&router, Method::POST, "/v1/capabilities/probe/cancel", Body::empty()).await;
+    let a = call(
+        &router,
+        Method::POST,
+        "/v1/capabilities/probe/cancel",
+        Body::empty(),
+    )
+    .await;
     assert_eq!(a.json(), json!({"status": "cancelled"}));
     host.shutdown().await.unwrap();
 }
@@ -255,51 +367,155 @@ async fn bad_input_gets_clear_errors_and_the_host_stays_up() {
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{uri}");
         assert_eq!(a.kind(), "not_found");
     }
-    let a = call(&router, Method::POST, "/v1/jobs", r#"{"capability": "nope"}"#).await;
+    let a = call(
+        &router,
+        Method::POST,
+        "/v1/jobs",
+        r#"{"capability": "nope"}"#,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     // Bad JSON, a wrong shape, unknown fields.
     let a = call(&router, Method::POST, "/v1/jobs", "{not json").await;
-    assert_eq!((a.status, a.kind().as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
-    assert!(a.json()["error"]["message"].as_str().unwrap().contains("not valid JSON"));
-    let a = call(&router, Method::POST, "/v1/jobs", r#"{"capability": "text-stats", "kwarg": {}}"#).await;
+    assert_eq!(
+        (a.status, a.kind().as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
+    let a = call(
+        &router,
+        Method::POST,
+        "/v1/jobs",
+        r#"{"capability": "text-stats", "kwarg": {}}"#,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    assert!(a.json()["error"]["message"].as_str().unwrap().contains("kwarg"));
-    let a = call(&router, Method::POST, "/v1/capabilities/text-stats/execute", "[1]").await;
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("kwarg")
+    );
+    let a = call(
+        &router,
+        Method::POST,
+        "/v1/capabilities/text-stats/execute",
+        "[1]",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     // A config the schema refuses: 422 naming the field; the old config stays.
-    let before = call(&router, Method::GET, "/v1/capabilities/text-stats/config", Body::empty()).await.json();
-    let a = call(&router, Method::PUT, "/v1/capabilities/text-stats/config", r#"{"top_n": 1000}"#).await;
-    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", String::from_utf8_lossy(&a.body));
-    assert!(a.json()["error"]["fields"].as_array().unwrap().iter().any(|f| f == "top_n"));
-    let after = call(&router, Method::GET, "/v1/capabilities/text-stats/config", Body::empty()).await.json();
+    let before = call(
+        &router,
+        Method::GET,
+        "/v1/capabilities/text-stats/config",
+        Body::empty(),
+    )
+    .await
+    .json();
+    let a = call(
+        &router,
+        Method::PUT,
+        "/v1/capabilities/text-stats/config",
+        r#"{"top_n": 1000}"#,
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert!(
+        a.json()["error"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "top_n")
+    );
+    let after = call(
+        &router,
+        Method::GET,
+        "/v1/capabilities/text-stats/config",
+        Body::empty(),
+    )
+    .await
+    .json();
     assert_eq!(before, after);
-    let a = call(&router, Method::PUT, "/v1/capabilities/text-stats/config", r#"{"top_n": 4}"#).await;
+    let a = call(
+        &router,
+        Method::PUT,
+        "/v1/capabilities/text-stats/config",
+        r#"{"top_n": 4}"#,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json()["top_n"], 4);
     // Over-deep JSON and an oversized body.
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
     let a = call(&router, Method::POST, "/v1/jobs", deep).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    let deep = format!(r#"{{"kwargs": {{"x": {}1{}}}}}"#, "[".repeat(200), "]".repeat(200));
-    let a = call(&router, Method::POST, "/v1/capabilities/text-stats/execute", deep).await;
+    let deep = format!(
+        r#"{{"kwargs": {{"x": {}1{}}}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let a = call(
+        &router,
+        Method::POST,
+        "/v1/capabilities/text-stats/execute",
+        deep,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    let big = format!(r#"{{"capability": "text-stats", "kwargs": {{"text": "{}"}}}}"#, "a".repeat(100 * 1024));
+    let big = format!(
+        r#"{{"capability": "text-stats", "kwargs": {{"text": "{}"}}}}"#,
+        "a".repeat(100 * 1024)
+    );
     let a = call(&router, Method::POST, "/v1/jobs", big).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     // Bad query values.
-    let a = call(&router, Method::GET, "/v1/jobs?status=sideways", Body::empty()).await;
+    let a = call(
+        &router,
+        Method::GET,
+        "/v1/jobs?status=sideways",
+        Body::empty(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
     let a = call(&router, Method::GET, "/v1/jobs?limit=minus", Body::empty()).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     // A bad composition names its problem.
     let a = call(&router, Method::POST, "/v1/compositions", r#"{"nodes": [{"id": "a", "instance_id": "text-stats", "kwargs": {"t": {"$output": "a"}}}]}"#).await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(a.json()["error"]["message"].as_str().unwrap().contains("itself"));
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("itself")
+    );
     // The host is unharmed: a job still runs.
-    let a = call(&router, Method::POST, "/v1/jobs", r#"{"capability": "text-stats", "kwargs": {"text": "still here"}}"#).await;
+    let a = call(
+        &router,
+        Method::POST,
+        "/v1/jobs",
+        r#"{"capability": "text-stats", "kwargs": {"text": "still here"}}"#,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     let id = a.json()["job_id"].as_str().unwrap().to_owned();
-    let a = call(&router, Method::GET, &format!("/v1/jobs/{id}/wait?timeout_s=30"), Body::empty()).await;
+    let a = call(
+        &router,
+        Method::GET,
+        &format!("/v1/jobs/{id}/wait?timeout_s=30"),
+        Body::empty(),
+    )
+    .await;
     assert_eq!(a.json()["status"], "completed");
     assert_eq!(a.json()["result"]["words"], 2);
     host.shutdown().await.unwrap();
@@ -311,38 +527,118 @@ async fn jobs_compositions_and_secrets_over_the_api() {
     let host = host(dir.path(), 1).await;
     let router = Server::new(host.clone(), ServerConfig::default()).router();
     // One lane: a sleeping job holds it, the next waits and is cancelled while waiting.
-    let a = call(&router, Method::POST, "/v1/jobs", r#"{"capability": "probe", "kwargs": {"action": "sleep", "seconds": 1.0}}"#).await;
+    let a = call(
+        &router,
+        Method::POST,
+        "/v1/jobs",
+        r#"{"capability": "probe", "kwargs": {"action": "sleep", "seconds": 1.0}}"#,
+    )
+    .await;
     let sleeper = a.json()["job_id"].as_str().unwrap().to_owned();
     let a = call(&router, Method::POST, "/v1/jobs", r#"[{"capability": "text-stats", "kwargs": {"text": "x"}, "run_id": "batch"}, {"capability": "text-stats", "kwargs": {"text": "y z"}, "run_id": "batch", "priority": 5}]"#).await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     let ids: Vec<String> = serde_json::from_value(a.json()["job_ids"].clone()).unwrap();
-    let a = call(&router, Method::POST, &format!("/v1/jobs/{}/priority", ids[0]), r#"{"priority": 9}"#).await;
+    let a = call(
+        &router,
+        Method::POST,
+        &format!("/v1/jobs/{}/priority", ids[0]),
+        r#"{"priority": 9}"#,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
-    let a = call(&router, Method::POST, &format!("/v1/jobs/{}/cancel", ids[1]), Body::empty()).await;
+    let a = call(
+        &router,
+        Method::POST,
+        &format!("/v1/jobs/{}/cancel", ids[1]),
+        Body::empty(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
-    let waited = call(&router, Method::GET, &format!("/v1/jobs/{}/wait?timeout_s=30", ids[1]), Body::empty()).await.json();
+    let waited = call(
+        &router,
+        Method::GET,
+        &format!("/v1/jobs/{}/wait?timeout_s=30", ids[1]),
+        Body::empty(),
+    )
+    .await
+    .json();
     assert_eq!(waited["status"], "cancelled");
-    assert!(waited["started_at"].is_null(), "a cancelled waiting job never started");
-    let done = call(&router, Method::GET, &format!("/v1/jobs/{}/wait?timeout_s=30", ids[0]), Body::empty()).await.json();
+    assert!(
+        waited["started_at"].is_null(),
+        "a cancelled waiting job never started"
+    );
+    let done = call(
+        &router,
+        Method::GET,
+        &format!("/v1/jobs/{}/wait?timeout_s=30", ids[0]),
+        Body::empty(),
+    )
+    .await
+    .json();
     assert_eq!(done["status"], "completed");
-    let a = call(&router, Method::GET, &format!("/v1/jobs/{sleeper}/wait?timeout_s=30"), Body::empty()).await;
+    let a = call(
+        &router,
+        Method::GET,
+        &format!("/v1/jobs/{sleeper}/wait?timeout_s=30"),
+        Body::empty(),
+    )
+    .await;
     assert_eq!(a.json()["status"], "completed");
     // A finished job cannot be cancelled or reordered: 409.
-    let a = call(&router, Method::POST, &format!("/v1/jobs/{}/cancel", ids[0]), Body::empty()).await;
+    let a = call(
+        &router,
+        Method::POST,
+        &format!("/v1/jobs/{}/cancel", ids[0]),
+        Body::empty(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::CONFLICT);
     // The list, from the journal, filtered and paged.
-    let page = call(&router, Method::GET, "/v1/jobs?run_id=batch&limit=1", Body::empty()).await.json();
+    let page = call(
+        &router,
+        Method::GET,
+        "/v1/jobs?run_id=batch&limit=1",
+        Body::empty(),
+    )
+    .await
+    .json();
     assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
     let cursor = page["next_cursor"].as_i64().unwrap();
-    let next = call(&router, Method::GET, &format!("/v1/jobs?run_id=batch&limit=1&cursor={cursor}"), Body::empty()).await.json();
+    let next = call(
+        &router,
+        Method::GET,
+        &format!("/v1/jobs?run_id=batch&limit=1&cursor={cursor}"),
+        Body::empty(),
+    )
+    .await
+    .json();
     assert_eq!(next["jobs"].as_array().unwrap().len(), 1);
     assert_ne!(page["jobs"][0]["id"], next["jobs"][0]["id"]);
     assert!(next["next_cursor"].is_null());
-    let failed = call(&router, Method::GET, "/v1/jobs?status=cancelled", Body::empty()).await.json();
+    let failed = call(
+        &router,
+        Method::GET,
+        "/v1/jobs?status=cancelled",
+        Body::empty(),
+    )
+    .await
+    .json();
     assert_eq!(failed["jobs"][0]["id"], ids[1].as_str());
     // The timeline of one job.
-    let t = call(&router, Method::GET, &format!("/v1/jobs/{}/journal", ids[0]), Body::empty()).await.json();
-    let types: Vec<&str> = t["events"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    let t = call(
+        &router,
+        Method::GET,
+        &format!("/v1/jobs/{}/journal", ids[0]),
+        Body::empty(),
+    )
+    .await
+    .json();
+    let types: Vec<&str> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
     assert_eq!(types.first(), Some(&"job_submitted"));
     assert!(types.contains(&"admission_decided"));
     // A composition across kinds.
@@ -351,28 +647,70 @@ async fn jobs_compositions_and_secrets_over_the_api() {
         {"id": "b", "instance_id": "text-stats-native", "task": "text_statistics", "method": "merge_stats", "kwargs": {"one": {"$output": "a"}}}]}"#).await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     let cid = a.json()["composition_id"].as_str().unwrap().to_owned();
-    let run = call(&router, Method::GET, &format!("/v1/compositions/{cid}/wait?timeout_s=60"), Body::empty()).await.json();
+    let run = call(
+        &router,
+        Method::GET,
+        &format!("/v1/compositions/{cid}/wait?timeout_s=60"),
+        Body::empty(),
+    )
+    .await
+    .json();
     assert_eq!(run["status"], "completed");
     assert_eq!(run["nodes"]["b"]["result"]["words"], 3);
     // Secrets: names listed, the value never answered.
-    let a = call(&router, Method::PUT, "/v1/secrets/probe/API_KEY", r#"{"value": "hunter2-secret"}"#).await;
+    let a = call(
+        &router,
+        Method::PUT,
+        "/v1/secrets/probe/API_KEY",
+        r#"{"value": "hunter2-secret"}"#,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     let names = call(&router, Method::GET, "/v1/secrets", Body::empty()).await;
     assert_eq!(names.json()["probe"], json!(["API_KEY"]));
-    for uri in ["/v1/secrets", "/v1/capabilities/probe", "/v1/capabilities", "/v1/resources"] {
+    for uri in [
+        "/v1/secrets",
+        "/v1/capabilities/probe",
+        "/v1/capabilities",
+        "/v1/resources",
+    ] {
         let a = call(&router, Method::GET, uri, Body::empty()).await;
-        assert!(!String::from_utf8_lossy(&a.body).contains("hunter2"), "{uri}");
+        assert!(
+            !String::from_utf8_lossy(&a.body).contains("hunter2"),
+            "{uri}"
+        );
     }
     // Host figures.
     let m = call(&router, Method::GET, "/metrics", Body::empty()).await;
     let text = String::from_utf8_lossy(&m.body).into_owned();
     assert!(text.contains("cjm_jobs_completed_total "), "{text}");
-    let r = call(&router, Method::GET, "/v1/resources", Body::empty()).await.json();
+    let r = call(&router, Method::GET, "/v1/resources", Body::empty())
+        .await
+        .json();
     assert!(r["machine"]["system"]["cpu_count"].as_u64().unwrap() >= 1);
-    assert!(r["workers"].as_array().unwrap().iter().any(|w| w["instance_id"] == "probe" && w["pid"].is_u64()));
-    let info = call(&router, Method::GET, "/v1/capabilities/text-stats", Body::empty()).await.json();
+    assert!(
+        r["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["instance_id"] == "probe" && w["pid"].is_u64())
+    );
+    let info = call(
+        &router,
+        Method::GET,
+        "/v1/capabilities/text-stats",
+        Body::empty(),
+    )
+    .await
+    .json();
     assert_eq!(info["kind"], "wasm");
-    assert!(info["tasks"].as_array().unwrap().iter().any(|t| t == "text_statistics"));
+    assert!(
+        info["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "text_statistics")
+    );
     assert!(info["config_schema"]["properties"]["top_n"].is_object());
     host.shutdown().await.unwrap();
 }
@@ -394,10 +732,24 @@ async fn a_token_is_required_when_configured() {
     let a = call(&router, Method::GET, "/v1/health", Body::empty()).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(a.headers["www-authenticate"], "Bearer");
-    let a = call_with(&router, Method::GET, "/v1/health", Body::empty(), Some("wrong")).await;
+    let a = call_with(
+        &router,
+        Method::GET,
+        "/v1/health",
+        Body::empty(),
+        Some("wrong"),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert_eq!(a.kind(), "unauthorized");
-    let a = call_with(&router, Method::GET, "/v1/health", Body::empty(), Some(token.expose())).await;
+    let a = call_with(
+        &router,
+        Method::GET,
+        "/v1/health",
+        Body::empty(),
+        Some(token.expose()),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     // No CORS headers are sent.
     assert!(a.headers.get("access-control-allow-origin").is_none());
