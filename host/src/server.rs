@@ -170,7 +170,12 @@ impl Server {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use axum::serve::ListenerExt as _;
         let stop = Arc::clone(&self.stop);
+        // Answers are small and go out at once: no Nagle delay waiting for the client's ACK.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, self.router)
             .with_graceful_shutdown(async move {
                 shutdown.await;
