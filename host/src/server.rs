@@ -2,24 +2,24 @@
 //!
 //! Everything is under `/v1`, JSON in and out, and documented by the OpenAPI document the
 //! routes themselves generate (`/v1/openapi.json`, utoipa). One file per resource:
-//! - [`capabilities`](self::capabilities): list, info with the matcher's verdicts, lifecycle,
+//! - `capabilities`: list, info with the matcher's verdicts, lifecycle,
 //!   config;
-//! - [`contract`](self::contract): the worker contract per instance (`/execute`, `/task`,
+//! - `contract`: the worker contract per instance (`/execute`, `/task`,
 //!   `/execute_stream`, ...), the same bodies, statuses and bytes as a cjm-substrate worker, so
 //!   a client cannot tell a wasm capability from a native one; calls go through the queue
 //!   unless `?direct=true`;
-//! - [`jobs`](self::jobs) and [`compositions`](self::compositions): submit, get, wait, cancel,
+//! - `jobs` and `compositions`: submit, get, wait, cancel,
 //!   reorder, list;
-//! - [`events`](self::events): Server-Sent Events from the journal (resumable with
+//! - `events`: Server-Sent Events from the journal (resumable with
 //!   `Last-Event-ID`, the journal's `seq`) and log queries and follows;
-//! - [`system`](self::system): health, readiness, resources, queue stats, `/metrics`, secrets.
+//! - `system`: health, readiness, resources, queue stats, `/metrics`, secrets.
 //!
-//! Security: [`auth`](self::auth) checks a bearer token (constant-time) when one is
+//! Security: `auth` checks a bearer token (constant-time) when one is
 //! configured — `cjm-ctl serve` requires one on any address but loopback; request bodies are
 //! bounded ([`ServerConfig::max_body_bytes`]) and so is JSON nesting
 //! ([`crate::bounds::MAX_JSON_DEPTH`]); no CORS headers are sent; no secret value is ever in
 //! an answer; a 5xx answer never carries internals (they go to the log).
-//! [`discovery`](self::discovery) writes the file that tells clients where the service is.
+//! [`discovery`] writes the file that tells clients where the service is.
 
 mod auth;
 mod capabilities;

@@ -89,7 +89,15 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
                 "another process may hold the port: pick another with --bind 127.0.0.1:<port> (0 picks a free one)",
             )
         })?;
-        let addr = listener.local_addr()?;
+        let listening = listener.local_addr()?;
+        let mut addr = listening;
+        if addr.ip().is_unspecified() {
+            // Listening everywhere: clients on this machine connect through loopback.
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
         let url = format!("http://{addr}");
         let found = Discovery {
             url: url.clone(),
@@ -108,7 +116,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
                 ..ServerConfig::default()
             },
         );
-        announce(ctx, &host, &found, &data_dir);
+        announce(ctx, &host, &found, &data_dir, listening);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<&'static str>();
         let serving = tokio::spawn(server.serve(listener, async move {
             let _ = stop_rx.await;
@@ -166,7 +174,13 @@ async fn load_enabled(host: &Host) {
     }
 }
 
-fn announce(ctx: &Ctx, host: &Host, found: &Discovery, data_dir: &std::path::Path) {
+fn announce(
+    ctx: &Ctx,
+    host: &Host,
+    found: &Discovery,
+    data_dir: &std::path::Path,
+    listening: SocketAddr,
+) {
     let instances: Vec<String> = host
         .manager()
         .instances()
@@ -176,6 +190,7 @@ fn announce(ctx: &Ctx, host: &Host, found: &Discovery, data_dir: &std::path::Pat
     if ctx.out.json {
         ctx.out.json(&json!({
             "url": found.url,
+            "listening": listening.to_string(),
             "pid": found.pid,
             "host_id": found.host_id,
             "auth": found.auth,
@@ -185,7 +200,7 @@ fn announce(ctx: &Ctx, host: &Host, found: &Discovery, data_dir: &std::path::Pat
         return;
     }
     ctx.out.note(format!(
-        "cjm host serving {} at {}",
+        "cjm host serving {} at {} (listening on {listening})",
         data_dir.display(),
         found.url
     ));
@@ -220,7 +235,11 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
         )
     })?;
     let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .with(targets)
         .try_init();
     Ok(())
