@@ -1,7 +1,5 @@
 //! `/v1/compositions`: submit a DAG of jobs, read its node states and results, wait, cancel.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -73,14 +71,7 @@ async fn wait(
     Path(id): Path<String>,
     Query(params): Query<WaitParams>,
 ) -> Result<Json<CompositionRun>, ApiError> {
-    let secs = params.timeout_s.unwrap_or(30.0);
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(ApiError::invalid(
-            "timeout_s must be a number of seconds",
-            vec!["timeout_s".into()],
-        ));
-    }
-    let timeout = Duration::from_secs_f64(secs).min(state.config.max_wait);
+    let timeout = super::error::wait_timeout(params.timeout_s, state.config.max_wait)?;
     match state
         .host
         .queue()

@@ -169,3 +169,18 @@ pub(super) fn parse_value(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     crate::bounds::check_depth("body", &value).map_err(|e| ApiError::bad_request(e.message))?;
     Ok(value)
 }
+
+/// The timeout of a long poll: `timeout_s` (default 30 s), at most `max`.
+pub(super) fn wait_timeout(
+    timeout_s: Option<f64>,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, ApiError> {
+    let secs = timeout_s.unwrap_or(30.0);
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(ApiError::invalid(
+            "timeout_s must be a number of seconds",
+            vec!["timeout_s".into()],
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs).min(max))
+}

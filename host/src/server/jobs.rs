@@ -248,14 +248,7 @@ async fn wait(
     Path(id): Path<String>,
     Query(params): Query<WaitParams>,
 ) -> Result<Json<Job>, ApiError> {
-    let secs = params.timeout_s.unwrap_or(30.0);
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(ApiError::invalid(
-            "timeout_s must be a number of seconds",
-            vec!["timeout_s".into()],
-        ));
-    }
-    let timeout = Duration::from_secs_f64(secs).min(state.config.max_wait);
+    let timeout = super::error::wait_timeout(params.timeout_s, state.config.max_wait)?;
     match state.host.queue().wait(&id, Some(timeout)).await {
         Ok(job) => Ok(Json(job)),
         Err(crate::Error::Queue(QueueError::Timeout(..))) => Ok(Json(find(&state, &id).await?)),
