@@ -253,6 +253,10 @@ mod tests {
             (111659285584252.12, "111659285584252.12"),
             (f64::INFINITY, "Infinity"),
             (f64::NEG_INFINITY, "-Infinity"),
+            (0.05, "0.05"),
+            (53.58984375, "53.58984375"),
+            (-2.5e-7, "-2.5e-07"),
+            (12345.0, "12345.0"),
         ];
         for (f, want) in cases {
             assert_eq!(float_repr(f), want, "repr of {f:e}");

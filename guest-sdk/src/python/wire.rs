@@ -36,10 +36,6 @@ fn write<T: Serialize + ?Sized>(value: &T, formatter: PyFormatter) -> serde_json
     Ok(out)
 }
 
-/// `repr(float)` of a finite `value`, as the host writes it too (one implementation, checked
-/// against floats real Python printed).
-pub use super::json::float_repr as python_float_repr;
-
 /// A serde_json formatter writing Python's separators, float repr and (when `spaced`)
 /// `ensure_ascii` escapes.
 struct PyFormatter {
@@ -48,7 +44,7 @@ struct PyFormatter {
 
 impl Formatter for PyFormatter {
     fn write_f64<W: ?Sized + Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
-        writer.write_all(python_float_repr(value).as_bytes())
+        writer.write_all(super::json::float_repr(value).as_bytes())
     }
 
     fn write_f32<W: ?Sized + Write>(&mut self, writer: &mut W, value: f32) -> io::Result<()> {
@@ -113,30 +109,6 @@ impl PyFormatter {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
-
-    #[test]
-    fn floats_print_as_python_repr() {
-        let cases = [
-            (0.0, "0.0"),
-            (-0.0, "-0.0"),
-            (1.5, "1.5"),
-            (1e16, "1e+16"),
-            (1e15, "1000000000000000.0"),
-            (1e-5, "1e-05"),
-            (0.0001, "0.0001"),
-            (123456789.123, "123456789.123"),
-            (1e300, "1e+300"),
-            (1.2345678901234568e16, "1.2345678901234568e+16"),
-            (5e-324, "5e-324"),
-            (0.05, "0.05"),
-            (53.58984375, "53.58984375"),
-            (-2.5e-7, "-2.5e-07"),
-            (12345.0, "12345.0"),
-        ];
-        for (value, repr) in cases {
-            assert_eq!(python_float_repr(value), repr, "{value:e}");
-        }
-    }
 
     #[test]
     fn compact_keeps_utf8_order_and_number_types() {
