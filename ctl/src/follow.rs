@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use cjm_host::queue::{CompositionRun, EventKind, JobQueue, Subscription};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
 
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, hint};
 
 /// A progress bar of `len` steps (a spinner when `None`).
 pub fn bar(ctx: &Ctx, len: Option<u64>) -> ProgressBar {
@@ -57,4 +58,98 @@ pub async fn composition(
     };
     progress.finish_and_clear();
     Ok(run)
+}
+
+/// Resolves with the signal's name at the first SIGINT or SIGTERM.
+pub async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
+/// What a followed job reports while it runs.
+#[derive(Debug)]
+pub enum Update {
+    /// Progress (0..1) and the capability's message.
+    Progress(f64, String),
+    /// It moved to this state.
+    State(String),
+}
+
+impl Update {
+    /// The update an event of type `kind` with `payload` brings (`None`: nothing to show).
+    /// The same for the queue's own events and the service's SSE events.
+    pub fn of(kind: &str, payload: &Value) -> Option<Update> {
+        let text = |key: &str| payload[key].as_str().unwrap_or("").to_owned();
+        match kind {
+            "progress_changed" => Some(Update::Progress(
+                payload["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0),
+                text("message"),
+            )),
+            "state_transition" => Some(Update::State(text("to"))),
+            _ => None,
+        }
+    }
+}
+
+/// Follows job `id` to its end, in-process or through a service alike: a bar fed by
+/// `updates`; Ctrl-C or SIGTERM runs `cancel` once (the job is cancelled, its record says
+/// so, rather than left running with nobody to finish it); then the job is printed (the
+/// record with `--json`, else its result) and its status becomes the exit.
+pub async fn job(
+    ctx: &Ctx,
+    id: &str,
+    wait: impl Future<Output = anyhow::Result<Value>>,
+    cancel: impl Future<Output = ()>,
+    mut updates: tokio::sync::mpsc::UnboundedReceiver<Update>,
+) -> anyhow::Result<()> {
+    let progress = bar(ctx, Some(1000));
+    tokio::pin!(wait);
+    tokio::pin!(cancel);
+    let stop = interrupted();
+    tokio::pin!(stop);
+    let mut cancelling = false;
+    let job = loop {
+        tokio::select! {
+            job = &mut wait => break job?,
+            signal = &mut stop, if !cancelling => {
+                cancelling = true;
+                ctx.out.note(format!("{signal}: cancelling job {id}"));
+                (&mut cancel).await;
+            }
+            Some(update) = updates.recv() => match update {
+                Update::Progress(p, message) => {
+                    progress.set_position((p * 1000.0) as u64);
+                    progress.set_message(message);
+                }
+                Update::State(state) => progress.set_message(state),
+            }
+        }
+    };
+    progress.finish_and_clear();
+    if ctx.out.json {
+        ctx.out.json(&job);
+    } else if let Some(result) = job.get("result").filter(|r| !r.is_null()) {
+        ctx.out.json(result);
+    }
+    match job["status"].as_str() {
+        Some("completed") => Ok(()),
+        Some("cancelled") => Err(anyhow::anyhow!("job {id} was cancelled")),
+        _ => Err(hint(
+            format!(
+                "job {id} failed: [{}] {}",
+                job["error"]["category"].as_str().unwrap_or("fatal"),
+                job["error"]["message"].as_str().unwrap_or("failed")
+            ),
+            format!("its log: `cjm-ctl logs --job {id}`"),
+        )),
+    }
 }

@@ -121,7 +121,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         let serving = tokio::spawn(server.serve(listener, async move {
             let _ = stop_rx.await;
         }));
-        let signal = crate::commands::submit::interrupted().await;
+        let signal = crate::follow::interrupted().await;
         tracing::info!("{signal}: stopping (running jobs get {}s)", args.grace);
         let _ = stop_tx.send(signal);
         let grace = Duration::from_secs_f64(args.grace);

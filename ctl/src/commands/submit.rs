@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cjm_host::Host;
 use cjm_host::backend::CallRequest;
-use cjm_host::queue::{Composition, EventKind, JobSpec, JobStatus, NodeState, Scope};
+use cjm_host::queue::{Composition, JobSpec, Scope};
 use serde_json::{Map, Value, json};
 
 use crate::ctx::{Ctx, hint, runtime};
@@ -147,21 +147,6 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves with the signal's name at the first SIGINT or SIGTERM.
-pub(crate) async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "interrupted",
-        _ = term.recv() => "terminated",
-    }
-}
-
 /// KWARGS as given: a JSON object, `-` for stdin, or nothing.
 fn read_kwargs(given: Option<&str>) -> anyhow::Result<Map<String, Value>> {
     Ok(match given {
@@ -193,56 +178,25 @@ async fn job_run(ctx: &Ctx, host: &Host, spec: JobSpec) -> anyhow::Result<()> {
     let mut events = q.subscribe(Scope::All);
     let id = q.submit(spec).await?;
     ctx.out.note(format!("job {id} submitted"));
-    let progress = follow::bar(ctx, Some(1000));
-    let wait = q.wait(&id, None);
-    tokio::pin!(wait);
-    let stop = interrupted();
-    tokio::pin!(stop);
-    let mut cancelling = false;
-    let job = loop {
-        tokio::select! {
-            job = &mut wait => break job?,
-            signal = &mut stop, if !cancelling => {
-                // Ctrl-C or SIGTERM: the job is cancelled (its record says so), not left
-                // running with nobody to finish it.
-                cancelling = true;
-                ctx.out.note(format!("{signal}: cancelling job {id}"));
-                let _ = q.cancel(&id);
-            }
-            Some(e) = events.next() => {
-                if e.job_id.as_deref() == Some(id.as_str()) {
-                    match e.kind {
-                        EventKind::ProgressChanged => {
-                            let p = e.payload["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
-                            progress.set_position((p * 1000.0) as u64);
-                            progress.set_message(e.payload["message"].as_str().unwrap_or("").to_owned());
-                        }
-                        EventKind::StateTransition => progress.set_message(e.payload["to"].as_str().unwrap_or("").to_owned()),
-                        _ => {}
-                    }
-                }
+    let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
+    let job_id = id.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(e) = events.next().await {
+            if e.job_id.as_deref() == Some(job_id.as_str())
+                && let Some(u) = follow::Update::of(e.kind.as_str(), &e.payload)
+                && tx.send(u).is_err()
+            {
+                break;
             }
         }
+    });
+    let wait = async { Ok(serde_json::to_value(q.wait(&id, None).await?)?) };
+    let cancel = async {
+        let _ = q.cancel(&id);
     };
-    progress.finish_and_clear();
-    if ctx.out.json {
-        ctx.out.json(&serde_json::to_value(&job)?);
-    } else if let Some(result) = &job.result {
-        ctx.out.json(result);
-    }
-    match job.status {
-        JobStatus::Completed => Ok(()),
-        JobStatus::Cancelled => Err(anyhow::anyhow!("job {id} was cancelled")),
-        _ => {
-            let e = job
-                .error
-                .unwrap_or_else(|| cjm_host::contract::JobError::fatal("failed"));
-            Err(hint(
-                format!("job {id} failed: [{}] {}", e.category, e.message),
-                format!("its log: `cjm-ctl logs --job {id}`"),
-            ))
-        }
-    }
+    let outcome = follow::job(ctx, &id, wait, cancel, updates).await;
+    forward.abort();
+    outcome
 }
 
 async fn composition_run(ctx: &Ctx, host: &Host, c: Composition) -> anyhow::Result<()> {
@@ -256,46 +210,14 @@ async fn composition_run(ctx: &Ctx, host: &Host, c: Composition) -> anyhow::Resu
     tokio::pin!(follow);
     let run = tokio::select! {
         run = &mut follow => run?,
-        signal = interrupted() => {
+        signal = follow::interrupted() => {
             // As for one job: the composition is cancelled as a unit, not left running.
             ctx.out.note(format!("{signal}: cancelling composition {id}"));
             let _ = q.cancel_composition(&id);
             follow.await?
         }
     };
-    let nodes: Map<String, Value> = run
-        .nodes
-        .iter()
-        .map(|(n, r)| {
-            (
-                n.clone(),
-                json!({"state": r.state.as_str(), "result": r.result, "error": r.error}),
-            )
-        })
-        .collect();
-    ctx.out
-        .json(&json!({"composition": id, "status": run.status.as_str(), "nodes": nodes}));
-    if run.status == NodeState::Completed {
-        Ok(())
-    } else {
-        Err(anyhow::anyhow!(
-            "composition {id} ended {}",
-            run.status.as_str()
-        ))
-    }
-}
-
-/// The next event of a stream, or never (no stream, or it ended).
-async fn next_event(
-    stream: &mut Option<cjm_host::client::EventStream>,
-) -> cjm_host::client::ServerEvent {
-    if let Some(s) = stream {
-        if let Ok(Some(e)) = s.next().await {
-            return e;
-        }
-        *stream = None;
-    }
-    std::future::pending().await
+    composition_outcome(ctx, &id, &serde_json::to_value(&run)?)
 }
 
 /// `submit` through a serving host: the job is submitted over HTTP, followed over its event
@@ -310,50 +232,28 @@ async fn remote_job(
         "job {id} submitted to the host at {}",
         client.url()
     ));
-    let progress = follow::bar(ctx, Some(1000));
-    let mut events = client.events(&format!("job={id}"), Some(0)).await.ok();
-    let wait = client.wait(&id, Duration::from_secs(30));
-    tokio::pin!(wait);
-    let stop = interrupted();
-    tokio::pin!(stop);
-    let mut cancelling = false;
-    let job = loop {
-        tokio::select! {
-            job = &mut wait => break job?,
-            signal = &mut stop, if !cancelling => {
-                cancelling = true;
-                ctx.out.note(format!("{signal}: cancelling job {id}"));
-                let _ = client.cancel(&id).await;
-            }
-            e = next_event(&mut events) => match e.event.as_str() {
-                "progress_changed" => {
-                    let p = e.data["payload"]["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
-                    progress.set_position((p * 1000.0) as u64);
-                    progress.set_message(e.data["payload"]["message"].as_str().unwrap_or("").to_owned());
+    let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
+    let forward = match client.events(&format!("job={id}"), Some(0)).await {
+        Ok(mut events) => Some(tokio::spawn(async move {
+            while let Ok(Some(e)) = events.next().await {
+                if let Some(u) = follow::Update::of(&e.event, &e.data["payload"])
+                    && tx.send(u).is_err()
+                {
+                    break;
                 }
-                "state_transition" => progress.set_message(e.data["payload"]["to"].as_str().unwrap_or("").to_owned()),
-                _ => {}
             }
-        }
+        })),
+        Err(_) => None, // no progress shown; the wait below still ends it
     };
-    progress.finish_and_clear();
-    if ctx.out.json {
-        ctx.out.json(&job);
-    } else if let Some(result) = job.get("result").filter(|r| !r.is_null()) {
-        ctx.out.json(result);
+    let wait = async { Ok(client.wait(&id, Duration::from_secs(30)).await?) };
+    let cancel = async {
+        let _ = client.cancel(&id).await;
+    };
+    let outcome = follow::job(ctx, &id, wait, cancel, updates).await;
+    if let Some(f) = forward {
+        f.abort();
     }
-    match job["status"].as_str() {
-        Some("completed") => Ok(()),
-        Some("cancelled") => Err(anyhow::anyhow!("job {id} was cancelled")),
-        _ => Err(hint(
-            format!(
-                "job {id} failed: [{}] {}",
-                job["error"]["category"].as_str().unwrap_or("fatal"),
-                job["error"]["message"].as_str().unwrap_or("failed")
-            ),
-            format!("its log: `cjm-ctl logs --job {id}`"),
-        )),
-    }
+    outcome
 }
 
 /// `submit --composition` through a serving host.
@@ -398,7 +298,7 @@ async fn remote_composition(
     tokio::pin!(wait);
     let run = tokio::select! {
         run = &mut wait => run?,
-        signal = interrupted() => {
+        signal = follow::interrupted() => {
             ctx.out.note(format!("{signal}: cancelling composition {id}"));
             let _ = client
                 .json(reqwest::Method::POST, &format!("/v1/compositions/{id}/cancel"), None)
@@ -406,6 +306,12 @@ async fn remote_composition(
             wait.await?
         }
     };
+    composition_outcome(ctx, &id, &run)
+}
+
+/// Prints a finished composition (`run` as the queue serializes it: each node's state,
+/// result and error) and turns its status into the exit.
+fn composition_outcome(ctx: &Ctx, id: &str, run: &Value) -> anyhow::Result<()> {
     let nodes: Map<String, Value> = run["nodes"]
         .as_object()
         .map(|m| {
@@ -419,7 +325,7 @@ async fn remote_composition(
                 .collect()
         })
         .unwrap_or_default();
-    let status = run["status"].as_str().unwrap_or("").to_owned();
+    let status = run["status"].as_str().unwrap_or("");
     ctx.out
         .json(&json!({"composition": id, "status": status, "nodes": nodes}));
     if status == "completed" {
