@@ -75,6 +75,8 @@ pub(crate) struct AppState {
     pub(crate) openapi: Arc<OnceLock<String>>,
     /// Set when the service stops: event streams end.
     pub(crate) stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The journal read forward for every event stream (started by the first).
+    pub(crate) tail: Arc<OnceLock<events::JournalTail>>,
 }
 
 /// The OpenAPI document's frame; the paths come from the routes.
@@ -140,6 +142,7 @@ impl Server {
             started: Instant::now(),
             openapi,
             stop: Arc::clone(&stop),
+            tail: Arc::new(OnceLock::new()),
         };
         let router = router
             .fallback(error::not_found)

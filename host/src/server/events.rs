@@ -3,13 +3,16 @@
 //!
 //! An event stream is the journal read forward from a cursor: the SSE `id` of each event is
 //! its journal `seq`, so a client reconnecting with `Last-Event-ID` (or `?after=`) misses
-//! nothing. The queue's subscription only wakes the stream when this host commits rows (a
-//! burst of them wakes one read); rows of any other writer of the data dir (another host,
-//! `cjm-ctl`) are read at the latest a second later. Liveness events (progress, resource
-//! snapshots) are not journaled: they are sent as they come, without an `id`.
+//! nothing. One [`JournalTail`] per service reads the journal forward for every stream: woken
+//! when this host commits rows (a burst of them is one read), and every second for rows of
+//! any other writer of the data dir (another host, `cjm-ctl`); it renders each row once and
+//! broadcasts it. A stream reads the journal itself only to catch up from its cursor or after
+//! falling behind. Liveness events (progress, resource snapshots) are not journaled: they are
+//! sent as they come, without an `id`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -25,13 +28,17 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::queue::{JobEvent, Scope, Subscription};
+use tokio::sync::broadcast;
+
+use crate::queue::{JobEvent, Scope};
 use crate::store::{ChunkQuery, JournalEvent, JournalQuery, RecordQuery};
 
 /// Journal rows read back per query.
 const PAGE: u64 = 1000;
-/// How often a stream looks at the journal for rows that did not come live.
+/// How often the tail looks at the journal for rows that did not come live.
 const POLL: Duration = Duration::from_secs(1);
+/// Batches the tail keeps for a slow stream before that stream reads the journal itself.
+const TAIL_BATCHES: usize = 1024;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -69,22 +76,26 @@ async fn events(
                 .map_err(|_| ApiError::bad_request("Last-Event-ID must be a journal seq"))
         })
         .transpose()?;
-    let (scope, mut query) = match (params.job, params.composition) {
+    let (filter, mut query) = match (params.job, params.composition) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request("give job or composition, not both"));
         }
-        (Some(job), None) => (Scope::Job(job.clone()), JournalQuery::job(job)),
+        (Some(job), None) => (Filter::Job(job.clone()), JournalQuery::job(job)),
         (None, Some(c)) => (
-            Scope::Composition(c.clone()),
+            Filter::Composition(c.clone()),
             JournalQuery {
                 composition_id: Some(c),
                 ..JournalQuery::default()
             },
         ),
-        (None, None) => (Scope::All, JournalQuery::default()),
+        (None, None) => (Filter::All, JournalQuery::default()),
     };
-    // Subscribe before reading the cursor: nothing committed in between is missed.
-    let subscription = state.host.queue().subscribe(scope);
+    // Listen to the shared tail before reading the cursor: nothing committed in between is
+    // missed (what the catch-up read also finds comes twice and is skipped by its seq).
+    let tail = state
+        .tail
+        .get_or_init(|| JournalTail::start(&state))
+        .subscribe();
     let after = match resume.or(params.after) {
         Some(seq) => seq,
         None => {
@@ -95,37 +106,204 @@ async fn events(
         }
     };
     query.limit = Some(PAGE);
-    let tail = Tail {
+    let follow = Follow {
         state: state.clone(),
         query,
+        filter,
         last: after,
-        subscription,
+        tail,
         backlog: VecDeque::new(),
-        read_back: true,
+        catching_up: true,
         stop: state.stop.subscribe(),
     };
-    Ok(Sse::new(tail.into_stream())
+    Ok(Sse::new(follow.into_stream())
         .keep_alive(KeepAlive::default())
         .into_response())
 }
 
-/// One stream's position in the journal.
-struct Tail {
+/// Which rows a stream sends.
+#[derive(Debug, Clone)]
+enum Filter {
+    All,
+    Job(String),
+    Composition(String),
+}
+
+/// One journal row or live event, rendered once for every stream that sends it.
+#[derive(Debug)]
+struct Item {
+    seq: Option<i64>,
+    kind: String,
+    job_id: Option<String>,
+    composition_id: Option<String>,
+    data: String,
+}
+
+impl Item {
+    fn row(row: &JournalEvent) -> Item {
+        let data = json!({
+            "seq": row.seq,
+            "ts": row.ts,
+            "event_type": row.event_type,
+            "job_id": row.job_id,
+            "composition_id": row.composition_id,
+            "node_id": row.node_id,
+            "capability_instance_id": row.capability_instance_id,
+            "capability_name": row.capability_name,
+            "run_id": row.run_id,
+            "actor": row.actor,
+            "worker_reported": row.worker_reported,
+            "payload": row.payload,
+        });
+        Item {
+            seq: row.seq,
+            kind: row.event_type.clone(),
+            job_id: row.job_id.clone(),
+            composition_id: row.composition_id.clone(),
+            data: data.to_string(),
+        }
+    }
+
+    fn live(e: &JobEvent) -> Item {
+        let data = json!({
+            "seq": null,
+            "ts": e.ts,
+            "event_type": e.kind.as_str(),
+            "job_id": e.job_id,
+            "composition_id": e.composition_id,
+            "node_id": e.node_id,
+            "capability_instance_id": e.instance_id,
+            "capability_name": e.capability_name,
+            "run_id": e.run_id,
+            "actor": e.actor,
+            "worker_reported": false,
+            "payload": e.payload,
+        });
+        Item {
+            seq: None,
+            kind: e.kind.as_str().to_owned(),
+            job_id: e.job_id.clone(),
+            composition_id: e.composition_id.clone(),
+            data: data.to_string(),
+        }
+    }
+
+    fn matches(&self, filter: &Filter) -> bool {
+        match filter {
+            Filter::All => true,
+            Filter::Job(id) => self.job_id.as_ref() == Some(id),
+            Filter::Composition(id) => self.composition_id.as_ref() == Some(id),
+        }
+    }
+
+    fn event(&self) -> Event {
+        let event = Event::default().event(&self.kind).data(&self.data);
+        match self.seq {
+            Some(seq) => event.id(seq.to_string()),
+            None => event,
+        }
+    }
+}
+
+type Batch = Arc<Vec<Arc<Item>>>;
+
+/// The journal read forward once for every stream of this service: one task reads the rows
+/// after its cursor when the queue commits (a burst of commits is one read) or every second
+/// (rows of other writers: another host, `cjm-ctl`), renders each once and broadcasts them
+/// in seq order with the live (liveness) events. Started by the first stream, it runs until
+/// the service stops.
+pub(crate) struct JournalTail {
+    tx: broadcast::Sender<Batch>,
+}
+
+impl JournalTail {
+    fn start(state: &AppState) -> JournalTail {
+        let (tx, _) = broadcast::channel(TAIL_BATCHES);
+        let sender = tx.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut subscription = state.host.queue().subscribe(Scope::All);
+            let mut stop = state.stop.subscribe();
+            let manager = state.host.manager().clone();
+            let mut last = {
+                let m = manager.clone();
+                match tokio::task::spawn_blocking(move || m.journal().last_seq()).await {
+                    Ok(Ok(seq)) => seq,
+                    _ => 0,
+                }
+            };
+            loop {
+                let mut batch: Vec<Arc<Item>> = Vec::new();
+                let mut read = false;
+                tokio::select! {
+                    live = subscription.next() => {
+                        let Some(live) = live else { break };
+                        let mut take = |e: JobEvent| {
+                            if e.kind.journaled() {
+                                read = true;
+                            } else {
+                                batch.push(Arc::new(Item::live(&e)));
+                            }
+                        };
+                        take(live);
+                        while let Some(more) = subscription.try_next() {
+                            take(more);
+                        }
+                    }
+                    () = tokio::time::sleep(POLL) => read = true,
+                    _ = stop.changed() => break,
+                }
+                while read {
+                    let m = manager.clone();
+                    let query = JournalQuery::default().after(last).limit(PAGE);
+                    let rows = match tokio::task::spawn_blocking(move || m.journal().query(&query))
+                        .await
+                    {
+                        Ok(Ok(rows)) => rows,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "the event tail cannot read the journal; retrying");
+                            break;
+                        }
+                        Err(_) => break,
+                    };
+                    read = rows.len() as u64 >= PAGE;
+                    for row in &rows {
+                        last = last.max(row.seq.unwrap_or(last));
+                        batch.push(Arc::new(Item::row(row)));
+                    }
+                }
+                if !batch.is_empty() {
+                    // No stream listening is fine: the next one catches up on its own.
+                    let _ = sender.send(Arc::new(batch));
+                }
+            }
+        });
+        JournalTail { tx }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Batch> {
+        self.tx.subscribe()
+    }
+}
+
+/// One stream: it reads the journal itself from its cursor until it has caught up (or when
+/// it fell behind the shared tail), then sends what the tail broadcasts that it wants.
+struct Follow {
     state: AppState,
     query: JournalQuery,
-    /// The last journal seq sent.
+    filter: Filter,
+    /// The last journal seq seen.
     last: i64,
-    subscription: Subscription,
+    tail: broadcast::Receiver<Batch>,
     backlog: VecDeque<Event>,
-    /// Read the journal after `last` before waiting again.
-    read_back: bool,
+    catching_up: bool,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
-impl Tail {
+impl Follow {
     fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> {
-        futures_util::stream::unfold(self, |mut tail| async move {
-            tail.next().await.map(|event| (Ok(event), tail))
+        futures_util::stream::unfold(self, |mut follow| async move {
+            follow.next().await.map(|event| (Ok(event), follow))
         })
     }
 
@@ -137,35 +315,36 @@ impl Tail {
             if let Some(event) = self.backlog.pop_front() {
                 return Some(event);
             }
-            if self.read_back {
-                self.read_back = self.read_journal().await?;
+            if self.catching_up {
+                self.catching_up = self.read_journal().await?;
                 continue;
             }
             tokio::select! {
-                live = self.subscription.next() => {
-                    self.take(live?);
-                    // Everything else already buffered wakes the same read.
-                    while let Some(more) = self.subscription.try_next() {
-                        self.take(more);
+                batch = self.tail.recv() => match batch {
+                    Ok(batch) => {
+                        for item in batch.iter() {
+                            if let Some(seq) = item.seq {
+                                if seq <= self.last {
+                                    continue;
+                                }
+                                self.last = seq;
+                            }
+                            if item.matches(&self.filter) {
+                                self.backlog.push_back(item.event());
+                            }
+                        }
                     }
-                }
-                () = tokio::time::sleep(POLL) => self.read_back = true,
+                    // This client fell behind the tail: what it missed is in the journal.
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
                 _ = self.stop.changed() => return None,
             }
         }
     }
 
-    /// A live event: a liveness one is sent as is; a journaled one says the journal has
-    /// new rows (read in journal order, with any other writer's).
-    fn take(&mut self, live: JobEvent) {
-        if live.kind.journaled() {
-            self.read_back = true;
-        } else {
-            self.backlog.push_back(live_event(&live));
-        }
-    }
-
-    /// Reads a page of rows after `last` into the backlog; whether the page was full.
+    /// Reads a page of this stream's rows after `last` into the backlog; whether the page
+    /// was full (more to read).
     async fn read_journal(&mut self) -> Option<bool> {
         let manager = self.state.host.manager().clone();
         let query = self.query.clone().after(self.last);
@@ -178,58 +357,10 @@ impl Tail {
             if let Some(seq) = row.seq {
                 self.last = self.last.max(seq);
             }
-            self.backlog.push_back(row_event(&row));
+            self.backlog.push_back(Item::row(&row).event());
         }
         Some(full)
     }
-}
-
-fn row_event(row: &JournalEvent) -> Event {
-    let data = json!({
-        "seq": row.seq,
-        "ts": row.ts,
-        "event_type": row.event_type,
-        "job_id": row.job_id,
-        "composition_id": row.composition_id,
-        "node_id": row.node_id,
-        "capability_instance_id": row.capability_instance_id,
-        "capability_name": row.capability_name,
-        "run_id": row.run_id,
-        "actor": row.actor,
-        "worker_reported": row.worker_reported,
-        "payload": row.payload,
-    });
-    let mut event = Event::default()
-        .event(row.event_type.as_str())
-        .data(data.to_string());
-    if let Some(seq) = row.seq {
-        event = event.id(seq.to_string());
-    }
-    event
-}
-
-fn live_event(e: &JobEvent) -> Event {
-    let data = json!({
-        "seq": e.seq,
-        "ts": e.ts,
-        "event_type": e.kind.as_str(),
-        "job_id": e.job_id,
-        "composition_id": e.composition_id,
-        "node_id": e.node_id,
-        "capability_instance_id": e.instance_id,
-        "capability_name": e.capability_name,
-        "run_id": e.run_id,
-        "actor": e.actor,
-        "worker_reported": false,
-        "payload": e.payload,
-    });
-    let mut event = Event::default()
-        .event(e.kind.as_str())
-        .data(data.to_string());
-    if let Some(seq) = e.seq {
-        event = event.id(seq.to_string());
-    }
-    event
 }
 
 /// Which log records.
