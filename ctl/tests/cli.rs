@@ -1546,11 +1546,11 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
         }
         if e.event == "state_transition"
             && matches!(
-                e.data["payload"]["to"].as_str(),
+                e.json()["payload"]["to"].as_str(),
                 Some("completed" | "cancelled")
             )
         {
-            ended.insert(e.data["job_id"].as_str().unwrap().to_owned());
+            ended.insert(e.json()["job_id"].as_str().unwrap().to_owned());
         }
     }
     assert!(ended.contains(&waiting) && ended.contains(&forever));

@@ -252,7 +252,8 @@ impl Client {
         }
         Ok(EventStream {
             response,
-            buffer: String::new(),
+            buffer: Vec::new(),
+            pos: 0,
         })
     }
 }
@@ -264,46 +265,46 @@ pub struct ServerEvent {
     pub id: Option<i64>,
     /// `event:`.
     pub event: String,
-    /// `data:`, parsed.
-    pub data: Value,
+    /// `data:`, as sent (JSON text; [`ServerEvent::json`] parses it).
+    pub data: String,
+}
+
+impl ServerEvent {
+    /// The data parsed (`Null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
 }
 
 /// An open event stream.
 #[derive(Debug)]
 pub struct EventStream {
     response: reqwest::Response,
-    buffer: String,
+    /// Bytes received (a chunk may end inside a character or an event).
+    buffer: Vec<u8>,
+    /// Where the unread part of `buffer` starts.
+    pos: usize,
 }
 
 impl EventStream {
     /// The next event; `None` when the stream ended.
     pub async fn next(&mut self) -> Result<Option<ServerEvent>> {
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = ServerEvent {
-                    id: None,
-                    event: "message".into(),
-                    data: Value::Null,
-                };
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        event.id = v.trim().parse().ok();
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event.event = v.trim().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                    }
+            let unread = &self.buffer[self.pos..];
+            if let Some(end) = unread.windows(2).position(|w| w == b"\n\n") {
+                let block = String::from_utf8_lossy(&unread[..end]).into_owned();
+                self.pos += end + 2;
+                if let Some(event) = parse_event(&block) {
+                    return Ok(Some(event));
                 }
-                if data.is_empty() {
-                    continue; // a keep-alive comment
-                }
-                event.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
-                return Ok(Some(event));
+                continue; // a keep-alive comment
+            }
+            if self.pos > 0 {
+                self.buffer.drain(..self.pos);
+                self.pos = 0;
             }
             match self.response.chunk().await {
-                Ok(Some(chunk)) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
                 Ok(None) => return Ok(None),
                 Err(e) => {
                     return Err(ClientError::Unreachable {
@@ -313,5 +314,48 @@ impl EventStream {
                 }
             }
         }
+    }
+}
+
+/// One event block (its lines, without the blank line ending it); `None` for a block with
+/// no data (a comment).
+fn parse_event(block: &str) -> Option<ServerEvent> {
+    let mut event = ServerEvent {
+        id: None,
+        event: "message".into(),
+        data: String::new(),
+    };
+    let mut lines = 0;
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("id:") {
+            event.id = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("event:") {
+            event.event = v.trim().to_owned();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if lines > 0 {
+                event.data.push('\n');
+            }
+            event.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+            lines += 1;
+        }
+    }
+    (lines > 0).then_some(event)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::parse_event;
+
+    #[test]
+    fn event_blocks_parse_as_the_sse_format_says() {
+        let e = parse_event("id: 42\nevent: state_transition\ndata: {\"a\":\ndata: 1}").unwrap();
+        assert_eq!(e.id, Some(42));
+        assert_eq!(e.event, "state_transition");
+        assert_eq!(e.data, "{\"a\":\n1}");
+        assert_eq!(e.json()["a"], 1);
+        // A keep-alive comment is no event; an event without a name is a `message`.
+        assert!(parse_event(": keep-alive").is_none());
+        assert_eq!(parse_event("data: é").unwrap().event, "message");
     }
 }

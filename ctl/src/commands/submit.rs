@@ -236,7 +236,7 @@ async fn remote_job(
     let forward = match client.events(&format!("job={id}"), Some(0)).await {
         Ok(mut events) => Some(tokio::spawn(async move {
             while let Ok(Some(e)) = events.next().await {
-                if let Some(u) = follow::Update::of(&e.event, &e.data["payload"])
+                if let Some(u) = follow::Update::of(&e.event, &e.json()["payload"])
                     && tx.send(u).is_err()
                 {
                     break;
