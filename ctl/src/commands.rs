@@ -5,6 +5,7 @@ mod cancel;
 mod completions;
 mod demo;
 mod generate_adapter_manifest;
+mod info;
 mod install_all;
 mod jobs;
 mod list;
@@ -30,6 +31,8 @@ pub enum Command {
     InstallAll(install_all::Args),
     /// List the installed capabilities
     List(list::Args),
+    /// What a capability is: config fields, tasks, methods and parameters, fitting adapters, grants
+    Info(info::Args),
     /// Remove a capability: its manifest, component, adapters and environment
     Remove(remove::Args),
     /// Validate a manifest, a capabilities.yaml or a wasm component
@@ -70,6 +73,7 @@ pub fn run(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
     match command {
         Command::InstallAll(args) => install_all::run(args, ctx),
         Command::List(args) => list::run(args, ctx),
+        Command::Info(args) => info::run(args, ctx),
         Command::Remove(args) => remove::run(args, ctx),
         Command::Validate(args) => validate::run(args, ctx),
         Command::RegenerateManifest(args) => regenerate_manifest::run(args, ctx),

@@ -1479,8 +1479,60 @@ fn install_served(env: &Env) {
 fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
     let env = Env::new();
     install_served(&env);
+    // Without a service, `info` reads the manifest.
+    let info = env.json(&["info", "text-stats"]);
+    assert_eq!(info["loaded"], false);
+    assert_eq!(info["config_schema"]["properties"]["top_n"]["maximum"], 100);
+    env.ctl()
+        .args(["info", "text-stats"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "top_n: integer, default 3, 0..=100",
+        ));
     let serving = Serving::start(&env);
     let client = serving.client();
+    // With one, `info` shows the live instance and `run` calls it through the service.
+    let info = env.json(&["info", "text-stats"]);
+    assert_eq!(
+        (&info["loaded"], &info["state"]),
+        (&Value::Bool(true), &Value::from("idle"))
+    );
+    assert!(
+        info["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "text_statistics")
+    );
+    let out = env.json(&[
+        "run",
+        "text-stats-native",
+        "--task",
+        "text_statistics",
+        "--method",
+        "compute_stats",
+        r#"{"text": "x y"}"#,
+    ]);
+    assert_eq!(out["words"], 2);
+    env.ctl()
+        .args([
+            "run",
+            "text-stats",
+            "--task",
+            "text_statistics",
+            "--method",
+            "nope",
+            "{}",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("adapter has no method 'nope'"));
+    env.ctl()
+        .args(["run", "text-stats", "--config", r#"{"top_n": 1}"#, "{}"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--local"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let health = rt.block_on(client.health()).unwrap();
     assert_eq!(health["status"], "ok");

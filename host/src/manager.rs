@@ -11,6 +11,7 @@
 
 mod call;
 pub mod config;
+mod describe;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,7 +73,7 @@ pub struct Instance {
 
 /// What the live capability reports that differs from its manifest: flagged, never fatal
 /// (the manifest is then due for regeneration).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Drift {
     /// The live config schema hashes differently from `drift_tracking.config_schema_hash`.
     pub config_schema: bool,

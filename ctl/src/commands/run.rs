@@ -74,6 +74,15 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             ));
         }
     };
+    if let Some(client) = ctx.client()? {
+        if config.is_some() {
+            return Err(hint(
+                "--config would change the served instance's config for every caller",
+                "set it with `curl -X PUT <host>/v1/capabilities/<id>/config`, or run in-process with --local",
+            ));
+        }
+        return runtime()?.block_on(remote(ctx, &client, &args.name, request));
+    }
     let host_config = ctx.config()?;
     // Checked before the manager opens (and creates) the stores.
     let found = cjm_host::manifest::discover(&host_config.manifest_search_paths());
@@ -103,28 +112,92 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     });
     match result {
         Ok(value) => {
-            if ctx.out.json || !ctx.out.stdout_tty {
-                println!("{value}");
-            } else {
-                ctx.out.json(&value);
-            }
+            print_result(ctx, &value);
             Ok(())
         }
-        Err(Error::Job(e)) => {
-            let mut msg = format!("[{}] {}", e.category, e.message);
-            if let Some(fields) = &e.fields_invalid {
-                msg.push_str(&format!(" (fields: {})", fields.join(", ")));
-            }
-            Err(anyhow::anyhow!(msg))
-        }
-        Err(Error::NotFound(what)) => Err(hint(
-            format!("[user_input] not found: {what}"),
-            "check the task and method names in the capability's manifest (`cjm-ctl list`)",
-        )),
+        Err(Error::Job(e)) => Err(failed(&e)),
+        Err(Error::NotFound(what)) => Err(not_found(&what)),
         Err(Error::Cancelled) => Err(anyhow::anyhow!("cancelled")),
         Err(other) => Err(anyhow::anyhow!(
             "[{}] {other}",
             other.to_job_error().category
+        )),
+    }
+}
+
+fn print_result(ctx: &Ctx, value: &Value) {
+    if ctx.out.json || !ctx.out.stdout_tty {
+        println!("{value}");
+    } else {
+        ctx.out.json(value);
+    }
+}
+
+fn failed(e: &cjm_host::contract::JobError) -> anyhow::Error {
+    let mut msg = format!("[{}] {}", e.category, e.message);
+    if let Some(fields) = &e.fields_invalid {
+        msg.push_str(&format!(" (fields: {})", fields.join(", ")));
+    }
+    anyhow::anyhow!(msg)
+}
+
+fn not_found(what: &str) -> anyhow::Error {
+    hint(
+        format!("[user_input] not found: {what}"),
+        "see the capability's tasks and methods with `cjm-ctl info NAME`",
+    )
+}
+
+/// `run` through a serving host: the call goes through its queue on its warm instance
+/// (`/v1/capabilities/{name}/execute` or `/task`), answered as the worker contract answers.
+async fn remote(
+    ctx: &Ctx,
+    client: &cjm_host::client::Client,
+    name: &str,
+    request: CallRequest,
+) -> anyhow::Result<()> {
+    use cjm_host::backend::Target;
+    let (path, mut body) = match request.target {
+        Target::Execute { args } => ("execute", serde_json::json!({ "args": args })),
+        Target::Task { task, method } => (
+            "task",
+            serde_json::json!({ "task": task, "method": method }),
+        ),
+    };
+    body["kwargs"] = Value::Object(request.kwargs);
+    let answer = client
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/capabilities/{name}/{path}"),
+            Some(&body),
+        )
+        .await?;
+    let value: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    match answer.status {
+        200 => {
+            print_result(ctx, &value);
+            Ok(())
+        }
+        409 => Err(anyhow::anyhow!("cancelled")),
+        404 if value.get("detail").is_some() => {
+            Err(not_found(value["detail"].as_str().unwrap_or("")))
+        }
+        500 if value.get("_job_error").is_some() => {
+            let e: cjm_host::contract::JobError =
+                serde_json::from_value(value["_job_error"].clone())?;
+            Err(failed(&e))
+        }
+        status => Err(hint(
+            format!(
+                "{} ({status})",
+                value["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the host refused the call")
+            ),
+            format!(
+                "the capability is served by the host at {}; see `cjm-ctl list`",
+                client.url()
+            ),
         )),
     }
 }

@@ -14,7 +14,6 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, parse_body, parse_value};
 use crate::manager::Instance;
-use crate::manifest::{CapabilityManifest, Loaded};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -38,11 +37,6 @@ pub(super) fn instance(state: &AppState, id: &str) -> Result<Arc<Instance>, ApiE
         .map_err(|_| ApiError::not_found(format!("no loaded capability instance '{id}'")))
 }
 
-fn drift_json(i: &Instance) -> Value {
-    let d = i.drift();
-    json!({"config_schema": d.config_schema, "structural_surface": d.structural_surface})
-}
-
 fn instance_state(state: &AppState, i: &Instance) -> &'static str {
     if !i.enabled() {
         "disabled"
@@ -64,7 +58,7 @@ fn instance_summary(state: &AppState, i: &Instance) -> Value {
         "id": i.id(),
         "enabled": i.enabled(),
         "state": instance_state(state, i),
-        "drift": drift_json(i),
+        "drift": i.drift(),
         "adapters": i.adapters(),
         "pid": i.backend().pid(),
     })
@@ -105,40 +99,6 @@ async fn list(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "capabilities": items }))
 }
 
-fn manifest_view(state: &AppState, c: &Loaded<CapabilityManifest>) -> Value {
-    let m = &c.manifest;
-    let verdicts: Vec<Value> = state
-        .host
-        .manager()
-        .adapter_manifests()
-        .iter()
-        .map(|a| {
-            let verdict = crate::adapter::check(&a.manifest, m);
-            json!({
-                "name": a.manifest.name,
-                "task": a.manifest.task_name,
-                "compatible": verdict.compatible,
-                "verdict": verdict.to_value(),
-            })
-        })
-        .collect();
-    let grants = m
-        .install
-        .wasm
-        .as_ref()
-        .map(|w| serde_json::to_value(&w.sandbox).unwrap_or(Value::Null));
-    json!({
-        "name": m.name(),
-        "kind": m.runtime(),
-        "version": m.code.version,
-        "description": m.code.description,
-        "config_schema": m.code.config_schema,
-        "structural_surface": m.code.structural_surface,
-        "adapters": verdicts,
-        "grants": grants,
-    })
-}
-
 /// One capability: an instance id (live info) or a capability name (its manifest).
 #[utoipa::path(get, path = "/v1/capabilities/{id}", tag = "capabilities",
     params(("id" = String, Path, description = "Instance id or capability name")),
@@ -149,42 +109,12 @@ async fn info(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let manager = state.host.manager();
-    if let Ok(i) = manager.instance(&id) {
-        let manifest = manager.manifest(i.name())?;
-        let mut view = manifest_view(&state, &manifest);
-        let live = i.backend().info().clone();
-        view["id"] = json!(i.id());
-        view["loaded"] = json!(true);
-        view["enabled"] = json!(i.enabled());
-        view["state"] = json!(instance_state(&state, &i));
-        view["config"] = i.config();
-        view["config_hash"] = json!(i.config_hash());
-        view["config_schema"] = live.config_schema;
-        view["structural_surface"] =
-            serde_json::to_value(&live.structural_surface).unwrap_or(Value::Null);
-        view["tasks"] = json!(live.tasks);
-        view["bound_adapters"] = json!(i.adapters());
-        view["drift"] = drift_json(&i);
-        view["profile"] = i
-            .profile()
-            .map(|p| {
-                json!({
-                    "samples": p.sample_count,
-                    "success_rate": p.success_rate(),
-                    "duration_s_mean": p.duration_seconds_mean,
-                    "memory_mb_peak_max": p.memory_mb_peak_max,
-                    "gpu_memory_mb_peak_max": p.gpu_memory_mb_peak_max,
-                    "cpu_percent_mean": p.cpu_percent_mean,
-                })
-            })
-            .unwrap_or(Value::Null);
-        return Ok(Json(view));
-    }
-    let manifest = manager
-        .manifest(&id)
+    let mut view = manager
+        .describe(&id)
         .map_err(|_| ApiError::not_found(format!("no capability or instance '{id}'")))?;
-    let mut view = manifest_view(&state, &manifest);
-    view["loaded"] = json!(false);
+    if let Ok(i) = manager.instance(&id) {
+        view["state"] = json!(instance_state(&state, &i));
+    }
     Ok(Json(view))
 }
 
