@@ -7,6 +7,7 @@
 //! Nothing heavy happens before the socket serves: no process table, no SQLite connection,
 //! no config schema. Those are built on first use.
 
+use std::future::IntoFuture as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -93,26 +94,39 @@ pub fn run(worker: Worker, args: &WorkerArgs) -> Result<()> {
 
 async fn serve_until_shutdown(
     worker: Worker,
-    listener: std::net::TcpListener,
+    listener: listener::Listener,
     ppid: Option<u32>,
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .map_err(Error::Server)?
-        .tap_io(|tcp| {
-            // Small request/response pairs: never wait for Nagle.
-            let _ = tcp.set_nodelay(true);
-        });
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Server)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Server)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        let _ = stopped.await;
+    };
     let app = server::router(worker.clone());
-    let mut serving = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let mut serving = match listener {
+        listener::Listener::Tcp(l) => {
+            let l = tokio::net::TcpListener::from_std(l)
+                .map_err(Error::Server)?
+                .tap_io(|tcp| {
+                    // Small request/response pairs: never wait for Nagle.
+                    let _ = tcp.set_nodelay(true);
+                });
+            tokio::spawn(
+                axum::serve(l, app)
+                    .with_graceful_shutdown(stopped)
+                    .into_future(),
+            )
+        }
+        listener::Listener::Unix(l) => {
+            let l = tokio::net::UnixListener::from_std(l).map_err(Error::Server)?;
+            tokio::spawn(
+                axum::serve(l, app)
+                    .with_graceful_shutdown(stopped)
+                    .into_future(),
+            )
+        }
+    };
     // The CPU baseline for /stats, taken once serving has started.
     let probe = worker.clone();
     drop(tokio::task::spawn_blocking(move || {

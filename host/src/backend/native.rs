@@ -38,8 +38,40 @@ const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// answer these in a second is hung, and the call's deadline or a forced cancel handles it.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How to reach one worker: a client bound to its Unix socket.
+#[derive(Clone)]
+struct Endpoint {
+    http: reqwest::Client,
+    socket: std::path::PathBuf,
+}
+
+/// The authority of every request to a worker (the connection is its Unix socket).
+const BASE: &str = "http://worker";
+
+impl Endpoint {
+    fn of(socket: &std::path::Path) -> Result<Endpoint> {
+        let http = reqwest::Client::builder()
+            .unix_socket(socket)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| {
+                Error::job(JobError::fatal(format!(
+                    "cannot build the HTTP client: {e}"
+                )))
+            })?;
+        Ok(Endpoint {
+            http,
+            socket: socket.to_owned(),
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{BASE}{path}"))
+    }
+}
+
 struct Live {
-    base: String,
+    endpoint: Endpoint,
     session: String,
     pid: u32,
 }
@@ -49,7 +81,6 @@ struct Inner {
     kind: RuntimeKind,
     sink: Arc<dyn DiagnosticsSink>,
     events: Arc<dyn WorkerEvents>,
-    http: reqwest::Client,
     info: CapabilityInfo,
     /// The worker process; the async lock serialises spawns and terminations.
     process: tokio::sync::Mutex<Option<Process>>,
@@ -91,16 +122,6 @@ impl NativeBackend {
         sink: Arc<dyn DiagnosticsSink>,
         events: Arc<dyn WorkerEvents>,
     ) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| {
-                Error::job(JobError::fatal(format!(
-                    "cannot build the HTTP client: {e}"
-                )))
-            })?;
         let mut me = NativeBackend {
             inner: Arc::new(Inner {
                 info: CapabilityInfo {
@@ -116,7 +137,6 @@ impl NativeBackend {
                 kind,
                 sink,
                 events,
-                http,
                 process: tokio::sync::Mutex::new(None),
                 live: Mutex::new(None),
                 config: Mutex::new(None),
@@ -149,9 +169,9 @@ impl NativeBackend {
         self.live().map(|l| l.0)
     }
 
-    /// The base URL of the live worker (`http://127.0.0.1:PORT`), if one runs.
-    pub fn endpoint(&self) -> Option<String> {
-        self.live().map(|l| l.1)
+    /// The Unix socket of the live worker (its private channel), if one runs.
+    pub fn endpoint(&self) -> Option<std::path::PathBuf> {
+        self.live().map(|l| l.1.socket)
     }
 
     /// The pid of the live worker, if one runs.
@@ -159,10 +179,10 @@ impl NativeBackend {
         lock(&self.inner.live).as_ref().map(|l| l.pid)
     }
 
-    fn live(&self) -> Option<(String, String)> {
+    fn live(&self) -> Option<(String, Endpoint)> {
         lock(&self.inner.live)
             .as_ref()
-            .map(|l| (l.session.clone(), l.base.clone()))
+            .map(|l| (l.session.clone(), l.endpoint.clone()))
     }
 
     fn name(&self) -> &str {
@@ -201,12 +221,12 @@ impl NativeBackend {
     }
 
     /// Spawns a worker unless a live one runs; a fresh worker gets the configuration in force.
-    async fn ensure_worker(&self) -> Result<String> {
+    async fn ensure_worker(&self) -> Result<Endpoint> {
         let mut guard = self.inner.process.lock().await;
-        let initialized = self.live().is_some();
+        let live = self.live();
         if let Some(p) = guard.as_mut() {
             match p.exited() {
-                None if initialized => return Ok(format!("http://127.0.0.1:{}", p.port)),
+                None if let Some((_, endpoint)) = live => return Ok(endpoint),
                 // Alive but never initialized (its start was interrupted): replaced.
                 None => {
                     p.terminate(Duration::ZERO).await;
@@ -232,8 +252,14 @@ impl NativeBackend {
             &session,
             json!({"capability_name": self.name(), "pid": p.pid, "program": self.inner.spec.program}),
         );
-        let base = format!("http://127.0.0.1:{}", p.port);
-        if let Err(e) = self.wait_ready(&mut p, &base).await {
+        let endpoint = match Endpoint::of(&p.socket) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                p.terminate(Duration::ZERO).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.wait_ready(&mut p, &endpoint).await {
             lock(&self.inner.supervision).death();
             let status = p.terminate(self.inner.spec.stop_grace).await;
             self.inner.events.event(
@@ -247,7 +273,7 @@ impl NativeBackend {
         self.inner.events.event(
             "worker_ready",
             &session,
-            json!({"capability_name": self.name(), "pid": p.pid, "port": p.port,
+            json!({"capability_name": self.name(), "pid": p.pid, "socket": p.socket,
                    "startup_ms": started.elapsed().as_secs_f64() * 1000.0}),
         );
         let pid = p.pid;
@@ -257,20 +283,20 @@ impl NativeBackend {
         // (a deadline, a dropped call) leaves it unpublished, and the next call replaces it.
         let config = lock(&self.inner.config).clone();
         if let Some(config) = config
-            && let Err(e) = self.post_initialize(&base, &config).await
+            && let Err(e) = self.post_initialize(&endpoint, &config).await
         {
             self.stop_worker("initialize failed").await;
             return Err(e);
         }
         *lock(&self.inner.live) = Some(Live {
-            base: base.clone(),
+            endpoint: endpoint.clone(),
             session,
             pid,
         });
-        Ok(base)
+        Ok(endpoint)
     }
 
-    async fn wait_ready(&self, p: &mut Process, base: &str) -> Result<()> {
+    async fn wait_ready(&self, p: &mut Process, endpoint: &Endpoint) -> Result<()> {
         let deadline = Instant::now() + self.inner.spec.ready_timeout;
         let mut pause = Duration::from_millis(1);
         loop {
@@ -283,10 +309,8 @@ impl NativeBackend {
                     ),
                 ));
             }
-            let probe = self
-                .inner
-                .http
-                .get(format!("{base}/health"))
+            let probe = endpoint
+                .request(Method::GET, "/health")
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
@@ -408,11 +432,11 @@ impl NativeBackend {
         body: Option<Vec<u8>>,
         timeout: Option<Duration>,
     ) -> Result<Answer> {
-        let base = match self.live() {
-            Some((_, base)) => base,
+        let endpoint = match self.live() {
+            Some((_, endpoint)) => endpoint,
             None => self.ensure_worker().await?,
         };
-        let mut req = self.inner.http.request(method, format!("{base}{path}"));
+        let mut req = endpoint.request(method, path);
         if let Some(body) = body {
             req = req.header("content-type", "application/json").body(body);
         }
@@ -492,11 +516,9 @@ impl NativeBackend {
         self.answer_json(path, a)
     }
 
-    async fn post_initialize(&self, base: &str, config: &Value) -> Result<()> {
-        let r = self
-            .inner
-            .http
-            .post(format!("{base}/initialize"))
+    async fn post_initialize(&self, endpoint: &Endpoint, config: &Value) -> Result<()> {
+        let r = endpoint
+            .request(Method::POST, "/initialize")
             .header("content-type", "application/json")
             .body(config.to_string())
             .timeout(LIFECYCLE_TIMEOUT)
@@ -717,11 +739,9 @@ impl NativeBackend {
     /// One short request to the live worker (none when no worker runs): its JSON answer, or
     /// nothing when it failed or took longer than [`PROBE_TIMEOUT`].
     async fn probe(&self, method: Method, path: &str) -> Option<Value> {
-        let (_, base) = self.live()?;
-        let mut req = self
-            .inner
-            .http
-            .request(method.clone(), format!("{base}{path}"))
+        let (_, endpoint) = self.live()?;
+        let mut req = endpoint
+            .request(method.clone(), path)
             .timeout(PROBE_TIMEOUT);
         if method == Method::POST {
             req = req.header("content-type", "application/json").body("{}");
@@ -879,8 +899,8 @@ impl Backend for NativeBackend {
     }
 
     async fn initialize(&self, config: Value) -> Result<()> {
-        let base = self.ensure_worker().await?;
-        self.post_initialize(&base, &config).await?;
+        let endpoint = self.ensure_worker().await?;
+        self.post_initialize(&endpoint, &config).await?;
         *lock(&self.inner.config) = Some(config);
         Ok(())
     }
@@ -920,9 +940,9 @@ impl Backend for NativeBackend {
         }
         let (_, body) = request_body(request);
         let answer = self
-            .inner
-            .http
-            .post(format!("{}/execute_stream", self.ensure_worker().await?));
+            .ensure_worker()
+            .await?
+            .request(Method::POST, "/execute_stream");
         let mut response = match answer
             .header("content-type", "application/json")
             .body(body.to_string())

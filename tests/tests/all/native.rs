@@ -172,6 +172,48 @@ async fn python_worker_cooperative_cancel_is_cancelled() {
     b.shutdown().await.unwrap();
 }
 
+/// The Python worker serves on a Unix socket in a directory only this user can enter: no
+/// loopback port any local process could call (a secret in its environment would be
+/// reachable through it). The directory goes with the worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_channel_is_a_private_unix_socket() {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let (b, _, _) = echo().await;
+    let socket = b.endpoint().unwrap();
+    assert!(std::fs::metadata(&socket).unwrap().file_type().is_socket());
+    let dir = socket.parent().unwrap().to_owned();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{}", dir.display());
+    // The worker listens on no TCP port: its sockets are the Unix one and its clients'.
+    let pid = b.pid().unwrap();
+    let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    // /proc/net/tcp: state 0A is LISTEN; column 10 is the inode.
+    let listening_tcp = tcp.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        cols.get(3) == Some(&"0A") && cols.get(9).is_some_and(|i| inodes.iter().any(|n| n == i))
+    });
+    assert!(!listening_tcp, "the worker listens on a TCP port");
+    let out = run(
+        &b,
+        CallRequest::execute(kwargs(json!({"action": "echo", "text": "private"}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["text"], "private");
+    b.shutdown().await.unwrap();
+    assert!(!dir.exists(), "the socket dir outlived its worker");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sigkilled_worker_is_a_resource_error_and_the_next_call_respawns() {
     let (b, _, events) = echo().await;

@@ -3,8 +3,8 @@
 //! stderr pumped line by line into the diagnostics store, and terminated as a group.
 
 use std::collections::VecDeque;
-use std::net::TcpListener;
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -170,7 +170,8 @@ impl Tail {
 pub(crate) struct Process {
     child: std::process::Child,
     pub(crate) pid: u32,
-    pub(crate) port: u16,
+    /// Its private channel: a Unix socket in a directory only this user can enter.
+    pub(crate) socket: PathBuf,
     pub(crate) session: String,
     pub(crate) tail: Tail,
     pumps: Vec<tokio::task::JoinHandle<()>>,
@@ -184,16 +185,12 @@ impl Process {
         session: String,
         sink: Arc<dyn DiagnosticsSink>,
     ) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("127.0.0.1:0", e))?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| Error::io("127.0.0.1:0", e))?
-            .port();
+        // The worker's private channel: no other user can reach a socket in a 0700 directory
+        // (a loopback port answers any local process).
+        let dir = private_dir(&session)?;
+        let socket = dir.join("w.sock");
+        let listener = UnixListener::bind(&socket).map_err(|e| Error::io(&socket, e))?;
         let fd: OwnedFd = listener.into();
-        // Accepted connections inherit TCP_NODELAY from the listener on Linux: without it a
-        // worker that writes headers and body separately waits out the client's delayed ACK
-        // (~40 ms per call).
-        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::TcpNoDelay, &true);
 
         let mut std_cmd = std::process::Command::new(&spec.program);
         std_cmd
@@ -263,7 +260,7 @@ impl Process {
         Ok(Process {
             child,
             pid,
-            port,
+            socket,
             session,
             tail,
             pumps,
@@ -324,7 +321,27 @@ impl Drop for Process {
         }
         // Descendants outlive a worker that exited by itself, too.
         super::watchdog::kill_session(&self.session);
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// A fresh directory for worker session `session`'s socket, mode 0700, under the temp dir
+/// (`/tmp` when that path would make the socket's too long for `sun_path`). Creating it
+/// fails if it exists: nobody can prepare it in advance.
+fn private_dir(session: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let name = format!("cjm-worker-{session}");
+    let mut dir = std::env::temp_dir().join(&name);
+    if dir.as_os_str().len() > 90 {
+        dir = PathBuf::from("/tmp").join(&name);
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
 }
 
 /// Spawns `cmd` from one thread that lives as long as the host. `PR_SET_PDEATHSIG` fires when
