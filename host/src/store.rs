@@ -104,6 +104,18 @@ impl Db {
             .map_err(sqlite)?;
         conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
             .map_err(sqlite)?;
+        // A file whose pages are damaged further in opens fine and would take writes on top
+        // of the damage: it is refused here, left as it is, named in the error. (About 0.2 s
+        // for a 200 MB journal on the development machine.)
+        let check: String = conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(sqlite)?;
+        if check != "ok" {
+            return Err(sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(format!("integrity check failed: {check}")),
+            )));
+        }
         let latest = i64::try_from(migrations.len()).unwrap_or(i64::MAX);
         if version > latest {
             return Err(Error::SchemaTooNew {
@@ -238,6 +250,55 @@ mod tests {
         );
         assert_eq!(iso_from_unix_micros(-1), "1969-12-31T23:59:59.999999+00:00");
         assert!(now_iso().as_str() > "2026-01-01");
+    }
+
+    #[test]
+    fn a_database_damaged_in_the_middle_is_refused_at_open_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        {
+            let db = Db::open(&path, "journal", &[]).unwrap();
+            db.with(|c| {
+                c.execute_batch(
+                    "PRAGMA journal_mode=DELETE; CREATE TABLE t (x TEXT); CREATE INDEX tx ON t(x);",
+                )?;
+                for i in 0..2000 {
+                    c.execute(
+                        "INSERT INTO t VALUES (?1)",
+                        [format!("row {i} {}", "x".repeat(200))],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        // Scribble over a page in the middle: the header and schema still read fine.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        for b in &mut bytes[middle..middle + 2048] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Db::open(&path, "journal", &[]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::CorruptDatabase {
+                    store: "journal",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the file must not be touched"
+        );
     }
 
     #[test]
