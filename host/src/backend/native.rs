@@ -37,6 +37,8 @@ const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time allowed to a progress poll or a cancel request during a call: a worker that cannot
 /// answer these in a second is hung, and the call's deadline or a forced cancel handles it.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an idle worker may take to answer its `/health` probe.
+pub const IDLE_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How to reach one worker: a client bound to its Unix socket.
 #[derive(Clone)]
@@ -90,6 +92,27 @@ struct Inner {
     config: Mutex<Option<Value>>,
     /// Deaths of its workers: restart backoff and crash-loop detection.
     supervision: Mutex<supervise::Supervision>,
+    /// Requests in flight to the worker (calls, streams, lifecycle): while any is, the
+    /// worker is not idle and its health is not probed.
+    busy: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one request in flight for as long as it lives.
+struct Busy(Arc<Inner>);
+
+impl Busy {
+    fn new(inner: &Arc<Inner>) -> Busy {
+        inner.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(Arc::clone(inner))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .busy
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A capability served by a worker subprocess.
@@ -141,6 +164,7 @@ impl NativeBackend {
                 live: Mutex::new(None),
                 config: Mutex::new(None),
                 supervision: Mutex::new(supervise::Supervision::default()),
+                busy: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         me.ensure_worker().await?;
@@ -161,6 +185,7 @@ impl NativeBackend {
                 )));
             }
         }
+        me.watch_idle();
         Ok(me)
     }
 
@@ -368,6 +393,66 @@ impl NativeBackend {
         }
     }
 
+    /// Probes the worker's `/health` every `idle_probe` while no request is in flight; one
+    /// that has exited, or does not answer within [`IDLE_HEALTH_TIMEOUT`] (hung, stopped),
+    /// is killed and journaled dead, and the next call starts a fresh one. The task ends with
+    /// the backend.
+    fn watch_idle(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.spec.idle_probe;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                NativeBackend { inner }.probe_idle().await;
+            }
+        });
+    }
+
+    fn idle(&self) -> bool {
+        self.inner.busy.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    async fn probe_idle(&self) {
+        let Some((session, endpoint)) = self.live() else {
+            return;
+        };
+        if !self.idle() {
+            return;
+        }
+        let answered = endpoint
+            .request(Method::GET, "/health")
+            .timeout(IDLE_HEALTH_TIMEOUT)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK);
+        if answered || !self.idle() {
+            return;
+        }
+        let mut guard = self.inner.process.lock().await;
+        let Some(p) = guard.as_mut().filter(|p| p.session == session) else {
+            return;
+        };
+        if !self.idle() {
+            return;
+        }
+        let reason = match p.exited() {
+            Some(status) => format!("worker {} while idle", describe_exit(Some(status))),
+            None => format!(
+                "worker did not answer /health within {}s while idle",
+                IDLE_HEALTH_TIMEOUT.as_secs()
+            ),
+        };
+        tracing::warn!(capability = self.name(), pid = p.pid, "{reason}: replaced");
+        p.terminate(Duration::ZERO).await;
+        self.died(p, &reason);
+        lock(&self.inner.supervision).death();
+        *guard = None;
+    }
+
     async fn stop_worker(&self, why: &str) -> Option<std::process::ExitStatus> {
         let mut guard = self.inner.process.lock().await;
         let mut p = guard.take()?;
@@ -432,6 +517,7 @@ impl NativeBackend {
         body: Option<Vec<u8>>,
         timeout: Option<Duration>,
     ) -> Result<Answer> {
+        let _busy = Busy::new(&self.inner);
         let endpoint = match self.live() {
             Some((_, endpoint)) => endpoint,
             None => self.ensure_worker().await?,
@@ -939,6 +1025,7 @@ impl Backend for NativeBackend {
             return Err(Error::Cancelled);
         }
         let (_, body) = request_body(request);
+        let busy = Busy::new(&self.inner);
         let answer = self
             .ensure_worker()
             .await?
@@ -967,6 +1054,7 @@ impl Backend for NativeBackend {
         let me = self.clone();
         let session = self.session_id().unwrap_or_default();
         tokio::spawn(async move {
+            let _busy = busy;
             let name = me.name().to_owned();
             let mut pending: Vec<u8> = Vec::new();
             let mut seen = control.state();

@@ -214,6 +214,63 @@ async fn the_worker_channel_is_a_private_unix_socket() {
     assert!(!dir.exists(), "the socket dir outlived its worker");
 }
 
+/// An idle worker is watched: one that stops answering (SIGSTOP) or dies (SIGKILL) between
+/// calls is replaced and journaled dead before the next call needs it, and the next call runs
+/// on a fresh worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_worker_that_hangs_or_dies_is_replaced() {
+    let mut spec =
+        WorkerSpec::native("probe", &[env!("CARGO_BIN_EXE_probe_worker").into()]).unwrap();
+    spec.idle_probe = Duration::from_millis(200);
+    let events = Arc::new(Events::default());
+    let b = NativeBackend::start(
+        spec,
+        RuntimeKind::Native,
+        Arc::new(NoDiagnostics),
+        events.clone(),
+    )
+    .await
+    .unwrap();
+    b.initialize(json!({})).await.unwrap();
+    let died = |events: &Events| {
+        events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == "worker_died")
+            .map(|(_, p)| p["reason"].as_str().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    for (signal, reason) in [
+        (nix::sys::signal::Signal::SIGSTOP, "did not answer /health"),
+        (nix::sys::signal::Signal::SIGKILL, "(SIGKILL) while idle"),
+    ] {
+        let pid = b.pid().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+        let start = std::time::Instant::now();
+        while !died(&events).iter().any(|r| r.contains(reason)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{signal}: not noticed: {:?}",
+                died(&events)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            b.pid(),
+            None,
+            "{signal}: the dead worker is still published"
+        );
+        let out = run(&b, CallRequest::execute(kwargs(json!({"text": "again"}))))
+            .await
+            .unwrap();
+        assert_eq!(out["text"], "again");
+        assert_ne!(b.pid(), Some(pid));
+    }
+    b.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sigkilled_worker_is_a_resource_error_and_the_next_call_respawns() {
     let (b, _, events) = echo().await;

@@ -44,6 +44,10 @@ pub struct WorkerSpec {
     pub stop_grace: Duration,
     /// How long `prefetch` may go without progress before the worker is stopped.
     pub prefetch_stall: Duration,
+    /// How often an idle worker's `/health` is probed; one that does not answer within
+    /// [`IDLE_HEALTH_TIMEOUT`](super::IDLE_HEALTH_TIMEOUT), or has exited, is replaced (the
+    /// next call starts a fresh one).
+    pub idle_probe: Duration,
     /// The secret values put into its environment: masked in all the host records of it.
     pub masker: super::mask::Masker,
 }
@@ -107,6 +111,7 @@ impl WorkerSpec {
             ready_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(3),
             prefetch_stall: Duration::from_secs(300),
+            idle_probe: Duration::from_secs(5),
             masker: super::mask::Masker::default(),
         }
     }
