@@ -108,6 +108,17 @@ impl Ctx {
 }
 
 impl Ctx {
+    /// The job id a prefix given on the command line stands for (a unique prefix of a job
+    /// id in this data dir's journal, as `jobs` and `logs` print them; the id itself
+    /// otherwise).
+    pub fn full_job_id(&self, given: &str) -> anyhow::Result<String> {
+        let path = self.config()?.journal_db_path();
+        if !path.is_file() {
+            return Ok(given.to_owned());
+        }
+        Ok(cjm_host::store::JournalStore::open(&path)?.resolve_job(given)?)
+    }
+
     /// The service to go through: `--host`, else the live `cjm-ctl serve` of the data dir;
     /// `None` with `--local` or when none runs (the command then hosts in-process).
     pub fn client(&self) -> anyhow::Result<Option<cjm_host::client::Client>> {
@@ -182,8 +193,19 @@ impl Out {
 
     /// `error: ...` and, when one is attached, `hint: ...` on stderr.
     pub fn error(&self, e: &anyhow::Error) {
+        let hint = e.chain().find_map(|c| c.downcast_ref::<Hinted>());
+        if self.json {
+            // Scripts get the same shape as the API's errors, on stderr.
+            let kind = if is_usage(e) { "usage" } else { "failure" };
+            let mut error = serde_json::json!({"kind": kind, "message": format!("{e:#}")});
+            if let Some(h) = hint {
+                error["hint"] = serde_json::json!(h.hint);
+            }
+            eprintln!("{}", serde_json::json!({ "error": error }));
+            return;
+        }
         eprintln!("{}: {e:#}", self.paint_err("error", Color::Red));
-        if let Some(h) = e.chain().find_map(|c| c.downcast_ref::<Hinted>()) {
+        if let Some(h) = hint {
             eprintln!("{}: {}", self.paint_err("hint", Color::Cyan), h.hint);
         }
     }
@@ -233,6 +255,8 @@ pub struct Hinted {
     message: String,
     /// What to do about it.
     pub hint: String,
+    /// The command line was wrong (exit 2, as clap's own usage errors).
+    pub usage: bool,
 }
 
 impl fmt::Display for Hinted {
@@ -248,6 +272,32 @@ pub fn hint(message: impl fmt::Display, hint: impl fmt::Display) -> anyhow::Erro
     anyhow::Error::new(Hinted {
         message: message.to_string(),
         hint: hint.to_string(),
+        usage: false,
+    })
+}
+
+/// A usage error (a malformed argument): `message` with `hint`, exit 2.
+pub fn usage(message: impl fmt::Display, hint: impl fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Hinted {
+        message: message.to_string(),
+        hint: hint.to_string(),
+        usage: true,
+    })
+}
+
+/// Whether `e` is a usage error.
+pub fn is_usage(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<Hinted>().is_some_and(|h| h.usage))
+}
+
+/// A JSON argument (`what` names it in the error): malformed JSON is a usage error.
+pub fn json_arg(what: &str, text: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| {
+        usage(
+            format!("{what} is not valid JSON: {e}"),
+            "quote it for the shell: '{\"text\": \"hello\"}'",
+        )
     })
 }
 

@@ -33,13 +33,51 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ctx = ctx::Ctx::new(cli.global);
-    match commands::run(cli.command, &ctx) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    quiet_on_broken_pipe();
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        commands::run(cli.command, &ctx)
+    }));
+    match ran {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             ctx.out.error(&e);
-            ExitCode::FAILURE
+            if ctx::is_usage(&e) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
+        // The reader of stdout went away (`cjm-ctl logs | head -1`): done, as for `cat`.
+        Err(panic) if broken_pipe(panic.as_ref()) => ExitCode::SUCCESS,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// Whether a panic is a write to a closed stdout failing (`println!`). (Rust ignores SIGPIPE so that
+/// a socket's peer going away is an error, not death; the CLI talks to sockets too, so the
+/// signal stays ignored and the print's panic is what says the reader left.)
+fn broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    is_broken_pipe_text(text)
+}
+
+/// `println!`'s "failed printing to stdout: Broken pipe (os error 32)" and the like.
+fn is_broken_pipe_text(text: &str) -> bool {
+    text.contains("Broken pipe") || text.contains("BrokenPipe")
+}
+
+/// No panic message for a closed stdout; any other panic is reported as usual.
+fn quiet_on_broken_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe_text(info.payload_as_str().unwrap_or("")) {
+            report(info);
+        }
+    }));
 }
 
 #[cfg(test)]

@@ -372,7 +372,7 @@ fn install_all_installs_wasm_and_native_and_reports_a_failing_entry() {
     env.ctl()
         .args(["run", "text-stats", "[1"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains("KWARGS is not valid JSON"));
 
     // list: both, with the instances `run` made.
@@ -1222,7 +1222,7 @@ fn submit_jobs_and_cancel() {
     env.ctl()
         .args(["submit", "text-stats", "not json"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains("not valid JSON"));
     let bad = env.write("cyclic.json", r#"{"nodes": [{"id": "a", "instance_id": "text-stats", "kwargs": {"t": {"$output": "a"}}}]}"#);
     env.ctl()
@@ -1772,4 +1772,96 @@ print(json.dumps(out))
     assert_eq!(answers["bad_method"]["direct"][0], 404);
     let (status, log) = serving.stop();
     assert!(status.success(), "{log}");
+}
+
+/// Scripting edges: malformed JSON arguments are usage errors (exit 2); with `--json` an
+/// error is a JSON object on stderr; a closed stdout ends the command quietly; job ids may be
+/// given by a unique prefix; `run --config` applies to its call only unless `--save`.
+#[test]
+fn scripting_edges() {
+    let env = Env::new();
+    install_examples(&env);
+    // --json errors.
+    let out = env
+        .ctl()
+        .args(["--json", "run", "text-stats", "{bad"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["kind"], "usage");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
+    let out = env
+        .ctl()
+        .args(["--json", "run", "nope", "{}"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["kind"], "failure");
+    assert!(
+        err["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("cjm-ctl list")
+    );
+    // A reader that leaves early: exit 0, nothing on stderr.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cjm-ctl"))
+        .args(["completions", "zsh"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --config for one call, --save to keep it.
+    let top = |env: &Env| {
+        let out = env.json(&["run", "text-stats", r#"{"text": "a a b b c c d"}"#]);
+        out["top_words"].as_array().unwrap().len()
+    };
+    assert_eq!(top(&env), 3);
+    let once = env.json(&[
+        "run",
+        "text-stats",
+        "--config",
+        r#"{"top_n": 1}"#,
+        r#"{"text": "a a b b c c d"}"#,
+    ]);
+    assert_eq!(once["top_words"].as_array().unwrap().len(), 1);
+    assert_eq!(top(&env), 3, "--config without --save was kept");
+    env.json(&[
+        "run",
+        "text-stats",
+        "--config",
+        r#"{"top_n": 2}"#,
+        "--save",
+        r#"{"text": "x"}"#,
+    ]);
+    assert_eq!(top(&env), 2);
+    // Job ids by unique prefix.
+    let job = env.json(&["submit", "text-stats", r#"{"text": "p"}"#])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let prefix = &job[..13];
+    let rows = env.json(&["jobs", "--job", prefix]);
+    assert_eq!(rows[0]["job_id"], job.as_str());
+    env.ctl()
+        .args(["cancel", prefix])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "job {job} already finished"
+        )));
 }

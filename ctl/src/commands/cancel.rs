@@ -18,7 +18,8 @@ pub struct Args {
 }
 
 /// Runs `cancel`.
-pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    args.job = ctx.full_job_id(&args.job)?;
     if let Some(client) = ctx.client()? {
         // The serving host cancels at once, waiting jobs included.
         crate::ctx::runtime()?.block_on(client.cancel(&args.job))?;

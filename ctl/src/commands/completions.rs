@@ -15,6 +15,12 @@ pub struct Args {
 /// Runs `completions`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut cmd = crate::Cli::command();
-    clap_complete::generate(args.shell, &mut cmd, "cjm-ctl", &mut std::io::stdout());
-    Ok(())
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "cjm-ctl", &mut script);
+    use std::io::Write as _;
+    match std::io::stdout().write_all(&script) {
+        // The reader left (`| head`): nothing more to say.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }

@@ -52,6 +52,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let journal = JournalStore::open(&path)?;
     if let Some(job) = args.job {
+        let job = journal.resolve_job(&job)?;
         let rows = journal.query(&JournalQuery::job(job.clone()))?;
         if rows.is_empty() {
             return Err(hint(

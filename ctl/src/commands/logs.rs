@@ -132,7 +132,7 @@ impl Row {
 }
 
 /// Runs `logs`.
-pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let config = ctx.config()?;
     let journal_path = config.journal_db_path();
     let diag_path = config.diagnostics_db_path();
@@ -140,6 +140,9 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         .is_file()
         .then(|| JournalStore::open(&journal_path))
         .transpose()?;
+    if let (Some(job), Some(j)) = (&args.job, &journal) {
+        args.job = Some(j.resolve_job(job)?);
+    }
     let diag = diag_path
         .is_file()
         .then(|| DiagnosticsStore::open(&diag_path))

@@ -23,22 +23,16 @@ pub struct Args {
     /// The task's method
     #[arg(long, requires = "task")]
     method: Option<String>,
-    /// The capability's configuration (JSON object) [default: the stored one, else the
-    /// schema's defaults]
+    /// The capability's configuration (JSON object) for this call [default: the stored one,
+    /// else the schema's defaults]
     #[arg(long, value_name = "JSON")]
     config: Option<String>,
+    /// Keep --config as the capability's stored config for later calls
+    #[arg(long, requires = "config")]
+    save: bool,
     /// Keyword arguments as a JSON object; `-` reads them from stdin [default: {}]
     #[arg(value_name = "KWARGS_JSON|-")]
     kwargs: Option<String>,
-}
-
-fn parse_json(what: &str, text: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text).map_err(|e| {
-        hint(
-            format!("{what} is not valid JSON: {e}"),
-            "quote it for the shell: '{\"text\": \"hello\"}'",
-        )
-    })
 }
 
 /// Runs `run`.
@@ -51,15 +45,15 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             if text.trim().is_empty() {
                 Value::Object(Map::new())
             } else {
-                parse_json("stdin", &text)?
+                crate::ctx::json_arg("stdin", &text)?
             }
         }
-        Some(text) => parse_json("KWARGS", text)?,
+        Some(text) => crate::ctx::json_arg("KWARGS", text)?,
     };
     let config = args
         .config
         .as_deref()
-        .map(|c| parse_json("--config", c))
+        .map(|c| crate::ctx::json_arg("--config", c))
         .transpose()?;
     let request = match (input, &args.task, &args.method) {
         (Value::Object(kwargs), Some(task), Some(method)) => {
@@ -68,7 +62,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         (Value::Object(kwargs), _, _) => CallRequest::execute(kwargs),
         (Value::Array(a), None, None) => CallRequest::execute_with_args(a, Map::new()),
         (other, _, _) => {
-            return Err(hint(
+            return Err(crate::ctx::usage(
                 format!("KWARGS must be a JSON object, found {other}"),
                 "pass keyword arguments as an object: '{\"text\": \"hello\"}'",
             ));
@@ -92,6 +86,8 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             "see the installed capabilities with `cjm-ctl list`",
         ));
     }
+    // What --config replaces for this call only (unless --save): restored afterwards.
+    let store = cjm_host::store::ConfigStore::open(&host_config.config_store_path())?;
     let manager = CapabilityManager::open(host_config)?;
     // The instance is the capability's own name when that is a valid id, so its stored
     // configuration is found again on the next run.
@@ -101,6 +97,11 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         .then(|| args.name.clone())
         .filter(|n| n.len() <= 64);
+    let config_given = config.is_some();
+    let stored = match &id {
+        Some(id) => store.get(id)?,
+        None => None,
+    };
     let result = runtime()?.block_on(async {
         let r = async {
             let instance = manager.load(&args.name, config, id.as_deref()).await?;
@@ -110,6 +111,19 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         let _ = manager.shutdown().await;
         r
     });
+    if config_given
+        && !args.save
+        && let Some(id) = &id
+    {
+        match &stored {
+            Some(record) => {
+                store.set(id, record)?;
+            }
+            None => {
+                store.delete(id)?;
+            }
+        }
+    }
     match result {
         Ok(value) => {
             print_result(ctx, &value);

@@ -50,15 +50,6 @@ pub struct Args {
     composition: Option<PathBuf>,
 }
 
-fn parse(what: &str, text: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text).map_err(|e| {
-        hint(
-            format!("{what} is not valid JSON: {e}"),
-            "quote it for the shell: '{\"text\": \"hello\"}'",
-        )
-    })
-}
-
 /// Runs `submit`.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let config = ctx.config()?;
@@ -156,17 +147,17 @@ fn read_kwargs(given: Option<&str>) -> anyhow::Result<Map<String, Value>> {
             std::io::stdin().read_to_string(&mut text)?;
             match text.trim() {
                 "" => Map::new(),
-                t => object(parse("stdin", t)?)?,
+                t => object(crate::ctx::json_arg("stdin", t)?)?,
             }
         }
-        Some(text) => object(parse("KWARGS", text)?)?,
+        Some(text) => object(crate::ctx::json_arg("KWARGS", text)?)?,
     })
 }
 
 fn object(v: Value) -> anyhow::Result<Map<String, Value>> {
     match v {
         Value::Object(m) => Ok(m),
-        other => Err(hint(
+        other => Err(crate::ctx::usage(
             format!("KWARGS must be a JSON object, found {other}"),
             "pass keyword arguments as an object: '{\"text\": \"hello\"}'",
         )),

@@ -487,6 +487,31 @@ impl JournalStore {
         })
     }
 
+    /// The full job id that `prefix` starts: itself when it is a job's id or no job's,
+    /// the one job id it begins (`01a23e2a` for `01a23e2a-8673-...`), or an error naming
+    /// the candidates when several begin with it.
+    pub fn resolve_job(&self, prefix: &str) -> Result<String> {
+        let ids: Vec<String> = self.db.with(|conn| {
+            // GLOB is case-sensitive and uses the job index for a literal prefix.
+            let pattern = format!("{}*", prefix.replace(['*', '?', '['], ""));
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT job_id FROM journal WHERE job_id GLOB ?1 ORDER BY job_id LIMIT 5",
+            )?;
+            let rows = stmt.query_map([pattern], |r| r.get(0))?;
+            rows.collect()
+        })?;
+        match ids.as_slice() {
+            [] => Ok(prefix.to_owned()),
+            [one] => Ok(one.clone()),
+            many if many.iter().any(|id| id == prefix) => Ok(prefix.to_owned()),
+            many => Err(crate::Error::job(JobError::user_input(format!(
+                "job id prefix '{prefix}' is ambiguous: {}{}",
+                many.join(", "),
+                if many.len() == 5 { ", ..." } else { "" }
+            )))),
+        }
+    }
+
     /// The highest `seq` written (0 for an empty journal): where a tail starts.
     pub fn last_seq(&self) -> Result<i64> {
         self.db.with(|conn| {
