@@ -653,7 +653,17 @@ impl CapabilityManager {
                     ))
                 })?;
                 std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
-                let grants = SandboxGrants::from_manifest(&wasm.sandbox, lookup)?;
+                let mut grants = SandboxGrants::from_manifest(&wasm.sandbox, lookup)?;
+                for key in &wasm.sandbox.secrets {
+                    match self.inner.stores.secrets.get(&name, key, None)? {
+                        Some(value) => grants.secrets.push((key.clone(), value)),
+                        None => tracing::warn!(
+                            capability = %name,
+                            secret = %key,
+                            "a granted secret is not set (cjm-ctl set-secret); the guest does not see it"
+                        ),
+                    }
+                }
                 let path = loaded.dir().join(&wasm.component);
                 let backend = WasmBackend::load(&self.inner.wasm, &path, grants, sink).await?;
                 return Ok(Arc::new(backend));
@@ -853,7 +863,19 @@ impl CapabilityManager {
     /// loaded instances, since worker environments are fixed at spawn. The value never
     /// reaches the journal or an error message.
     pub async fn set_secret(&self, name: &str, key: &str, value: &str) -> Result<()> {
-        self.manifest(name)?;
+        let loaded = self.manifest(name)?;
+        // A wasm guest sees only the secrets its sandbox grants: one that would never reach
+        // it is refused rather than stored for nothing.
+        if let Some(wasm) = &loaded.manifest.install.wasm
+            && !wasm.sandbox.secrets.iter().any(|s| s == key)
+        {
+            return Err(Error::job(
+                JobError::user_input(format!(
+                    "capability '{name}' is a wasm component and its sandbox grants no secret '{key}': add `secrets: [{key}]` to its sandbox block (capabilities.yaml or the manifest's install.wasm.sandbox) and reinstall"
+                ))
+                .with_fields(["key"]),
+            ));
+        }
         self.inner
             .stores
             .secrets

@@ -79,6 +79,11 @@ pub struct Sandbox {
     /// instantiation; nothing else of the host environment is visible).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
+    /// Names of this capability's secrets (`cjm-ctl set-secret`) the guest sees as
+    /// environment variables; no other secret reaches it, and a secret it is not granted is
+    /// refused when set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// Linear-memory limit per instance, in MiB (`None`: the host's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_mb: Option<u64>,
@@ -117,6 +122,7 @@ impl Sandbox {
     pub const KEYS: &'static [&'static str] = &[
         "preopens",
         "env",
+        "secrets",
         "memory_limit_mb",
         "time_limit_seconds",
         "capture_output",
@@ -134,6 +140,7 @@ impl Default for Sandbox {
         Sandbox {
             preopens: Vec::new(),
             env: Vec::new(),
+            secrets: Vec::new(),
             memory_limit_mb: None,
             time_limit_seconds: None,
             capture_output: true,

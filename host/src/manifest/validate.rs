@@ -170,6 +170,7 @@ static SANDBOX: Section = Section {
     fields: &[
         opt("preopens", Ty::ArrayOf(&PREOPEN)),
         opt("env", Ty::StrList),
+        opt("secrets", Ty::StrList),
         opt("memory_limit_mb", Ty::Nullable(&Ty::PositiveInt)),
         opt("time_limit_seconds", Ty::Nullable(&Ty::PositiveNumber)),
         opt("capture_output", Ty::Bool),
@@ -622,14 +623,18 @@ impl Checker {
                 }
             }
         }
-        if let Some(env) = sandbox.get("env").and_then(Value::as_array) {
-            for (i, name) in env.iter().enumerate() {
+        // Both become environment variables of the guest.
+        for key in ["env", "secrets"] {
+            let Some(names) = sandbox.get(key).and_then(Value::as_array) else {
+                continue;
+            };
+            for (i, name) in names.iter().enumerate() {
                 if let Some(name) = name.as_str() {
                     let valid = !name.is_empty()
                         && !name.starts_with(|c: char| c.is_ascii_digit())
                         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                     if !valid {
-                        self.push(format!("{base}.env[{i}]"), format!("expected an environment variable name ([A-Za-z_][A-Za-z0-9_]*), found {name:?}"));
+                        self.push(format!("{base}.{key}[{i}]"), format!("expected an environment variable name ([A-Za-z_][A-Za-z0-9_]*), found {name:?}"));
                     }
                 }
             }

@@ -418,3 +418,46 @@ async fn extra_manifest_dirs_are_searched_first() {
     assert!(m.instance("only-here").is_ok());
     h.shutdown().await.unwrap();
 }
+
+/// A wasm guest sees exactly the secrets its sandbox grants, as environment variables; a
+/// secret it is not granted is refused when set, not stored for nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn wasm_guests_see_only_their_granted_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    write_manifest(
+        dir.path(),
+        "keyed",
+        wasm_install(fixtures::HOSTILE, json!({"secrets": ["API_KEY"]})),
+    );
+    write_manifest(
+        dir.path(),
+        "plain",
+        wasm_install(fixtures::HOSTILE, json!({})),
+    );
+    let m = manager(dir.path());
+    let problems: Vec<String> = m.discover().iter().map(ToString::to_string).collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    m.set_secret("keyed", "API_KEY", "v-123-secret")
+        .await
+        .unwrap();
+    for (name, key) in [("keyed", "OTHER"), ("plain", "API_KEY")] {
+        let e = job(m.set_secret(name, key, "x").await.map(|()| Value::Null));
+        assert_eq!(e.category, ErrorCategory::UserInput);
+        assert!(e.message.contains("grants no secret"), "{}", e.message);
+        assert!(!e.message.contains("x\""));
+    }
+    let read = |name: &'static str| {
+        CallRequest::execute(kwargs(json!({"attack": "read_env", "name": name})))
+    };
+    m.load("keyed", None, Some("keyed")).await.unwrap();
+    m.load("plain", None, Some("plain")).await.unwrap();
+    assert_eq!(
+        m.call("keyed", read("API_KEY")).await.unwrap(),
+        "v-123-secret"
+    );
+    assert!(m.call("plain", read("API_KEY")).await.is_err());
+    // The grant names the secret; the value is in no manifest or answer.
+    let described = m.describe("keyed").unwrap().to_string();
+    assert!(described.contains("API_KEY") && !described.contains("v-123-secret"));
+    m.shutdown().await.unwrap();
+}

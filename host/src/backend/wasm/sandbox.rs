@@ -38,6 +38,10 @@ pub struct SandboxGrants {
     /// Names of host environment variables passed through (their values are read at
     /// instantiation; unset names are skipped).
     pub env: Vec<String>,
+    /// Granted secrets, set in the guest's environment (never serialized; `Debug` shows
+    /// `***`).
+    #[serde(skip)]
+    pub secrets: Vec<(String, crate::store::SecretValue)>,
     /// Whether the guest's stdout and stderr are captured into the diagnostics store
     /// (otherwise they are discarded).
     pub capture_stdio: bool,
@@ -62,6 +66,7 @@ impl Default for SandboxGrants {
         SandboxGrants {
             dirs: Vec::new(),
             env: Vec::new(),
+            secrets: Vec::new(),
             capture_stdio: false,
             memory_limit_mb: 256,
             time_limit_secs: 60.0,
@@ -106,6 +111,7 @@ impl SandboxGrants {
         let grants = SandboxGrants {
             dirs,
             env: sandbox.env.clone(),
+            secrets: Vec::new(),
             capture_stdio: sandbox.capture_output,
             memory_limit_mb: sandbox.memory_limit_mb.unwrap_or(defaults.memory_limit_mb),
             time_limit_secs: sandbox
@@ -201,6 +207,9 @@ impl SandboxGrants {
             if let Ok(value) = std::env::var(name) {
                 b.env(name, value);
             }
+        }
+        for (name, value) in &self.secrets {
+            b.env(name, value.expose());
         }
         if let Some(capture) = capture {
             let (out, err) = (capture.stream("stdout"), capture.stream("stderr"));
