@@ -7,7 +7,6 @@
 //!   worker that died (killed, crashed, forcibly cancelled) is respawned and re-initialized
 //!   with the configuration in force on the next call.
 
-pub mod mask;
 pub mod process;
 mod supervise;
 mod watchdog;
@@ -20,7 +19,7 @@ use cjm_guest::contract::{CapabilityInfo, JobError, Progress, Status, Structural
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
-pub use mask::Masker;
+pub use super::mask::Masker;
 pub use process::WorkerSpec;
 
 use self::process::{Process, describe_exit};

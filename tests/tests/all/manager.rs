@@ -456,6 +456,36 @@ async fn wasm_guests_see_only_their_granted_secrets() {
         "v-123-secret"
     );
     assert!(m.call("plain", read("API_KEY")).await.is_err());
+    // What the guest logs or prints of it is masked in the diagnostics store.
+    let echo = CallRequest::execute(kwargs(
+        json!({"attack": "echo_log", "text": "key=v-123-secret"}),
+    ));
+    assert_eq!(m.call("keyed", echo).await.unwrap(), "echoed");
+    m.flush_samples().unwrap();
+    let mut seen = String::new();
+    for _ in 0..100 {
+        let records = m
+            .diagnostics()
+            .query_records(&cjm_host::store::RecordQuery::default())
+            .unwrap();
+        let chunks = m
+            .diagnostics()
+            .query_chunks(&cjm_host::store::ChunkQuery::default())
+            .unwrap();
+        seen = records
+            .iter()
+            .map(|r| r.message.clone())
+            .chain(chunks.iter().map(|c| c.content.clone()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if seen.contains("the guest says") && seen.contains("printed") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(seen.contains("the guest says key=***"), "{seen}");
+    assert!(seen.contains("printed key=***"), "{seen}");
+    assert!(!seen.contains("v-123-secret"), "{seen}");
     // The grant names the secret; the value is in no manifest or answer.
     let described = m.describe("keyed").unwrap().to_string();
     assert!(described.contains("API_KEY") && !described.contains("v-123-secret"));

@@ -49,7 +49,7 @@ pub struct WorkerSpec {
     /// next call starts a fresh one).
     pub idle_probe: Duration,
     /// The secret values put into its environment: masked in all the host records of it.
-    pub masker: super::mask::Masker,
+    pub masker: crate::backend::mask::Masker,
 }
 
 impl std::fmt::Debug for WorkerSpec {
@@ -112,7 +112,7 @@ impl WorkerSpec {
             stop_grace: Duration::from_secs(3),
             prefetch_stall: Duration::from_secs(300),
             idle_probe: Duration::from_secs(5),
-            masker: super::mask::Masker::default(),
+            masker: crate::backend::mask::Masker::default(),
         }
     }
 
@@ -411,7 +411,7 @@ fn pump(
     session: String,
     sink: Arc<dyn DiagnosticsSink>,
     tail: Tail,
-    masker: super::mask::Masker,
+    masker: crate::backend::mask::Masker,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut reader = BufReader::new(pipe);

@@ -104,6 +104,13 @@ impl Capability for Hostile {
                 eprintln!("a line to stderr");
                 Ok(json!("printed"))
             }
+            // Logs and prints `text` (a secret it read, say).
+            "echo_log" => {
+                let text: String = arg(&kwargs, "text")?;
+                cx.info(&format!("the guest says {text}"));
+                println!("printed {text}");
+                Ok(json!("echoed"))
+            }
             "log" => {
                 cx.info("hello from the guest");
                 cx.warn("careful");

@@ -1,7 +1,8 @@
-//! Keeping injected secrets out of what the host records from a worker. The values the host
-//! put into a worker's environment (its secret `worker_env` entries) are replaced by `***`
-//! in every line of its output, in its log records, in the errors and accounts it reports
-//! and in its progress messages. Results pass through verbatim: a capability that returns a
+//! Keeping injected secrets out of what the host records from a capability. The values the
+//! host put into a worker's environment (its secret `worker_env` entries), or a wasm guest's
+//! (its granted `secrets`), are replaced by `***` in every line of its output and in its log
+//! records ([`MaskingSink`]); for native workers also in the errors and accounts they report
+//! and in their progress messages. Results pass through verbatim: a capability that returns a
 //! secret returns it to its caller, on purpose or not, and the host does not rewrite data.
 
 use std::borrow::Cow;
@@ -13,6 +14,34 @@ pub const MASK: &str = "***";
 /// Values shorter than this are not masked: replacing every `a` or `42` would make output
 /// unreadable and protect nothing.
 const MIN_LEN: usize = 4;
+
+/// A diagnostics sink that masks `masker`'s values in every record and line before they
+/// reach `inner`.
+pub struct MaskingSink {
+    /// Where the masked records go.
+    pub inner: Arc<dyn super::DiagnosticsSink>,
+    /// What to mask.
+    pub masker: Masker,
+}
+
+impl super::DiagnosticsSink for MaskingSink {
+    fn record(&self, mut record: super::LogRecord) {
+        record.message = self.masker.mask(&record.message).into_owned();
+        if let Some(exc) = &record.exc_text {
+            record.exc_text = Some(self.masker.mask(exc).into_owned());
+        }
+        self.inner.record(record);
+    }
+
+    fn chunk(&self, worker_session_id: &str, stream: &str, content: &str) {
+        self.inner
+            .chunk(worker_session_id, stream, &self.masker.mask(content));
+    }
+
+    fn scrub(&self, worker_session_id: &str, values: &[String]) {
+        self.inner.scrub(worker_session_id, values);
+    }
+}
 
 /// The secret values of one worker. Cheap to clone; `Debug` shows how many, never which.
 #[derive(Clone, Default)]
