@@ -665,17 +665,6 @@ impl CapabilityManager {
                     }
                 }
                 let path = loaded.dir().join(&wasm.component);
-                // What the guest logs or prints never holds a granted secret's value.
-                let sink: Arc<dyn crate::backend::DiagnosticsSink> = if grants.secrets.is_empty() {
-                    sink
-                } else {
-                    Arc::new(crate::backend::mask::MaskingSink {
-                        inner: sink,
-                        masker: crate::backend::mask::Masker::new(
-                            grants.secrets.iter().map(|(_, v)| v.expose().to_owned()),
-                        ),
-                    })
-                };
                 let backend = WasmBackend::load(&self.inner.wasm, &path, grants, sink).await?;
                 return Ok(Arc::new(backend));
             }

@@ -84,6 +84,20 @@ impl Masker {
         out
     }
 
+    /// `error` with the secret values masked in its text fields.
+    pub fn mask_error(&self, error: cjm_guest::JobError) -> cjm_guest::JobError {
+        if self.is_empty() {
+            return error;
+        }
+        match serde_json::to_value(&error) {
+            Ok(mut value) => {
+                self.mask_json(&mut value);
+                serde_json::from_value(value).unwrap_or(error)
+            }
+            Err(_) => error,
+        }
+    }
+
     /// Masks a JSON value's strings in place (an error's fields, an account's payload).
     pub fn mask_json(&self, value: &mut serde_json::Value) {
         if self.is_empty() {

@@ -58,6 +58,8 @@ struct Pool {
     info: CapabilityInfo,
     session: Arc<str>,
     sink: Arc<dyn DiagnosticsSink>,
+    /// The granted secrets' values, masked in the errors the guest reports.
+    masker: crate::backend::mask::Masker,
     state: Mutex<PoolState>,
     /// One permit per instance allowed to serve a call at once (`max_instances`); closed
     /// at shutdown. Waiting for one never holds a thread.
@@ -122,6 +124,18 @@ impl WasmBackend {
         sink: Arc<dyn DiagnosticsSink>,
     ) -> Result<Self> {
         grants.validate()?;
+        // What the guest logs, prints or fails with never holds a granted secret's value.
+        let masker = crate::backend::mask::Masker::new(
+            grants.secrets.iter().map(|(_, v)| v.expose().to_owned()),
+        );
+        let sink: Arc<dyn DiagnosticsSink> = if masker.is_empty() {
+            sink
+        } else {
+            Arc::new(crate::backend::mask::MaskingSink {
+                inner: sink,
+                masker: masker.clone(),
+            })
+        };
         let component = runtime.load(path)?;
         let session: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let log_dropped = Arc::new(AtomicU64::new(0));
@@ -147,6 +161,7 @@ impl WasmBackend {
                 info,
                 session,
                 sink,
+                masker,
                 state: Mutex::new(PoolState {
                     config: None,
                     generation: 0,
@@ -320,7 +335,10 @@ impl WasmBackend {
 
     fn stamp(&self, e: Error) -> Error {
         match e {
-            Error::Job(job) => Error::job(job.stamped(&self.pool.info.name, &self.pool.session)),
+            Error::Job(job) => {
+                let job = job.stamped(&self.pool.info.name, &self.pool.session);
+                Error::job(self.pool.masker.mask_error(job))
+            }
             other => other,
         }
     }

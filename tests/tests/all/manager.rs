@@ -486,6 +486,13 @@ async fn wasm_guests_see_only_their_granted_secrets() {
     assert!(seen.contains("the guest says key=***"), "{seen}");
     assert!(seen.contains("printed key=***"), "{seen}");
     assert!(!seen.contains("v-123-secret"), "{seen}");
+    // Nor is it in an error the guest fails with.
+    let fail = CallRequest::execute(kwargs(
+        json!({"attack": "read_file", "path": "/v-123-secret"}),
+    ));
+    let e = job(m.call("keyed", fail).await);
+    assert!(!e.to_string().contains("v-123-secret"), "{e}");
+    assert!(e.message.contains("***"), "{e}");
     // The grant names the secret; the value is in no manifest or answer.
     let described = m.describe("keyed").unwrap().to_string();
     assert!(described.contains("API_KEY") && !described.contains("v-123-secret"));
