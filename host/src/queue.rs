@@ -59,6 +59,9 @@ pub const CANCEL_REQUESTED: &str = "cancel_requested";
 /// How often the journal is read for cancel requests of other processes.
 const CANCEL_POLL: Duration = Duration::from_millis(250);
 
+/// How often a wait on a job another process holds reads the journal again.
+const JOURNAL_POLL: Duration = Duration::from_millis(100);
+
 /// Events buffered per subscriber before it starts dropping.
 pub const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -411,7 +414,7 @@ impl JobQueue {
             Arc::clone(&e.done)
         });
         let Some(done) = done else {
-            return self.journal_record(job_id).await;
+            return self.journal_record(job_id, timeout).await;
         };
         // Counted out however this future ends (a caller may drop it).
         let _leaving = Leaving {
@@ -423,27 +426,83 @@ impl JobQueue {
         waited?;
         match job {
             Some(job) => Ok(job),
-            None => self.journal_record(job_id).await,
+            None => self.journal_record(job_id, Some(Duration::ZERO)).await,
         }
     }
 
-    /// The record of a job the queue no longer holds, read from the journal on a blocking
-    /// thread (a SQLite read never runs on the async runtime).
-    async fn journal_record(&self, job_id: &str) -> Result<Job> {
+    /// Waits on a job this queue does not hold, through the journal: its terminal record at
+    /// once when there is one; a job another process (host) holds is read again every
+    /// [`JOURNAL_POLL`] until it ends or `timeout` passes.
+    async fn journal_record(&self, job_id: &str, timeout: Option<Duration>) -> Result<Job> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        loop {
+            match self.job_from_journal(job_id).await? {
+                None => return Err(QueueError::UnknownJob(job_id.to_owned()).into()),
+                Some(job) if job.status.is_terminal() => return Ok(job),
+                Some(_) => {}
+            }
+            if let Some(t) = timeout
+                && deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+            {
+                return Err(QueueError::Timeout(t, job_id.to_owned()).into());
+            }
+            tokio::time::sleep(JOURNAL_POLL).await;
+        }
+    }
+
+    /// A job as the journal knows it (read on a blocking thread): its terminal record, or for
+    /// one still waiting or running (here or in another process) its spec and latest state.
+    /// `None` when the journal has no row of it.
+    pub async fn job_from_journal(&self, job_id: &str) -> Result<Option<Job>> {
         let manager = self.inner.manager.clone();
         let query = crate::store::JournalQuery::job(job_id);
         let rows = tokio::task::spawn_blocking(move || manager.journal().query(&query))
             .await
             .map_err(|e| Error::job(JobError::fatal(format!("journal read failed: {e}"))))??;
-        rows.into_iter()
+        if let Some(snapshot) = rows.iter().rev().find_map(|e| {
+            e.is_terminal_transition()
+                .then(|| e.job_snapshot())
+                .flatten()
+        }) {
+            return Ok(Some(Job::from_snapshot(snapshot)));
+        }
+        let Some(submitted) = rows.iter().rev().find(|e| {
+            matches!(
+                e.event_type.as_str(),
+                crate::store::event_types::JOB_SUBMITTED | crate::store::event_types::JOB_ADOPTED
+            )
+        }) else {
+            return Ok(None);
+        };
+        let Some(record) = submitted
+            .payload
+            .get("spec")
+            .and_then(|s| serde_json::from_value::<SpecRecord>(s.clone()).ok())
+        else {
+            return Ok(None);
+        };
+        // Kwargs are not part of the view: the record is enough, no file read.
+        let mut inline = record.clone();
+        inline.kwargs_ref = None;
+        let spec = inline.to_spec(&self.inner.manager.host_config().data_dir)?;
+        let mut job = Job::new(job_id.to_owned(), &spec, record.capability_name.clone());
+        job.submitted_at = rows
+            .first()
+            .map(|e| e.ts.clone())
+            .unwrap_or_else(|| submitted.ts.clone());
+        if let Some(last) = rows
+            .iter()
             .rev()
-            .find_map(|e| {
-                e.is_terminal_transition()
-                    .then(|| e.job_snapshot())
-                    .flatten()
-            })
-            .map(Job::from_snapshot)
-            .ok_or_else(|| QueueError::UnknownJob(job_id.to_owned()).into())
+            .find(|e| e.event_type == crate::store::event_types::STATE_TRANSITION)
+        {
+            if let Some(status) = last.payload["to"].as_str().and_then(JobStatus::parse) {
+                job.status = status;
+            }
+            if job.status == JobStatus::Running {
+                job.started_at = Some(last.ts.clone());
+            }
+        }
+        Ok(Some(job))
     }
 
     /// Pending jobs, highest priority first, FIFO within a priority.

@@ -205,19 +205,17 @@ async fn list(
     ))
 }
 
-/// The job as the queue holds it, else its journal record.
+/// The job as this queue holds it, else as the journal knows it (a finished job, or one
+/// another host holds).
 async fn find(state: &AppState, id: &str) -> Result<Job, ApiError> {
     let queue = state.host.queue();
     if let Some(job) = queue.get(id) {
         return Ok(job);
     }
-    match queue.wait(id, Some(Duration::ZERO)).await {
-        Ok(job) => Ok(job),
-        Err(crate::Error::Queue(QueueError::Timeout(..))) => queue
-            .get(id)
-            .ok_or_else(|| ApiError::not_found(format!("no job '{id}'"))),
-        Err(e) => Err(e.into()),
-    }
+    queue
+        .job_from_journal(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job '{id}'")))
 }
 
 /// One job: state, progress, result or typed error, accounts.

@@ -755,3 +755,52 @@ async fn a_token_is_required_when_configured() {
     assert!(a.headers.get("access-control-allow-origin").is_none());
     host.shutdown().await.unwrap();
 }
+
+/// Two hosts on one data dir: the service of one answers for a job the other holds, from the
+/// journal — its state while it runs, and `wait` until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_answers_for_a_job_another_host_runs() {
+    let dir = data_dir();
+    let runner = host(dir.path(), 1).await;
+    let served = Host::builder().data_dir(dir.path()).build().await.unwrap();
+    let router = Server::new(served.clone(), ServerConfig::default()).router();
+    let id = runner
+        .queue()
+        .submit(cjm_host::queue::JobSpec::execute(
+            "probe",
+            cjm_tests::kwargs(json!({"action": "sleep", "seconds": 1.0})),
+        ))
+        .await
+        .unwrap();
+    let a = call(
+        &router,
+        Method::GET,
+        &format!("/v1/jobs/{id}"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    let job = a.json();
+    assert!(
+        matches!(job["status"].as_str(), Some("pending" | "running")),
+        "{job}"
+    );
+    assert_eq!(job["instance_id"], "probe");
+    let a = call(
+        &router,
+        Method::GET,
+        &format!("/v1/jobs/{id}/wait?timeout_s=30"),
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(a.json()["status"], "completed");
+    let a = call(&router, Method::GET, "/v1/jobs/no-such-job", Body::empty()).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    served.shutdown().await.unwrap();
+    runner.shutdown().await.unwrap();
+}
