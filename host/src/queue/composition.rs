@@ -96,6 +96,7 @@ pub enum Arg {
 }
 
 /// One capability call in a composition.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// Unique within the composition.
@@ -104,6 +105,7 @@ pub struct Node {
     pub instance_id: String,
     /// Static values and bindings (top-level values only are scanned for bindings).
     #[serde(default)]
+    #[cfg_attr(feature = "server", schema(value_type = Object))]
     pub kwargs: IndexMap<String, Arg>,
     /// Priority override (0 inherits the composition's).
     #[serde(default)]
@@ -116,6 +118,7 @@ pub struct Node {
     pub method: Option<String>,
     /// Per-call control flags.
     #[serde(default)]
+    #[cfg_attr(feature = "server", schema(value_type = Object))]
     pub control: Map<String, Value>,
 }
 
@@ -189,6 +192,7 @@ impl Node {
 }
 
 /// A DAG of nodes submitted as one unit.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Composition {
     /// The nodes (their order is the ready-scan order).
@@ -322,6 +326,7 @@ fn find_cycle(deps: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> 
 }
 
 /// Where a node is (and, for the terminal subset, where a composition ended).
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
@@ -359,6 +364,7 @@ impl NodeState {
 }
 
 /// The live state of one node.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeRun {
     /// Where it is.
@@ -366,12 +372,15 @@ pub struct NodeRun {
     /// Its member job, once created.
     pub job_id: Option<String>,
     /// Its result, when completed.
+    #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
     pub result: Option<Value>,
     /// Why it failed or was cancelled.
+    #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
     pub error: Option<JobError>,
 }
 
 /// A submitted composition.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct CompositionRun {
     /// The run id (assigned at submit).
@@ -379,8 +388,10 @@ pub struct CompositionRun {
     /// What was submitted.
     pub composition: Composition,
     /// Upstream nodes of each node.
+    #[cfg_attr(feature = "server", schema(value_type = Object))]
     pub deps: BTreeMap<String, BTreeSet<String>>,
     /// Downstream nodes of each node.
+    #[cfg_attr(feature = "server", schema(value_type = Object))]
     pub dependents: BTreeMap<String, BTreeSet<String>>,
     /// Per-node state.
     pub nodes: BTreeMap<String, NodeRun>,

@@ -10,6 +10,7 @@ use crate::backend::{Account, CallRequest, Target};
 use crate::store::JobSnapshot;
 
 /// Where a job is.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
@@ -68,6 +69,7 @@ impl std::fmt::Display for JobStatus {
 /// check: the wasm guest's `cancelled()`, the worker's `/cancel`), then `force` after the
 /// grace period (the epoch traps the wasm call; the worker's process group is killed), then
 /// `reloading` (a fresh instance or worker replaces it), then `completed`.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelPhase {
@@ -356,6 +358,7 @@ impl KwargsRef {
 
 /// A job as the queue tracks it (a copy: [`JobQueue::get`](super::JobQueue::get) returns a
 /// snapshot).
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
     /// Its id (a UUIDv7: time-ordered, unique across hosts).
@@ -383,16 +386,19 @@ pub struct Job {
     /// Last status message.
     pub status_message: String,
     /// The result of a completed job (kept in memory, never journaled).
+    #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
     pub result: Option<Value>,
     /// Set when the result was larger than the queue's `max_history_result_bytes` and left
     /// memory after delivery: its approximate size in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result_dropped_bytes: Option<usize>,
     /// Why it failed, as cjm-substrate's host records it (see [`host_view`]).
+    #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
     pub error: Option<JobError>,
     /// The error as the capability (or the host's own check) reported it, before that
     /// mapping: every field it sent.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
     pub raw_error: Option<JobError>,
     /// The capability's answer when the task or method does not exist (its 404 detail).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -400,6 +406,7 @@ pub struct Job {
     /// The accounts the capability reported during the call (also journaled, each with
     /// the job's id).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "server", schema(value_type = Vec<Object>))]
     pub accounts: Vec<Account>,
     /// The composition it is a member of.
     pub composition_id: Option<String>,
@@ -410,6 +417,7 @@ pub struct Job {
     /// Who asked for it.
     pub actor: Option<String>,
     /// Per-call control flags.
+    #[cfg_attr(feature = "server", schema(value_type = Object))]
     pub control: Map<String, Value>,
     /// When cancellation was asked.
     pub cancel_requested_at: Option<String>,
@@ -513,6 +521,7 @@ impl Job {
 }
 
 /// Counts by state.
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QueueStats {
     /// Jobs waiting.

@@ -24,7 +24,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 /// Submits a composition (`{"nodes": [...], "fail_fast", "priority", "run_id", "actor"}`);
 /// answers once it is in the journal.
 #[utoipa::path(post, path = "/v1/compositions", tag = "compositions",
-    request_body(content = Object, description = "The composition", content_type = "application/json"),
+    request_body(content = Composition, description = "The composition", content_type = "application/json"),
     responses((status = 202, description = "{\"composition_id\"}", body = Object), (status = 422, description = "Invalid DAG: every problem named")))]
 async fn submit(
     State(state): State<AppState>,
@@ -46,7 +46,7 @@ fn get(state: &AppState, id: &str) -> Result<CompositionRun, ApiError> {
 /// A composition: status, node states, member jobs and results.
 #[utoipa::path(get, path = "/v1/compositions/{id}", tag = "compositions",
     params(("id" = String, Path, description = "Composition id")),
-    responses((status = 200, body = Object), (status = 404)))]
+    responses((status = 200, body = CompositionRun), (status = 404)))]
 async fn get_composition(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -65,7 +65,7 @@ struct WaitParams {
 /// Waits for a composition to end (long poll): it once terminal, or as it is at the timeout.
 #[utoipa::path(get, path = "/v1/compositions/{id}/wait", tag = "compositions",
     params(("id" = String, Path, description = "Composition id"), WaitParams),
-    responses((status = 200, body = Object), (status = 404)))]
+    responses((status = 200, body = CompositionRun), (status = 404)))]
 async fn wait(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -221,7 +221,7 @@ async fn find(state: &AppState, id: &str) -> Result<Job, ApiError> {
 /// One job: state, progress, result or typed error, accounts.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = Object), (status = 404)))]
+    responses((status = 200, body = Job), (status = 404)))]
 async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -240,7 +240,7 @@ struct WaitParams {
 /// Waits for a job to end (long poll): the job once terminal, or as it is at the timeout.
 #[utoipa::path(get, path = "/v1/jobs/{id}/wait", tag = "jobs",
     params(("id" = String, Path, description = "Job id"), WaitParams),
-    responses((status = 200, body = Object), (status = 404)))]
+    responses((status = 200, body = Job), (status = 404)))]
 async fn wait(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -124,6 +124,25 @@ async fn every_documented_route_answers_and_none_is_undocumented() {
     assert_eq!(doc.status, StatusCode::OK);
     let doc = doc.json();
     let paths = doc["paths"].as_object().unwrap();
+    // Jobs and compositions are typed in it.
+    for schema in [
+        "Job",
+        "JobStatus",
+        "CompositionRun",
+        "Composition",
+        "NodeState",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} has no schema"
+        );
+    }
+    assert_eq!(
+        doc["paths"]["/v1/jobs/{id}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+            ["$ref"],
+        "#/components/schemas/Job"
+    );
+    assert!(doc["components"]["schemas"]["Job"]["properties"]["status"].is_object());
     // The routes this service has, each in the document.
     for path in [
         "/v1/capabilities",
