@@ -59,7 +59,8 @@ impl Inner {
             return;
         };
         let run = &entry.run;
-        let results = run.results();
+        // Bound results are read where they are: none is copied under the lock.
+        let result_of = |id: &str| run.nodes.get(id).and_then(|n| n.result.as_ref());
         let mut specs = Vec::new();
         let mut failures = Vec::new();
         for node_id in run.ready_nodes() {
@@ -67,7 +68,7 @@ impl Inner {
                 continue;
             };
             let resolved = node
-                .resolve(&results)
+                .resolve(result_of)
                 .map_err(|m| JobError::user_input(format!("composition binding failed: {m}")));
             let checked = resolved.and_then(|kwargs| {
                 self.check_instance(&node.instance_id)

@@ -171,15 +171,18 @@ impl Node {
             .collect()
     }
 
-    /// The kwargs with every binding resolved against `results`.
-    pub fn resolve(&self, results: &BTreeMap<String, Value>) -> Result<Map<String, Value>, String> {
+    /// The kwargs with every binding resolved by `result_of` (an upstream node's result by
+    /// its id): only the bound results are read, none is copied whole.
+    pub fn resolve<'a>(
+        &self,
+        result_of: impl Fn(&str) -> Option<&'a Value>,
+    ) -> Result<Map<String, Value>, String> {
         let mut out = Map::new();
         for (name, arg) in &self.kwargs {
             let value = match arg {
                 Arg::Value(v) => v.clone(),
                 Arg::Output(r) => {
-                    let result = results
-                        .get(&r.node)
+                    let result = result_of(&r.node)
                         .ok_or_else(|| format!("node '{}' has no result to bind", r.node))?;
                     r.extract(result)
                         .map_err(|e| format!("kwarg '{name}' of node '{}': {e}", self.id))?
@@ -587,15 +590,16 @@ mod tests {
         run.record("a", NodeState::Completed, Some(json!({"out": 5})), None);
         assert_eq!(run.ready_nodes(), ["b", "d"]);
         let b = run.composition.nodes[1].clone();
+        let results = run.results();
         assert_eq!(
-            Value::Object(b.resolve(&run.results()).unwrap()),
+            Value::Object(b.resolve(|id| results.get(id)).unwrap()),
             json!({"text": 5})
         );
         // A terminal node keeps its first outcome.
         run.record("a", NodeState::Failed, None, None);
         assert_eq!(run.nodes["a"].state, NodeState::Completed);
         let other = BTreeMap::from([("a".to_owned(), json!({"other": 5}))]);
-        let err = b.resolve(&other).unwrap_err();
+        let err = b.resolve(|id| other.get(id)).unwrap_err();
         assert!(
             err.contains("has no field 'out'") && err.contains("[other]"),
             "{err}"
