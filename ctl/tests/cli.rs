@@ -510,6 +510,33 @@ fn install_all_builds_a_cargo_package_for_wasm() {
         .stdout(predicate::str::contains("spans"));
 }
 
+/// A failing install step's own words reach the log and the summary (pip's, cargo's): here
+/// cargo run where there is no `Cargo.toml`, and no guess about the wasm target.
+#[test]
+fn a_failing_tool_says_why_in_the_install_summary() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path().join("empty")).unwrap();
+    let caps = env.write(
+        "caps.yaml",
+        "capabilities:\n- name: nocargo\n  kind: wasm\n  cargo: nocargo\n  workspace: ./empty\n",
+    );
+    let out = env
+        .ctl()
+        .args(["install-all", "--capabilities", caps.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("could not find `Cargo.toml`"), "{text}");
+    assert!(!text.contains("target is not installed"), "{text}");
+    let log = std::fs::read_to_string(env.data().join("logs/install/nocargo.log")).unwrap();
+    assert!(log.contains("could not find `Cargo.toml`"), "{log}");
+}
+
 #[test]
 fn validate_lists_every_error_of_a_manifest() {
     let env = Env::new();

@@ -264,7 +264,14 @@ async fn exec(
         })
         .stderr(log.stdio()?)
         .kill_on_drop(true);
-    let out = cmd.output().await.map_err(|e| {
+    // `spawn` + `wait_with_output`, not `output()`: tokio's `output()` sets both streams back
+    // to pipes, and the tool's own words (pip's "No matching distribution", cargo's errors)
+    // never reached the log.
+    let out = match cmd.spawn() {
+        Ok(child) => child.wait_with_output().await,
+        Err(e) => Err(e),
+    }
+    .map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             InstallError::ToolMissing {
                 tool: cmd.as_std().get_program().to_string_lossy().into_owned(),

@@ -69,13 +69,20 @@ async fn cargo_build(package: &str, workspace: &Path, log: &Log) -> Result<PathB
     let out = super::output(log, &format!("building {package} with cargo"), &mut cmd)
         .await
         .map_err(|e| match e {
-            InstallError::InstallCommand { step, program, status } => InstallError::InstallCommand {
-                step: format!(
-                    "{step} (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)"
-                ),
+            // Said only when cargo's own words (now in the log) point there.
+            InstallError::InstallCommand {
+                step,
                 program,
                 status,
-            },
+            } if log.tail(40).contains("target may not be installed") => {
+                InstallError::InstallCommand {
+                    step: format!(
+                        "{step} (the wasm32-wasip2 target is not installed: `rustup target add wasm32-wasip2`)"
+                    ),
+                    program,
+                    status,
+                }
+            }
             other => other,
         })?;
     let mut found = None;
