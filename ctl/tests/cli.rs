@@ -1876,6 +1876,16 @@ fn scripting_edges() {
         r#"{"text": "x"}"#,
     ]);
     assert_eq!(top(&env), 2);
+    // The composition `submit --help` shows runs as printed.
+    let help = env.ctl().args(["submit", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let example = help
+        .lines()
+        .find_map(|l| l.strip_prefix("A composition file is JSON: "))
+        .expect("the help shows a composition");
+    let file = env.write("help-example.json", example);
+    let out = env.json(&["submit", "--composition", file.to_str().unwrap()]);
+    assert_eq!(out["status"], "completed", "{out}");
     // Job ids by unique prefix.
     let job = env.json(&["submit", "text-stats", r#"{"text": "p"}"#])["id"]
         .as_str()

@@ -18,7 +18,7 @@ use crate::follow;
 /// Options of `submit`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  cjm-ctl submit text-stats '{\"text\": \"one two two\"}'\n  cjm-ctl submit text-stats --priority 5 --run-id nightly-7 '{\"text\": \"a b\"}'\n  cjm-ctl submit --composition pipeline.json\n\nA composition file is JSON: {\"nodes\": [{\"id\": \"a\", \"instance_id\": \"text-stats\", \"kwargs\": {\"text\": \"hi\"}}, {\"id\": \"b\", \"instance_id\": \"text-stats\", \"kwargs\": {\"text\": {\"$output\": \"a\", \"field\": \"words\"}}}], \"fail_fast\": true}\nInstance ids are capability names (each is loaded once, with its stored config)."
+    after_help = "Examples:\n  cjm-ctl submit text-stats '{\"text\": \"one two two\"}'\n  cjm-ctl submit text-stats --priority 5 --run-id nightly-7 '{\"text\": \"a b\"}'\n  cjm-ctl submit --composition pipeline.json\n\nA composition file is JSON: {\"nodes\": [{\"id\": \"a\", \"instance_id\": \"text-stats\", \"kwargs\": {\"text\": \"hi\"}}, {\"id\": \"b\", \"instance_id\": \"text-stats\", \"task\": \"text_statistics\", \"method\": \"merge_stats\", \"kwargs\": {\"one\": {\"$output\": \"a\"}}}], \"fail_fast\": true}\nInstance ids are capability names (each is loaded once, with its stored config)."
 )]
 pub struct Args {
     /// The capability to run (loaded as the instance of the same name)
