@@ -1879,11 +1879,16 @@ fn scripting_edges() {
     // The composition `submit --help` shows runs as printed.
     let help = env.ctl().args(["submit", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
-    let example = help
+    // Help may be wrapped to the terminal's width: the example is rejoined at its spaces.
+    let marker = "A composition file is JSON: ";
+    let start = help.find(marker).expect("the help shows a composition") + marker.len();
+    let end = start + help[start..].find("Instance ids").unwrap();
+    let example = help[start..end]
         .lines()
-        .find_map(|l| l.strip_prefix("A composition file is JSON: "))
-        .expect("the help shows a composition");
-    let file = env.write("help-example.json", example);
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let file = env.write("help-example.json", &example);
     let out = env.json(&["submit", "--composition", file.to_str().unwrap()]);
     assert_eq!(out["status"], "completed", "{out}");
     // Job ids by unique prefix.
