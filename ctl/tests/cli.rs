@@ -6,86 +6,14 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use assert_cmd::Command;
 use cjm_host::store::{
     DiagnosticRecord, DiagnosticsStore, JournalEvent, JournalQuery, JournalStore, StreamChunk,
 };
 use predicates::prelude::*;
 use serde_json::Value;
 
-/// A fresh working dir with its data dir at `<dir>/.cjm`.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn data(&self) -> PathBuf {
-        self.path().join(".cjm")
-    }
-
-    /// `cjm-ctl --data-dir <data> ...` in the working dir, with no configuration leaking in
-    /// from the environment.
-    fn ctl(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cjm-ctl"));
-        cmd.current_dir(self.path())
-            .env_remove("CJM_CONFIG")
-            .env_remove("CJM_DATA_DIR")
-            .env_remove("NO_COLOR")
-            .arg("--data-dir")
-            .arg(self.data());
-        cmd
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.ctl().arg("--json").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-/// The text-stats example built as a wasm component (by cjm-tests' build script).
-fn text_stats_wasm() -> &'static str {
-    cjm_tests::fixtures::TEXT_STATS
-}
-
-/// The text-stats example as a native worker (this package's example, built with its tests).
-fn text_stats_worker() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join("examples").join("text_stats_worker");
-    assert!(p.is_file(), "{} was not built", p.display());
-    p
-}
-
-fn capabilities_yaml(extra: &str) -> String {
-    format!(
-        "capabilities:\n\
-         - name: text-stats\n  kind: wasm\n  component: {}\n  sandbox: {{max_concurrency: 2}}\n\
-         - name: text-stats-native\n  kind: native\n  command: [{}]\n  env_vars: {{STATS_MARK: x}}\n{extra}",
-        text_stats_wasm(),
-        text_stats_worker().display()
-    )
-}
+mod common;
+use common::*;
 
 /// The example components (named as `demo` and `bench` expect) and the native worker.
 fn example_builds(env: &Env) -> (PathBuf, PathBuf) {
@@ -1422,84 +1350,6 @@ fn bench_prints_a_table_of_medians() {
         "{out}"
     );
     env.ctl().args(["bench", "--samples", "0"]).assert().code(2);
-}
-
-/// A running `cjm-ctl serve` on an env's data dir (SIGTERMed and reaped on drop).
-struct Serving {
-    child: std::process::Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Serving {
-    fn start(env: &Env) -> Serving {
-        let log = env.path().join(format!("serve-{}.log", std::process::id()));
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cjm-ctl"))
-            .current_dir(env.path())
-            .env_remove("CJM_CONFIG")
-            .env_remove("CJM_DATA_DIR")
-            .env("CJM_MAX_CONCURRENT_LANES", "1")
-            .arg("--data-dir")
-            .arg(env.data())
-            .args(["serve", "--bind", "127.0.0.1:0", "--grace", "2"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let discovery = env.data().join("serve.json");
-        let started = std::time::Instant::now();
-        let url = loop {
-            if let Ok(text) = std::fs::read(&discovery)
-                && let Ok(v) = serde_json::from_slice::<Value>(&text)
-            {
-                assert_eq!(v["auth"], "none", "loopback needs no token");
-                break v["url"].as_str().unwrap().to_owned();
-            }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(60),
-                "serve did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        Serving { child, url, log }
-    }
-
-    fn client(&self) -> cjm_host::client::Client {
-        cjm_host::client::Client::new(self.url.clone(), None)
-    }
-
-    /// SIGTERM, then the exit status and the log.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let status = self.child.wait().unwrap();
-        (
-            status,
-            std::fs::read_to_string(&self.log).unwrap_or_default(),
-        )
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn install_served(env: &Env) {
-    let caps = env.write(
-        "capabilities.yaml",
-        &capabilities_yaml(&format!(
-            "- name: hostile\n  kind: wasm\n  component: {}\n",
-            cjm_tests::fixtures::HOSTILE
-        )),
-    );
-    env.ctl()
-        .args(["install-all", "--capabilities", caps.to_str().unwrap()])
-        .assert()
-        .success();
 }
 
 #[test]

@@ -167,6 +167,17 @@ fn depth_error(what: &str, field: &str) -> JobError {
     .with_fields([field])
 }
 
+/// What a backend can do now, as far as the host knows without asking its capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// It takes calls (a wasm pool; a live, initialized worker).
+    Ready,
+    /// No live worker: one is spawned (or respawned after a death) by the next call.
+    Starting,
+    /// Its worker died too often: nothing is spawned until it is reloaded (the reason).
+    CrashLooping(String),
+}
+
 /// A loaded capability instance of either kind. Every method may be called concurrently; a
 /// backend serialises what its capability cannot do at once.
 #[async_trait]
@@ -181,6 +192,12 @@ pub trait Backend: Send + Sync {
     /// worker); telemetry measures that process and its descendants.
     fn pid(&self) -> Option<u32> {
         None
+    }
+
+    /// Whether it can take a call now, without asking it (cheap: the dashboard and the API
+    /// show it for every instance).
+    fn condition(&self) -> Condition {
+        Condition::Ready
     }
 
     /// Liveness answer (`{"status": "running", ...}`).

@@ -36,7 +36,7 @@ use std::time::Duration;
 use cjm_guest::contract::JobError;
 use serde_json::{Value, json};
 
-pub use admission::{Peaks, ResourceSource, ResourceView, SystemResources};
+pub use admission::{Peaks, ResourceSource, ResourceView, SystemResources, WaitReason};
 pub use composition::{Arg, Composition, CompositionRun, Node, NodeRun, NodeState, OutputRef};
 pub use error::QueueError;
 pub use events::{EventKind, JobEvent, Scope, Subscription};
@@ -560,6 +560,18 @@ impl JobQueue {
         }
     }
 
+    /// Its configuration (lanes, history, GPU headroom).
+    pub fn config(&self) -> &QueueConfig {
+        &self.inner.config
+    }
+
+    /// Why each of the first `limit` pending jobs (priority order) waits: the admission
+    /// ladder's verdict on it now.
+    pub fn waiting(&self, limit: usize) -> Vec<WaitReason> {
+        let st = self.inner.lock();
+        self.inner.waiting(&st, limit)
+    }
+
     /// Why the queue refuses submissions, if it does (a failed journal append).
     pub fn wedged(&self) -> Option<String> {
         self.inner.emitter.wedged()
@@ -641,6 +653,15 @@ impl JobQueue {
             .compositions
             .get(id)
             .map(|c| c.run.clone())
+    }
+
+    /// The composition runs this host holds (running ones and the recent finished ones),
+    /// newest first, at most `limit`.
+    pub fn compositions(&self, limit: usize) -> Vec<CompositionRun> {
+        let st = self.inner.lock();
+        let mut runs: Vec<&CompositionRun> = st.compositions.values().map(|c| &c.run).collect();
+        runs.sort_by(|a, b| b.submitted_at.cmp(&a.submitted_at).then(b.id.cmp(&a.id)));
+        runs.into_iter().take(limit).cloned().collect()
     }
 
     /// Waits until a composition reached its terminal status and returns it.

@@ -12,7 +12,9 @@
 //!   reorder, list;
 //! - `events`: Server-Sent Events from the journal (resumable with
 //!   `Last-Event-ID`, the journal's `seq`) and log queries and follows;
-//! - `system`: health, readiness, resources, queue stats, `/metrics`, secrets.
+//! - `system`: health, readiness, resources, queue stats and why jobs wait, `/metrics`,
+//!   secrets;
+//! - `dashboard`: the web page at `/`, on this API only.
 //!
 //! Security: `auth` checks a bearer token (constant-time) when one is
 //! configured — `cjm-ctl serve` requires one on any address but loopback; request bodies are
@@ -25,6 +27,7 @@ mod auth;
 mod capabilities;
 mod compositions;
 mod contract;
+mod dashboard;
 pub mod discovery;
 mod error;
 mod events;
@@ -144,6 +147,7 @@ impl Server {
             stop: Arc::clone(&stop),
             tail: Arc::new(OnceLock::new()),
         };
+        // The dashboard's assets are public (the page asks for the token); the API is not.
         let router = router
             .fallback(error::not_found)
             .method_not_allowed_fallback(error::method_not_allowed)
@@ -151,6 +155,7 @@ impl Server {
                 state.clone(),
                 auth::require_token,
             ))
+            .merge(dashboard::routes())
             .layer(DefaultBodyLimit::max(max_body))
             .with_state(state);
         Server { router, stop }

@@ -24,8 +24,8 @@ pub use process::WorkerSpec;
 
 use self::process::{Process, describe_exit};
 use crate::backend::{
-    Account, Backend, CallControl, CallRequest, CallStream, CancelState, DiagnosticsSink,
-    RuntimeKind, Target, WorkerEvents,
+    Account, Backend, CallControl, CallRequest, CallStream, CancelState, Condition,
+    DiagnosticsSink, RuntimeKind, Target, WorkerEvents,
 };
 use crate::error::{Error, Result};
 
@@ -970,6 +970,17 @@ impl Backend for NativeBackend {
 
     fn pid(&self) -> Option<u32> {
         NativeBackend::pid(self)
+    }
+
+    fn condition(&self) -> Condition {
+        if let Some(why) = lock(&self.inner.supervision).failed() {
+            return Condition::CrashLooping(why.to_owned());
+        }
+        if lock(&self.inner.live).is_some() {
+            Condition::Ready
+        } else {
+            Condition::Starting
+        }
     }
 
     async fn health(&self) -> Result<Value> {

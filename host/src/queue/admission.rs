@@ -78,6 +78,25 @@ impl PendingIndex {
         self.heads.iter()
     }
 
+    /// The first `limit` pending jobs in priority order, each with its instance and how many
+    /// jobs of that instance are ahead of it (for inspection; sorts).
+    pub(crate) fn queued(&self, limit: usize) -> Vec<(&str, &str, usize)> {
+        let mut all: Vec<(&Order, &str, &str, usize)> = self
+            .by_instance
+            .iter()
+            .flat_map(|(instance, q)| {
+                q.iter()
+                    .enumerate()
+                    .map(move |(ahead, (o, id))| (o, instance.as_str(), id.as_str(), ahead))
+            })
+            .collect();
+        all.sort_by_key(|(o, ..)| **o);
+        all.into_iter()
+            .take(limit)
+            .map(|(_, instance, id, ahead)| (id, instance, ahead))
+            .collect()
+    }
+
     /// Every pending job id in priority order (for inspection; sorts).
     pub(crate) fn all(&self) -> Vec<String> {
         let mut all: Vec<(&Order, &String)> =
@@ -161,6 +180,45 @@ pub(crate) enum Blocked {
     InstanceCap(usize),
     Gpu(String),
     Memory(String),
+}
+
+impl Blocked {
+    /// The verdict's kind and its words, for `instance`.
+    pub(crate) fn explain(&self, instance: &str, running: usize) -> (&'static str, String) {
+        match self {
+            Blocked::Exclusive => (
+                "first_run",
+                format!(
+                    "its first run on '{instance}' with this config is measured alone: it waits \
+                     for the {running} running job(s) to finish"
+                ),
+            ),
+            Blocked::InstanceCap(cap) => (
+                "instance_cap",
+                format!("'{instance}' already runs {cap} job(s), its concurrency cap"),
+            ),
+            Blocked::Gpu(why) => ("gpu", why.clone()),
+            Blocked::Memory(why) => ("memory", why.clone()),
+        }
+    }
+}
+
+/// Why a pending job waits: the admission ladder's verdict on it now (the reason the
+/// reference host leaves unexposed).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct WaitReason {
+    /// The job.
+    pub job_id: String,
+    /// Its instance.
+    pub instance_id: String,
+    /// `lanes`, `exclusive`, `first_run`, `first_run_ahead`, `instance_cap`, `gpu`,
+    /// `memory`, `behind`, `closed` or `next` (admissible at the next dispatch).
+    pub kind: &'static str,
+    /// In words.
+    pub message: String,
+    /// Jobs of the same instance ahead of it.
+    pub ahead: usize,
 }
 
 /// What admitting a job reserves.

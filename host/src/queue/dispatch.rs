@@ -98,12 +98,85 @@ impl Inner {
         st.pending_bytes += bytes;
     }
 
-    /// Admits every job the ladder allows, in priority order with skip-ahead.
-    pub(super) fn dispatch(self: &Arc<Self>, st: &mut State) -> Vec<Launch> {
-        let limits = Limits {
+    fn limits(&self) -> Limits {
+        Limits {
             lanes: (self.config.max_concurrent_lanes as usize).max(1),
             gpu_headroom: self.config.gpu_headroom_fraction,
-        };
+        }
+    }
+
+    /// Why each of the first `limit` pending jobs waits: the ladder of [`Self::dispatch`]
+    /// asked about every instance head without admitting anything.
+    pub(super) fn waiting(&self, st: &State, limit: usize) -> Vec<admission::WaitReason> {
+        let limits = self.limits();
+        let mut view: Option<ResourceView> = None;
+        let mut heads: HashMap<&str, (&'static str, String)> = HashMap::new();
+        // The head whose first run waits for the lanes to drain: nothing after it is admitted.
+        let mut first_run: Option<&str> = None;
+        for (_, instance_id) in st.pending.heads() {
+            let verdict = if st.closed {
+                (
+                    "closed",
+                    "the host is stopping: it is left to recovery".to_owned(),
+                )
+            } else if st.ledger.exclusive {
+                (
+                    "exclusive",
+                    "a first run is being measured alone: nothing is admitted beside it".into(),
+                )
+            } else if st.ledger.running >= limits.lanes {
+                ("lanes", format!("all {} lanes are in use", limits.lanes))
+            } else if let Some(ahead) = first_run {
+                (
+                    "first_run_ahead",
+                    format!(
+                        "waits behind the first run of '{ahead}', which needs the lanes to drain"
+                    ),
+                )
+            } else {
+                let instance = self.manager.instance(instance_id).ok();
+                let (cap, peaks) = match &instance {
+                    Some(i) => (i.max_concurrency(), i.peaks()),
+                    None => (usize::MAX, Some(Peaks::default())),
+                };
+                let mut live = || *view.get_or_insert_with(|| self.resources.view());
+                match admission::decide(&st.ledger, limits, instance_id, cap, peaks, &mut live) {
+                    Ok(_) => ("next", "admissible: it starts at the next dispatch".into()),
+                    Err(blocked) => {
+                        if blocked == admission::Blocked::Exclusive {
+                            first_run = Some(instance_id);
+                        }
+                        blocked.explain(instance_id, st.ledger.running)
+                    }
+                }
+            };
+            heads.insert(instance_id, verdict);
+        }
+        st.pending
+            .queued(limit)
+            .into_iter()
+            .map(|(job_id, instance_id, ahead)| {
+                let (kind, message) = match heads.get(instance_id) {
+                    Some(head) if ahead == 0 => head.clone(),
+                    _ => (
+                        "behind",
+                        format!("behind {ahead} earlier job(s) of '{instance_id}'"),
+                    ),
+                };
+                admission::WaitReason {
+                    job_id: job_id.to_owned(),
+                    instance_id: instance_id.to_owned(),
+                    kind,
+                    message,
+                    ahead,
+                }
+            })
+            .collect()
+    }
+
+    /// Admits every job the ladder allows, in priority order with skip-ahead.
+    pub(super) fn dispatch(self: &Arc<Self>, st: &mut State) -> Vec<Launch> {
+        let limits = self.limits();
         let mut launches = Vec::new();
         if st.closed {
             // Stopped: what still waits is left to the host that reconciles this one.

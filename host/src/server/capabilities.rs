@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, parse_body, parse_value};
+use crate::backend::Condition;
 use crate::manager::Instance;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -37,27 +38,34 @@ pub(super) fn instance(state: &AppState, id: &str) -> Result<Arc<Instance>, ApiE
         .map_err(|_| ApiError::not_found(format!("no loaded capability instance '{id}'")))
 }
 
-fn instance_state(state: &AppState, i: &Instance) -> &'static str {
+/// `disabled`, `crash_looping` (with `reason`), `starting` (no live worker yet), `busy` or
+/// `idle`.
+fn instance_state(state: &AppState, i: &Instance) -> (&'static str, Option<String>) {
     if !i.enabled() {
-        "disabled"
-    } else if state
+        return ("disabled", None);
+    }
+    match i.backend().condition() {
+        Condition::CrashLooping(why) => return ("crash_looping", Some(why)),
+        Condition::Starting => return ("starting", None),
+        Condition::Ready => {}
+    }
+    let busy = state
         .host
         .queue()
         .running()
         .iter()
-        .any(|j| j.instance_id == i.id())
-    {
-        "busy"
-    } else {
-        "idle"
-    }
+        .any(|j| j.instance_id == i.id());
+    (if busy { "busy" } else { "idle" }, None)
 }
 
 fn instance_summary(state: &AppState, i: &Instance) -> Value {
+    let (now, reason) = instance_state(state, i);
     json!({
         "id": i.id(),
         "enabled": i.enabled(),
-        "state": instance_state(state, i),
+        "state": now,
+        "reason": reason,
+        "kind": i.backend().kind(),
         "drift": i.drift(),
         "adapters": i.adapters(),
         "pid": i.backend().pid(),
@@ -113,7 +121,9 @@ async fn info(
         .describe(&id)
         .map_err(|_| ApiError::not_found(format!("no capability or instance '{id}'")))?;
     if let Ok(i) = manager.instance(&id) {
-        view["state"] = json!(instance_state(&state, &i));
+        let (now, reason) = instance_state(&state, &i);
+        view["state"] = json!(now);
+        view["reason"] = json!(reason);
     }
     Ok(Json(view))
 }

@@ -15,7 +15,7 @@ use crate::queue::{Composition, CompositionRun, QueueError};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(submit))
+        .routes(routes!(submit, list))
         .routes(routes!(get_composition))
         .routes(routes!(wait))
         .routes(routes!(cancel))
@@ -33,6 +33,22 @@ async fn submit(
     let composition: Composition = parse_body(&body)?;
     let id = state.host.queue().submit_composition(composition).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "composition_id": id }))))
+}
+
+/// How many.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// At most this many (default 50, at most 500).
+    limit: Option<usize>,
+}
+
+/// The compositions this host holds (running and recently finished), newest first.
+#[utoipa::path(get, path = "/v1/compositions", tag = "compositions", params(ListParams),
+    responses((status = 200, description = "{\"compositions\": [...]}", body = Object)))]
+async fn list(State(state): State<AppState>, Query(params): Query<ListParams>) -> Json<Value> {
+    let limit = params.limit.unwrap_or(50).min(500);
+    Json(json!({ "compositions": state.host.queue().compositions(limit) }))
 }
 
 fn get(state: &AppState, id: &str) -> Result<CompositionRun, ApiError> {

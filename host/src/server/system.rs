@@ -21,6 +21,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ready))
         .routes(routes!(resources))
         .routes(routes!(queue))
+        .routes(routes!(waiting))
         .routes(routes!(metrics))
         .routes(routes!(secrets))
         .routes(routes!(set_secret))
@@ -98,16 +99,43 @@ async fn resources(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     Ok(Json(value))
 }
 
-/// Queue figures: counts by state since start.
+/// Queue figures: counts by state since start, and the journal's last `seq` (a client
+/// that reads state and then follows `/v1/events?after=<journal_seq>` misses nothing).
 #[utoipa::path(get, path = "/v1/queue", tag = "host",
     responses((status = 200, body = Object)))]
-async fn queue(State(state): State<AppState>) -> Json<Value> {
+async fn queue(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let manager = state.host.manager().clone();
+    let seq = tokio::task::spawn_blocking(move || manager.journal().last_seq())
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
     let q = state.host.queue();
-    Json(json!({
+    Ok(Json(json!({
         "stats": q.stats(),
         "wedged": q.wedged().is_some(),
         "closed": q.is_closed(),
-    }))
+        "lanes": q.config().max_concurrent_lanes,
+        "journal_seq": seq,
+    })))
+}
+
+/// How many.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct WaitingParams {
+    /// At most this many, in priority order (default 200, at most 5000).
+    limit: Option<usize>,
+}
+
+/// Why each waiting job waits: the admission ladder's verdict on it now (lanes, an exclusive
+/// first run, the instance's cap, GPU or memory shortfall, or the jobs ahead of it).
+#[utoipa::path(get, path = "/v1/queue/waiting", tag = "host", params(WaitingParams),
+    responses((status = 200, description = "{\"waiting\": [WaitReason...]}", body = Object)))]
+async fn waiting(
+    State(state): State<AppState>,
+    axum::extract::Query(params): axum::extract::Query<WaitingParams>,
+) -> Json<Value> {
+    let limit = params.limit.unwrap_or(200).min(5000);
+    Json(json!({ "waiting": state.host.queue().waiting(limit) }))
 }
 
 /// Prometheus text exposition.

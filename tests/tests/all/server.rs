@@ -823,3 +823,110 @@ async fn a_service_answers_for_a_job_another_host_runs() {
     served.shutdown().await.unwrap();
     runner.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_jobs_say_why_and_instances_say_their_state() {
+    let dir = data_dir();
+    let host = host(dir.path(), 1).await;
+    let router = Server::new(host.clone(), ServerConfig::default()).router();
+    let submit = |body: &'static str| {
+        let router = router.clone();
+        async move {
+            let a = call(&router, Method::POST, "/v1/jobs", body).await;
+            assert_eq!(a.status, StatusCode::ACCEPTED);
+            a.json()["job_id"].as_str().unwrap().to_owned()
+        }
+    };
+    // One lane, held by a sleeping probe job (its first run: measured alone).
+    let sleeper =
+        submit(r#"{"capability": "probe", "kwargs": {"action": "sleep", "seconds": 1.5}}"#).await;
+    let started = std::time::Instant::now();
+    while host.queue().running().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let head =
+        submit(r#"{"capability": "probe", "kwargs": {"action": "echo", "text": "a"}}"#).await;
+    let behind =
+        submit(r#"{"capability": "probe", "kwargs": {"action": "echo", "text": "b"}}"#).await;
+    let other = submit(r#"{"capability": "text-stats", "kwargs": {"text": "x"}}"#).await;
+    let why = call(&router, Method::GET, "/v1/queue/waiting", Body::empty())
+        .await
+        .json();
+    let why: std::collections::HashMap<String, Value> = why["waiting"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["job_id"].as_str().unwrap().to_owned(), w.clone()))
+        .collect();
+    assert_eq!(why.len(), 3, "{why:?}");
+    assert!(!why.contains_key(&sleeper), "a running job does not wait");
+    // Nothing is admitted beside a first run; the second probe job is behind the first.
+    assert_eq!(why[&head]["kind"], "exclusive", "{why:?}");
+    assert_eq!(why[&other]["kind"], "exclusive", "{why:?}");
+    assert_eq!(why[&behind]["kind"], "behind", "{why:?}");
+    assert_eq!(why[&behind]["ahead"], 1);
+    assert!(
+        why[&behind]["message"]
+            .as_str()
+            .unwrap()
+            .contains("behind 1 earlier job(s) of 'probe'")
+    );
+    let a = call(
+        &router,
+        Method::GET,
+        "/v1/queue/waiting?limit=1",
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(a.json()["waiting"].as_array().unwrap().len(), 1);
+    // The instances say what they do.
+    let caps = call(&router, Method::GET, "/v1/capabilities", Body::empty())
+        .await
+        .json();
+    let state = |id: &str| {
+        caps["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["instances"].as_array().unwrap().iter())
+            .find(|i| i["id"] == id)
+            .map(|i| i["state"].clone())
+            .unwrap()
+    };
+    assert_eq!(state("probe"), "busy");
+    assert_eq!(state("text-stats"), "idle");
+    // The queue's figures carry the journal's cursor: events after it are what comes next.
+    let q = call(&router, Method::GET, "/v1/queue", Body::empty())
+        .await
+        .json();
+    assert_eq!(q["lanes"], 1);
+    assert!(q["journal_seq"].as_i64().unwrap() > 0, "{q}");
+    // A composition is listed while it runs and once it is done.
+    let a = call(
+        &router,
+        Method::POST,
+        "/v1/compositions",
+        r#"{"nodes": [{"id": "a", "instance_id": "text-stats", "kwargs": {"text": "one"}}]}"#,
+    )
+    .await;
+    let comp = a.json()["composition_id"].as_str().unwrap().to_owned();
+    let listed = call(&router, Method::GET, "/v1/compositions", Body::empty())
+        .await
+        .json();
+    assert_eq!(listed["compositions"][0]["id"], comp.as_str());
+    let done = call(
+        &router,
+        Method::GET,
+        &format!("/v1/compositions/{comp}/wait?timeout_s=30"),
+        Body::empty(),
+    )
+    .await
+    .json();
+    assert_eq!(done["status"], "completed");
+    let why = call(&router, Method::GET, "/v1/queue/waiting", Body::empty())
+        .await
+        .json();
+    assert_eq!(why["waiting"], json!([]), "nothing waits once all ran");
+    host.shutdown().await.unwrap();
+}
