@@ -11,6 +11,7 @@ mod jobs;
 mod list;
 mod list_secrets;
 mod logs;
+mod mcp;
 mod regenerate_manifest;
 mod remove;
 mod retention;
@@ -55,6 +56,8 @@ pub enum Command {
     Submit(submit::Args),
     /// Serve the data dir's capabilities and queue over HTTP/JSON (`/v1`) until stopped
     Serve(serve::Args),
+    /// Serve the data dir's capabilities as MCP tools over stdin/stdout (for agent clients)
+    Mcp(mcp::Args),
     /// Jobs of this data dir, from the journal
     Jobs(jobs::Args),
     /// Ask the host running a job to cancel it
@@ -85,6 +88,7 @@ pub fn run(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args, ctx),
         Command::Submit(args) => submit::run(args, ctx),
         Command::Serve(args) => serve::run(args, ctx),
+        Command::Mcp(args) => mcp::run(args, ctx),
         Command::Jobs(args) => jobs::run(args, ctx),
         Command::Cancel(args) => cancel::run(args, ctx),
         Command::Bench(args) => bench::run(args, ctx),

@@ -14,7 +14,8 @@
 //!   `Last-Event-ID`, the journal's `seq`) and log queries and follows;
 //! - `system`: health, readiness, resources, queue stats and why jobs wait, `/metrics`,
 //!   secrets;
-//! - `dashboard`: the web page at `/`, on this API only.
+//! - `dashboard`: the web page at `/`, on this API only;
+//! - [`mcp`]: every capability as an MCP tool at `/mcp` (and over stdio for `cjm-ctl mcp`).
 //!
 //! Security: `auth` checks a bearer token (constant-time) when one is
 //! configured — `cjm-ctl serve` requires one on any address but loopback; request bodies are
@@ -32,6 +33,7 @@ pub mod discovery;
 mod error;
 mod events;
 mod jobs;
+pub mod mcp;
 mod system;
 
 use std::sync::{Arc, OnceLock};
@@ -139,6 +141,7 @@ impl Server {
         let _ = openapi.set(doc.to_json().unwrap_or_else(|_| "{}".to_owned()));
         let stop = Arc::new(tokio::sync::watch::Sender::new(false));
         let max_body = config.max_body_bytes;
+        let mcp = mcp::http_service(host.clone(), config.token.is_some(), max_body);
         let state = AppState {
             host,
             config: Arc::new(config),
@@ -149,6 +152,7 @@ impl Server {
         };
         // The dashboard's assets are public (the page asks for the token); the API is not.
         let router = router
+            .route_service("/mcp", mcp)
             .fallback(error::not_found)
             .method_not_allowed_fallback(error::method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(

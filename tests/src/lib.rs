@@ -82,39 +82,58 @@ pub const CJM_SUBSTRATE: &str = "cjm-substrate==0.0.74";
 pub fn python_with_substrate() -> std::path::PathBuf {
     static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     PYTHON
-        .get_or_init(|| {
-            let venv = repo_root().join("target").join("py-venv");
-            let python = venv.join("bin").join("python");
-            let ready = venv.join(".cjm-ready");
-            if ready.is_file() {
-                return python;
-            }
-            let run = |cmd: &mut std::process::Command| {
-                let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-                assert!(
-                    out.status.success(),
-                    "{cmd:?} failed:\n{}\n{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            };
-            let _ = std::fs::remove_dir_all(&venv);
-            run(std::process::Command::new(base_python())
-                .args(["-m", "venv"])
-                .arg(&venv));
-            run(std::process::Command::new(&python).args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--ignore-requires-python",
-                CJM_SUBSTRATE,
-            ]));
-            std::fs::write(&ready, CJM_SUBSTRATE).unwrap();
-            python
-        })
+        .get_or_init(|| venv("py-venv", &["--ignore-requires-python", CJM_SUBSTRATE]))
         .clone()
+}
+
+/// The pinned release of the official MCP Python SDK the MCP tests drive the host with.
+pub const MCP: &str = "mcp==1.30.0";
+
+/// A Python interpreter with the MCP SDK ([`MCP`]), cached under `target/py-mcp-venv`.
+pub fn python_with_mcp() -> std::path::PathBuf {
+    static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| venv("py-mcp-venv", &[MCP])).clone()
+}
+
+/// `target/<name>`: a virtualenv with `pip install <args>` done once (a marker file records
+/// it); its interpreter.
+fn venv(name: &str, pip_args: &[&str]) -> std::path::PathBuf {
+    let venv = repo_root().join("target").join(name);
+    let python = venv.join("bin").join("python");
+    let ready = venv.join(".cjm-ready");
+    let wanted: Vec<&str> = pip_args
+        .iter()
+        .copied()
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = wanted.join(" ");
+    if std::fs::read_to_string(&ready).is_ok_and(|r| r == wanted) {
+        return python;
+    }
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let _ = std::fs::remove_dir_all(&venv);
+    run(std::process::Command::new(base_python())
+        .args(["-m", "venv"])
+        .arg(&venv));
+    run(std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(pip_args));
+    std::fs::write(&ready, wanted).unwrap();
+    python
 }
 
 /// The interpreter to build the venv from: a Python >= 3.12 when the machine has one (the

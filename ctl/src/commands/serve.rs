@@ -138,7 +138,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
 /// Loads every enabled instance the config store records, and each installed capability
 /// without a recorded instance as its own name. A capability that fails to load is logged
 /// and skipped: the others still serve.
-async fn load_enabled(host: &Host) {
+pub(super) async fn load_enabled(host: &Host) {
     let manager = host.manager();
     let config = manager.host_config();
     let records = if config.config_store_path().is_file() {
@@ -225,7 +225,7 @@ fn announce(
     ));
 }
 
-fn init_logging(filter: &str) -> anyhow::Result<()> {
+pub(super) fn init_logging(filter: &str) -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let targets: tracing_subscriber::filter::Targets = filter.parse().map_err(|e| {

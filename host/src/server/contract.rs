@@ -204,9 +204,23 @@ enum Outcome {
 }
 
 /// Cancels the job if the request goes away before it ends.
-struct CancelOnDrop<'a> {
+pub(super) struct CancelOnDrop<'a> {
     queue: &'a crate::queue::JobQueue,
     job_id: Option<String>,
+}
+
+impl<'a> CancelOnDrop<'a> {
+    pub(super) fn new(queue: &'a crate::queue::JobQueue, job_id: &str) -> Self {
+        CancelOnDrop {
+            queue,
+            job_id: Some(job_id.to_owned()),
+        }
+    }
+
+    /// The job ended: nothing to cancel.
+    pub(super) fn disarm(&mut self) {
+        self.job_id = None;
+    }
 }
 
 impl Drop for CancelOnDrop<'_> {
@@ -231,12 +245,9 @@ async fn run(
     }
     let queue = state.host.queue();
     let job_id = queue.submit(JobSpec::call(id, request)).await?;
-    let mut guard = CancelOnDrop {
-        queue,
-        job_id: Some(job_id.clone()),
-    };
+    let mut guard = CancelOnDrop::new(queue, &job_id);
     let job = queue.wait(&job_id, None).await?;
-    guard.job_id = None;
+    guard.disarm();
     Ok(Outcome::Done(job))
 }
 

@@ -1,0 +1,46 @@
+//! `cjm-ctl mcp`: the data dir's capabilities as MCP tools over stdin/stdout, for agent
+//! clients that spawn their server (Claude Desktop, editors, the Python `mcp` client).
+//!
+//! It hosts in-process: loads the enabled capabilities as `serve` does, runs the queue (every
+//! call is a journaled job), and ends when the client closes its side. Stdout carries the
+//! protocol only; logs go to stderr (`--log-level` / `CJM_LOG`, default `warn`). The same
+//! tools are served over HTTP at `/mcp` by `cjm-ctl serve`.
+
+use std::time::Duration;
+
+use cjm_host::Host;
+
+use crate::ctx::{Ctx, runtime};
+
+/// Options of `mcp`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  cjm-ctl mcp\n  cjm-ctl --data-dir /srv/cjm mcp --log-level info\n\nAn MCP client's configuration (Claude Desktop's claude_desktop_config.json, say):\n  {\"mcpServers\": {\"cjm\": {\"command\": \"cjm-ctl\", \"args\": [\"--data-dir\", \"/srv/cjm\", \"mcp\"]}}}\n\n`cjm-ctl serve` serves the same tools over streamable HTTP at http://127.0.0.1:8631/mcp."
+)]
+pub struct Args {
+    /// Log level or filter, to stderr (default: warn)
+    #[arg(long, env = "CJM_LOG", value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Seconds running jobs get to finish once the client is gone
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    grace: f64,
+}
+
+/// Runs `mcp`.
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    super::serve::init_logging(args.log_level.as_deref().unwrap_or("warn"))?;
+    let config = ctx.config()?;
+    let grace = Duration::from_secs_f64(if args.grace.is_finite() {
+        args.grace.max(0.0)
+    } else {
+        5.0
+    });
+    runtime()?.block_on(async {
+        let host = Host::builder().config(config).build().await?;
+        super::serve::load_enabled(&host).await;
+        let served = cjm_host::server::mcp::serve_stdio(host.clone()).await;
+        host.stop_leaving_pending(grace).await?;
+        served?;
+        Ok(())
+    })
+}
