@@ -179,7 +179,7 @@ fn the_dashboard_shows_jobs_compositions_and_capabilities_live_in_a_browser() {
         )
         .await;
         page.until("a running job", &row(&forever, "running")).await;
-        let waiting = submit(&client, json!({"capability": "text-stats", "kwargs": {"text": "x"}})).await;
+        let waiting = submit(&client, json!({"capability": "text-stats", "kwargs": {"text": "x"}, "priority": 5})).await;
         page.until(
             "why a job waits",
             &format!("{} && {}.querySelector('td.why').textContent.length > 0", row(&waiting, "pending"), row(&waiting, "pending")),
@@ -194,10 +194,10 @@ fn the_dashboard_shows_jobs_compositions_and_capabilities_live_in_a_browser() {
         page.click(&format!("#jobs-table tr[data-job-id=\"{waiting}\"] button.prio-up")).await;
         page.until(
             "the raised priority",
-            &format!("{}.querySelector('td.num').textContent.startsWith('1')", row(&waiting, "pending")),
+            &format!("{}.querySelector('td.num').textContent.startsWith('6')", row(&waiting, "pending")),
         )
         .await;
-        assert_eq!(client.job(&waiting).await.unwrap()["priority"], 1);
+        assert_eq!(client.job(&waiting).await.unwrap()["priority"], 6);
         page.shot("jobs").await;
         page.click("#theme").await;
         page.until("the other theme", "document.documentElement.dataset.theme").await;
@@ -242,6 +242,7 @@ fn the_dashboard_shows_jobs_compositions_and_capabilities_live_in_a_browser() {
         page.go(&format!("#/jobs/{logged}")).await;
         page.until("the timeline", "[...document.querySelectorAll('#timeline li')].some(li => li.dataset.type === 'admission_decided') && [...document.querySelectorAll('#timeline li')].some(li => li.textContent.includes('→ completed'))").await;
         page.until("the logs", "document.querySelector('#logs').textContent.includes('hello from the guest')").await;
+        page.until("the arguments", "document.querySelector('#kwargs').textContent.includes('\"attack\": \"log\"')").await;
         page.until("the result", "document.querySelector('#result') && document.querySelector('#result').textContent.includes('logged')").await;
         page.shot("job").await;
 

@@ -138,6 +138,24 @@ struct State {
     pending_bytes: usize,
 }
 
+/// A composition as callers see it: a node whose job still waits in the queue is `pending`
+/// (the run itself counts it in flight from the moment its job exists).
+fn composition_view(st: &State, run: &CompositionRun) -> CompositionRun {
+    let mut view = run.clone();
+    for node in view.nodes.values_mut() {
+        if node.state == NodeState::Running
+            && let Some(job) = &node.job_id
+            && st
+                .jobs
+                .get(job)
+                .is_some_and(|e| e.job.status == JobStatus::Pending)
+        {
+            node.state = NodeState::Pending;
+        }
+    }
+    view
+}
+
 fn now() -> String {
     cjm_guest::python::time::now_iso()
 }
@@ -569,7 +587,13 @@ impl JobQueue {
     /// ladder's verdict on it now.
     pub fn waiting(&self, limit: usize) -> Vec<WaitReason> {
         let st = self.inner.lock();
-        self.inner.waiting(&st, limit)
+        self.inner.waiting(&st, limit, None)
+    }
+
+    /// Why each of `jobs` that is pending waits (the others are left out).
+    pub fn waiting_for(&self, jobs: &std::collections::BTreeSet<String>) -> Vec<WaitReason> {
+        let st = self.inner.lock();
+        self.inner.waiting(&st, jobs.len(), Some(jobs))
     }
 
     /// Why the queue refuses submissions, if it does (a failed journal append).
@@ -648,11 +672,10 @@ impl JobQueue {
 
     /// A snapshot of a composition run.
     pub fn composition(&self, id: &str) -> Option<CompositionRun> {
-        self.inner
-            .lock()
-            .compositions
+        let st = self.inner.lock();
+        st.compositions
             .get(id)
-            .map(|c| c.run.clone())
+            .map(|c| composition_view(&st, &c.run))
     }
 
     /// The composition runs this host holds (running ones and the recent finished ones),
@@ -661,7 +684,10 @@ impl JobQueue {
         let st = self.inner.lock();
         let mut runs: Vec<&CompositionRun> = st.compositions.values().map(|c| &c.run).collect();
         runs.sort_by(|a, b| b.submitted_at.cmp(&a.submitted_at).then(b.id.cmp(&a.id)));
-        runs.into_iter().take(limit).cloned().collect()
+        runs.into_iter()
+            .take(limit)
+            .map(|run| composition_view(&st, run))
+            .collect()
     }
 
     /// Waits until a composition reached its terminal status and returns it.

@@ -105,9 +105,14 @@ impl Inner {
         }
     }
 
-    /// Why each of the first `limit` pending jobs waits: the ladder of [`Self::dispatch`]
-    /// asked about every instance head without admitting anything.
-    pub(super) fn waiting(&self, st: &State, limit: usize) -> Vec<admission::WaitReason> {
+    /// Why each of the first `limit` pending jobs (of `only`, when given) waits: the ladder
+    /// of [`Self::dispatch`] asked about every instance head without admitting anything.
+    pub(super) fn waiting(
+        &self,
+        st: &State,
+        limit: usize,
+        only: Option<&std::collections::BTreeSet<String>>,
+    ) -> Vec<admission::WaitReason> {
         let limits = self.limits();
         let mut view: Option<ResourceView> = None;
         let mut heads: HashMap<&str, (&'static str, String)> = HashMap::new();
@@ -152,8 +157,17 @@ impl Inner {
             };
             heads.insert(instance_id, verdict);
         }
-        st.pending
-            .queued(limit)
+        let queued = match only {
+            Some(ids) => st
+                .pending
+                .queued(usize::MAX)
+                .into_iter()
+                .filter(|(id, ..)| ids.contains(*id))
+                .take(limit)
+                .collect(),
+            None => st.pending.queued(limit),
+        };
+        queued
             .into_iter()
             .map(|(job_id, instance_id, ahead)| {
                 let (kind, message) = match heads.get(instance_id) {

@@ -27,7 +27,8 @@ pub struct JobFilter {
 /// One page of jobs.
 #[derive(Debug, Clone)]
 pub struct JobPage {
-    /// The jobs, newest first: `id`, `instance_id`, `status`, `at`, timestamps, `run_id`,
+    /// The jobs, newest first: `id`, `instance_id`, `status`, `at`, timestamps, `priority`,
+    /// `task_name` and `method` as submitted, `run_id`,
     /// `composition_id`, `node_id`, `error` (`[category] message`), `host_gone` (why the
     /// owning host of an unfinished job is gone), `cursor`.
     pub jobs: Vec<Value>,
@@ -51,11 +52,27 @@ pub fn list_jobs(journal: &JournalStore, filter: &JobFilter) -> Result<JobPage> 
     // Who owns each job now (its latest submission or adoption row), and whether that
     // host is still there.
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    // What each job was submitted as: when, at which priority, which task and method.
+    let mut submitted: BTreeMap<String, (String, Value, Value, Value)> = BTreeMap::new();
     for e in &rows {
         if e.event_type != "state_transition"
             && let (Some(id), Some(host)) = (&e.job_id, e.payload["host_id"].as_str())
         {
             owners.entry(id.clone()).or_insert_with(|| host.to_owned());
+        }
+        if e.event_type == "job_submitted"
+            && let Some(id) = &e.job_id
+        {
+            let spec = &e.payload["spec"];
+            submitted.insert(
+                id.clone(),
+                (
+                    e.ts.clone(),
+                    spec["priority"].clone(),
+                    spec["task"].clone(),
+                    spec["method"].clone(),
+                ),
+            );
         }
     }
     let now = crate::store::unix_now();
@@ -102,13 +119,25 @@ pub fn list_jobs(journal: &JournalStore, filter: &JobFilter) -> Result<JobPage> 
             .flatten()
             .cloned();
         let snap = e.job_snapshot();
+        let (submitted_at, priority, task, method) = match submitted.get(&id) {
+            Some((ts, priority, task, method)) => (
+                Some(ts.clone()),
+                priority.clone(),
+                task.clone(),
+                method.clone(),
+            ),
+            None => (None, Value::Null, Value::Null, Value::Null),
+        };
         jobs.push(json!({
             "host_gone": host_gone,
             "id": id,
             "instance_id": e.capability_instance_id,
             "status": state,
             "at": e.ts,
-            "submitted_at": snap.as_ref().and_then(|s| s.submitted_at.clone()),
+            "submitted_at": snap.as_ref().and_then(|s| s.submitted_at.clone()).or(submitted_at),
+            "priority": priority,
+            "task_name": task,
+            "method": method,
             "started_at": snap.as_ref().and_then(|s| s.started_at.clone()),
             "completed_at": snap.as_ref().and_then(|s| s.completed_at.clone()),
             "run_id": e.run_id,

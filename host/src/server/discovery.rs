@@ -73,9 +73,23 @@ impl Discovery {
             return false;
         };
         // Signal 0 checks existence; EPERM means it exists under another user.
-        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        let exists = match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
             Ok(()) => true,
             Err(e) => e == nix::errno::Errno::EPERM,
-        }
+        };
+        // A killed process its parent has not reaped yet (a zombie) serves nothing.
+        exists && !zombie(pid)
     }
+}
+
+/// Whether `pid` is a zombie (Linux `/proc`; elsewhere never said).
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // `pid (comm) state ...`: the state follows the last ')'.
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(false)
 }

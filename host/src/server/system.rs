@@ -124,6 +124,8 @@ async fn queue(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
 struct WaitingParams {
     /// At most this many, in priority order (default 200, at most 5000).
     limit: Option<usize>,
+    /// Only these jobs (comma-separated ids, at most 1000).
+    jobs: Option<String>,
 }
 
 /// Why each waiting job waits: the admission ladder's verdict on it now (lanes, an exclusive
@@ -133,9 +135,25 @@ struct WaitingParams {
 async fn waiting(
     State(state): State<AppState>,
     axum::extract::Query(params): axum::extract::Query<WaitingParams>,
-) -> Json<Value> {
+) -> Result<Json<Value>, ApiError> {
+    let queue = state.host.queue();
+    if let Some(jobs) = params.jobs {
+        let ids: std::collections::BTreeSet<String> = jobs
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if ids.len() > 1000 {
+            return Err(ApiError::invalid(
+                "at most 1000 job ids per request",
+                vec!["jobs".into()],
+            ));
+        }
+        return Ok(Json(json!({ "waiting": queue.waiting_for(&ids) })));
+    }
     let limit = params.limit.unwrap_or(200).min(5000);
-    Json(json!({ "waiting": state.host.queue().waiting(limit) }))
+    Ok(Json(json!({ "waiting": queue.waiting(limit) })))
 }
 
 /// Prometheus text exposition.

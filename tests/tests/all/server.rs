@@ -880,6 +880,17 @@ async fn waiting_jobs_say_why_and_instances_say_their_state() {
     )
     .await;
     assert_eq!(a.json()["waiting"].as_array().unwrap().len(), 1);
+    // Or for the jobs asked about (a page shows the newest; the queue orders by priority).
+    let a = call(
+        &router,
+        Method::GET,
+        &format!("/v1/queue/waiting?jobs={behind},{sleeper}"),
+        Body::empty(),
+    )
+    .await
+    .json();
+    assert_eq!(a["waiting"].as_array().unwrap().len(), 1, "{a}");
+    assert_eq!(a["waiting"][0]["job_id"], behind.as_str());
     // The instances say what they do.
     let caps = call(&router, Method::GET, "/v1/capabilities", Body::empty())
         .await

@@ -104,6 +104,8 @@ function askToken() {
       tokenAsked = null;
       resolve();
     };
+    // Without the token nothing works: Esc does not dismiss the prompt.
+    dialog.oncancel = (e) => e.preventDefault();
     if (!dialog.open) dialog.showModal();
   });
   return tokenAsked;
@@ -262,12 +264,18 @@ function mergeJob(job) {
   changed();
 }
 
+// The jobs the page shows (the jobs table's rows, a job's own page): only those are read
+// back from the API after an event; a burst of thousands of jobs costs no more requests
+// than the rows on screen.
+const shown = new Set();
+
 function refreshJob(id) {
   refreshing.add(id);
   if (!refreshTimer) {
     refreshTimer = setTimeout(async () => {
       refreshTimer = null;
-      const ids = [...refreshing].slice(0, 50);
+      const ids = [...refreshing].filter((i) => shown.has(i)).slice(0, 50);
+      refreshing.forEach((i) => { if (!shown.has(i)) refreshing.delete(i); });
       ids.forEach((i) => refreshing.delete(i));
       await Promise.all(ids.map((i) => api(`/v1/jobs/${encodeURIComponent(i)}`).then(mergeJob, () => {})));
       if (refreshing.size) refreshJob([...refreshing][0]);
@@ -337,7 +345,13 @@ const pages = {
 };
 
 function route() {
-  const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  const parts = location.hash.replace(/^#\/?/, '').split('/').map((p) => {
+    try {
+      return decodeURIComponent(p);
+    } catch {
+      return p;
+    }
+  });
   let name = parts[0] || 'overview';
   const arg = parts.slice(1).join('/');
   if (arg && name === 'jobs') name = 'job';
@@ -463,7 +477,7 @@ const filters = { status: '', capability: '', run_id: '' };
 
 function jobMatches(j) {
   return (!filters.status || j.status === filters.status)
-    && (!filters.capability || (j.instance_id || '').includes(filters.capability) || (j.capability_name || '').includes(filters.capability))
+    && (!filters.capability || j.instance_id === filters.capability || j.capability_name === filters.capability)
     && (!filters.run_id || j.run_id === filters.run_id);
 }
 
@@ -471,7 +485,11 @@ async function loadJobs() {
   const q = new URLSearchParams({ limit: '200' });
   for (const [k, v] of Object.entries(filters)) if (v && k !== 'capability') q.set(k, v);
   const page = await api(`/v1/jobs?${q}`);
-  for (const j of page.jobs) mergeJob(j);
+  for (const j of page.jobs) {
+    mergeJob(j);
+    shown.add(j.id);
+    if (!TERMINAL.has(j.status)) refreshJob(j.id);
+  }
 }
 
 function cancelJob(id) {
@@ -521,43 +539,71 @@ function jobsPage(main) {
       tbody),
   );
   loadJobs().catch((e) => toast(`jobs: ${e.message}`, true));
+  let visible = [];
   const stopWaits = every(1500, async () => {
-    const pending = [...jobs.values()].some((j) => j.status === 'pending');
-    if (!pending && !waits.size) return;
-    const w = await api('/v1/queue/waiting?limit=500');
+    const pending = visible.filter((j) => j.status === 'pending').map((j) => j.id);
+    if (!pending.length) {
+      if (waits.size) {
+        waits.clear();
+        changed();
+      }
+      return;
+    }
+    const w = await api(`/v1/queue/waiting?jobs=${pending.map(encodeURIComponent).join(',')}`);
     waits.clear();
     for (const r of w.waiting) waits.set(r.job_id, r);
     changed();
   });
   const ticker = setInterval(changed, 1000);
+  // One row per job, rebuilt only when what it shows changes (a click or a selection in it
+  // survives the live updates); the duration cell ticks in place.
+  const rows = new Map();
+  const rowOf = (j) => {
+    const why = j.status === 'pending' ? waits.get(j.id) : null;
+    const sig = JSON.stringify([j.status, j.priority, j.progress, j.status_message, why && why.message,
+      j.instance_id, j.task_name, j.method, j.submitted_at]);
+    let row = rows.get(j.id);
+    if (!row || row.sig !== sig) {
+      const live = !TERMINAL.has(j.status);
+      const dur = h('td', { class: 'num dur' });
+      const tr = h('tr', { dataset: { jobId: j.id, status: j.status } },
+        h('td', { class: 'mono' }, h('a', { href: `#/jobs/${encodeURIComponent(j.id)}`, title: j.id }, short(j.id))),
+        h('td', {}, j.instance_id, j.task_name ? h('span', { class: 'muted' }, ` ${j.task_name}.${j.method || ''}`) : ''),
+        h('td', { class: 'status' }, pill(j.status)),
+        h('td', { class: 'num' }, String(j.priority || 0),
+          j.status === 'pending' ? [' ', h('button', { class: 'small prio-up', title: 'Raise priority', onclick: () => reprioritise(j, 1) }, '↑'),
+            h('button', { class: 'small prio-down', title: 'Lower priority', onclick: () => reprioritise(j, -1) }, '↓')] : ''),
+        h('td', {}, j.status === 'running' || j.progress ? progressCell(j) : ''),
+        h('td', {}, when(j.submitted_at)),
+        dur,
+        h('td', { class: 'why', dataset: { kind: why ? why.kind : '' } }, why ? why.message : ''),
+        h('td', {}, live ? h('button', { class: 'small danger cancel', onclick: () => cancelJob(j.id) }, 'Cancel') : ''),
+      );
+      row = { sig, tr, dur };
+      rows.set(j.id, row);
+    }
+    row.dur.textContent = duration(j);
+    return row.tr;
+  };
+  const empty = h('tr', {}, h('td', { colspan: 9, class: 'muted' }, 'No job matches.'));
   return {
     leave() {
       stopWaits();
       clearInterval(ticker);
+      shown.clear();
     },
     update() {
-      const rows = [...jobs.values()].filter(jobMatches)
+      const all = [...jobs.values()].filter(jobMatches);
+      visible = all
         .sort((a, b) => (b.submitted_at || '').localeCompare(a.submitted_at || '') || b.id.localeCompare(a.id))
         .slice(0, 200);
-      count.textContent = `${rows.length} shown`;
-      tbody.replaceChildren(...rows.map((j) => {
-        const why = j.status === 'pending' ? waits.get(j.id) : null;
-        const live = !TERMINAL.has(j.status);
-        return h('tr', { dataset: { jobId: j.id, status: j.status } },
-          h('td', { class: 'mono' }, h('a', { href: `#/jobs/${encodeURIComponent(j.id)}`, title: j.id }, short(j.id))),
-          h('td', {}, j.instance_id, j.task_name ? h('span', { class: 'muted' }, ` ${j.task_name}.${j.method || ''}`) : ''),
-          h('td', { class: 'status' }, pill(j.status)),
-          h('td', { class: 'num' }, String(j.priority || 0),
-            j.status === 'pending' ? [' ', h('button', { class: 'small prio-up', title: 'Raise priority', onclick: () => reprioritise(j, 1) }, '↑'),
-              h('button', { class: 'small prio-down', title: 'Lower priority', onclick: () => reprioritise(j, -1) }, '↓')] : ''),
-          h('td', {}, j.status === 'running' || j.progress ? progressCell(j) : ''),
-          h('td', {}, when(j.submitted_at)),
-          h('td', { class: 'num' }, duration(j)),
-          h('td', { class: 'why', dataset: { kind: why ? why.kind : '' } }, why ? why.message : ''),
-          h('td', {}, live ? h('button', { class: 'small danger cancel', onclick: () => cancelJob(j.id) }, 'Cancel') : ''),
-        );
-      }));
-      if (!rows.length) tbody.append(h('tr', {}, h('td', { colspan: 9, class: 'muted' }, 'No job matches.')));
+      shown.clear();
+      visible.forEach((j) => shown.add(j.id));
+      for (const id of rows.keys()) if (!shown.has(id)) rows.delete(id);
+      count.textContent = all.length > visible.length ? `${visible.length} of ${all.length} shown` : `${visible.length} shown`;
+      const trs = visible.length ? visible.map(rowOf) : [empty];
+      const same = trs.length === tbody.children.length && trs.every((tr, i) => tbody.children[i] === tr);
+      if (!same) tbody.replaceChildren(...trs);
     },
   };
 }
@@ -593,12 +639,21 @@ function jobPage(main, id) {
       h('section', {}, h('h2', {}, 'Timeline'), h('div', { class: 'panel' }, timeline)),
       h('section', {}, h('h2', {}, 'Logs'), h('div', { class: 'panel' }, logs))));
   const seen = new Set();
+  let submittedArgs;
   const addRow = (row) => {
     if (row.seq === null || row.seq === undefined || seen.has(row.seq)) return;
     seen.add(row.seq);
     timeline.append(timelineItem(row));
+    // The arguments as submitted (the job itself does not keep them).
+    if (row.event_type === 'job_submitted' && row.payload && row.payload.spec) {
+      const spec = row.payload.spec;
+      submittedArgs = spec.kwargs || (spec.kwargs_ref ? { '(kept by reference)': spec.kwargs_ref } : {});
+      if (spec.args && spec.args.length) submittedArgs = { args: spec.args, kwargs: submittedArgs };
+      changed();
+    }
   };
   let job = null;
+  shown.add(id);
   const load = async () => {
     job = await api(`/v1/jobs/${encodeURIComponent(id)}`);
     mergeJob(job);
@@ -635,6 +690,7 @@ function jobPage(main, id) {
     leave() {
       off();
       abort.abort();
+      shown.delete(id);
     },
     update() {
       const j = jobs.get(id) || job;
@@ -653,7 +709,7 @@ function jobPage(main, id) {
           ['priority', String(j.priority || 0)], ['submitted', j.submitted_at], ['started', j.started_at],
           ['completed', j.completed_at], ['duration', duration(j)], ['attempts', j.retry_count !== undefined ? String(j.retry_count + 1) : ''],
           ['run id', j.run_id], ['actor', j.actor], ['message', j.status_message],
-        ])), h('h3', {}, 'Arguments'), h('pre', { id: 'kwargs' }, pretty(j.kwargs || {}))),
+        ])), h('h3', {}, 'Arguments'), h('pre', { id: 'kwargs' }, submittedArgs === undefined ? '…' : pretty(submittedArgs))),
         h('section', {},
           h('h2', {}, j.error ? 'Error' : 'Result'),
           h('pre', { id: j.error ? 'error' : 'result' }, j.error ? pretty(j.error) : j.result === undefined || j.result === null ? (liveJob ? '(running)' : 'null') : pretty(j.result)),
@@ -723,6 +779,13 @@ function compositionsPage(main) {
   };
 }
 
+// A node's state as its job tells it: a node whose job is still queued is pending.
+function nodeState(n) {
+  const job = n.job_id ? jobs.get(n.job_id) : null;
+  if (n.state === 'running' && job && job.status === 'pending') return 'pending';
+  return n.state;
+}
+
 // Nodes in layers by their longest path from a root; edges from each upstream node.
 function drawDag(run) {
   const depth = {};
@@ -749,6 +812,7 @@ function drawDag(run) {
   const width = 40 + layers.length * (W + GX) - GX;
   const height = 40 + Math.max(...layers.map((l) => l.length)) * (H + GY) - GY;
   const svgEl = s('svg', { class: 'dag', id: 'dag', viewBox: `0 0 ${width} ${height}`, height });
+  const over = [];
   for (const id of ids) {
     for (const up of run.deps[id] || []) {
       const a = pos[up];
@@ -757,20 +821,29 @@ function drawDag(run) {
       const y1 = a.y + H / 2;
       const x2 = b.x;
       const y2 = b.y + H / 2;
-      svgEl.append(s('path', { class: 'edge', d: `M${x1},${y1} C${x1 + GX / 2},${y1} ${x2 - GX / 2},${y2} ${x2},${y2}` }));
+      // An edge that skips a layer would pass under that layer's boxes: it is drawn over
+      // them, dashed.
+      const skips = depth[id] - depth[up] > 1;
+      const edge = s('path', { class: skips ? 'edge skip' : 'edge', d: `M${x1},${y1} C${x1 + GX / 2},${y1} ${x2 - GX / 2},${y2} ${x2},${y2}` });
+      if (skips) over.push(edge);
+      else svgEl.append(edge);
     }
   }
   for (const id of ids) {
     const n = run.nodes[id];
+    const state = nodeState(n);
     const def = (run.composition.nodes || []).find((d) => d.id === id) || {};
-    const g = s('g', { class: `node s-${n.state}`, dataset: { node: id, state: n.state },
+    const clip = (text, max) => (text.length > max ? `${text.slice(0, max - 1)}…` : text);
+    const g = s('g', { class: `node s-${state}`, dataset: { node: id, state },
       transform: `translate(${pos[id].x},${pos[id].y})`,
       onclick: () => { if (n.job_id) location.hash = `#/jobs/${encodeURIComponent(n.job_id)}`; } },
     s('rect', { width: W, height: H, rx: 8 }),
-    s('text', { x: 10, y: 20 }, id),
-    s('text', { x: 10, y: 38, class: 'state' }, `${n.state} · ${def.instance_id || ''}`));
+    s('title', {}, `${id} · ${state} · ${def.instance_id || ''}`),
+    s('text', { x: 10, y: 20 }, clip(id, 22)),
+    s('text', { x: 10, y: 38, class: 'state' }, clip(`${state} · ${def.instance_id || ''}`, 26)));
     svgEl.append(g);
   }
+  svgEl.append(...over);
   return svgEl;
 }
 
@@ -792,8 +865,8 @@ function compositionPage(main, id) {
       head.replaceChildren(h('h1', {}, 'Composition ', h('span', { class: 'mono' }, run.id), ' ', pill(run.status)),
         run.status === 'running' ? h('div', { class: 'actions-row' }, h('button', { class: 'danger cancel', onclick: () => cancelComposition(run.id) }, 'Cancel')) : '');
       dag.replaceChildren(drawDag(run));
-      tbody.replaceChildren(...Object.entries(run.nodes).map(([node, n]) => h('tr', { dataset: { node, state: n.state } },
-        h('td', {}, node), h('td', {}, pill(n.state)),
+      tbody.replaceChildren(...Object.entries(run.nodes).map(([node, n]) => h('tr', { dataset: { node, state: nodeState(n) } },
+        h('td', {}, node), h('td', {}, pill(nodeState(n))),
         h('td', { class: 'mono' }, n.job_id ? h('a', { href: `#/jobs/${encodeURIComponent(n.job_id)}` }, short(n.job_id)) : ''),
         h('td', {}, n.error ? h('pre', { class: 'error' }, pretty(n.error)) : n.result !== undefined && n.result !== null ? h('pre', {}, pretty(n.result)) : ''))));
     },
