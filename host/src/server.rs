@@ -17,8 +17,9 @@
 //! - `dashboard`: the web page at `/`, on this API only;
 //! - [`mcp`]: every capability as an MCP tool at `/mcp` (and over stdio for `cjm-ctl mcp`).
 //!
-//! Security: `auth` checks a bearer token (constant-time) when one is
-//! configured — `cjm-ctl serve` requires one on any address but loopback; request bodies are
+//! Security: `auth` refuses requests a browser sends from another origin (so no web page
+//! can drive the host through the user's browser) and checks a bearer token (constant-time)
+//! when one is configured — `cjm-ctl serve` requires one on any address but loopback; request bodies are
 //! bounded ([`ServerConfig::max_body_bytes`]) and so is JSON nesting
 //! ([`crate::bounds::MAX_JSON_DEPTH`]); no CORS headers are sent; no secret value is ever in
 //! an answer; a 5xx answer never carries internals (they go to the log).
@@ -160,6 +161,7 @@ impl Server {
                 auth::require_token,
             ))
             .merge(dashboard::routes())
+            .layer(axum::middleware::from_fn(auth::same_origin))
             .layer(DefaultBodyLimit::max(max_body))
             .with_state(state);
         Server { router, stop }

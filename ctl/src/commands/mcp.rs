@@ -1,7 +1,8 @@
 //! `cjm-ctl mcp`: the data dir's capabilities as MCP tools over stdin/stdout, for agent
 //! clients that spawn their server (Claude Desktop, editors, the Python `mcp` client).
 //!
-//! It hosts in-process: loads the enabled capabilities as `serve` does, runs the queue (every
+//! It hosts in-process (never through `--host`: a running service serves MCP itself at
+//! `/mcp`): loads the enabled capabilities as `serve` does, runs the queue (every
 //! call is a journaled job), and ends when the client closes its side. Stdout carries the
 //! protocol only; logs go to stderr (`--log-level` / `CJM_LOG`, default `warn`). The same
 //! tools are served over HTTP at `/mcp` by `cjm-ctl serve`.
@@ -29,7 +30,26 @@ pub struct Args {
 /// Runs `mcp`.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     super::serve::init_logging(args.log_level.as_deref().unwrap_or("warn"))?;
+    if let Some(url) = &ctx.global.host {
+        return Err(crate::ctx::usage(
+            "`cjm-ctl mcp` hosts in-process: it does not go through --host",
+            format!(
+                "an MCP client that speaks streamable HTTP reaches that service at {}/mcp",
+                url.trim_end_matches('/')
+            ),
+        ));
+    }
     let config = ctx.config()?;
+    if let Some(running) = cjm_host::server::discovery::Discovery::find(&config.data_dir) {
+        // Two hosts on one data dir share its journal and recover each other's jobs; tell
+        // the operator this one is separate (its own workers and queue).
+        tracing::warn!(
+            "a service already runs on this data dir ({}); this MCP server is another host \
+             on the same journal. MCP clients that speak HTTP can use {}/mcp instead",
+            running.url,
+            running.url
+        );
+    }
     let grace = Duration::from_secs_f64(if args.grace.is_finite() {
         args.grace.max(0.0)
     } else {

@@ -86,11 +86,14 @@ pub(super) async fn require_token(
     let Some(token) = &state.config.token else {
         return next.run(request).await;
     };
+    // The scheme is case-insensitive (RFC 9110).
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     match given {
         Some(given) if token.matches(given) => next.run(request).await,
         Some(_) => refuse("the bearer token is wrong"),
@@ -98,6 +101,34 @@ pub(super) async fn require_token(
             "this host requires a bearer token (Authorization: Bearer <token>; see the data dir's serve.token)",
         ),
     }
+}
+
+/// Refuses a request a browser sent from another origin: without it, any web page the user
+/// opens could make their browser run, unload or reconfigure capabilities on this host (a
+/// form or `fetch` POST needs no CORS consent to be sent). A request without `Origin` (every
+/// non-browser client) and the dashboard's own requests pass. The MCP endpoint is covered
+/// too, as its specification requires.
+pub(super) async fn same_origin(request: Request, next: Next) -> Response {
+    if let Some(origin) = request.headers().get(header::ORIGIN) {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && Some(rest) == host);
+        if !same {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "cross-origin requests are refused (this API serves its own dashboard and non-browser clients)",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 fn refuse(message: &str) -> Response {

@@ -941,3 +941,89 @@ async fn waiting_jobs_say_why_and_instances_say_their_state() {
     assert_eq!(why["waiting"], json!([]), "nothing waits once all ran");
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_on_another_origin_cannot_drive_the_host() {
+    let dir = data_dir();
+    let host = host(dir.path(), 2).await;
+    let router = Server::new(host.clone(), ServerConfig::default()).router();
+    let send = |origin: Option<&'static str>, uri: &'static str| {
+        let router = router.clone();
+        async move {
+            let mut request = Request::builder()
+                .method(Method::POST)
+                .uri(uri)
+                .header("host", "127.0.0.1:8631")
+                // What a form or a no-cors fetch sends: no preflight asked.
+                .header("content-type", "text/plain");
+            if let Some(o) = origin {
+                request = request.header("origin", o);
+            }
+            router
+                .oneshot(
+                    request
+                        .body(Body::from(r#"{"kwargs": {"text": "csrf"}}"#))
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let refused = [
+        "/v1/capabilities/text-stats/execute",
+        "/v1/capabilities/text-stats/unload",
+        "/mcp",
+    ];
+    for uri in refused {
+        assert_eq!(
+            send(Some("http://evil.example"), uri).await,
+            StatusCode::FORBIDDEN,
+            "{uri}"
+        );
+        assert_eq!(
+            send(Some("null"), uri).await,
+            StatusCode::FORBIDDEN,
+            "{uri}"
+        );
+    }
+    // The dashboard's own origin and clients that are not browsers pass.
+    assert_eq!(
+        send(
+            Some("http://127.0.0.1:8631"),
+            "/v1/capabilities/text-stats/execute"
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(None, "/v1/capabilities/text-stats/execute").await,
+        StatusCode::OK
+    );
+    assert!(
+        host.manager().instance("text-stats").is_ok(),
+        "not unloaded"
+    );
+    // The bearer scheme is case-insensitive.
+    let token = Token::generate();
+    let guarded = Server::new(
+        host.clone(),
+        ServerConfig {
+            token: Some(token.clone()),
+            ..ServerConfig::default()
+        },
+    )
+    .router();
+    let a = guarded
+        .oneshot(
+            Request::builder()
+                .uri("/v1/health")
+                .header("authorization", format!("bearer {}", token.expose()))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status(), StatusCode::OK);
+    host.shutdown().await.unwrap();
+}
