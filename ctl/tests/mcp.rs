@@ -54,6 +54,8 @@ fn check(report: &Value, data: &Path) {
     let schema = &tools["text-stats__text_statistics__compute_stats"];
     assert_eq!(schema["type"], "object");
     assert_eq!(schema["required"], serde_json::json!(["text"]));
+    // Typed by its author (`Tasks::typed`): the JSON Schema of its arguments.
+    assert_eq!(schema["properties"]["text"]["type"], "string", "{schema}");
     assert!(
         report["descriptions"]["text-stats__execute"]
             .as_str()

@@ -118,6 +118,25 @@ impl<C> Tasks<C> {
         self
     }
 
+    /// Registers `method` of `task` with its keyword arguments declared as the type `P` (a
+    /// serde and schemars struct): its JSON Schema goes into the structural surface, the host
+    /// checks every call against it before the call reaches the capability, and MCP clients
+    /// and the API show it. Read them in the handler with [`args`].
+    pub fn typed<P: JsonSchema>(
+        &mut self,
+        task: &'static str,
+        method: &str,
+        handler: Handler<C>,
+    ) -> &mut Self {
+        let schema = serde_json::to_value(schemars::schema_for!(P)).unwrap_or_default();
+        self.methods.push(TaskMethod {
+            task,
+            surface: MethodSurface::from_schema(method, schema),
+            handler,
+        });
+        self
+    }
+
     pub(crate) fn find(&self, task: &str, method: &str) -> Option<&TaskMethod<C>> {
         self.methods
             .iter()
@@ -130,6 +149,33 @@ impl<C> Tasks<C> {
         names.dedup();
         names
     }
+}
+
+/// Reads the keyword arguments as the type a method declared with [`Tasks::typed`]; a
+/// mismatch is a `user_input` error naming the field when serde says which.
+pub fn args<P: DeserializeOwned>(kwargs: &Kwargs) -> Result<P, JobError> {
+    let value = Value::Object(kwargs.clone());
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let message = e.inner().to_string();
+        // The path names a mistyped field; a missing or unknown one is in the message
+        // ("missing field `text`").
+        let field = e
+            .path()
+            .iter()
+            .next()
+            .map(|segment| segment.to_string())
+            .or_else(|| {
+                (message.starts_with("missing field") || message.starts_with("unknown field"))
+                    .then(|| message.split('`').nth(1).map(str::to_owned))
+                    .flatten()
+            });
+        match field {
+            Some(f) => {
+                JobError::user_input(format!("invalid argument '{f}': {message}")).with_fields([f])
+            }
+            None => JobError::user_input(format!("invalid arguments: {message}")),
+        }
+    })
 }
 
 /// Reads one keyword argument: a missing or mistyped required argument is a `user_input`
@@ -165,5 +211,25 @@ mod tests {
         let e = arg::<String>(&kwargs, "other").unwrap_err();
         assert!(e.message.contains("missing required argument 'other'"));
         assert_eq!(opt_arg::<String>(&kwargs, "none").unwrap(), None);
+    }
+
+    #[test]
+    fn typed_args_name_the_mistyped_or_missing_field() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Args {
+            #[allow(dead_code)]
+            text: String,
+            #[allow(dead_code)]
+            n: Option<u32>,
+        }
+        let bad: Kwargs = serde_json::from_str(r#"{"text": "x", "n": "three"}"#).unwrap();
+        let e = args::<Args>(&bad).unwrap_err();
+        assert_eq!(e.fields_invalid.as_deref(), Some(&["n".to_owned()][..]));
+        let missing: Kwargs = serde_json::from_str(r#"{"n": 1}"#).unwrap();
+        let e = args::<Args>(&missing).unwrap_err();
+        assert_eq!(e.category, ErrorCategory::UserInput);
+        assert_eq!(e.fields_invalid.as_deref(), Some(&["text".to_owned()][..]));
+        let ok: Kwargs = serde_json::from_str(r#"{"text": "x", "extra": 1}"#).unwrap();
+        assert!(args::<Args>(&ok).is_ok());
     }
 }

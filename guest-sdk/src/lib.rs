@@ -1,7 +1,8 @@
 //! `cjm-guest`: write a cjm capability once.
 //!
 //! An author implements [`Capability`] — a serde + schemars config struct, `execute`, and task
-//! methods registered with their parameter names — and then either
+//! methods registered with their parameter names or typed arguments ([`Tasks::typed`]: a
+//! serde + schemars struct the host validates calls against) — and then either
 //! - exports it as a WebAssembly component with [`export_capability!`] (built for
 //!   `wasm32-wasip2`; the host runs it sandboxed), or
 //! - serves it as a native subprocess worker with `cjm-native-worker`.
@@ -25,6 +26,10 @@
 //!
 //! struct Shout { upper: bool }
 //!
+//! /// The arguments of `shout`: their JSON Schema goes into the manifest.
+//! #[derive(serde::Deserialize, schemars::JsonSchema)]
+//! struct ShoutArgs { text: String }
+//!
 //! impl Capability for Shout {
 //!     type Config = Config;
 //!     const NAME: &'static str = "shout";
@@ -37,7 +42,10 @@
 //!         Ok(json!(if self.upper { text.to_uppercase() } else { text }))
 //!     }
 //!     fn tasks(t: &mut Tasks<Self>) {
-//!         t.method("shouting", "shout", &["text", "**kwargs"], |me, cx, kw| me.execute(cx, vec![], kw));
+//!         t.typed::<ShoutArgs>("shouting", "shout", |me, _, kw| {
+//!             let ShoutArgs { text } = cjm_guest::args(&kw)?;
+//!             Ok(json!(if me.upper { text.to_uppercase() } else { text }))
+//!         });
 //!     }
 //! }
 //! cjm_guest::export_capability!(Shout);
@@ -51,7 +59,7 @@ pub mod python;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
-pub use capability::{CallResult, Capability, Handler, Kwargs, Tasks, arg, opt_arg};
+pub use capability::{CallResult, Capability, Handler, Kwargs, Tasks, arg, args, opt_arg};
 pub use context::{Ctx, HostServices, LogLevel, NullServices};
 pub use contract::{CallError, CapabilityInfo, Envelope, ErrorCategory, JobError, Status, wire};
 pub use hosted::{DynCapability, Hosted};

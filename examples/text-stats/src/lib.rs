@@ -6,10 +6,17 @@
 
 use std::collections::HashMap;
 
-use cjm_guest::{CallResult, Capability, Ctx, JobError, Kwargs, Tasks, arg};
+use cjm_guest::{CallResult, Capability, Ctx, JobError, Kwargs, Tasks, args};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+/// The keyword arguments of `compute_stats` (more are accepted and ignored).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct ComputeArgs {
+    /// The text to count.
+    pub text: String,
+}
 
 /// Configuration of `text-stats`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -117,7 +124,7 @@ impl TextStats {
     }
 
     fn compute(&mut self, cx: &Ctx<'_>, kwargs: Kwargs) -> CallResult {
-        let text: String = arg(&kwargs, "text")?;
+        let ComputeArgs { text } = args(&kwargs)?;
         cx.progress(1.0, "counted");
         Ok(self.stats(&text))
     }
@@ -145,12 +152,9 @@ impl Capability for TextStats {
     }
 
     fn tasks(tasks: &mut Tasks<Self>) {
-        tasks.method(
-            "text_statistics",
-            "compute_stats",
-            &["text", "**kwargs"],
-            Self::compute,
-        );
+        // Typed: the host checks `text` is a string before the call reaches the guest, and
+        // MCP clients see its schema.
+        tasks.typed::<ComputeArgs>("text_statistics", "compute_stats", Self::compute);
         tasks.method(
             "text_statistics",
             "merge_stats",

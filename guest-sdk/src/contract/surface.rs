@@ -19,6 +19,11 @@ pub struct MethodSurface {
     /// Parameter names in order, without `self` and without `*` / `**` prefixes.
     #[serde(default)]
     pub params: Vec<String>,
+    /// The JSON Schema of its keyword arguments, when its author declared them as a type
+    /// (a cjm addition: absent for Python capabilities, ignored by the Python host). The
+    /// host validates a call against it before the call reaches the capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_schema: Option<Value>,
 }
 
 impl MethodSurface {
@@ -27,6 +32,7 @@ impl MethodSurface {
     /// method prints it) and the bare parameter names are derived from them.
     pub fn from_params(name: &str, params: &[&str]) -> Self {
         MethodSurface {
+            params_schema: None,
             name: name.to_owned(),
             signature: format!(
                 "({})",
@@ -43,6 +49,38 @@ impl MethodSurface {
                 })
                 .collect(),
         }
+    }
+
+    /// A method whose keyword arguments are the properties of `schema` (a JSON Schema
+    /// object): required ones first, then the optional ones (`=None`), then `**kwargs` unless
+    /// the schema closes the object (`additionalProperties: false`).
+    pub fn from_schema(name: &str, schema: Value) -> Self {
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let names: Vec<&str> = schema["properties"]
+            .as_object()
+            .map(|p| p.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let mut params: Vec<String> = names
+            .iter()
+            .filter(|n| required.contains(n))
+            .map(|n| (*n).to_owned())
+            .collect();
+        params.extend(
+            names
+                .iter()
+                .filter(|n| !required.contains(n))
+                .map(|n| format!("{n}=None")),
+        );
+        if schema["additionalProperties"] != Value::Bool(false) {
+            params.push("**kwargs".to_owned());
+        }
+        let params: Vec<&str> = params.iter().map(String::as_str).collect();
+        let mut method = MethodSurface::from_params(name, &params);
+        method.params_schema = Some(schema);
+        method
     }
 }
 

@@ -31,6 +31,25 @@ impl CapabilityManager {
         if !instance.enabled() {
             return Err(user(format!("capability instance '{id}' is disabled")));
         }
+        // A method whose arguments its author typed is checked here, before the call reaches
+        // the capability.
+        if let crate::backend::Target::Task { task, method } = &request.target {
+            let backend = instance.backend();
+            if let Some(schema) = backend
+                .info()
+                .structural_surface
+                .method(method)
+                .and_then(|m| m.params_schema.as_ref())
+            {
+                config::validate_kwargs(
+                    instance.name(),
+                    &format!("{task}.{method}"),
+                    schema,
+                    &request.kwargs,
+                )
+                .map_err(Error::job)?;
+            }
+        }
         // Held through a reload-and-retry: no other call reaches the backend being replaced.
         let _permit = instance
             .permits

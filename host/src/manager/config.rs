@@ -51,35 +51,11 @@ pub fn validate(
         }
     }
     if schema.is_object() {
-        let validator = jsonschema::validator_for(schema).map_err(|e| {
+        schema_problems(schema, config, &mut problems, &mut fields).map_err(|e| {
             JobError::fatal(format!(
                 "capability '{capability}' has an invalid config schema: {e}"
             ))
         })?;
-        for error in validator.iter_errors(config) {
-            let path = error.instance_path().to_string();
-            let field = path
-                .trim_start_matches('/')
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let field = if field.is_empty() {
-                // A `required` failure is reported at the object: the field is in the message.
-                error
-                    .to_string()
-                    .split('"')
-                    .nth(1)
-                    .unwrap_or("config")
-                    .to_owned()
-            } else {
-                field
-            };
-            problems.push(format!("{field}: {error}"));
-            if !fields.contains(&field) {
-                fields.push(field);
-            }
-        }
     }
     if problems.is_empty() {
         return Ok(());
@@ -89,6 +65,69 @@ pub fn validate(
         problems.join("; ")
     ))
     .with_fields(fields))
+}
+
+/// Validates the keyword arguments of a call of `method` against the JSON Schema its
+/// author declared (`params_schema` of the structural surface): every problem listed, every
+/// bad argument named in `fields_invalid`.
+pub fn validate_kwargs(
+    capability: &str,
+    method: &str,
+    schema: &Value,
+    kwargs: &serde_json::Map<String, Value>,
+) -> Result<(), JobError> {
+    let mut problems = Vec::new();
+    let mut fields = Vec::new();
+    let value = Value::Object(kwargs.clone());
+    schema_problems(schema, &value, &mut problems, &mut fields).map_err(|e| {
+        JobError::fatal(format!(
+            "capability '{capability}' declares an invalid schema for {method}: {e}"
+        ))
+    })?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(JobError::user_input(format!(
+        "invalid arguments for '{capability}' {method}: {}",
+        problems.join("; ")
+    ))
+    .with_fields(fields))
+}
+
+/// Adds every failure of `value` against `schema` to `problems` (`field: why`) and the
+/// top-level field it is about to `fields`; `Err` when the schema itself is invalid.
+fn schema_problems(
+    schema: &Value,
+    value: &Value,
+    problems: &mut Vec<String>,
+    fields: &mut Vec<String>,
+) -> Result<(), String> {
+    let validator = jsonschema::validator_for(schema).map_err(|e| e.to_string())?;
+    for error in validator.iter_errors(value) {
+        let path = error.instance_path().to_string();
+        let field = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let field = if field.is_empty() {
+            // A `required` failure is reported at the object: the field is in the message.
+            error
+                .to_string()
+                .split('"')
+                .nth(1)
+                .unwrap_or("config")
+                .to_owned()
+        } else {
+            field
+        };
+        problems.push(format!("{field}: {error}"));
+        if !fields.contains(&field) {
+            fields.push(field);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

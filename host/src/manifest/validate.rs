@@ -9,7 +9,7 @@
 //! | top level, `install`, `code`, `code.resources`, `code.worker_env[]`, `code.structural_surface`, `drift_tracking` | open | written by the Python tools, which add fields over versions (`mode`, `resolved`, `observability_class` came late) and whose own reader ignores unknown keys: a manifest from a newer Python must still load |
 //! | `overrides`, `code.config_schema`, `adapter.config_schema` | free-form | an operator overlay and JSON Schemas |
 //! | `install.wasm`, `install.wasm.sandbox`, `install.wasm.sandbox.preopens[]`, `install.native` | closed | this host's own grants: a misspelt grant must not silently change what a sandbox allows |
-//! | `code.structural_surface.methods[]`, `protocol_members.methods[]` | closed | the typed method record (`name`, `signature`, `params`) would otherwise drop the key when written back |
+//! | `code.structural_surface.methods[]`, `protocol_members.methods[]` | closed | the typed method record (`name`, `signature`, `params`, and cjm's `params_schema`: the JSON Schema of a typed method's arguments) would otherwise drop the key when written back |
 //! | adapter top level, `protocol_members` | open | as for capability manifests |
 
 use std::fmt;
@@ -122,6 +122,7 @@ static METHOD: Section = Section {
         req("name", Ty::NonEmptyStr),
         opt("signature", Ty::Str),
         opt("params", Ty::StrList),
+        opt("params_schema", Ty::AnyObject),
     ],
     closed: true,
 };

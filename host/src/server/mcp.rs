@@ -4,8 +4,9 @@
 //!
 //! Tools: `<instance>__execute` for the execute channel and `<instance>__<task>__<method>` for
 //! each method of each task (names within MCP's `[A-Za-z0-9_-]{1,64}`; a longer one is cut
-//! and keeps a hash of the whole). Descriptions come from the manifest; input schemas name
-//! the parameters of the structural surface. Each call is a job of the queue (admission,
+//! and keeps a hash of the whole). Descriptions come from the manifest; input schemas are
+//! the JSON Schema a method's author declared (`Tasks::typed` in `cjm-guest`), else name the
+//! parameters of the structural surface. Each call is a job of the queue (admission,
 //! journal, retries), tagged `actor: mcp`: the client's cancellation cancels the job, the
 //! job's progress becomes MCP progress notifications when the client asked for them, the
 //! result comes back as structured content and as text, and a failed job is a tool error
@@ -127,12 +128,19 @@ impl Tools {
                     if m.name.starts_with('_') || LIFECYCLE.contains(&m.name.as_str()) {
                         continue;
                     }
-                    let (required, optional, open) = parameters(&m.signature, &m.params);
+                    // The schema its author declared, else the parameter names.
+                    let schema = match m.params_schema.as_ref().and_then(Value::as_object) {
+                        Some(typed) => typed.clone(),
+                        None => {
+                            let (required, optional, open) = parameters(&m.signature, &m.params);
+                            object_schema(&required, &optional, open)
+                        }
+                    };
                     out.push((
                         Tool::new(
                             tool_name(&[i.id(), task, &m.name]),
                             format!("{about}: task '{task}', method {}{}.", m.name, m.signature),
-                            Arc::new(object_schema(&required, &optional, open)),
+                            Arc::new(schema),
                         ),
                         Target {
                             instance: i.id().to_owned(),

@@ -1027,3 +1027,64 @@ async fn a_browser_on_another_origin_cannot_drive_the_host() {
     assert_eq!(a.status(), StatusCode::OK);
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_arguments_are_checked_before_the_call_reaches_the_guest() {
+    let dir = data_dir();
+    let host = host(dir.path(), 2).await;
+    let router = Server::new(host.clone(), ServerConfig::default()).router();
+    // The author typed compute_stats' arguments: the surface carries their schema.
+    let info = call(
+        &router,
+        Method::GET,
+        "/v1/capabilities/text-stats",
+        Body::empty(),
+    )
+    .await
+    .json();
+    let method = info["structural_surface"]["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "compute_stats")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        method["params_schema"]["properties"]["text"]["type"], "string",
+        "{method}"
+    );
+    assert_eq!(method["signature"], "(self, text, **kwargs)");
+    for kind in ["text-stats", "text-stats-native"] {
+        let a = call(
+            &router,
+            Method::POST,
+            "/v1/jobs",
+            format!(
+                r#"{{"capability": "{kind}", "task": "text_statistics", "method": "compute_stats", "kwargs": {{"text": 5}}}}"#
+            ),
+        )
+        .await;
+        let id = a.json()["job_id"].as_str().unwrap().to_owned();
+        let job = call(
+            &router,
+            Method::GET,
+            &format!("/v1/jobs/{id}/wait?timeout_s=30"),
+            Body::empty(),
+        )
+        .await
+        .json();
+        assert_eq!(job["status"], "failed", "{job}");
+        let error = &job["error"];
+        assert_eq!(error["category"], "user_input", "{error}");
+        assert_eq!(error["fields_invalid"], json!(["text"]), "{error}");
+        // The host's words, not the guest's: it never ran.
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid arguments for 'text-stats"),
+            "{error}"
+        );
+    }
+    host.shutdown().await.unwrap();
+}
