@@ -1366,6 +1366,10 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
         .success()
         .stdout(predicate::str::contains(
             "top_n: integer, default 3, 0..=100",
+        ))
+        // compute_stats is typed by its author: its parameter's type shows.
+        .stdout(predicate::str::contains(
+            "compute_stats(text: string, kwargs)",
         ));
     let serving = Serving::start(&env);
     let client = serving.client();

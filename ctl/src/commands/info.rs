@@ -99,7 +99,13 @@ fn render(v: &Value) -> String {
                 .map(|ps| {
                     ps.iter()
                         .map(|p| match p {
-                            Value::String(s) => s.clone(),
+                            // A typed method's parameters carry their JSON type.
+                            Value::String(s) => {
+                                match m["params_schema"]["properties"][s]["type"].as_str() {
+                                    Some(ty) => format!("{s}: {ty}"),
+                                    None => s.clone(),
+                                }
+                            }
                             other => other["name"].as_str().unwrap_or("?").to_owned(),
                         })
                         .collect()
