@@ -309,7 +309,14 @@ pub fn short_ts(ts: &str) -> String {
         .collect()
 }
 
-/// The first 8 characters of an id, or `-`.
+/// The last 8 characters of an id, or `-` (a UUIDv7 begins with its timestamp, the same for
+/// every id of a burst; its end tells them apart, and `--job`/`cancel` accept it).
 pub fn short_id(id: Option<&str>) -> String {
-    id.map_or_else(|| "-".to_owned(), |s| s.chars().take(8).collect())
+    id.map_or_else(
+        || "-".to_owned(),
+        |s| {
+            let chars: Vec<char> = s.chars().collect();
+            chars[chars.len().saturating_sub(8)..].iter().collect()
+        },
+    )
 }

@@ -798,7 +798,7 @@ fn logs_filter_by_job_level_session_and_limit() {
     );
     let a = lines(&["--job", "job-a"]);
     assert_eq!(a.len(), 2);
-    assert!(a.iter().all(|l| l.contains("[session-|job-a]")), "{a:?}");
+    assert!(a.iter().all(|l| l.contains("[ession-1|job-a]")), "{a:?}");
     let warn = lines(&["--level", "warning"]);
     assert_eq!(warn.len(), 1);
     assert!(warn[0].contains("WARNING") && warn[0].contains("cap: careful a"));
@@ -1760,4 +1760,8 @@ fn scripting_edges() {
         .stderr(predicate::str::contains(format!(
             "job {job} already finished"
         )));
+    // And by the last 8 characters, as `logs` prints them.
+    let suffix = &job[job.len() - 8..];
+    let rows = env.json(&["jobs", "--job", suffix]);
+    assert_eq!(rows[0]["job_id"], job.as_str());
 }

@@ -32,6 +32,8 @@ use crate::queue::{EventKind, JobSpec, JobStatus, Scope};
 
 /// MCP's longest tool name.
 const MAX_NAME: usize = 64;
+/// The largest result also sent as text beside its structured content.
+const MAX_TEXT_COPY: usize = 1024 * 1024;
 /// How often a session looks for a changed tool list.
 const LIST_POLL: Duration = Duration::from_secs(1);
 /// Methods every capability has (lifecycle and introspection): not tools.
@@ -232,7 +234,14 @@ impl Tools {
         match job.status {
             JobStatus::Completed => {
                 let result = job.result.unwrap_or(Value::Null);
-                let text = serde_json::to_string(&result).unwrap_or_default();
+                let mut text = serde_json::to_string(&result).unwrap_or_default();
+                if text.len() > MAX_TEXT_COPY {
+                    // Not twice: a big result goes once, as structured content.
+                    text = format!(
+                        "the result ({} bytes of JSON) is in structuredContent",
+                        text.len()
+                    );
+                }
                 let mut out = CallToolResult::success(vec![ContentBlock::text(text)]);
                 out.structured_content = Some(match result {
                     Value::Object(_) => result,

@@ -487,25 +487,34 @@ impl JournalStore {
         })
     }
 
-    /// The full job id that `prefix` starts: itself when it is a job's id or no job's,
-    /// the one job id it begins (`01a23e2a` for `01a23e2a-8673-...`), or an error naming
-    /// the candidates when several begin with it.
-    pub fn resolve_job(&self, prefix: &str) -> Result<String> {
-        let ids: Vec<String> = self.db.with(|conn| {
-            // GLOB is case-sensitive and uses the job index for a literal prefix.
-            let pattern = format!("{}*", prefix.replace(['*', '?', '['], ""));
-            let mut stmt = conn.prepare_cached(
-                "SELECT DISTINCT job_id FROM journal WHERE job_id GLOB ?1 ORDER BY job_id LIMIT 5",
-            )?;
-            let rows = stmt.query_map([pattern], |r| r.get(0))?;
-            rows.collect()
-        })?;
+    /// The full job id that `part` starts or ends: itself when it is a job's id or no job's,
+    /// the one job id it begins (`01a23e2a` for `01a23e2a-8673-...`) or, when none begins
+    /// with it, the one it ends (`cjm-ctl logs` prints ids' last 8 characters: a UUIDv7
+    /// begins with its timestamp, shared by a burst), or an error naming the candidates
+    /// when several match.
+    pub fn resolve_job(&self, part: &str) -> Result<String> {
+        let literal = part.replace(['*', '?', '['], "");
+        let find = |pattern: String| -> Result<Vec<String>> {
+            self.db.with(|conn| {
+                // GLOB is case-sensitive and uses the job index for a literal prefix (a
+                // suffix scans).
+                let mut stmt = conn.prepare_cached(
+                    "SELECT DISTINCT job_id FROM journal WHERE job_id GLOB ?1 ORDER BY job_id LIMIT 5",
+                )?;
+                let rows = stmt.query_map([pattern], |r| r.get(0))?;
+                rows.collect()
+            })
+        };
+        let mut ids = find(format!("{literal}*"))?;
+        if ids.is_empty() && !literal.is_empty() {
+            ids = find(format!("*{literal}"))?;
+        }
         match ids.as_slice() {
-            [] => Ok(prefix.to_owned()),
+            [] => Ok(part.to_owned()),
             [one] => Ok(one.clone()),
-            many if many.iter().any(|id| id == prefix) => Ok(prefix.to_owned()),
+            many if many.iter().any(|id| id == part) => Ok(part.to_owned()),
             many => Err(crate::Error::job(JobError::user_input(format!(
-                "job id prefix '{prefix}' is ambiguous: {}{}",
+                "job id part '{part}' is ambiguous: {}{}",
                 many.join(", "),
                 if many.len() == 5 { ", ..." } else { "" }
             )))),
