@@ -98,6 +98,22 @@ impl Inner {
         st.pending_bytes += bytes;
     }
 
+    /// What the ladder weighs for an instance's head: the instance, its concurrency cap and
+    /// its measured peaks. An instance unloaded since submit is admitted (its call fails with
+    /// the typed error).
+    fn admission_inputs(
+        &self,
+        instance_id: &str,
+    ) -> (Option<Arc<crate::manager::Instance>>, usize, Option<Peaks>) {
+        match self.manager.instance(instance_id).ok() {
+            Some(i) => {
+                let (cap, peaks) = (i.max_concurrency(), i.peaks());
+                (Some(i), cap, peaks)
+            }
+            None => (None, usize::MAX, Some(Peaks::default())),
+        }
+    }
+
     fn limits(&self) -> Limits {
         Limits {
             lanes: (self.config.max_concurrent_lanes as usize).max(1),
@@ -139,11 +155,7 @@ impl Inner {
                     ),
                 )
             } else {
-                let instance = self.manager.instance(instance_id).ok();
-                let (cap, peaks) = match &instance {
-                    Some(i) => (i.max_concurrency(), i.peaks()),
-                    None => (usize::MAX, Some(Peaks::default())),
-                };
+                let (_, cap, peaks) = self.admission_inputs(instance_id);
                 let mut live = || *view.get_or_insert_with(|| self.resources.view());
                 match admission::decide(&st.ledger, limits, instance_id, cap, peaks, &mut live) {
                     Ok(_) => ("next", "admissible: it starts at the next dispatch".into()),
@@ -200,12 +212,7 @@ impl Inner {
         while st.ledger.running < limits.lanes && !st.ledger.exclusive && st.pending.len() > 0 {
             let mut chosen = None;
             for (order, instance_id) in st.pending.heads() {
-                let instance = self.manager.instance(instance_id).ok();
-                let (cap, peaks) = match &instance {
-                    Some(i) => (i.max_concurrency(), i.peaks()),
-                    // Unloaded since submit: admit it, the call fails with the typed error.
-                    None => (usize::MAX, Some(Peaks::default())),
-                };
+                let (instance, cap, peaks) = self.admission_inputs(instance_id);
                 let mut live = || *view.get_or_insert_with(|| self.resources.view());
                 match admission::decide(&st.ledger, limits, instance_id, cap, peaks, &mut live) {
                     Ok(grant) => {

@@ -38,9 +38,23 @@ pub(super) fn instance(state: &AppState, id: &str) -> Result<Arc<Instance>, ApiE
         .map_err(|_| ApiError::not_found(format!("no loaded capability instance '{id}'")))
 }
 
+/// The instances that run a job now.
+fn busy_instances(state: &AppState) -> std::collections::HashSet<String> {
+    state
+        .host
+        .queue()
+        .running()
+        .into_iter()
+        .map(|j| j.instance_id)
+        .collect()
+}
+
 /// `disabled`, `crash_looping` (with `reason`), `starting` (no live worker yet), `busy` or
 /// `idle`.
-fn instance_state(state: &AppState, i: &Instance) -> (&'static str, Option<String>) {
+fn instance_state(
+    i: &Instance,
+    busy: &std::collections::HashSet<String>,
+) -> (&'static str, Option<String>) {
     if !i.enabled() {
         return ("disabled", None);
     }
@@ -49,17 +63,18 @@ fn instance_state(state: &AppState, i: &Instance) -> (&'static str, Option<Strin
         Condition::Starting => return ("starting", None),
         Condition::Ready => {}
     }
-    let busy = state
-        .host
-        .queue()
-        .running()
-        .iter()
-        .any(|j| j.instance_id == i.id());
-    (if busy { "busy" } else { "idle" }, None)
+    (
+        if busy.contains(i.id()) {
+            "busy"
+        } else {
+            "idle"
+        },
+        None,
+    )
 }
 
-fn instance_summary(state: &AppState, i: &Instance) -> Value {
-    let (now, reason) = instance_state(state, i);
+fn instance_summary(i: &Instance, busy: &std::collections::HashSet<String>) -> Value {
+    let (now, reason) = instance_state(i, busy);
     json!({
         "id": i.id(),
         "enabled": i.enabled(),
@@ -79,6 +94,7 @@ async fn list(State(state): State<AppState>) -> Json<Value> {
     let manager = state.host.manager();
     let instances = manager.instances();
     let adapters = manager.adapter_manifests();
+    let busy = busy_instances(&state);
     let items: Vec<Value> = manager
         .manifests()
         .iter()
@@ -87,7 +103,7 @@ async fn list(State(state): State<AppState>) -> Json<Value> {
             let mine: Vec<Value> = instances
                 .iter()
                 .filter(|i| i.name() == m.name())
-                .map(|i| instance_summary(&state, i))
+                .map(|i| instance_summary(i, &busy))
                 .collect();
             let compatible: Vec<&str> = adapters
                 .iter()
@@ -121,7 +137,7 @@ async fn info(
         .describe(&id)
         .map_err(|_| ApiError::not_found(format!("no capability or instance '{id}'")))?;
     if let Ok(i) = manager.instance(&id) {
-        let (now, reason) = instance_state(&state, &i);
+        let (now, reason) = instance_state(&i, &busy_instances(&state));
         view["state"] = json!(now);
         view["reason"] = json!(reason);
     }
@@ -167,7 +183,7 @@ async fn load(
             body.adapters.as_deref(),
         )
         .await?;
-    Ok(Json(instance_summary(&state, &loaded)))
+    Ok(Json(instance_summary(&loaded, &busy_instances(&state))))
 }
 
 macro_rules! lifecycle {
