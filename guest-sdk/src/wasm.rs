@@ -97,6 +97,9 @@ fn envelope(e: wit::Envelope) -> Envelope {
         node_id: e.node_id,
         actor: e.actor,
         control,
+        // The WIT envelope does not carry it: the host records a guest's log records as
+        // events of the call's span instead.
+        traceparent: None,
     }
 }
 

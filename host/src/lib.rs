@@ -20,6 +20,8 @@
 //! - [`queue`]: the job queue: admission over lanes, cancellation, events, compositions;
 //! - [`host`]: [`Host::builder`] assembles manager and queue in one call;
 //! - [`install`]: the install pipeline behind `cjm-ctl install-all` (wasm, Python, native);
+//! - [`trace`]: one trace per job (W3C trace context in, OpenTelemetry spans, OTLP export
+//!   with the `otlp` feature);
 //! - [`telemetry`]: system CPU/RAM, process-subtree and GPU (NVML) telemetry, the platform string;
 //! - [`error`]: the host's error type; the domain taxonomy travels as `JobError` data;
 //! - `server` (feature `server`): the host as an HTTP/JSON service under `/v1` (axum), and
@@ -44,6 +46,7 @@ pub mod queue;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 
 pub use cjm_guest::contract;
 pub use error::{Error, Result};

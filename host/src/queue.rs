@@ -116,6 +116,9 @@ struct Entry {
     retry_request: Option<CallRequest>,
     /// Its kwargs file in the data dir (large kwargs), removed when it ends.
     payload_file: Option<String>,
+    /// Its wait in the queue, as a span of its trace (ended by admission; disabled when no
+    /// trace is exported).
+    admission: tracing::Span,
 }
 
 struct CompositionEntry {
@@ -290,7 +293,44 @@ impl JobQueue {
     /// Submits jobs together, all or none: their rows are committed in one transaction
     /// before their ids (in order) are returned. The first refusal refuses them all.
     pub async fn submit_many(&self, specs: Vec<JobSpec>) -> Result<Vec<String>> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            target: "cjm::trace",
+            "cjm.submit",
+            cjm.jobs = specs.len(),
+            cjm.job_id = tracing::field::Empty,
+            cjm.instance = tracing::field::Empty,
+        );
+        if !crate::trace::is_traced(&span) {
+            return self.submit_traced(specs, &span).await;
+        }
+        if let [one] = specs.as_slice() {
+            span.record("cjm.instance", one.instance_id.as_str());
+            crate::trace::adopt(&span, one.request.envelope.traceparent.as_deref());
+        }
+        let result = self
+            .submit_traced(specs, &span)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(ids) if ids.len() == 1 => {
+                span.record("cjm.job_id", ids[0].as_str());
+            }
+            Ok(_) => {}
+            Err(e) => crate::trace::fail(&span, &e.to_string()),
+        }
+        result
+    }
+
+    /// [`Self::submit_many`] under its span: each job's envelope carries the span's trace
+    /// context (its attempts and the workers they call join the trace).
+    async fn submit_traced(
+        &self,
+        specs: Vec<JobSpec>,
+        span: &tracing::Span,
+    ) -> Result<Vec<String>> {
         let inner = &self.inner;
+        let traceparent = crate::trace::traceparent(span);
         inner.admissible_submission()?;
         let mut accepted = Vec::with_capacity(specs.len());
         let mut refused = None;
@@ -319,8 +359,11 @@ impl JobQueue {
         }
         let mut prepared = Vec::with_capacity(accepted.len());
         let mut total = 0usize;
-        for (spec, name) in accepted {
+        for (mut spec, name) in accepted {
             let id = uuid::Uuid::now_v7().to_string();
+            if traceparent.is_some() {
+                spec.request.envelope.traceparent.clone_from(&traceparent);
+            }
             let bytes = spec.request.approx_bytes();
             total = total.saturating_add(bytes);
             let kwargs_ref = if bytes > job::INLINE_KWARGS_BYTES {
@@ -609,7 +652,32 @@ impl JobQueue {
     /// Submits a composition; returns its run id. Validated first: structure (duplicate ids,
     /// unknown bindings, cycles) and every node's instance (unknown, disabled), every problem
     /// listed. Member jobs are created when their inputs exist.
-    pub async fn submit_composition(&self, composition: Composition) -> Result<String> {
+    pub async fn submit_composition(&self, mut composition: Composition) -> Result<String> {
+        let span = tracing::info_span!(
+            target: "cjm::trace",
+            "cjm.composition.submit",
+            cjm.nodes = composition.nodes.len(),
+            cjm.composition_id = tracing::field::Empty,
+        );
+        crate::trace::adopt(&span, composition.traceparent.as_deref());
+        if let Some(traceparent) = crate::trace::traceparent(&span) {
+            composition.traceparent = Some(traceparent);
+        }
+        let result = tracing::Instrument::instrument(
+            self.submit_composition_traced(composition),
+            span.clone(),
+        )
+        .await;
+        match &result {
+            Ok(id) => {
+                span.record("cjm.composition_id", id.as_str());
+            }
+            Err(e) => crate::trace::fail(&span, &e.to_string()),
+        }
+        result
+    }
+
+    async fn submit_composition_traced(&self, composition: Composition) -> Result<String> {
         let inner = &self.inner;
         inner.admissible_submission()?;
         let deps = match composition.validate() {

@@ -121,6 +121,48 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().split_for_parts().1
 }
 
+/// Runs a request in its `http.request` span (a child of the caller's `traceparent` header);
+/// when no trace is exported the span is disabled and this costs nothing.
+async fn traced(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        target: "cjm::trace",
+        "http.request",
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = request.uri().path(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if !crate::trace::is_traced(&span) {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || request.uri().path().to_owned(),
+            |m| m.as_str().to_owned(),
+        );
+    span.record("otel.name", format!("{} {route}", request.method()));
+    span.record("http.route", route.as_str());
+    let parent = request
+        .headers()
+        .get(crate::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    crate::trace::set_parent(&span, parent);
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        crate::trace::fail(&span, response.status().as_str());
+    }
+    response
+}
+
 /// The service over one host: its router, and the signal that ends its event streams.
 #[derive(Clone)]
 pub struct Server {
@@ -163,6 +205,7 @@ impl Server {
             .merge(dashboard::routes())
             .layer(axum::middleware::from_fn(auth::same_origin))
             .layer(DefaultBodyLimit::max(max_body))
+            .layer(axum::middleware::from_fn(traced))
             .with_state(state);
         Server { router, stop }
     }

@@ -1,6 +1,8 @@
 //! Job queue benchmarks, journal on (every job writes its admission and state rows):
 //! - `throughput_wasm_noop` / `throughput_native`: a burst of jobs submitted at once, to done;
 //! - `one_at_a_time_wasm_noop`: submit, then wait for done (journaled), one job at a time;
+//!   `untraced` as a host runs with no trace exporter (its spans disabled at their callsites),
+//!   `traced` with the host's spans built by an OpenTelemetry layer (not exported);
 //! - `chain_3_nodes`: a 3-node composition of wasm no-ops, submit to finished;
 //! - `admission_with_parked_jobs`: a no-op submitted and awaited while 0 or 10,000 jobs wait
 //!   on a busy instance (skip-ahead must not scan them);
@@ -28,11 +30,35 @@ fn main() {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    rt_with(None)
+}
+
+/// A runtime whose threads use `dispatch` as their `tracing` subscriber (none: no subscriber).
+fn rt_with(dispatch: Option<tracing::Dispatch>) -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(2).enable_all();
+    if let Some(d) = dispatch {
+        b.on_thread_start(move || {
+            std::mem::forget(tracing::dispatcher::set_default(&d));
+        });
+    }
+    b.build().unwrap()
+}
+
+/// What `cjm-ctl serve` installs when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, with a provider
+/// that exports nowhere: every span of the host is built and ended.
+fn traced() -> tracing::Dispatch {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("bench"))
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(cjm_host::trace::TARGET, tracing::Level::TRACE),
+        );
+    tracing::Dispatch::new(tracing_subscriber::registry().with(layer))
 }
 
 struct Env {
@@ -44,6 +70,10 @@ struct Env {
 /// A host with `noop` (wasm, pool of 4), `native` (the Rust text-stats worker) and `probe`
 /// (a native worker used to park jobs), each run once so admission has profiles.
 fn env() -> Env {
+    env_with(None)
+}
+
+fn env_with(dispatch: Option<tracing::Dispatch>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_manifest(
@@ -64,7 +94,7 @@ fn env() -> Env {
         "probe",
         native_install(&[env!("CARGO_BIN_EXE_probe_worker")]),
     );
-    let rt = rt();
+    let rt = rt_with(dispatch);
     let host = rt.block_on(async {
         let host = Host::builder()
             .data_dir(d)
@@ -131,17 +161,22 @@ fn throughput_native(bencher: Bencher) {
     burst(bencher, "native", 2_000, json!({"text": "a b"}));
 }
 
-#[divan::bench(sample_count = 100, sample_size = 20)]
-fn one_at_a_time_wasm_noop(bencher: Bencher) {
-    let e = env();
+#[divan::bench(args = ["untraced", "traced"], sample_count = 100, sample_size = 20)]
+fn one_at_a_time_wasm_noop(bencher: Bencher, tracing: &str) {
+    let dispatch = (tracing == "traced").then(traced);
+    let e = env_with(dispatch.clone());
     let q = e.host.queue().clone();
+    let none = tracing::Dispatch::none();
+    let here = dispatch.as_ref().unwrap_or(&none);
     bencher.bench_local(|| {
-        e.rt.block_on(async {
-            let id = q
-                .submit(JobSpec::execute("noop", kwargs(json!({}))))
-                .await
-                .unwrap();
-            q.wait(&id, None).await.unwrap();
+        tracing::dispatcher::with_default(here, || {
+            e.rt.block_on(async {
+                let id = q
+                    .submit(JobSpec::execute("noop", kwargs(json!({}))))
+                    .await
+                    .unwrap();
+                q.wait(&id, None).await.unwrap();
+            })
         })
     });
 }

@@ -29,7 +29,7 @@ pub struct Args {
 
 /// Runs `mcp`.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    super::serve::init_logging(args.log_level.as_deref().unwrap_or("warn"))?;
+    let _traces = super::serve::init_logging(args.log_level.as_deref().unwrap_or("warn"))?;
     if let Some(url) = &ctx.global.host {
         return Err(crate::ctx::usage(
             "`cjm-ctl mcp` hosts in-process: it does not go through --host",

@@ -43,7 +43,7 @@ pub struct Args {
 
 /// Runs `serve`.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    init_logging(args.log_level.as_deref().unwrap_or("info"))?;
+    let _traces = init_logging(args.log_level.as_deref().unwrap_or("info"))?;
     let config = ctx.config()?;
     let data_dir = config.data_dir.clone();
     if let Some(running) = Discovery::find(&data_dir) {
@@ -211,6 +211,26 @@ fn announce(
         )),
         None => ctx.out.note("auth: none (loopback only)"),
     }
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        if let Some(endpoint) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            // Credentials in the URL stay out of the output.
+            let shown = match endpoint.split_once("://") {
+                Some((scheme, rest)) if rest.split('/').next().is_some_and(|a| a.contains('@')) => {
+                    format!(
+                        "{scheme}://…@{}",
+                        rest.rsplit_once('@').map_or("", |(_, h)| h)
+                    )
+                }
+                _ => endpoint,
+            };
+            ctx.out
+                .note(format!("traces: OTLP/HTTP to {shown} ({var})"));
+            break;
+        }
+    }
     ctx.out.note(format!(
         "instances: {}",
         if instances.is_empty() {
@@ -225,7 +245,10 @@ fn announce(
     ));
 }
 
-pub(super) fn init_logging(filter: &str) -> anyhow::Result<()> {
+/// Logs to stderr at `filter`, and exports traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// is set: keep the exporter until the end (dropping it sends what is buffered).
+pub(super) fn init_logging(filter: &str) -> anyhow::Result<Option<cjm_host::trace::Exporter>> {
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let targets: tracing_subscriber::filter::Targets = filter.parse().map_err(|e| {
@@ -234,13 +257,30 @@ pub(super) fn init_logging(filter: &str) -> anyhow::Result<()> {
             "use a level (error, warn, info, debug, trace) or targets such as cjm_host=debug,info",
         )
     })?;
+    // Spans and events of traces are for the exporter, never log lines.
+    let targets = targets.with_target(
+        cjm_host::trace::TARGET,
+        tracing_subscriber::filter::LevelFilter::OFF,
+    );
+    let (otel, exporter) = match cjm_host::trace::otlp_from_env() {
+        Ok(Some((layer, exporter))) => (Some(layer), Some(exporter)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            return Err(hint(
+                format!("the OTLP trace exporter cannot start: {e}"),
+                "check OTEL_EXPORTER_OTLP_ENDPOINT (an http:// URL), or unset it",
+            )
+            .into());
+        }
+    };
     let _ = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(targets),
         )
-        .with(targets)
+        .with(otel)
         .try_init();
-    Ok(())
+    Ok(exporter)
 }

@@ -96,6 +96,11 @@ impl Serving {
 
     /// `serve --bind <bind> <extra...>`; it answers once its discovery file is written.
     pub fn start_with(env: &Env, bind: &str, extra: &[&str]) -> Serving {
+        Serving::start_env(env, bind, extra, &[])
+    }
+
+    /// [`Serving::start_with`] with environment variables `vars` set.
+    pub fn start_env(env: &Env, bind: &str, extra: &[&str], vars: &[(&str, &str)]) -> Serving {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = env
@@ -110,6 +115,7 @@ impl Serving {
             .arg(env.data())
             .args(["serve", "--bind", bind, "--grace", "2"])
             .args(extra)
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -28,6 +28,11 @@ pub struct Envelope {
     /// Per-call flags, omitted when empty.
     #[serde(default, skip_serializing_if = "Control::is_empty")]
     pub control: Control,
+    /// The W3C trace context of the call (`00-<trace id>-<span id>-<flags>`), when the caller
+    /// or the host traces it: a worker that traces makes its spans children of it. An
+    /// addition to cjm-substrate's envelope, whose workers ignore keys they do not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Envelope {
@@ -47,6 +52,7 @@ impl Envelope {
             && self.node_id.is_none()
             && self.actor.is_none()
             && self.control.is_empty()
+            && self.traceparent.is_none()
     }
 
     /// Whether the boolean control flag `name` is set to true.

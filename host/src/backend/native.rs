@@ -898,6 +898,29 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The client span of a call to the worker; when traced, the call's envelope carries its
+/// context, so a worker that traces makes its spans children of it.
+fn worker_call_span(request: &mut CallRequest, pid: Option<u32>) -> tracing::Span {
+    let path = match request.target {
+        Target::Execute { .. } => "/execute",
+        Target::Task { .. } => "/task",
+    };
+    let span = tracing::info_span!(
+        target: "cjm::trace",
+        "cjm.worker.call",
+        otel.name = format_args!("POST {path}"),
+        otel.kind = "client",
+        http.request.method = "POST",
+        url.path = path,
+        cjm.job_id = request.envelope.job_id.as_deref(),
+        cjm.worker.pid = pid,
+    );
+    if let Some(traceparent) = crate::trace::traceparent(&span) {
+        request.envelope.traceparent = Some(traceparent);
+    }
+    span
+}
+
 /// The endpoint and body of a call: `/execute` `{"args","kwargs"}` or `/task`
 /// `{"task","method","kwargs"}`, with the envelope only when something in it is set.
 fn request_body(request: CallRequest) -> (&'static str, Value) {
@@ -1019,21 +1042,24 @@ impl Backend for NativeBackend {
         self.get_json("/config_options").await
     }
 
-    async fn call(&self, request: CallRequest, control: Arc<CallControl>) -> Result<Value> {
+    async fn call(&self, mut request: CallRequest, control: Arc<CallControl>) -> Result<Value> {
         if control.cancel_requested() {
             return Err(Error::Cancelled);
         }
-        self.run_call(request, control).await
+        let span = worker_call_span(&mut request, self.pid());
+        tracing::Instrument::instrument(self.run_call(request, control), span).await
     }
 
     async fn call_stream(
         &self,
-        request: CallRequest,
+        mut request: CallRequest,
         control: Arc<CallControl>,
     ) -> Result<CallStream> {
         if control.cancel_requested() {
             return Err(Error::Cancelled);
         }
+        // Ends when the stream starts (the worker's own spans cover the chunks).
+        let _span = worker_call_span(&mut request, self.pid());
         let (_, body) = request_body(request);
         let busy = Busy::new(&self.inner);
         let answer = self

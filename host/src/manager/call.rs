@@ -72,7 +72,19 @@ impl CapabilityManager {
                 .last_used
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Instant::now();
-            let result = backend.call(request.clone(), Arc::clone(&control)).await;
+            let span = tracing::info_span!(
+                target: "cjm::trace",
+                "cjm.backend.call",
+                cjm.instance = id,
+                cjm.kind = ?backend.kind(),
+                cjm.job_id = request.envelope.job_id.as_deref(),
+            );
+            crate::trace::adopt(&span, request.envelope.traceparent.as_deref());
+            let result = tracing::Instrument::instrument(
+                backend.call(request.clone(), Arc::clone(&control)),
+                span,
+            )
+            .await;
             // The latest progress the coalescing held back reaches the listener now.
             control.flush_progress();
             let usage = match backend.pid() {

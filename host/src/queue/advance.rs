@@ -93,6 +93,7 @@ impl Inner {
                     env.run_id.clone_from(&run.composition.run_id);
                     env.actor.clone_from(&run.composition.actor);
                     env.control.clone_from(&node.control);
+                    env.traceparent.clone_from(&run.composition.traceparent);
                     specs.push((node.id.clone(), spec, name));
                 }
                 Err(e) => failures.push((node.id.clone(), e)),

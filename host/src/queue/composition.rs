@@ -212,6 +212,10 @@ pub struct Composition {
     /// Who asked, stamped on every member job.
     #[serde(default)]
     pub actor: Option<String>,
+    /// The W3C trace context its members' jobs join (set by the host when it traces the
+    /// submission; a caller may give its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn yes() -> bool {
@@ -227,6 +231,7 @@ impl Composition {
             priority: 0,
             run_id: None,
             actor: None,
+            traceparent: None,
         }
     }
 

@@ -11,6 +11,25 @@ pub(super) struct Launch {
     pub(super) control: Arc<CallControl>,
     /// The backend serving the instance at admission (its kind and worker pid), when loaded.
     pub(super) backend: Option<Arc<dyn crate::backend::Backend>>,
+    /// Which run of the job this is (1-based).
+    pub(super) attempt: u32,
+    /// The job's wait in the queue, ended when its task starts (not under the lock).
+    pub(super) admission: tracing::Span,
+}
+
+/// The span of a job's wait in the queue, in the trace its envelope names.
+pub(super) fn admission_span(job: &Job, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: "cjm::trace",
+        "cjm.admission",
+        cjm.job_id = job.id.as_str(),
+        cjm.instance = job.instance_id.as_str(),
+        cjm.priority = job.priority,
+        cjm.attempt = job.retry_count + 1,
+        cjm.exclusive = tracing::field::Empty,
+    );
+    crate::trace::set_parent(&span, traceparent);
+    span
 }
 
 /// How a job enters the queue.
@@ -77,6 +96,7 @@ impl Inner {
                 payload_file
             }
         };
+        let admission = admission_span(&job, spec.request.envelope.traceparent.as_deref());
         st.pending.insert(&spec.instance_id, order, id.clone());
         st.jobs.insert(
             id,
@@ -93,6 +113,7 @@ impl Inner {
                 retry,
                 retry_request: None,
                 payload_file,
+                admission,
             },
         );
         st.pending_bytes += bytes;
@@ -289,12 +310,16 @@ impl Inner {
                 &entry.job,
                 json!({"from": "pending", "to": "running"}),
             )));
+            let admission = std::mem::replace(&mut entry.admission, tracing::Span::none());
+            admission.record("cjm.exclusive", grant.exclusive);
             launches.push(Launch {
                 id,
                 instance_id,
                 request,
                 control,
                 backend,
+                attempt: entry.job.retry_count + 1,
+                admission,
             });
         }
         launches

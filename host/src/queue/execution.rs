@@ -2,6 +2,8 @@
 //! snapshots, deadlines, the cancel state machine, and finishing (which releases what
 //! admission reserved).
 
+use tracing::Instrument as _;
+
 use super::*;
 
 /// Finishes a job whose task panicked (in a backend): the job fails, its lane and
@@ -54,6 +56,15 @@ impl Inner {
             id: Some(launch.id.clone()),
         };
         let snapshots = self.snapshots(&launch);
+        drop(launch.admission);
+        let span = tracing::info_span!(
+            target: "cjm::trace",
+            "cjm.attempt",
+            cjm.job_id = launch.id.as_str(),
+            cjm.instance = launch.instance_id.as_str(),
+            cjm.attempt = launch.attempt,
+        );
+        crate::trace::set_parent(&span, launch.request.envelope.traceparent.as_deref());
         let result = self
             .manager
             .call_with(
@@ -61,7 +72,14 @@ impl Inner {
                 launch.request,
                 Arc::clone(&launch.control),
             )
+            .instrument(span.clone())
             .await;
+        if let Err(e) = &result
+            && crate::trace::is_traced(&span)
+        {
+            crate::trace::fail(&span, &e.to_job_error().message);
+        }
+        drop(span);
         if let Some(task) = snapshots {
             task.abort();
         }
@@ -288,6 +306,13 @@ impl Inner {
         }
         let order = (std::cmp::Reverse(entry.job.priority), seq);
         entry.order = order;
+        entry.admission = super::dispatch::admission_span(
+            &entry.job,
+            entry
+                .request
+                .as_ref()
+                .and_then(|r| r.envelope.traceparent.as_deref()),
+        );
         entry.bytes = entry.request.as_ref().map_or(0, CallRequest::approx_bytes);
         st.pending_bytes += entry.bytes;
         st.pending

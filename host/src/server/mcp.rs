@@ -409,7 +409,24 @@ impl ServerHandler for Tools {
             ));
         };
         let kwargs = request.arguments.unwrap_or_default();
-        Ok(self.run(target, kwargs, &context).await.into())
+        // A child of the call's `_meta.traceparent` (SEP-414), else of its HTTP request's
+        // header (the session runs calls in its own task, away from the request's span).
+        let span = tracing::info_span!(
+            target: "cjm::trace",
+            "mcp.tools/call",
+            otel.name = format_args!("tools/call {}", request.name),
+            otel.kind = "server",
+            mcp.tool = request.name.as_ref(),
+        );
+        let header = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.headers.get(crate::trace::TRACEPARENT))
+            .and_then(|v| v.to_str().ok());
+        let traceparent = context.meta.get_traceparent().or(header);
+        crate::trace::adopt(&span, traceparent);
+        let run = self.run(target, kwargs, &context);
+        Ok(tracing::Instrument::instrument(run, span).await.into())
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {

@@ -135,6 +135,13 @@ impl host::Host for InstanceState {
         if !self.budget().admit() {
             return;
         }
+        // An event of the call's span when the call is traced (nothing is built otherwise).
+        tracing::info!(
+            target: "cjm::trace",
+            log_level = level,
+            log_logger = logger.as_str(),
+            "{message}"
+        );
         self.sink.record(LogRecord {
             worker_session_id: Some(self.session.to_string()),
             job_id: self.job_id.clone(),
