@@ -120,6 +120,56 @@ fn run_job(rt: &tokio::runtime::Runtime, url: &str, headers: &[(&str, &str)]) ->
     })
 }
 
+/// One MCP `tools/call` over streamable HTTP (initialize, initialized, the call) with
+/// `_meta.traceparent`; the call's answer.
+fn mcp_call(rt: &tokio::runtime::Runtime, url: &str, traceparent: &str) -> String {
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let post = |body: Value, session: Option<&str>| {
+            let mut r = http
+                .post(format!("{url}/mcp"))
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(body.to_string());
+            if let Some(s) = session {
+                r = r.header("mcp-session-id", s);
+            }
+            r.send()
+        };
+        let init = post(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "trace-test", "version": "1"}}}),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(init.status(), 200);
+        let session = init.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        init.bytes().await.unwrap();
+        let ready = post(
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            Some(&session),
+        )
+        .await
+        .unwrap();
+        assert!(ready.status().is_success(), "{}", ready.status());
+        let call = post(
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                "name": "text-stats-native__execute", "arguments": {"text": "one two"},
+                "_meta": {"traceparent": traceparent}}}),
+            Some(&session),
+        )
+        .await
+        .unwrap();
+        assert_eq!(call.status(), 200);
+        String::from_utf8(call.bytes().await.unwrap().to_vec()).unwrap()
+    })
+}
+
 #[test]
 fn a_job_through_serve_to_a_native_worker_is_one_trace() {
     let env = Env::new();
@@ -143,6 +193,17 @@ fn a_job_through_serve_to_a_native_worker_is_one_trace() {
         &[("traceparent", &format!("00-{trace_id}-{caller_span}-01"))],
     );
     let job_id = job["id"].as_str().unwrap().to_owned();
+    // An MCP tool call in a trace of its own, named by its `_meta`.
+    let mcp_trace = "0af7651916cd43dd8448eb211c80319c";
+    let answer = mcp_call(
+        &receiver.rt,
+        &serving.url,
+        &format!("00-{mcp_trace}-b7ad6b7169203331-01"),
+    );
+    assert!(
+        answer.contains(r#"\"words\":2"#) || answer.contains(r#""words":2"#),
+        "{answer}"
+    );
     // Stopping the service sends what its exporter still buffers.
     let (status, log) = serving.stop();
     assert!(status.success(), "{log}");
@@ -208,6 +269,21 @@ fn a_job_through_serve_to_a_native_worker_is_one_trace() {
     assert!(http.start_time_unix_nano <= submit.start_time_unix_nano);
     assert!(attempt.start_time_unix_nano <= backend.start_time_unix_nano);
     assert!(worker.end_time_unix_nano <= backend.end_time_unix_nano);
+    // The MCP call: its span is a child of `_meta.traceparent`, and its job's spans of it.
+    let mcp: Vec<&Span> = all
+        .iter()
+        .filter(|s| hex(&s.trace_id) == mcp_trace)
+        .collect();
+    let find = |name: &str| {
+        *mcp.iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no '{name}' in the MCP call's trace"))
+    };
+    let tool = find("tools/call text-stats-native__execute");
+    assert_eq!(hex(&tool.parent_span_id), "b7ad6b7169203331");
+    parent_of(find("cjm.submit"), tool);
+    parent_of(find("cjm.backend.call"), find("cjm.attempt"));
+    parent_of(find("POST /execute"), find("cjm.backend.call"));
     // Requests that came without a trace context (the wait) start traces of their own.
     assert!(
         all.iter()

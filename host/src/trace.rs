@@ -96,9 +96,15 @@ pub fn set_parent(span: &Span, traceparent: Option<&str>) {
 /// Parents `span` on `traceparent` unless it already has a traced parent in this task (the
 /// current span): a call's own trace context wins over one it was handed.
 pub fn adopt(span: &Span, traceparent: Option<&str>) {
-    if is_traced(span) && !is_traced(&Span::current()) {
+    if is_traced(span) && !in_trace(&Span::current()) {
         set_parent(span, traceparent);
     }
+}
+
+/// Whether `span` belongs to a trace (another layer, a log's, may record spans that are not
+/// traced).
+fn in_trace(span: &Span) -> bool {
+    is_traced(span) && span.context().span().span_context().is_valid()
 }
 
 /// Marks `span` failed with `message` (the job error's, never the kwargs).

@@ -29,10 +29,6 @@ fn main() {
     divan::main();
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    rt_with(None)
-}
-
 /// A runtime whose threads use `dispatch` as their `tracing` subscriber (none: no subscriber).
 fn rt_with(dispatch: Option<tracing::Dispatch>) -> tokio::runtime::Runtime {
     let mut b = tokio::runtime::Builder::new_multi_thread();

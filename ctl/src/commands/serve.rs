@@ -269,8 +269,7 @@ pub(super) fn init_logging(filter: &str) -> anyhow::Result<Option<cjm_host::trac
             return Err(hint(
                 format!("the OTLP trace exporter cannot start: {e}"),
                 "check OTEL_EXPORTER_OTLP_ENDPOINT (an http:// URL), or unset it",
-            )
-            .into());
+            ));
         }
     };
     let _ = tracing_subscriber::registry()

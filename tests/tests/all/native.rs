@@ -511,8 +511,12 @@ async fn python_log_records_and_output_land_in_our_diagnostics_store_stamped_wit
     .unwrap();
     b.initialize(json!({})).await.unwrap();
     let session = b.session_id().unwrap();
-    let req = CallRequest::execute(kwargs(json!({"action": "log"})))
-        .with_envelope(Envelope::for_job("job-logs"));
+    // With a key cjm-substrate's envelope does not have (the trace context this host adds):
+    // the Python worker still reads the job id from it.
+    let req = CallRequest::execute(kwargs(json!({"action": "log"}))).with_envelope(Envelope {
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        ..Envelope::for_job("job-logs")
+    });
     assert_eq!(run(&b, req).await.unwrap(), json!({"logged": 4}));
     assert!(config.capability_data_dir("cjm-capability-echo").is_dir());
     b.shutdown().await.unwrap();
