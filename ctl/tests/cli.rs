@@ -122,6 +122,82 @@ fn run_on_an_unknown_capability_is_an_error_with_a_hint() {
 }
 
 #[test]
+fn run_a_wasm_file_without_installing_it_with_grants_as_flags() {
+    let env = Env::new();
+    let hostile = cjm_tests::fixtures::HOSTILE;
+    let input = env.path().join("input");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("a.txt"), "hello from the host").unwrap();
+    let read = r#"{"attack": "read_file", "path": "/data/a.txt"}"#;
+    // The default sandbox: no files.
+    env.ctl()
+        .args(["run", hostile, read])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("/data/a.txt"));
+    let grant = format!("{}::/data", input.display());
+    let out = env
+        .ctl()
+        .args(["run", hostile, "--dir", &grant, read])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        "hello from the host"
+    );
+    // A --dir is read-only; --dir-rw may be written.
+    let write = r#"{"attack": "write_file", "path": "/data/b.txt"}"#;
+    env.ctl()
+        .args(["run", hostile, "--dir", &grant, write])
+        .assert()
+        .failure();
+    assert!(!input.join("b.txt").exists());
+    env.ctl()
+        .args(["run", hostile, "--dir-rw", &grant, write])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(input.join("b.txt")).unwrap(),
+        "pwned"
+    );
+    // Variables only by name, from cjm-ctl's environment; the guest prints to stderr.
+    let env_read = r#"{"attack": "read_env", "name": "CJM_RUN_TEST"}"#;
+    env.ctl()
+        .env("CJM_RUN_TEST", "granted")
+        .args(["run", hostile, env_read])
+        .assert()
+        .failure();
+    env.ctl()
+        .env("CJM_RUN_TEST", "granted")
+        .args(["run", hostile, "--env", "CJM_RUN_TEST", env_read])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("granted"));
+    env.ctl()
+        .args(["run", hostile, r#"{"attack": "print"}"#])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("[stdout]"));
+    // Nothing was installed or written in the data dir.
+    assert!(!env.data().join("manifests").exists());
+    // Grants are for files; a missing file is named.
+    env.ctl()
+        .args(["run", "text-stats", "--dir", "/tmp"])
+        .assert()
+        .code(2);
+    env.ctl()
+        .args(["run", "./missing.wasm"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("missing.wasm"));
+}
+
+#[test]
 fn install_all_installs_wasm_and_native_and_reports_a_failing_entry() {
     let env = Env::new();
     let caps = env.write(

@@ -69,6 +69,9 @@ pub struct Instance {
     evicted: AtomicBool,
     /// Serializes bringing an evicted instance back.
     revive: tokio::sync::Mutex<()>,
+    /// The compiled argument schemas of its typed methods (by method; emptied when the
+    /// backend is replaced, whose surface may differ).
+    validators: Mutex<std::collections::HashMap<String, Option<Arc<jsonschema::Validator>>>>,
 }
 
 /// What the live capability reports that differs from its manifest: flagged, never fatal
@@ -109,6 +112,38 @@ impl std::fmt::Debug for Instance {
 }
 
 impl Instance {
+    /// The compiled schema of `method`'s arguments when its author typed them (compiled on
+    /// the first call, then kept); an invalid schema is a `fatal` error.
+    pub(crate) fn params_validator(
+        &self,
+        method: &str,
+    ) -> Result<Option<Arc<jsonschema::Validator>>> {
+        let mut cache = self
+            .validators
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = cache.get(method) {
+            return Ok(v.clone());
+        }
+        let backend = self.backend();
+        let compiled = match backend
+            .info()
+            .structural_surface
+            .method(method)
+            .and_then(|m| m.params_schema.as_ref())
+        {
+            Some(schema) => Some(Arc::new(
+                config::params_validator(&self.name, method, schema).map_err(Error::job)?,
+            )),
+            None => None,
+        };
+        // Bounded by the surface: only methods it declares are kept.
+        if backend.info().structural_surface.method(method).is_some() {
+            cache.insert(method.to_owned(), compiled.clone());
+        }
+        Ok(compiled)
+    }
+
     /// The instance id.
     pub fn id(&self) -> &str {
         &self.id
@@ -596,6 +631,7 @@ impl CapabilityManager {
             measured: Mutex::new(None),
             evicted: AtomicBool::new(false),
             revive: tokio::sync::Mutex::new(()),
+            validators: Mutex::default(),
         });
         self.journal_event(
             &instance,
@@ -782,6 +818,11 @@ impl CapabilityManager {
                 .unwrap_or_else(PoisonError::into_inner),
             fresh,
         );
+        instance
+            .validators
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         let _ = old.shutdown().await;
         self.journal_event(&instance, "capability_reloaded", json!({}))
     }

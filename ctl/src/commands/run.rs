@@ -1,4 +1,6 @@
-//! `cjm-ctl run NAME`: load a capability (either kind), call it once, print the JSON result.
+//! `cjm-ctl run NAME`: load a capability (either kind), call it once, print the JSON result;
+//! `cjm-ctl run ./x.wasm`: the same for a component file, without installing it, in the
+//! default sandbox plus the grants given as flags.
 
 use std::io::Read as _;
 
@@ -12,7 +14,7 @@ use crate::ctx::{Ctx, hint, runtime};
 /// Options of `run`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  cjm-ctl run text-stats '{\"text\": \"one two two\"}'\n  cjm-ctl run text-stats --task text_statistics --method compute_stats '{\"text\": \"a b\"}'\n  echo '{\"text\": \"a b\"}' | cjm-ctl run text-stats -\n  cjm-ctl run text-stats --config '{\"top_n\": 1}' '{\"text\": \"a b\"}'\n\nKWARGS is a JSON object (keyword arguments) or, for execute, a JSON array (positional arguments)."
+    after_help = "Examples:\n  cjm-ctl run text-stats '{\"text\": \"one two two\"}'\n  cjm-ctl run text-stats --task text_statistics --method compute_stats '{\"text\": \"a b\"}'\n  echo '{\"text\": \"a b\"}' | cjm-ctl run text-stats -\n  cjm-ctl run text-stats --config '{\"top_n\": 1}' '{\"text\": \"a b\"}'\n  cjm-ctl run ./target/wasm32-wasip2/release/my_cap.wasm --dir ./input::/data '{\"path\": \"/data/a.txt\"}'\n\nKWARGS is a JSON object (keyword arguments) or, for execute, a JSON array (positional arguments)."
 )]
 pub struct Args {
     /// The capability
@@ -33,6 +35,24 @@ pub struct Args {
     /// Keyword arguments as a JSON object; `-` reads them from stdin [default: {}]
     #[arg(value_name = "KWARGS_JSON|-")]
     kwargs: Option<String>,
+    /// (a .wasm file) Grant a directory read-only: HOST, or HOST::GUEST to show it elsewhere
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<String>,
+    /// (a .wasm file) Grant a directory the guest may write
+    #[arg(long = "dir-rw", value_name = "HOST[::GUEST]")]
+    dirs_rw: Vec<String>,
+    /// (a .wasm file) Pass this variable of cjm-ctl's environment to the guest
+    #[arg(long = "env", value_name = "NAME")]
+    env: Vec<String>,
+}
+
+impl Args {
+    /// The component file NAME names, when it names one (a path ending in `.wasm`).
+    fn wasm_file(&self) -> Option<&std::path::Path> {
+        let path = std::path::Path::new(&self.name);
+        (self.name.ends_with(".wasm") || (self.name.contains('/') && path.is_file()))
+            .then_some(path)
+    }
 }
 
 /// Runs `run`.
@@ -68,6 +88,16 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             ));
         }
     };
+    if let Some(file) = args.wasm_file() {
+        let result = runtime()?.block_on(wasm_file(file, &args, config, request));
+        return finish(ctx, result);
+    }
+    if !(args.dirs.is_empty() && args.dirs_rw.is_empty() && args.env.is_empty()) {
+        return Err(crate::ctx::usage(
+            "--dir, --dir-rw and --env are grants for running a .wasm file",
+            "an installed capability's grants are in its capabilities.yaml entry's sandbox block",
+        ));
+    }
     if let Some(client) = ctx.client()? {
         if config.is_some() {
             return Err(hint(
@@ -124,6 +154,11 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             }
         }
     }
+    finish(ctx, result)
+}
+
+/// The outcome of a call, printed (or the error it ended with).
+fn finish(ctx: &Ctx, result: Result<Value, Error>) -> anyhow::Result<()> {
     match result {
         Ok(value) => {
             print_result(ctx, &value);
@@ -136,6 +171,73 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             "[{}] {other}",
             other.to_job_error().category
         )),
+    }
+}
+
+/// Runs a component file once: loaded from the file (compiled, not cached), in the default
+/// sandbox plus the granted dirs and variables, its config as given (the schema's defaults
+/// without one), its log records and output on stderr. Nothing is written to the data dir.
+async fn wasm_file(
+    file: &std::path::Path,
+    args: &Args,
+    config: Option<Value>,
+    request: CallRequest,
+) -> Result<Value, Error> {
+    use cjm_host::backend::Backend as _;
+    use cjm_host::backend::wasm::{DirGrant, SandboxGrants, WasmBackend, WasmRuntime};
+    if !file.is_file() {
+        return Err(Error::Io {
+            path: file.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such component file"),
+        });
+    }
+    let dir = |spec: &String, writable: bool| {
+        let (host, guest) = spec.split_once("::").unwrap_or((spec, spec));
+        DirGrant {
+            host: host.into(),
+            guest: guest.to_owned(),
+            writable,
+        }
+    };
+    let grants = SandboxGrants {
+        dirs: (args.dirs.iter().map(|d| dir(d, false)))
+            .chain(args.dirs_rw.iter().map(|d| dir(d, true)))
+            .collect(),
+        env: args.env.clone(),
+        capture_stdio: true,
+        ..SandboxGrants::default()
+    };
+    let runtime = WasmRuntime::new(None)?;
+    let backend = WasmBackend::load(&runtime, file, grants, std::sync::Arc::new(Stderr)).await?;
+    let ran = async {
+        let schema = backend.info().config_schema.clone();
+        let sent = config.unwrap_or_else(|| cjm_host::manager::config::defaults(&schema));
+        let effective = cjm_host::manager::config::effective(&schema, Some(&sent));
+        cjm_host::manager::config::validate(&backend.info().name, &schema, &effective, false)
+            .map_err(Error::job)?;
+        backend.initialize(sent).await?;
+        backend
+            .call(
+                request,
+                std::sync::Arc::new(cjm_host::backend::CallControl::new()),
+            )
+            .await
+    }
+    .await;
+    let _ = backend.shutdown().await;
+    ran
+}
+
+/// What a component run from a file logs and prints, on stderr.
+struct Stderr;
+
+impl cjm_host::backend::DiagnosticsSink for Stderr {
+    fn record(&self, r: cjm_host::backend::LogRecord) {
+        eprintln!("[{} {}] {}", r.level, r.logger_name, r.message);
+    }
+
+    fn chunk(&self, _: &str, stream: &str, content: &str) {
+        eprintln!("[{stream}] {content}");
     }
 }
 

@@ -20,7 +20,7 @@ impl CapabilityManager {
     pub async fn call_with(
         &self,
         id: &str,
-        request: CallRequest,
+        mut request: CallRequest,
         control: Arc<CallControl>,
     ) -> Result<Value> {
         if let Err(e) = request.check_bounds() {
@@ -32,23 +32,22 @@ impl CapabilityManager {
             return Err(user(format!("capability instance '{id}' is disabled")));
         }
         // A method whose arguments its author typed is checked here, before the call reaches
-        // the capability.
-        if let crate::backend::Target::Task { task, method } = &request.target {
-            let backend = instance.backend();
-            if let Some(schema) = backend
-                .info()
-                .structural_surface
-                .method(method)
-                .and_then(|m| m.params_schema.as_ref())
-            {
-                config::validate_kwargs(
-                    instance.name(),
-                    &format!("{task}.{method}"),
-                    schema,
-                    &request.kwargs,
-                )
-                .map_err(Error::job)?;
+        // the capability (its schema compiled once per instance and backend).
+        if let crate::backend::Target::Task { task, method } = &request.target
+            && let Some(validator) = instance.params_validator(method)?
+        {
+            // Validated in place: the kwargs are moved into a value and back, never copied.
+            let kwargs = Value::Object(std::mem::take(&mut request.kwargs));
+            let checked = config::validate_kwargs(
+                instance.name(),
+                &format!("{task}.{method}"),
+                &validator,
+                &kwargs,
+            );
+            if let Value::Object(map) = kwargs {
+                request.kwargs = map;
             }
+            checked.map_err(Error::job)?;
         }
         // Held through a reload-and-retry: no other call reaches the backend being replaced.
         let _permit = instance

@@ -67,23 +67,32 @@ pub fn validate(
     .with_fields(fields))
 }
 
-/// Validates the keyword arguments of a call of `method` against the JSON Schema its
-/// author declared (`params_schema` of the structural surface): every problem listed, every
-/// bad argument named in `fields_invalid`.
-pub fn validate_kwargs(
+/// Compiles the JSON Schema a capability's author declared for `method`'s arguments
+/// (`params_schema` of the structural surface); an invalid schema is the capability's fault.
+pub fn params_validator(
     capability: &str,
     method: &str,
     schema: &Value,
-    kwargs: &serde_json::Map<String, Value>,
-) -> Result<(), JobError> {
-    let mut problems = Vec::new();
-    let mut fields = Vec::new();
-    let value = Value::Object(kwargs.clone());
-    schema_problems(schema, &value, &mut problems, &mut fields).map_err(|e| {
+) -> Result<jsonschema::Validator, JobError> {
+    jsonschema::validator_for(schema).map_err(|e| {
         JobError::fatal(format!(
             "capability '{capability}' declares an invalid schema for {method}: {e}"
         ))
-    })?;
+    })
+}
+
+/// Validates the keyword arguments (`kwargs`, an object) of a call of `method` against its
+/// compiled [`params_validator`]: every problem listed, every bad argument named in
+/// `fields_invalid`.
+pub fn validate_kwargs(
+    capability: &str,
+    method: &str,
+    validator: &jsonschema::Validator,
+    kwargs: &Value,
+) -> Result<(), JobError> {
+    let mut problems = Vec::new();
+    let mut fields = Vec::new();
+    validation_problems(validator, kwargs, &mut problems, &mut fields);
     if problems.is_empty() {
         return Ok(());
     }
@@ -103,6 +112,16 @@ fn schema_problems(
     fields: &mut Vec<String>,
 ) -> Result<(), String> {
     let validator = jsonschema::validator_for(schema).map_err(|e| e.to_string())?;
+    validation_problems(&validator, value, problems, fields);
+    Ok(())
+}
+
+fn validation_problems(
+    validator: &jsonschema::Validator,
+    value: &Value,
+    problems: &mut Vec<String>,
+    fields: &mut Vec<String>,
+) {
     for error in validator.iter_errors(value) {
         let path = error.instance_path().to_string();
         let field = path
@@ -127,7 +146,6 @@ fn schema_problems(
             fields.push(field);
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
