@@ -79,11 +79,12 @@ impl CapabilityManager {
                 cjm.job_id = request.envelope.job_id.as_deref(),
             );
             crate::trace::adopt(&span, request.envelope.traceparent.as_deref());
-            let result = tracing::Instrument::instrument(
-                backend.call(request.clone(), Arc::clone(&control)),
-                span,
-            )
-            .await;
+            let call = backend.call(request.clone(), Arc::clone(&control));
+            let result = if crate::trace::is_traced(&span) {
+                tracing::Instrument::instrument(call, span).await
+            } else {
+                call.await
+            };
             // The latest progress the coalescing held back reaches the listener now.
             control.flush_progress();
             let usage = match backend.pid() {

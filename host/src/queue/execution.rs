@@ -65,15 +65,17 @@ impl Inner {
             cjm.attempt = launch.attempt,
         );
         crate::trace::set_parent(&span, launch.request.envelope.traceparent.as_deref());
-        let result = self
-            .manager
-            .call_with(
-                &launch.instance_id,
-                launch.request,
-                Arc::clone(&launch.control),
-            )
-            .instrument(span.clone())
-            .await;
+        let call = self.manager.call_with(
+            &launch.instance_id,
+            launch.request,
+            Arc::clone(&launch.control),
+        );
+        // Untraced, the call is not wrapped at all.
+        let result = if crate::trace::is_traced(&span) {
+            call.instrument(span.clone()).await
+        } else {
+            call.await
+        };
         if let Err(e) = &result
             && crate::trace::is_traced(&span)
         {
