@@ -1040,6 +1040,8 @@ fn install_all_python_echo_capability_with_its_adapter() {
             .contains("cjm-capability-does-not-exist-zz9"),
         "{ghost}"
     );
+    // The environment the failed attempt created is gone (a re-run starts clean).
+    assert!(!env.data().join("envs/ghost").exists());
     // The manifest is the Python tool's own, written in the env.
     let m: Value = serde_json::from_str(
         &std::fs::read_to_string(env.data().join("manifests/cjm-capability-echo.json")).unwrap(),

@@ -229,9 +229,15 @@ pub(crate) async fn install(
         step("remove the old environment (--force)");
         std::fs::remove_dir_all(&env_dir).map_err(|e| crate::Error::io(&env_dir, e))?;
     }
-    if !python.is_file() {
+    // An environment this attempt creates is removed again when the attempt fails: nothing
+    // half-built stays behind (one that existed before is left as it was).
+    let created = !python.is_file();
+    if created {
         step(&format!("create the environment ({})", tool_name(&tool)));
-        create_env(&tool, src, &env_dir, log).await?;
+        if let Err(e) = create_env(&tool, src, &env_dir, log).await {
+            discard_env(&env_dir, log);
+            return Err(e);
+        }
     }
     let staging = config
         .data_dir
@@ -315,7 +321,25 @@ pub(crate) async fn install(
     }
     .await;
     let _ = std::fs::remove_dir_all(&staging);
+    if result.is_err() && created {
+        discard_env(&env_dir, log);
+    }
     result
+}
+
+/// Removes an environment a failed attempt created, saying so in the install log.
+fn discard_env(env_dir: &Path, log: &Log) {
+    match std::fs::remove_dir_all(env_dir) {
+        Ok(()) => log.line(&format!(
+            "removed the environment this attempt created: {}",
+            env_dir.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log.line(&format!(
+            "could not remove the environment this attempt created ({}): {e}",
+            env_dir.display()
+        )),
+    }
 }
 
 /// What a source snapshot leaves out: VCS data, build outputs, environments, caches.
