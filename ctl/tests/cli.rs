@@ -1042,6 +1042,41 @@ fn install_all_python_echo_capability_with_its_adapter() {
     );
     // The environment the failed attempt created is gone (a re-run starts clean).
     assert!(!env.data().join("envs/ghost").exists());
+    // Built on a Python that cjm-substrate supports (>= 3.12) when this machine has one;
+    // else on the default python3, with a warning that says so.
+    let version =
+        std::process::Command::new(env.data().join("envs/cjm-capability-echo/bin/python"))
+            .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+            .output()
+            .unwrap();
+    let version = String::from_utf8(version.stdout).unwrap().trim().to_owned();
+    let (major, minor) = version.split_once('.').unwrap();
+    let supported = (major.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap()) >= (3, 12);
+    let warnings = echo_report["warnings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let has_312 = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .any(|d| d.join("python3.12").is_file() || d.join("python3.13").is_file())
+        || std::fs::read_dir(
+            std::path::Path::new(&std::env::var("HOME").unwrap()).join(".pyenv/versions"),
+        )
+        .is_ok_and(|mut d| {
+            d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("3.12")))
+        });
+    if has_312 {
+        assert!(supported, "built on {version} though a 3.12 is here");
+    }
+    if supported {
+        assert!(warnings.is_empty(), "{warnings:?}");
+    } else {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.as_str().unwrap().contains("--ignore-requires-python")),
+            "built on {version} without a warning: {report:#}"
+        );
+    }
     // The manifest is the Python tool's own, written in the env.
     let m: Value = serde_json::from_str(
         &std::fs::read_to_string(env.data().join("manifests/cjm-capability-echo.json")).unwrap(),

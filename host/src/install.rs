@@ -151,6 +151,10 @@ pub struct EntryReport {
     pub log: PathBuf,
     /// The last lines of the log, for a failure.
     pub log_tail: Option<String>,
+    /// What the install did that the user should know (an interpreter older than the
+    /// packages declare, say); also in the log.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -171,6 +175,7 @@ pub(crate) struct Installed {
 pub(crate) struct Log {
     path: PathBuf,
     file: Arc<Mutex<std::fs::File>>,
+    warnings: Arc<Mutex<Vec<String>>>,
 }
 
 impl Log {
@@ -188,6 +193,7 @@ impl Log {
         Ok(Log {
             path,
             file: Arc::new(Mutex::new(file)),
+            warnings: Arc::default(),
         })
     }
 
@@ -195,6 +201,23 @@ impl Log {
     pub(crate) fn line(&self, text: &str) {
         let mut f = self.file.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = writeln!(f, "{text}");
+    }
+
+    /// Appends a warning, also kept for the entry's report.
+    pub(crate) fn warn(&self, text: &str) {
+        self.line(&format!("warning: {text}"));
+        self.warnings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(text.to_owned());
+    }
+
+    /// The warnings so far.
+    fn warnings(&self) -> Vec<String> {
+        self.warnings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// A handle for a child's stdout or stderr.
@@ -382,6 +405,7 @@ impl Installer {
             adapters: Vec::new(),
             log: log_path.clone(),
             log_tail: None,
+            warnings: Vec::new(),
         };
         let log = match Log::open(log_path, true) {
             Ok(log) => log,
@@ -424,6 +448,7 @@ impl Installer {
                 report.log_tail = Some(log.tail(LOG_TAIL_LINES));
             }
         }
+        report.warnings = log.warnings();
         report.elapsed = started.elapsed();
         report
     }

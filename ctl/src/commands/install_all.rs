@@ -185,6 +185,12 @@ fn summary(reports: &[EntryReport], ctx: &Ctx) {
         }));
         return;
     }
+    // (With --json they are the entries' `warnings`.)
+    for r in reports {
+        for w in &r.warnings {
+            ctx.out.warn(format!("{}: {w}", r.name));
+        }
+    }
     if ctx.out.quiet {
         for r in reports.iter().filter(|r| r.status == EntryStatus::Failed) {
             eprintln!("{}: {}", r.name, r.message);

@@ -175,6 +175,16 @@ fn find_python(version: Option<&str>) -> Result<PathBuf> {
         })
 }
 
+/// A local interpreter of a Python that cjm-substrate supports (it requires >= 3.12), the
+/// oldest first, for an entry that names none: cjm packages then install without
+/// `--ignore-requires-python`. `None` when there is none here (the default `python3` is used,
+/// with a warning).
+fn supported_python() -> Option<PathBuf> {
+    ["3.12", "3.13", "3.14"]
+        .into_iter()
+        .find_map(|v| find_python(Some(v)).ok())
+}
+
 /// The interpreter of an env dir.
 fn env_python(dir: &Path) -> PathBuf {
     dir.join("bin").join("python")
@@ -450,16 +460,26 @@ async fn create_env(tool: &EnvTool, src: &PythonSource, dir: &Path, log: &Log) -
             cmd.args(["venv", "--seed"]);
             // A local interpreter when there is one (uv does not see pyenv's versions and
             // would download one); else the version, for uv to find or fetch.
-            if let Some(v) = &src.python {
-                match find_python(Some(v)) {
-                    Ok(p) => cmd.arg("--python").arg(p),
-                    Err(_) => cmd.arg("--python").arg(v),
-                };
+            match &src.python {
+                Some(v) => {
+                    match find_python(Some(v)) {
+                        Ok(p) => cmd.arg("--python").arg(p),
+                        Err(_) => cmd.arg("--python").arg(v),
+                    };
+                }
+                None => {
+                    if let Some(p) = supported_python() {
+                        cmd.arg("--python").arg(p);
+                    }
+                }
             }
             super::run(log, step, cmd.arg(dir)).await
         }
         EnvTool::Venv => {
-            let python = find_python(src.python.as_deref())?;
+            let python = match &src.python {
+                Some(v) => find_python(Some(v))?,
+                None => supported_python().map_or_else(|| find_python(None), Ok)?,
+            };
             super::run(
                 log,
                 step,
@@ -500,8 +520,17 @@ async fn pip_install(tool: &EnvTool, python: &Path, specs: &[String], log: &Log)
     // cjm-substrate declares Python >= 3.12 but runs on 3.11: pip installs it with
     // `--ignore-requires-python`. uv has no such switch and resolves for the env's python,
     // so uv is used only where the declared requirement holds.
+    let version = python_version(python, log).await?;
+    if version < (3, 12) {
+        log.warn(&format!(
+            "cjm-substrate requires Python >= 3.12 and this environment's Python is {}.{}: \
+             installed with --ignore-requires-python (install Python 3.12, or name one with \
+             `python_version:` in the entry)",
+            version.0, version.1
+        ));
+    }
     if let EnvTool::Uv(uv) = tool
-        && python_version(python, log).await? >= (3, 12)
+        && version >= (3, 12)
     {
         return super::run(
             log,
