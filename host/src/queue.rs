@@ -302,14 +302,14 @@ impl JobQueue {
             cjm.instance = tracing::field::Empty,
         );
         if !crate::trace::is_traced(&span) {
-            return self.submit_traced(specs, &span).await;
+            return self.submit_within(specs, &span).await;
         }
         if let [one] = specs.as_slice() {
             span.record("cjm.instance", one.instance_id.as_str());
             crate::trace::adopt(&span, one.request.envelope.traceparent.as_deref());
         }
         let result = self
-            .submit_traced(specs, &span)
+            .submit_within(specs, &span)
             .instrument(span.clone())
             .await;
         match &result {
@@ -322,9 +322,10 @@ impl JobQueue {
         result
     }
 
-    /// [`Self::submit_many`] under its span: each job's envelope carries the span's trace
-    /// context (its attempts and the workers they call join the trace).
-    async fn submit_traced(
+    /// [`Self::submit_many`] within its span (a disabled one when untraced): each job's
+    /// envelope carries the span's trace context (its attempts and the workers they call join
+    /// the trace).
+    async fn submit_within(
         &self,
         specs: Vec<JobSpec>,
         span: &tracing::Span,
@@ -664,7 +665,7 @@ impl JobQueue {
             composition.traceparent = Some(traceparent);
         }
         let result = tracing::Instrument::instrument(
-            self.submit_composition_traced(composition),
+            self.submit_composition_within(composition),
             span.clone(),
         )
         .await;
@@ -677,7 +678,7 @@ impl JobQueue {
         result
     }
 
-    async fn submit_composition_traced(&self, composition: Composition) -> Result<String> {
+    async fn submit_composition_within(&self, composition: Composition) -> Result<String> {
         let inner = &self.inner;
         inner.admissible_submission()?;
         let deps = match composition.validate() {
