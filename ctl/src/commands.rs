@@ -85,8 +85,14 @@ pub fn run(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::Retention(args) => retention::run(args, ctx),
         Command::SetSecret(args) => set_secret::run(args, ctx),
         Command::ListSecrets(args) => list_secrets::run(args, ctx),
-        Command::Run(args) => run::run(args, ctx),
-        Command::Submit(args) => submit::run(args, ctx),
+        Command::Run(args) => {
+            let _traces = serve::init_traces()?;
+            run::run(args, ctx)
+        }
+        Command::Submit(args) => {
+            let _traces = serve::init_traces()?;
+            submit::run(args, ctx)
+        }
         Command::Serve(args) => serve::run(args, ctx),
         Command::Mcp(args) => mcp::run(args, ctx),
         Command::Jobs(args) => jobs::run(args, ctx),

@@ -284,6 +284,23 @@ fn a_job_through_serve_to_a_native_worker_is_one_trace() {
     parent_of(find("cjm.submit"), tool);
     parent_of(find("cjm.backend.call"), find("cjm.attempt"));
     parent_of(find("POST /execute"), find("cjm.backend.call"));
+    // `cjm-ctl run` in-process (no service any more) exports its call's spans too.
+    let before = receiver.spans().len();
+    env.ctl()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url)
+        .args(["run", "text-stats-native", r#"{"text": "a b c"}"#])
+        .assert()
+        .success();
+    let after = receiver.spans();
+    let backend = after[before..]
+        .iter()
+        .find(|s| s.name == "cjm.backend.call")
+        .unwrap_or_else(|| panic!("run exported no backend call: {:?}", &after[before..]));
+    assert!(
+        after[before..]
+            .iter()
+            .any(|s| s.name == "POST /execute" && s.parent_span_id == backend.span_id)
+    );
     // Requests that came without a trace context (the wait) start traces of their own.
     assert!(
         all.iter()

@@ -245,6 +245,33 @@ fn announce(
     ));
 }
 
+/// For commands that host in-process without logging (`run`, `submit`): exports their jobs'
+/// traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (nothing otherwise); keep the exporter
+/// until the end.
+pub(super) fn init_traces() -> anyhow::Result<Option<cjm_host::trace::Exporter>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let Some((layer, exporter)) = otlp()? else {
+        return Ok(None);
+    };
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+    Ok(Some(exporter))
+}
+
+/// The trace layer and its exporter when the OTLP variables are set.
+fn otlp<S>()
+-> anyhow::Result<Option<(impl tracing_subscriber::Layer<S>, cjm_host::trace::Exporter)>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    cjm_host::trace::otlp_from_env().map_err(|e| {
+        hint(
+            format!("the OTLP trace exporter cannot start: {e}"),
+            "check OTEL_EXPORTER_OTLP_ENDPOINT (an http:// URL), or unset it",
+        )
+    })
+}
+
 /// Logs to stderr at `filter`, and exports traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
 /// is set: keep the exporter until the end (dropping it sends what is buffered).
 pub(super) fn init_logging(filter: &str) -> anyhow::Result<Option<cjm_host::trace::Exporter>> {
@@ -262,15 +289,9 @@ pub(super) fn init_logging(filter: &str) -> anyhow::Result<Option<cjm_host::trac
         cjm_host::trace::TARGET,
         tracing_subscriber::filter::LevelFilter::OFF,
     );
-    let (otel, exporter) = match cjm_host::trace::otlp_from_env() {
-        Ok(Some((layer, exporter))) => (Some(layer), Some(exporter)),
-        Ok(None) => (None, None),
-        Err(e) => {
-            return Err(hint(
-                format!("the OTLP trace exporter cannot start: {e}"),
-                "check OTEL_EXPORTER_OTLP_ENDPOINT (an http:// URL), or unset it",
-            ));
-        }
+    let (otel, exporter) = match otlp()? {
+        Some((layer, exporter)) => (Some(layer), Some(exporter)),
+        None => (None, None),
     };
     let _ = tracing_subscriber::registry()
         .with(
