@@ -126,21 +126,17 @@ impl Instance {
             return Ok(v.clone());
         }
         let backend = self.backend();
-        let compiled = match backend
-            .info()
-            .structural_surface
-            .method(method)
-            .and_then(|m| m.params_schema.as_ref())
-        {
+        // Bounded by the surface: only methods it declares are kept.
+        let Some(declared) = backend.info().structural_surface.method(method) else {
+            return Ok(None);
+        };
+        let compiled = match &declared.params_schema {
             Some(schema) => Some(Arc::new(
                 config::params_validator(&self.name, method, schema).map_err(Error::job)?,
             )),
             None => None,
         };
-        // Bounded by the surface: only methods it declares are kept.
-        if backend.info().structural_surface.method(method).is_some() {
-            cache.insert(method.to_owned(), compiled.clone());
-        }
+        cache.insert(method.to_owned(), compiled.clone());
         Ok(compiled)
     }
 

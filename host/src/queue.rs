@@ -664,11 +664,8 @@ impl JobQueue {
         if let Some(traceparent) = crate::trace::traceparent(&span) {
             composition.traceparent = Some(traceparent);
         }
-        let result = tracing::Instrument::instrument(
-            self.submit_composition_within(composition),
-            span.clone(),
-        )
-        .await;
+        let result =
+            crate::trace::within(span.clone(), self.submit_composition_within(composition)).await;
         match &result {
             Ok(id) => {
                 span.record("cjm.composition_id", id.as_str());

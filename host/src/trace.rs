@@ -107,6 +107,20 @@ fn in_trace(span: &Span) -> bool {
     is_traced(span) && span.context().span().span_context().is_valid()
 }
 
+/// `future` inside `span` when it is traced; the bare future otherwise (no wrapper on the
+/// untraced path).
+pub fn within<F: std::future::Future>(
+    span: Span,
+    future: F,
+) -> futures_util::future::Either<tracing::instrument::Instrumented<F>, F> {
+    use tracing::Instrument as _;
+    if is_traced(&span) {
+        futures_util::future::Either::Left(future.instrument(span))
+    } else {
+        futures_util::future::Either::Right(future)
+    }
+}
+
 /// Marks `span` failed with `message` (the job error's, never the kwargs).
 pub fn fail(span: &Span, message: &str) {
     if is_traced(span) {

@@ -126,6 +126,15 @@ fn env_with(dispatch: Option<tracing::Dispatch>) -> Env {
     }
 }
 
+/// One no-op job, submitted and waited for.
+async fn noop_job(q: &cjm_host::queue::JobQueue) {
+    let id = q
+        .submit(JobSpec::execute("noop", kwargs(json!({}))))
+        .await
+        .unwrap();
+    q.wait(&id, None).await.unwrap();
+}
+
 fn burst(bencher: Bencher, instance: &str, n: usize, kw: serde_json::Value) {
     let e = env();
     let q = e.host.queue().clone();
@@ -164,17 +173,7 @@ fn one_at_a_time_wasm_noop(bencher: Bencher, tracing: &str) {
     let q = e.host.queue().clone();
     let none = tracing::Dispatch::none();
     let here = dispatch.as_ref().unwrap_or(&none);
-    bencher.bench_local(|| {
-        tracing::dispatcher::with_default(here, || {
-            e.rt.block_on(async {
-                let id = q
-                    .submit(JobSpec::execute("noop", kwargs(json!({}))))
-                    .await
-                    .unwrap();
-                q.wait(&id, None).await.unwrap();
-            })
-        })
-    });
+    bencher.bench_local(|| tracing::dispatcher::with_default(here, || e.rt.block_on(noop_job(&q))));
 }
 
 #[divan::bench(sample_count = 100, sample_size = 10)]
@@ -224,15 +223,7 @@ fn admission_with_parked_jobs(bencher: Bencher, parked: usize) {
     park(&e, parked);
     let q = e.host.queue().clone();
     assert_eq!(q.stats().pending, parked);
-    bencher.bench_local(|| {
-        e.rt.block_on(async {
-            let id = q
-                .submit(JobSpec::execute("noop", kwargs(json!({}))))
-                .await
-                .unwrap();
-            q.wait(&id, None).await.unwrap();
-        })
-    });
+    bencher.bench_local(|| e.rt.block_on(noop_job(&q)));
     e.host.queue().close();
 }
 

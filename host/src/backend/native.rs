@@ -1047,11 +1047,7 @@ impl Backend for NativeBackend {
             return Err(Error::Cancelled);
         }
         let span = worker_call_span(&mut request, self.pid());
-        if crate::trace::is_traced(&span) {
-            tracing::Instrument::instrument(self.run_call(request, control), span).await
-        } else {
-            self.run_call(request, control).await
-        }
+        crate::trace::within(span, self.run_call(request, control)).await
     }
 
     async fn call_stream(

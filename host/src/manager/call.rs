@@ -80,11 +80,7 @@ impl CapabilityManager {
             );
             crate::trace::adopt(&span, request.envelope.traceparent.as_deref());
             let call = backend.call(request.clone(), Arc::clone(&control));
-            let result = if crate::trace::is_traced(&span) {
-                tracing::Instrument::instrument(call, span).await
-            } else {
-                call.await
-            };
+            let result = crate::trace::within(span, call).await;
             // The latest progress the coalescing held back reaches the listener now.
             control.flush_progress();
             let usage = match backend.pid() {

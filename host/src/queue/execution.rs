@@ -2,8 +2,6 @@
 //! snapshots, deadlines, the cancel state machine, and finishing (which releases what
 //! admission reserved).
 
-use tracing::Instrument as _;
-
 use super::*;
 
 /// Finishes a job whose task panicked (in a backend): the job fails, its lane and
@@ -70,12 +68,7 @@ impl Inner {
             launch.request,
             Arc::clone(&launch.control),
         );
-        // Untraced, the call is not wrapped at all.
-        let result = if crate::trace::is_traced(&span) {
-            call.instrument(span.clone()).await
-        } else {
-            call.await
-        };
+        let result = crate::trace::within(span.clone(), call).await;
         if let Err(e) = &result
             && crate::trace::is_traced(&span)
         {
