@@ -89,6 +89,9 @@ struct Inner {
     bus: Arc<Bus>,
     /// `State::closed`, readable without the lock (set under it).
     closed: std::sync::atomic::AtomicBool,
+    /// Held by a reconciliation from its claims until its adopted jobs are queued, so a
+    /// second one (the lease loop's, a caller's) returns only once the first is done.
+    reconciling: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -139,6 +142,8 @@ struct State {
     closed: bool,
     /// Bytes of kwargs held by waiting jobs (bounded by `max_pending_bytes`).
     pending_bytes: usize,
+    /// Jobs waiting out a retry's delay: pending, though not yet in the pending index.
+    retry_waiting: usize,
 }
 
 /// A composition as callers see it: a node whose job still waits in the queue is `pending`
@@ -209,6 +214,7 @@ impl JobQueue {
                 emitter: Arc::clone(&emitter),
                 bus: Arc::clone(&bus),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                reconciling: tokio::sync::Mutex::new(()),
             }),
         };
         if let Err(e) = Emitter::start(&emitter, queue.inner.manager.clone(), bus) {
@@ -239,11 +245,12 @@ impl JobQueue {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                // Only a queue holding jobs has anything to cancel (request ids are job ids,
-                // so rows skipped while idle can never name a later job).
+                // Only a queue holding jobs (also one waiting out a retry's delay) has
+                // anything to cancel (request ids are job ids, so rows skipped while idle can
+                // never name a later job).
                 let busy = {
                     let st = inner.lock();
-                    st.pending.len() + st.ledger.running > 0
+                    st.pending.len() + st.retry_waiting + st.ledger.running > 0
                 };
                 if !busy {
                     continue;
@@ -616,7 +623,7 @@ impl JobQueue {
     pub fn stats(&self) -> QueueStats {
         let st = self.inner.lock();
         QueueStats {
-            pending: st.pending.len(),
+            pending: st.pending.len() + st.retry_waiting,
             running: st.ledger.running,
             ..st.stats
         }

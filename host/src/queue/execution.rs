@@ -243,6 +243,7 @@ impl Inner {
                 .max(asked.min(super::retry::seconds(entry.retry.max_backoff_seconds)));
             entry.job.retry_count = attempt;
             entry.job.status = JobStatus::Pending;
+            st.retry_waiting += 1;
             entry.job.started_at = None;
             entry.job.error.clone_from(&error);
             entry.request = Some(request);
@@ -290,6 +291,7 @@ impl Inner {
     /// Puts a job waiting for its retry back into the pending index (unless it was
     /// cancelled meanwhile); it queues behind the jobs of its priority submitted since.
     fn requeue(&self, st: &mut State, job_id: &str) {
+        st.retry_waiting -= 1;
         st.next_seq += 1;
         let seq = st.next_seq;
         let closed = st.closed;

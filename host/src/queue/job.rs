@@ -524,7 +524,7 @@ impl Job {
 #[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QueueStats {
-    /// Jobs waiting.
+    /// Jobs waiting (also those waiting out a retry's delay).
     pub pending: usize,
     /// Jobs running.
     pub running: usize,

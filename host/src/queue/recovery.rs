@@ -84,9 +84,12 @@ impl JobQueue {
     }
 
     /// Reconciles every gone host this host can claim; returns how many jobs it adopted
-    /// and how many it ended.
+    /// and how many it ended. One that another reconciliation of this host (the lease
+    /// loop's) has claimed is left to it, and this returns once it has queued what it
+    /// adopted, so the caller then sees those jobs in the queue.
     pub async fn reconcile(&self) -> Result<(usize, usize)> {
         let inner = &self.inner;
+        let _one_at_a_time = inner.reconciling.lock().await;
         let manager = inner.manager.clone();
         let gone = tokio::task::spawn_blocking(move || {
             manager.journal().gone_hosts(crate::store::unix_now())

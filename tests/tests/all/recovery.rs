@@ -481,10 +481,11 @@ async fn large_kwargs_are_journaled_by_reference() {
     let host = recovering_host(dir.path()).await;
     let q = host.queue();
     let text = "x".repeat(100 * 1024);
+    // A job that runs long enough for its file to be read back while it runs.
     let id = q
         .submit(JobSpec::execute(
-            "noop",
-            kwargs(json!({"text": text.clone()})),
+            "probe",
+            kwargs(json!({"action": "sleep", "seconds": 2.0, "text": text.clone()})),
         ))
         .await
         .unwrap();
