@@ -40,7 +40,9 @@ pub use admission::{Peaks, ResourceSource, ResourceView, SystemResources, WaitRe
 pub use composition::{Arg, Composition, CompositionRun, Node, NodeRun, NodeState, OutputRef};
 pub use error::QueueError;
 pub use events::{EventKind, JobEvent, Scope, Subscription};
-pub use job::{CancelPhase, Job, JobSpec, JobStatus, KwargsRef, QueueStats, SpecRecord, host_view};
+pub use job::{
+    CancelPhase, Job, JobSpec, JobStatus, PayloadRef, QueueStats, SpecRecord, host_view,
+};
 pub use listing::{JobFilter, JobPage, list_jobs};
 pub use retry::RetryPolicy;
 
@@ -119,6 +121,10 @@ struct Entry {
     retry_request: Option<CallRequest>,
     /// Its kwargs file in the data dir (large kwargs), removed when it ends.
     payload_file: Option<String>,
+    /// A composition member's result as its terminal row journals it (`{"result": ..}`,
+    /// or `{"result_ref": ..}` past the inline limit), so another host can resume the
+    /// composition from it.
+    node_result: Option<Value>,
     /// Its wait in the queue, as a span of its trace (ended by admission; disabled when no
     /// trace is exported).
     admission: tracing::Span,
@@ -913,14 +919,14 @@ impl Inner {
     }
 
     /// Writes the kwargs of job `id` to its file in the data dir (off the runtime).
-    async fn spill_kwargs(&self, id: &str, spec: &JobSpec) -> Result<job::KwargsRef> {
+    async fn spill_kwargs(&self, id: &str, spec: &JobSpec) -> Result<job::PayloadRef> {
         let bytes = serde_json::to_vec(&spec.request.kwargs).map_err(|e| Error::Json {
             what: "job kwargs".into(),
             source: e,
         })?;
         let dir = self.manager.host_config().data_dir.clone();
         let id = id.to_owned();
-        tokio::task::spawn_blocking(move || job::KwargsRef::write(&dir, &id, &bytes))
+        tokio::task::spawn_blocking(move || job::PayloadRef::write(&dir, &id, &bytes))
             .await
             .map_err(|e| Error::job(JobError::fatal(format!("writing kwargs failed: {e}"))))?
     }

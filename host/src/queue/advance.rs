@@ -37,6 +37,32 @@ impl Inner {
         self.maybe_finish(st, comp_id);
     }
 
+    /// Moves a composition resumed from the journal on as if its nodes' outcomes had just
+    /// arrived: failed and cancelled nodes skip their dependents (fail-fast: independent
+    /// pending members are cancelled), ready nodes get jobs, and it finishes when nothing
+    /// is left to run.
+    pub(super) fn resume(self: &Arc<Self>, st: &mut State, comp_id: &str) {
+        let Some(entry) = st.compositions.get_mut(comp_id) else {
+            return;
+        };
+        let run = &mut entry.run;
+        let stopped: Vec<String> = run
+            .nodes
+            .iter()
+            .filter(|(_, n)| matches!(n.state, NodeState::Failed | NodeState::Cancelled))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for node in &stopped {
+            run.skip_dependents(node);
+        }
+        let failed = run.nodes.values().any(|n| n.state == NodeState::Failed);
+        if failed && run.composition.fail_fast {
+            self.cancel_members(st, comp_id, false);
+        }
+        self.start_ready(st, comp_id, None);
+        self.maybe_finish(st, comp_id);
+    }
+
     /// Creates jobs for every ready node (bindings resolved now); a binding that cannot be
     /// resolved fails its node.
     pub(super) fn start_ready(
@@ -186,6 +212,19 @@ impl Inner {
         e.actor.clone_from(&run.composition.actor);
         self.emitter.push(Item::Event(e));
         self.emitter.push(Item::Done(Arc::clone(&entry.done)));
+        // Results kept by reference for a resume are not needed any more.
+        let dir = self.manager.host_config().data_dir.join("payloads");
+        let files: Vec<_> = run
+            .nodes
+            .values()
+            .filter_map(|n| n.job_id.as_ref())
+            .map(|job| dir.join(format!("{job}.result.json")))
+            .collect();
+        self.runtime.spawn_blocking(move || {
+            for file in files {
+                let _ = std::fs::remove_file(file);
+            }
+        });
         st.composition_history.push_back(comp_id.to_owned());
         while st.composition_history.len() > self.config.max_history as usize {
             let idle = st

@@ -36,7 +36,7 @@ pub(super) fn admission_span(job: &Job, traceparent: Option<&str>) -> tracing::S
 pub(super) enum Origin {
     /// Submitted here: its `job_submitted` row (the spec, its kwargs inline or by
     /// reference) is queued with it.
-    Submitted(Option<job::KwargsRef>),
+    Submitted(Option<job::PayloadRef>),
     /// Adopted from a gone host, on attempt `attempt`: its `job_adopted` row is written.
     Adopted {
         /// The attempt it starts on (1-based).
@@ -72,10 +72,11 @@ impl Inner {
             Origin::Submitted(kwargs_ref) => {
                 let file = kwargs_ref.as_ref().map(|r| r.path.clone());
                 // Kwargs bound from upstream results may be large: past the inline limit
-                // they are left out (such a member is not rerun on another host).
+                // they are left out (another host re-binds such a member's node instead).
                 let mut record = if kwargs_ref.is_none() && bytes > job::INLINE_KWARGS_BYTES {
                     let mut r = SpecRecord::of(&spec, job.capability_name.as_deref(), &retry, None);
                     r.kwargs = None;
+                    r.kwargs_left_out = true;
                     r
                 } else {
                     SpecRecord::of(&spec, job.capability_name.as_deref(), &retry, kwargs_ref)
@@ -113,6 +114,7 @@ impl Inner {
                 retry,
                 retry_request: None,
                 payload_file,
+                node_result: None,
                 admission,
             },
         );

@@ -63,6 +63,7 @@ impl Inner {
             cjm.attempt = launch.attempt,
         );
         crate::trace::set_parent(&span, launch.request.envelope.traceparent.as_deref());
+        let member = launch.request.envelope.composition_id.is_some();
         let call = self.manager.call_with(
             &launch.instance_id,
             launch.request,
@@ -89,17 +90,45 @@ impl Inner {
         if launch.control.cancel_requested() {
             self.cancel_phase(&launch.id, CancelPhase::Completed);
         }
+        // A member's result is journaled with its outcome (prepared off the lock).
+        let node_result = match (&result, member) {
+            (Ok(value), true) => Some(self.node_result(&launch.id, value).await),
+            _ => None,
+        };
         guard.id = None;
         let accounts = launch.control.accounts();
         let launches = {
             let mut st = self.lock();
             if let Some(entry) = st.jobs.get_mut(&launch.id) {
                 entry.job.accounts = accounts;
+                entry.node_result = node_result;
             }
             self.finish(&mut st, &launch.id, result);
             self.dispatch(&mut st)
         };
         self.after(launches);
+    }
+
+    /// How a composition member's terminal row keeps its result: inline up to
+    /// [`job::INLINE_KWARGS_BYTES`], else by reference to `payloads/<job>.result.json`
+    /// (removed when the composition ends). A result that cannot be written is left out: a
+    /// host resuming the composition fails the nodes bound to it.
+    async fn node_result(&self, job_id: &str, value: &Value) -> Value {
+        let bytes = match serde_json::to_vec(value) {
+            Ok(b) => b,
+            Err(e) => return json!({"result_error": e.to_string()}),
+        };
+        if bytes.len() <= job::INLINE_KWARGS_BYTES {
+            return json!({"result": value});
+        }
+        let dir = self.manager.host_config().data_dir.clone();
+        let name = format!("{job_id}.result");
+        match tokio::task::spawn_blocking(move || job::PayloadRef::write(&dir, &name, &bytes)).await
+        {
+            Ok(Ok(r)) => json!({"result_ref": r}),
+            Ok(Err(e)) => json!({"result_error": e.to_string()}),
+            Err(e) => json!({"result_error": e.to_string()}),
+        }
     }
 
     /// While a native job runs, publishes a resource snapshot of its worker's process
@@ -332,10 +361,19 @@ impl Inner {
         }
         st.pending_bytes -= std::mem::take(&mut entry.bytes);
         let snapshot = serde_json::to_value(entry.job.snapshot()).unwrap_or(Value::Null);
+        let mut payload =
+            json!({"from": from.as_str(), "to": to.as_str(), "job_snapshot": snapshot});
+        if let Some(result) = entry
+            .node_result
+            .take()
+            .filter(|_| to == JobStatus::Completed)
+        {
+            payload["node_result"] = result;
+        }
         self.emitter.push(Item::Event(job_event(
             EventKind::StateTransition,
             &entry.job,
-            json!({"from": from.as_str(), "to": to.as_str(), "job_snapshot": snapshot}),
+            payload,
         )));
         self.emitter.push(Item::Done(Arc::clone(&entry.done)));
         match to {

@@ -183,7 +183,7 @@ impl JobSpec {
 /// A job's spec as its `job_submitted` (or `job_adopted`) journal row keeps it: enough to
 /// run it again on another host after its own is gone. Kwargs larger than
 /// [`INLINE_KWARGS_BYTES`] are kept by reference to a file in the data dir
-/// ([`KwargsRef`]) rather than in the row.
+/// ([`PayloadRef`]) rather than in the row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpecRecord {
     /// The target instance.
@@ -207,7 +207,11 @@ pub struct SpecRecord {
     pub kwargs: Option<Map<String, Value>>,
     /// The keyword arguments, by reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kwargs_ref: Option<KwargsRef>,
+    pub kwargs_ref: Option<PayloadRef>,
+    /// The kwargs are not kept (a composition member's, bound from upstream results past
+    /// the inline limit): the job cannot be rerun from this record, only its node re-bound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kwargs_left_out: bool,
     /// Correlation and control flags.
     #[serde(default)]
     pub envelope: cjm_guest::contract::Envelope,
@@ -222,9 +226,11 @@ pub struct SpecRecord {
     pub retry: super::RetryPolicy,
 }
 
-/// Kwargs of a spec kept in a file of the data dir (`payloads/<job id>.json`, 0600).
+/// A JSON payload kept in a file of the data dir rather than in a journal row (0600): a
+/// spec's kwargs (`payloads/<job id>.json`) or a composition node's result
+/// (`payloads/<job id>.result.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KwargsRef {
+pub struct PayloadRef {
     /// The file, relative to the data dir.
     pub path: String,
     /// The SHA-256 of its bytes (hex), checked when it is read back.
@@ -242,7 +248,7 @@ impl SpecRecord {
         spec: &JobSpec,
         capability_name: Option<&str>,
         retry: &super::RetryPolicy,
-        kwargs_ref: Option<KwargsRef>,
+        kwargs_ref: Option<PayloadRef>,
     ) -> Self {
         let (channel, args, task, method) = match &spec.request.target {
             Target::Execute { args } => ("execute", args.clone(), None, None),
@@ -259,6 +265,7 @@ impl SpecRecord {
             method,
             kwargs: kwargs_ref.is_none().then(|| spec.request.kwargs.clone()),
             kwargs_ref,
+            kwargs_left_out: false,
             envelope: spec.request.envelope.clone(),
             priority: spec.priority,
             timeout_s: spec.timeout.map(|t| t.as_secs_f64()),
@@ -268,6 +275,11 @@ impl SpecRecord {
 
     /// The spec again, its kwargs read from `data_dir` when kept by reference.
     pub fn to_spec(&self, data_dir: &std::path::Path) -> crate::Result<JobSpec> {
+        if self.kwargs_left_out {
+            return Err(crate::Error::job(JobError::fatal(
+                "its kwargs were bound from upstream results and not journaled",
+            )));
+        }
         let kwargs = match (&self.kwargs, &self.kwargs_ref) {
             (Some(k), _) => k.clone(),
             (None, Some(r)) => r.read(data_dir)?,
@@ -300,18 +312,18 @@ impl SpecRecord {
     }
 }
 
-impl KwargsRef {
-    /// Writes the kwargs `bytes` (JSON) of job `job_id` under `data_dir` and returns the
+impl PayloadRef {
+    /// Writes the JSON `bytes` as `payloads/<name>.json` under `data_dir` and returns the
     /// reference.
     pub(crate) fn write(
         data_dir: &std::path::Path,
-        job_id: &str,
+        name: &str,
         bytes: &[u8],
-    ) -> crate::Result<KwargsRef> {
+    ) -> crate::Result<PayloadRef> {
         use sha2::Digest;
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let rel = format!("payloads/{job_id}.json");
+        let rel = format!("payloads/{name}.json");
         let path = data_dir.join(&rel);
         let dir = data_dir.join("payloads");
         std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
@@ -325,19 +337,22 @@ impl KwargsRef {
         file.write_all(bytes)
             .and_then(|()| file.sync_data())
             .map_err(|e| crate::Error::io(&path, e))?;
-        Ok(KwargsRef {
+        Ok(PayloadRef {
             path: rel,
             sha256: hex::encode(sha2::Sha256::digest(bytes)),
             bytes: bytes.len() as u64,
         })
     }
 
-    /// Reads the kwargs back, checking their digest.
-    pub fn read(&self, data_dir: &std::path::Path) -> crate::Result<Map<String, Value>> {
+    /// Reads the payload back, checking its digest.
+    pub fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> crate::Result<T> {
         use sha2::Digest;
         if self.path.contains("..") || std::path::Path::new(&self.path).is_absolute() {
             return Err(crate::Error::job(JobError::fatal(format!(
-                "kwargs reference '{}' leaves the data dir",
+                "payload reference '{}' leaves the data dir",
                 self.path
             ))));
         }
@@ -345,7 +360,7 @@ impl KwargsRef {
         let bytes = std::fs::read(&path).map_err(|e| crate::Error::io(&path, e))?;
         if hex::encode(sha2::Sha256::digest(&bytes)) != self.sha256 {
             return Err(crate::Error::job(JobError::fatal(format!(
-                "{}: the kwargs file does not match its digest",
+                "{}: the payload file does not match its digest",
                 path.display()
             ))));
         }

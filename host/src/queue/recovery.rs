@@ -10,8 +10,14 @@
 //! - a job that was running fails with a typed `transient` "host lost" error, and is adopted
 //!   instead when its retry policy retries that (a `running -> pending` row carries the
 //!   attempt, as for any retry);
-//! - a composition that was running ends `failed` ("host lost"), and its members with it:
-//!   upstream results are not journaled, so its remaining nodes cannot be resumed.
+//! - a composition that was running is *resumed* here (a `composition_adopted` row): each
+//!   member's terminal row carries its result (inline, or by reference past 64 KiB), so
+//!   completed nodes keep their results and are not rerun; its open members are settled
+//!   as any job (adopted, or ended "host lost" by their retry policy, which fails the node);
+//!   a waiting member whose kwargs were too large to journal is ended and its node bound
+//!   again from the upstream results; nodes without a job start once their inputs exist.
+//!   A composition whose definition cannot be read ends `failed` "host lost", its members
+//!   with it.
 //!
 //! Exactly one terminal row per job holds across hosts: the claim is taken once, the rows
 //! go in with it, and a host that lost its lease can write nothing more.
@@ -33,8 +39,8 @@ enum Verdict {
         attempt: u32,
         payload_file: Option<String>,
     },
-    /// Ended with its terminal row.
-    Ended,
+    /// Ended with its terminal row (this error).
+    Ended(JobError),
 }
 
 impl JobQueue {
@@ -107,28 +113,47 @@ impl JobQueue {
             let me = me.clone();
             let defaults = inner.config.retry_defaults.clone();
             let claimed = tokio::task::spawn_blocking(move || {
-                let mut verdicts = Vec::new();
+                let mut decided = Decisions::default();
                 let out = manager.journal().reconcile(&host.host_id, &me, |left| {
-                    let (rows, v) = decide(left, &host.host_id, &why, &me, &data_dir, &defaults);
-                    verdicts = v;
-                    rows
+                    decided = decide(left, &host.host_id, &why, &me, &data_dir, &defaults);
+                    std::mem::take(&mut decided.rows)
                 })?;
-                Ok::<_, Error>(out.map(|(left, rows)| (left, rows, verdicts, host.host_id)))
+                // Results kept by reference are read once the claim is committed.
+                for resumed in &mut decided.compositions {
+                    resumed.read_results(&data_dir);
+                }
+                Ok::<_, Error>(out.map(|(left, _)| (left, decided, host.host_id)))
             })
             .await
             .map_err(|e| Error::job(JobError::fatal(format!("reconciliation failed: {e}"))))??;
-            let Some((left, _rows, verdicts, gone_id)) = claimed else {
+            let Some((left, decided, gone_id)) = claimed else {
                 continue;
             };
             tracing::info!(
                 host = %gone_id,
                 jobs = left.jobs.len(),
                 compositions = left.compositions.len(),
+                resumed = decided.compositions.len(),
                 "reconciled a gone host"
             );
-            for (job_id, verdict) in verdicts {
+            // Resumed compositions are in place before their members run again.
+            let mut resumed = Vec::with_capacity(decided.compositions.len());
+            for c in decided.compositions {
+                for (instance, name) in &c.instances {
+                    self.ensure_loaded(instance, Some(name)).await;
+                }
+                resumed.push(c.run.id.clone());
+                inner.lock().compositions.insert(
+                    c.run.id.clone(),
+                    CompositionEntry {
+                        run: c.run,
+                        done: Arc::new(Done::default()),
+                    },
+                );
+            }
+            for (job_id, verdict) in decided.jobs {
                 match verdict {
-                    Verdict::Ended => ended += 1,
+                    Verdict::Ended(_) => ended += 1,
                     Verdict::Adopt {
                         spec,
                         name,
@@ -144,8 +169,31 @@ impl JobQueue {
                     }
                 }
             }
+            if !resumed.is_empty() {
+                let launches = {
+                    let mut st = inner.lock();
+                    for id in &resumed {
+                        inner.resume(&mut st, id);
+                    }
+                    inner.dispatch(&mut st)
+                };
+                inner.after(launches);
+            }
         }
         Ok((adopted, ended))
+    }
+
+    /// Loads instance `instance` of capability `name` when this host has not (a failure is
+    /// logged: its jobs fail when admitted).
+    async fn ensure_loaded(&self, instance: &str, name: Option<&str>) {
+        let manager = &self.inner.manager;
+        if manager.instance(instance).is_ok() {
+            return;
+        }
+        let Some(name) = name else { return };
+        if let Err(e) = manager.load(name, None, Some(instance)).await {
+            tracing::warn!(instance = %instance, capability = %name, error = %e, "an adopted job's capability does not load here; its jobs fail when admitted");
+        }
     }
 
     /// Puts an adopted job in the queue (loading its instance when this host has not).
@@ -157,15 +205,7 @@ impl JobQueue {
         origin: dispatch::Origin,
     ) {
         let inner = &self.inner;
-        if inner.manager.instance(&spec.instance_id).is_err()
-            && let Some(name) = &name
-            && let Err(e) = inner
-                .manager
-                .load(name, None, Some(&spec.instance_id))
-                .await
-        {
-            tracing::warn!(job = %id, capability = %name, error = %e, "an adopted job's capability does not load here; the job fails when admitted");
-        }
+        self.ensure_loaded(&spec.instance_id, name.as_deref()).await;
         let bytes = spec.request.approx_bytes();
         let launches = {
             let mut st = inner.lock();
@@ -179,8 +219,45 @@ impl JobQueue {
     }
 }
 
+/// What reconciling one gone host decided: the rows to write with the claim, each job's
+/// verdict, and the compositions resumed here.
+#[derive(Default)]
+struct Decisions {
+    rows: Vec<JournalEvent>,
+    jobs: Vec<(String, Verdict)>,
+    compositions: Vec<Resumed>,
+}
+
+/// A composition resumed here: its run rebuilt from the journal.
+struct Resumed {
+    run: CompositionRun,
+    /// Completed nodes whose results are kept by reference (read after the claim).
+    result_refs: Vec<(String, PayloadRef)>,
+    /// The instances its nodes call, with their capability (to load those missing here).
+    instances: std::collections::BTreeMap<String, String>,
+}
+
+impl Resumed {
+    /// Reads the results kept by reference; one that cannot be read stays missing (a node
+    /// bound to it fails, naming it).
+    fn read_results(&mut self, data_dir: &Path) {
+        for (node, r) in std::mem::take(&mut self.result_refs) {
+            match r.read::<Value>(data_dir) {
+                Ok(v) => {
+                    if let Some(n) = self.run.nodes.get_mut(&node) {
+                        n.result = Some(v);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(composition = %self.run.id, node = %node, error = %e, "a resumed node's result cannot be read");
+                }
+            }
+        }
+    }
+}
+
 /// The rows that settle what host `gone` left (`why`: how it was found gone), adopted by
-/// `me`, and the verdict for each job.
+/// `me`, the verdict for each job and the compositions resumed.
 fn decide(
     left: &Leftovers,
     gone: &str,
@@ -188,37 +265,163 @@ fn decide(
     me: &str,
     data_dir: &Path,
     defaults: &std::collections::BTreeMap<String, RetryPolicy>,
-) -> (Vec<JournalEvent>, Vec<(String, Verdict)>) {
+) -> Decisions {
     let lost = |what: &str| {
         JobError::transient(format!(
             "host lost: host {gone} was gone ({why}) while {what}"
         ))
     };
-    let mut rows = Vec::new();
-    let mut verdicts = Vec::new();
+    let mut out = Decisions::default();
     let mut dead_compositions = std::collections::BTreeSet::new();
+    let mut live = Vec::new();
     for c in &left.compositions {
         let Some(id) = c.submitted.composition_id.clone() else {
             continue;
         };
-        let mut row = JournalEvent::new(events::COMPOSITION_FINISHED).payload(json!({
-            "status": "failed",
-            "error": lost("the composition ran"),
-            "reconciled_by": me,
-        }));
+        let definition = c
+            .submitted
+            .payload
+            .get("composition")
+            .and_then(|d| serde_json::from_value::<Composition>(d.clone()).ok())
+            .and_then(|d| d.validate().ok().map(|deps| (d, deps)));
+        let mut row = match &definition {
+            Some(_) => JournalEvent::new(event_types::COMPOSITION_ADOPTED)
+                .payload(json!({"host_id": me, "from_host": gone})),
+            None => JournalEvent::new(events::COMPOSITION_FINISHED).payload(json!({
+                "status": "failed",
+                "error": lost("the composition ran (its definition cannot be read)"),
+                "reconciled_by": me,
+            })),
+        };
         row.composition_id = Some(id.clone());
         row.run_id.clone_from(&c.submitted.run_id);
         row.actor.clone_from(&c.submitted.actor);
-        rows.push(row);
-        dead_compositions.insert(id);
+        out.rows.push(row);
+        match definition {
+            Some((composition, deps)) => live.push((c, id, composition, deps)),
+            None => {
+                dead_compositions.insert(id);
+            }
+        }
     }
+    let mut settled = std::collections::HashMap::new();
     for job in &left.jobs {
         let (job_rows, verdict) =
             settle(job, &lost, me, gone, data_dir, defaults, &dead_compositions);
-        rows.extend(job_rows);
-        verdicts.push((job.job_id.clone(), verdict));
+        out.rows.extend(job_rows);
+        let outcome = match &verdict {
+            Verdict::Adopt { .. } => None,
+            Verdict::Ended(error) => Some((error.clone(), left_out(job))),
+        };
+        settled.insert(job.job_id.clone(), outcome);
+        out.jobs.push((job.job_id.clone(), verdict));
     }
-    (rows, verdicts)
+    for (c, id, composition, deps) in live {
+        out.compositions
+            .push(resumed(c, id, composition, deps, &settled, &lost));
+    }
+    out
+}
+
+/// Whether a job's journaled spec left its kwargs out (a member bound past the inline
+/// limit): its node is bound again rather than failed.
+fn left_out(job: &OpenJob) -> bool {
+    job.submitted
+        .payload
+        .get("spec")
+        .and_then(|s| s.get("kwargs_left_out"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// Rebuilds a composition's run from its members' rows: a node's latest job decides its
+/// state (its terminal row, or the verdict on it when it was open).
+fn resumed(
+    c: &crate::store::OpenComposition,
+    id: String,
+    composition: Composition,
+    deps: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    settled: &std::collections::HashMap<String, Option<(JobError, bool)>>,
+    lost: &dyn Fn(&str) -> JobError,
+) -> Resumed {
+    let mut run = CompositionRun::new(id, composition, deps);
+    run.submitted_at.clone_from(&c.submitted.ts);
+    let mut latest: std::collections::BTreeMap<String, String> = Default::default();
+    let mut ended: std::collections::HashMap<&str, &JournalEvent> = Default::default();
+    let mut instances = std::collections::BTreeMap::new();
+    for row in &c.members {
+        let Some(job) = row.job_id.as_deref() else {
+            continue;
+        };
+        if row.event_type == event_types::JOB_SUBMITTED {
+            if let Some(node) = &row.node_id {
+                latest.insert(node.clone(), job.to_owned());
+            }
+            if let (Some(instance), Some(name)) =
+                (&row.capability_instance_id, &row.capability_name)
+            {
+                instances.insert(instance.clone(), name.clone());
+            }
+        } else if row.is_terminal_transition() {
+            ended.insert(job, row);
+        }
+    }
+    // Nodes without a job yet: their instance is named as a capability unless a member
+    // said otherwise.
+    for node in &run.composition.nodes {
+        instances
+            .entry(node.instance_id.clone())
+            .or_insert_with(|| node.instance_id.clone());
+    }
+    let mut result_refs = Vec::new();
+    for (node, job) in latest {
+        let Some(n) = run.nodes.get_mut(&node) else {
+            continue;
+        };
+        n.job_id = Some(job.clone());
+        if let Some(row) = ended.get(job.as_str()) {
+            let kept = &row.payload["node_result"];
+            match row.payload["to"].as_str() {
+                Some("completed") => {
+                    n.state = NodeState::Completed;
+                    if let Some(v) = kept.get("result") {
+                        n.result = Some(v.clone());
+                    } else if let Some(r) = kept
+                        .get("result_ref")
+                        .and_then(|r| serde_json::from_value::<PayloadRef>(r.clone()).ok())
+                    {
+                        result_refs.push((node.clone(), r));
+                    }
+                }
+                Some("cancelled") => n.state = NodeState::Cancelled,
+                _ => {
+                    n.state = NodeState::Failed;
+                    n.error = row.error();
+                }
+            }
+            continue;
+        }
+        match settled.get(&job) {
+            // Adopted: it runs here and advances the composition when it ends.
+            Some(None) => n.state = NodeState::Running,
+            // Its kwargs were not kept: bound again, in a new job.
+            Some(Some((_, true))) => n.job_id = None,
+            Some(Some((error, false))) => {
+                n.state = NodeState::Failed;
+                n.error = Some(error.clone());
+            }
+            // Not the gone host's job (another host took it over): nothing here moves it.
+            None => {
+                n.state = NodeState::Failed;
+                n.error = Some(lost("its member job moved to another host"));
+            }
+        }
+    }
+    Resumed {
+        run,
+        result_refs,
+        instances,
+    }
 }
 
 /// The rows and the verdict for one job of a gone host.
@@ -346,10 +549,11 @@ fn settle(
                 .clone()
                 .unwrap_or_default();
             snapshot.error = Some(host_view(&error, &instance));
+            let verdict = Verdict::Ended(snapshot.error.clone().unwrap_or(error));
             let row = base(event_types::STATE_TRANSITION).payload(json!({
                 "from": from, "to": "failed", "job_snapshot": snapshot, "reconciled_by": me,
             }));
-            (vec![row], Verdict::Ended)
+            (vec![row], verdict)
         }
     }
 }

@@ -63,6 +63,9 @@ pub mod event_types {
     pub const JOB_ADOPTED: &str = "job_adopted";
     /// A composition was accepted: its definition (`payload.composition`) and its host.
     pub const COMPOSITION_SUBMITTED: &str = "composition_submitted";
+    /// Another host took over a running composition of a gone host (`payload.host_id`,
+    /// `payload.from_host`) and resumes it from its journaled node outcomes.
+    pub const COMPOSITION_ADOPTED: &str = "composition_adopted";
     /// A host-tier run began.
     pub const RUN_STARTED: &str = "run_started";
     /// A host-tier run ended.
@@ -352,6 +355,7 @@ CREATE INDEX IF NOT EXISTS idx_journal_wsession ON journal (worker_session_id);
 const MIGRATIONS: &[Migration] = &[
     |tx| tx.execute_batch(SCHEMA_V1),
     |tx| tx.execute_batch(lease::SCHEMA_V2),
+    |tx| tx.execute_batch(lease::SCHEMA_V3),
 ];
 
 const INSERT: &str = "INSERT INTO journal (event_id, ts, event_type, run_id, job_id, composition_id, node_id, \

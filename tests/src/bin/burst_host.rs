@@ -1,6 +1,6 @@
 //! A host process for the crash test: on the data dir given, it submits a mixed burst of
-//! wasm and native jobs forever, printing each job id once `submit` acknowledged it, until
-//! it is killed.
+//! wasm and native jobs (and a composition per round) forever, printing each job id (and
+//! `composition <id>`) once `submit` acknowledged it, until it is killed.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::io::Write as _;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cjm_host::Host;
 use cjm_host::config::QueueConfig;
-use cjm_host::queue::{JobSpec, RetryPolicy};
+use cjm_host::queue::{Composition, JobSpec, Node, OutputRef, RetryPolicy};
 use serde_json::json;
 
 #[tokio::main]
@@ -47,6 +47,16 @@ async fn main() {
         for id in ids {
             writeln!(out, "{id}").unwrap();
         }
+        // A chain mixing both kinds, its nodes bound to upstream results.
+        let chain = Composition::new(vec![
+            Node::new("first", "noop").arg("i", json!(round)),
+            Node::new("second", "probe")
+                .arg("action", json!("echo"))
+                .bind("upstream", OutputRef::whole("first")),
+            Node::new("third", "noop").bind("text", OutputRef::field("second", "text")),
+        ]);
+        let comp = q.submit_composition(chain).await.unwrap();
+        writeln!(out, "composition {comp}").unwrap();
         out.flush().unwrap();
         // Keep a backlog, not an unbounded one.
         while q.stats().pending > 200 {

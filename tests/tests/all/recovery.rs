@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cjm_host::Host;
 use cjm_host::config::QueueConfig;
-use cjm_host::queue::{JobSpec, JobStatus};
+use cjm_host::queue::{JobSpec, JobStatus, NodeState};
 use cjm_host::store::{JournalStore, OrphanCancel};
 use cjm_tests::{fixtures, kwargs, native_install, wasm_install, write_manifest};
 use serde_json::json;
@@ -100,6 +100,29 @@ fn terminal_counts(dir: &Path) -> BTreeMap<String, usize> {
     counts
 }
 
+/// Per submitted composition: its `composition_finished` rows.
+fn composition_counts(dir: &Path) -> BTreeMap<String, usize> {
+    let c = rusqlite::Connection::open(dir.join("journal.db")).unwrap();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut stmt = c
+        .prepare(
+            "SELECT composition_id, event_type FROM journal WHERE event_type IN \
+             ('composition_submitted', 'composition_finished') ORDER BY seq",
+        )
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .unwrap();
+    for row in rows {
+        let (id, kind) = row.unwrap();
+        let n = counts.entry(id).or_default();
+        if kind == "composition_finished" {
+            *n += 1;
+        }
+    }
+    counts
+}
+
 async fn until_idle(host: &Host) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -115,7 +138,7 @@ async fn until_idle(host: &Host) {
 /// A host process running a mixed wasm + native burst is SIGKILLed at random moments; after
 /// each kill a new host reconciles: every store passes its integrity check, every job id the
 /// dead host acknowledged has its rows, and once reconciled every job has exactly one
-/// terminal row. `CJM_CRASH_ROUNDS` sets the rounds (5 by default; more for a soak).
+/// terminal row and every composition (resumed from its journaled results) one end. `CJM_CRASH_ROUNDS` sets the rounds (5 by default; more for a soak).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_killed_mid_burst_loses_nothing_and_leaves_no_orphan() {
     let rounds: usize = std::env::var("CJM_CRASH_ROUNDS")
@@ -171,7 +194,10 @@ async fn a_host_killed_mid_burst_loses_nothing_and_leaves_no_orphan() {
         let counts = terminal_counts(dir.path());
         let missing: Vec<&String> = acknowledged
             .iter()
-            .filter(|id| !counts.contains_key(*id))
+            .filter(|id| match id.strip_prefix("composition ") {
+                Some(comp) => !composition_counts(dir.path()).contains_key(comp),
+                None => !counts.contains_key(*id),
+            })
             .collect();
         assert!(
             missing.is_empty(),
@@ -196,10 +222,24 @@ async fn a_host_killed_mid_burst_loses_nothing_and_leaves_no_orphan() {
             twice.is_empty(),
             "round {round}: jobs with two outcomes: {twice:?}"
         );
+        let comps = composition_counts(dir.path());
+        let unsettled: Vec<_> = comps.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(
+            unsettled.is_empty(),
+            "round {round}: compositions without exactly one end: {unsettled:?}"
+        );
     }
     integrity(dir.path());
+    let resumed: i64 = rusqlite::Connection::open(dir.path().join("journal.db"))
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM journal WHERE event_type = 'composition_adopted'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     eprintln!(
-        "crash test: {} acknowledged jobs, {adopted} adopted, {ended} ended by reconciliation",
+        "crash test: {} acknowledged jobs and compositions, {adopted} jobs adopted, {ended} ended, {resumed} compositions resumed by reconciliation",
         acknowledged.len()
     );
     // The dead hosts are all reconciled; the journal names who did it.
@@ -368,6 +408,165 @@ async fn jobs_of_a_gone_host_are_adopted_retried_or_ended_once() {
     let gone = journal.gone_hosts(cjm_host::store::unix_now()).unwrap();
     let (_, why) = gone.iter().find(|(h, _)| h.host_id == "silent").unwrap();
     assert!(why.contains("lease expired"), "{why}");
+}
+
+/// A composition whose host went away mid-run resumes on the host that reconciles it: the
+/// completed node keeps its result (kept by reference past 64 KiB) and is not rerun, a
+/// running member is retried by its policy, a waiting member whose bound kwargs were too
+/// large to journal is bound again in a new job, and the nodes that had no job yet run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composition_of_a_gone_host_resumes_from_its_journaled_results() {
+    use cjm_host::queue::{Composition, Node, OutputRef};
+    let dir = data_dir();
+    let d = dir.path().to_owned();
+    let big = "y".repeat(70_000);
+    // Host A, on its own runtime, one lane: `a` completes, `z` runs, `b` waits behind it,
+    // `c` has no job yet; then A goes away.
+    let (comp, a_job, z_job, b_job) = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (host, ids) = rt.block_on(async {
+            let a = Host::builder()
+                .data_dir(&d)
+                .queue(QueueConfig {
+                    max_concurrent_lanes: 1,
+                    recover: false,
+                    retry_defaults: [(
+                        "probe".to_owned(),
+                        cjm_host::queue::RetryPolicy::attempts(2),
+                    )]
+                    .into(),
+                    ..QueueConfig::default()
+                })
+                .load("probe")
+                .build()
+                .await
+                .unwrap();
+            let q = a.queue();
+            let warm = q
+                .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
+                .await
+                .unwrap();
+            q.wait(&warm, None).await.unwrap();
+            let comp = q
+                .submit_composition(Composition::new(vec![
+                    Node::new("a", "probe")
+                        .arg("action", json!("echo"))
+                        .arg("text", json!(big)),
+                    Node::new("z", "probe")
+                        .arg("action", json!("sleep"))
+                        .arg("seconds", json!(1.5)),
+                    Node::new("b", "probe")
+                        .arg("action", json!("echo"))
+                        .bind("text", OutputRef::field("a", "text")),
+                    Node::new("c", "probe")
+                        .arg("action", json!("echo"))
+                        .arg("text", json!("done"))
+                        .bind("n", OutputRef::field("b", "length")),
+                ]))
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let (a_job, z_job, b_job) = loop {
+                let run = q.composition(&comp).unwrap();
+                let job = |n: &str| run.nodes[n].job_id.clone();
+                let running = |j: &Option<String>| {
+                    j.as_ref()
+                        .and_then(|j| q.get(j))
+                        .is_some_and(|j| j.status == JobStatus::Running)
+                };
+                if run.nodes["a"].state == NodeState::Completed
+                    && running(&job("z"))
+                    && job("b").is_some()
+                {
+                    break (job("a").unwrap(), job("z").unwrap(), job("b").unwrap());
+                }
+                assert!(Instant::now() < deadline, "{run:?}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            (a, (comp, a_job, z_job, b_job))
+        });
+        drop(host);
+        rt.shutdown_timeout(Duration::from_secs(5));
+        ids
+    })
+    .join()
+    .unwrap();
+    // A's node result is kept by reference.
+    let result_file = dir.path().join(format!("payloads/{a_job}.result.json"));
+    assert!(result_file.exists());
+
+    let b = recovering_host(dir.path()).await;
+    let qb = b.queue();
+    qb.reconcile().await.unwrap();
+    let run = qb
+        .wait_composition(&comp, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(run.status, NodeState::Completed, "{run:?}");
+    for node in ["a", "z", "b", "c"] {
+        assert_eq!(
+            run.nodes[node].state,
+            NodeState::Completed,
+            "{node}: {run:?}"
+        );
+    }
+    // `a` was not rerun; `z` is the same job on its second attempt; `b` is a new job.
+    assert_eq!(run.nodes["a"].job_id.as_deref(), Some(a_job.as_str()));
+    assert_eq!(run.nodes["a"].result.as_ref().unwrap()["length"], 70_000);
+    assert_eq!(run.nodes["z"].job_id.as_deref(), Some(z_job.as_str()));
+    assert_eq!(qb.get(&z_job).unwrap().retry_count, 1);
+    assert_ne!(run.nodes["b"].job_id.as_deref(), Some(b_job.as_str()));
+    let c = run.nodes["c"].result.as_ref().unwrap();
+    assert_eq!(c["kwargs"]["n"], 70_000, "{c}");
+    b.shutdown().await.unwrap();
+
+    let journal = JournalStore::open(&dir.path().join("journal.db")).unwrap();
+    let rows = journal
+        .query(&cjm_host::store::JournalQuery {
+            composition_id: Some(comp.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+    let count = |t: &str| rows.iter().filter(|r| r.event_type == t).count();
+    assert_eq!(count("composition_adopted"), 1);
+    assert_eq!(count("composition_finished"), 1);
+    let submitted_a = rows
+        .iter()
+        .filter(|r| r.event_type == "job_submitted" && r.node_id.as_deref() == Some("a"))
+        .count();
+    assert_eq!(submitted_a, 1, "node a ran once");
+    // Every member job has exactly one outcome (the old `b` ended, re-bound).
+    let counts = terminal_counts(dir.path());
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    assert_eq!(
+        journal
+            .query(&cjm_host::store::JournalQuery::job(b_job.clone()))
+            .unwrap()
+            .iter()
+            .filter_map(|r| r
+                .payload
+                .get("to")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned))
+            .last()
+            .as_deref(),
+        Some("failed")
+    );
+    // The result kept for the resume is gone with the composition.
+    for _ in 0..100 {
+        if !result_file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !result_file.exists(),
+        "a node's result file outlived its composition"
+    );
 }
 
 /// A SIGKILLed host leaves no process of a worker's subtree alive after 1 s, a child that

@@ -111,6 +111,13 @@ CREATE INDEX IF NOT EXISTS idx_journal_owner ON journal (json_extract(payload, '
     WHERE event_type IN ('job_submitted', 'job_adopted', 'composition_submitted');
 ";
 
+/// Compositions change owner too (`composition_adopted`): the owner index covers it.
+pub(super) const SCHEMA_V3: &str = "
+DROP INDEX IF EXISTS idx_journal_owner;
+CREATE INDEX idx_journal_owner ON journal (json_extract(payload, '$.host_id'))
+    WHERE event_type IN ('job_submitted', 'job_adopted', 'composition_submitted', 'composition_adopted');
+";
+
 const HOST_COLUMNS: &str = "host_id, hostname, pid, pid_start, started_at, heartbeat_at, lease_ttl_s, \
      stopped_at, reconciled_by";
 
@@ -146,6 +153,8 @@ pub struct OpenJob {
 pub struct OpenComposition {
     /// Its submission row (the definition in the payload).
     pub submitted: JournalEvent,
+    /// Its members' submission, adoption and state rows, in order: where each node got to.
+    pub members: Vec<JournalEvent>,
 }
 
 /// What a gone host left unfinished.
@@ -471,7 +480,8 @@ fn leftovers(tx: &Transaction<'_>, host: &str) -> rusqlite::Result<Leftovers> {
     let owned = {
         let mut stmt = tx.prepare_cached(&format!(
             "SELECT {} FROM journal WHERE json_extract(payload, '$.host_id') = ?1 \
-             AND event_type IN ('job_submitted', 'job_adopted', 'composition_submitted') ORDER BY seq",
+             AND event_type IN ('job_submitted', 'job_adopted', 'composition_submitted', \
+             'composition_adopted') ORDER BY seq",
             super::COLUMNS
         ))?;
         let rows = stmt.query_map([host], super::row_to_event)?;
@@ -479,20 +489,14 @@ fn leftovers(tx: &Transaction<'_>, host: &str) -> rusqlite::Result<Leftovers> {
     };
     let mut left = Leftovers::default();
     for row in owned {
-        if row.event_type == "composition_submitted" {
-            let Some(id) = row.composition_id.clone() else {
-                continue;
-            };
-            let finished = tx
-                .prepare_cached(
-                    "SELECT 1 FROM journal WHERE composition_id = ?1 \
-                     AND event_type = 'composition_finished' LIMIT 1",
-                )?
-                .query_row([&id], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if !finished {
-                left.compositions.push(OpenComposition { submitted: row });
+        if row.event_type.starts_with("composition_") {
+            if let Some(open) = open_composition(tx, host, &row)?
+                && !left
+                    .compositions
+                    .iter()
+                    .any(|c| c.submitted.composition_id == open.submitted.composition_id)
+            {
+                left.compositions.push(open);
             }
             continue;
         }
@@ -543,4 +547,56 @@ fn leftovers(tx: &Transaction<'_>, host: &str) -> rusqlite::Result<Leftovers> {
         });
     }
     Ok(left)
+}
+
+/// The composition of `row` (its submission or an adoption) when `host` still owns it and it
+/// has not finished: its submission row and its members' rows.
+fn open_composition(
+    tx: &Transaction<'_>,
+    host: &str,
+    row: &JournalEvent,
+) -> rusqlite::Result<Option<OpenComposition>> {
+    let Some(id) = row.composition_id.clone() else {
+        return Ok(None);
+    };
+    let latest_owner: Option<String> = tx
+        .prepare_cached(
+            "SELECT json_extract(payload, '$.host_id') FROM journal WHERE composition_id = ?1 \
+             AND event_type IN ('composition_submitted', 'composition_adopted') \
+             ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([&id], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let finished = tx
+        .prepare_cached(
+            "SELECT 1 FROM journal WHERE composition_id = ?1 \
+             AND event_type = 'composition_finished' LIMIT 1",
+        )?
+        .query_row([&id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if latest_owner.as_deref() != Some(host) || finished {
+        return Ok(None);
+    }
+    let submitted = tx
+        .prepare_cached(&format!(
+            "SELECT {} FROM journal WHERE composition_id = ?1 \
+             AND event_type = 'composition_submitted' ORDER BY seq LIMIT 1",
+            super::COLUMNS
+        ))?
+        .query_row([&id], super::row_to_event)
+        .optional()?;
+    let Some(submitted) = submitted else {
+        return Ok(None);
+    };
+    let members = tx
+        .prepare_cached(&format!(
+            "SELECT {} FROM journal WHERE composition_id = ?1 AND job_id IS NOT NULL \
+             AND event_type IN ('job_submitted', 'job_adopted', 'state_transition') ORDER BY seq",
+            super::COLUMNS
+        ))?
+        .query_map([&id], super::row_to_event)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(OpenComposition { submitted, members }))
 }
