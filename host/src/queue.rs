@@ -806,6 +806,11 @@ impl JobQueue {
                 .into());
             }
             entry.run.cancel_requested = true;
+            let mut e = JobEvent::new(EventKind::CompositionCancelRequested, json!({}));
+            e.composition_id = Some(id.to_owned());
+            e.run_id.clone_from(&entry.run.composition.run_id);
+            e.actor.clone_from(&entry.run.composition.actor);
+            inner.emitter.push(Item::Event(e));
             inner.cancel_members(&mut st, id, true);
             inner.maybe_finish(&mut st, id);
             inner.dispatch(&mut st)

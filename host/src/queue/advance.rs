@@ -40,7 +40,7 @@ impl Inner {
     /// Moves a composition resumed from the journal on as if its nodes' outcomes had just
     /// arrived: failed and cancelled nodes skip their dependents (fail-fast: independent
     /// pending members are cancelled), ready nodes get jobs, and it finishes when nothing
-    /// is left to run.
+    /// is left to run. One cancelled as a unit cancels what is left instead.
     pub(super) fn resume(self: &Arc<Self>, st: &mut State, comp_id: &str) {
         let Some(entry) = st.compositions.get_mut(comp_id) else {
             return;
@@ -56,7 +56,9 @@ impl Inner {
             run.skip_dependents(node);
         }
         let failed = run.nodes.values().any(|n| n.state == NodeState::Failed);
-        if failed && run.composition.fail_fast {
+        if run.cancel_requested {
+            self.cancel_members(st, comp_id, true);
+        } else if failed && run.composition.fail_fast {
             self.cancel_members(st, comp_id, false);
         }
         self.start_ready(st, comp_id, None);

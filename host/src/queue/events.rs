@@ -37,6 +37,8 @@ pub enum EventKind {
     CancelPhaseChanged,
     /// A composition member finished and downstream nodes were enqueued.
     CompositionAdvanced,
+    /// A composition was cancelled as a unit (a host resuming it cancels what is left).
+    CompositionCancelRequested,
     /// A composition reached its terminal status.
     CompositionFinished,
     /// Progress of a running job (liveness: not journaled).
@@ -59,6 +61,7 @@ impl EventKind {
             EventKind::AdmissionDecided => event_types::ADMISSION_DECIDED,
             EventKind::CancelPhaseChanged => event_types::CANCEL_PHASE_CHANGED,
             EventKind::CompositionAdvanced => event_types::COMPOSITION_ADVANCED,
+            EventKind::CompositionCancelRequested => event_types::COMPOSITION_CANCEL_REQUESTED,
             EventKind::CompositionFinished => COMPOSITION_FINISHED,
             EventKind::ProgressChanged => "progress_changed",
             EventKind::ResourceSnapshot => "resource_snapshot",

@@ -346,6 +346,7 @@ fn resumed(
 ) -> Resumed {
     let mut run = CompositionRun::new(id, composition, deps);
     run.submitted_at.clone_from(&c.submitted.ts);
+    run.cancel_requested = c.cancel_requested;
     let mut latest: std::collections::BTreeMap<String, String> = Default::default();
     let mut ended: std::collections::HashMap<&str, &JournalEvent> = Default::default();
     let mut instances = std::collections::BTreeMap::new();

@@ -66,6 +66,8 @@ pub mod event_types {
     /// Another host took over a running composition of a gone host (`payload.host_id`,
     /// `payload.from_host`) and resumes it from its journaled node outcomes.
     pub const COMPOSITION_ADOPTED: &str = "composition_adopted";
+    /// A composition was cancelled as a unit.
+    pub const COMPOSITION_CANCEL_REQUESTED: &str = "composition_cancel_requested";
     /// A host-tier run began.
     pub const RUN_STARTED: &str = "run_started";
     /// A host-tier run ended.

@@ -155,6 +155,8 @@ pub struct OpenComposition {
     pub submitted: JournalEvent,
     /// Its members' submission, adoption and state rows, in order: where each node got to.
     pub members: Vec<JournalEvent>,
+    /// Whether it was cancelled as a unit.
+    pub cancel_requested: bool,
 }
 
 /// What a gone host left unfinished.
@@ -598,5 +600,17 @@ fn open_composition(
         ))?
         .query_map([&id], super::row_to_event)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Some(OpenComposition { submitted, members }))
+    let cancel_requested = tx
+        .prepare_cached(
+            "SELECT 1 FROM journal WHERE composition_id = ?1 \
+             AND event_type = 'composition_cancel_requested' LIMIT 1",
+        )?
+        .query_row([&id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    Ok(Some(OpenComposition {
+        submitted,
+        members,
+        cancel_requested,
+    }))
 }
