@@ -12,6 +12,7 @@ mod list;
 mod list_secrets;
 mod logs;
 mod mcp;
+mod new;
 mod regenerate_manifest;
 mod remove;
 mod retention;
@@ -28,6 +29,8 @@ use crate::ctx::Ctx;
 /// What `cjm-ctl` can do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a capability project (wasm, native or Python) that builds, installs and runs
+    New(new::Args),
     /// Install and register every capability of a capabilities.yaml
     InstallAll(install_all::Args),
     /// List the installed capabilities
@@ -74,6 +77,7 @@ pub enum Command {
 /// Runs one command.
 pub fn run(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
     match command {
+        Command::New(args) => new::run(args, ctx),
         Command::InstallAll(args) => install_all::run(args, ctx),
         Command::List(args) => list::run(args, ctx),
         Command::Info(args) => info::run(args, ctx),

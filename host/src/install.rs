@@ -29,6 +29,7 @@
 //! source then never changes an installed capability behind the host's back; installing
 //! again does.
 
+mod cargo;
 mod error;
 mod native;
 mod python;
@@ -466,12 +467,16 @@ impl Installer {
             Source::Wasm(w) => Some(wasm::prepare(entry, w, log, step).await?),
             _ => None,
         };
+        let native = match &entry.source {
+            Source::Native(n) => Some(native::prepare(n, log, step).await?),
+            _ => None,
+        };
         let mut extra = serde_json::Map::new();
         if let Some(p) = &prepared {
             extra.insert("component_sha256".into(), json!(p.sha256));
         }
-        if let Source::Native(n) = &entry.source
-            && let Some(program) = native::program_path(&n.command[0])
+        if let Some(n) = &native
+            && let Some(program) = n.command.first().and_then(|p| native::program_path(p))
             && let Ok(sha) = manifest::hash::hash_file(&program)
         {
             extra.insert("program_sha256".into(), json!(sha));
@@ -495,7 +500,10 @@ impl Installer {
             (Source::Wasm(w), Some(p)) => {
                 wasm::install(&self.config, entry, w, p, log, step).await?
             }
-            (Source::Native(n), _) => native::install(&self.config, entry, n, log, step).await?,
+            (Source::Native(n), _) => {
+                let n = native.as_ref().unwrap_or(n);
+                native::install(&self.config, entry, n, log, step).await?
+            }
             (Source::Python(p), _) => {
                 let substrate = self.substrate_for(p, options.substrate.as_deref());
                 python::install(&self.config, entry, p, &substrate, options.force, log, step)

@@ -23,6 +23,30 @@ pub(crate) fn program_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The entry with its program located: a `cargo:` entry's binary is built first.
+pub(crate) async fn prepare(
+    n: &NativeSource,
+    log: &Log,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<NativeSource> {
+    let Some(c) = &n.cargo else {
+        return Ok(n.clone());
+    };
+    step(&format!("cargo build -p {} (its worker binary)", c.package));
+    let program = super::cargo::build(
+        &c.package,
+        &c.workspace,
+        super::cargo::Artifact::Worker,
+        log,
+    )
+    .await?;
+    log.line(&format!("worker {} ({})", program.display(), c.package));
+    Ok(NativeSource {
+        command: vec![program.display().to_string()],
+        cargo: n.cargo.clone(),
+    })
+}
+
 pub(crate) async fn install(
     config: &HostConfig,
     entry: &Entry,
@@ -30,11 +54,11 @@ pub(crate) async fn install(
     log: &Log,
     step: &(dyn Fn(&str) + Sync),
 ) -> Result<Installed> {
-    if program_path(&n.command[0]).is_none() {
+    let program = n.command.first().map_or("", String::as_str);
+    if program_path(program).is_none() {
         return Err(InstallError::InstallFailed(format!(
-            "program {} does not exist{}",
-            n.command[0],
-            if n.command[0].contains('/') {
+            "program {program} does not exist{}",
+            if program.contains('/') {
                 ""
             } else {
                 " on PATH"
@@ -49,7 +73,11 @@ pub(crate) async fn install(
         command: n.command.clone(),
     });
     step("write the manifest");
-    let path = super::finish_manifest(config, &mut m, &entry.env_vars, n.command.join(" "), None)?;
+    let source = match &n.cargo {
+        Some(c) => format!("cargo:{}", c.package),
+        None => n.command.join(" "),
+    };
+    let path = super::finish_manifest(config, &mut m, &entry.env_vars, source, None)?;
     log.line(&format!(
         "{} v{}: {}",
         info.name, info.version, info.description

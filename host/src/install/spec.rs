@@ -12,7 +12,7 @@
 //!   # A native binary serving the worker contract, introspected by starting it once.
 //!   - name: text-stats-native
 //!     kind: native
-//!     command: [bin/text-stats-worker]
+//!     command: [bin/text-stats-worker]         # or: cargo: text-stats (+ workspace: .)
 //!     env_vars: {RUST_LOG: info}
 //!   # A Python capability of the cjm ecosystem (cjm-substrate's own entry shape; `kind`
 //!   # defaults to python so the Python tool's files load unchanged).
@@ -55,7 +55,7 @@ const PYTHON_KEYS: &[&str] = &[
     "adapters",
     "substrate",
 ];
-const NATIVE_KEYS: &[&str] = &["command"];
+const NATIVE_KEYS: &[&str] = &["command", "cargo", "workspace"];
 const ADAPTER_KEYS: &[&str] = &["impl", "lib"];
 const SANDBOX_KEYS: &[&str] = Sandbox::KEYS;
 
@@ -116,13 +116,17 @@ pub enum Component {
     /// A `.wasm` file (absolute).
     File(PathBuf),
     /// A cargo package built with `cargo build --release --target wasm32-wasip2 --lib -p
-    /// <package>` in `workspace`.
-    Cargo {
-        /// The package.
-        package: String,
-        /// Where cargo runs (absolute).
-        workspace: PathBuf,
-    },
+    /// <package>` in its workspace.
+    Cargo(CargoPackage),
+}
+
+/// A cargo package an entry is built from (`cargo:`, `workspace:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CargoPackage {
+    /// The package.
+    pub package: String,
+    /// Where cargo runs (absolute; the file's directory unless `workspace:` says).
+    pub workspace: PathBuf,
 }
 
 /// A `kind: wasm` entry.
@@ -168,8 +172,12 @@ pub struct AdapterEntry {
 /// A `kind: native` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NativeSource {
-    /// The argv; a program with a `/` is resolved against the file's directory.
+    /// The argv; a program with a `/` is resolved against the file's directory. For a
+    /// `cargo:` entry, the built binary once prepared (empty before).
     pub command: Vec<String>,
+    /// The package whose binary is the worker (`cargo build --release --bins -p
+    /// <package>`), instead of a `command`.
+    pub cargo: Option<CargoPackage>,
 }
 
 /// One problem of a `capabilities.yaml`.
@@ -495,22 +503,30 @@ impl Checker {
                 if let Component::File(p) = &w.component {
                     raw.insert("component".into(), Value::String(p.display().to_string()));
                 }
-                if let Component::Cargo { workspace, .. } = &w.component {
+                if let Component::Cargo(c) = &w.component {
                     raw.insert(
                         "workspace".into(),
-                        Value::String(workspace.display().to_string()),
+                        Value::String(c.workspace.display().to_string()),
                     );
                 }
             }
             Some(Source::Python(p)) => {
                 raw.insert("package".into(), Value::String(p.package.clone()));
             }
-            Some(Source::Native(n)) => {
-                raw.insert(
-                    "command".into(),
-                    Value::Array(n.command.iter().cloned().map(Value::String).collect()),
-                );
-            }
+            Some(Source::Native(n)) => match &n.cargo {
+                Some(c) => {
+                    raw.insert(
+                        "workspace".into(),
+                        Value::String(c.workspace.display().to_string()),
+                    );
+                }
+                None => {
+                    raw.insert(
+                        "command".into(),
+                        Value::Array(n.command.iter().cloned().map(Value::String).collect()),
+                    );
+                }
+            },
             None => {}
         }
         Some(Entry {
@@ -586,10 +602,10 @@ impl Checker {
                 }
                 Some(Component::File(self.path(&f)))
             }
-            (None, Some(package)) => Some(Component::Cargo {
+            (None, Some(package)) => Some(Component::Cargo(CargoPackage {
                 package,
                 workspace: workspace.map_or_else(|| self.base.clone(), |w| self.path(&w)),
-            }),
+            })),
         };
         let sandbox = self.sandbox(label, obj.get("sandbox"));
         Some(WasmSource {
@@ -646,13 +662,41 @@ impl Checker {
     }
 
     fn native(&mut self, label: &str, obj: &Map<String, Value>) -> Option<NativeSource> {
-        if !obj.contains_key("command") {
-            self.push(
-                label,
-                "command",
-                "required field is missing (expected [program, args...])".into(),
-            );
-            return None;
+        let cargo = self.string(label, obj, "cargo");
+        let workspace = self.string(label, obj, "workspace");
+        match (obj.contains_key("command"), cargo) {
+            (true, Some(_)) => {
+                self.push(
+                    label,
+                    "command",
+                    "give either `command` (a program) or `cargo` (a package to build), not both"
+                        .into(),
+                );
+                return None;
+            }
+            (false, Some(package)) => {
+                return Some(NativeSource {
+                    command: Vec::new(),
+                    cargo: Some(CargoPackage {
+                        package,
+                        workspace: workspace.map_or_else(|| self.base.clone(), |w| self.path(&w)),
+                    }),
+                });
+            }
+            (false, None) => {
+                self.push(
+                    label,
+                    "command",
+                    "required field is missing (expected [program, args...], or `cargo: <package>`)"
+                        .into(),
+                );
+                return None;
+            }
+            (true, None) => {
+                if workspace.is_some() {
+                    self.push(label, "workspace", "only meaningful with `cargo`".into());
+                }
+            }
         }
         let mut command = self.string_list(label, obj, "command");
         if command.is_empty() {
@@ -668,7 +712,10 @@ impl Checker {
         if command[0].contains('/') {
             command[0] = self.path(&command[0]).display().to_string();
         }
-        Some(NativeSource { command })
+        Some(NativeSource {
+            command,
+            cargo: None,
+        })
     }
 
     fn python(

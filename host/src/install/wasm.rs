@@ -5,8 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::spec::{Component, Entry, WasmSource};
 use super::{InstallError, Installed, Log, LogSink, Result, components_dir};
 use crate::backend::Backend as _;
@@ -39,9 +37,11 @@ pub(crate) async fn prepare(
             }
             (p.clone(), p.display().to_string())
         }
-        Component::Cargo { package, workspace } => {
+        Component::Cargo(super::spec::CargoPackage { package, workspace }) => {
             step(&format!("cargo build -p {package} (wasm32-wasip2)"));
-            let path = cargo_build(package, workspace, log).await?;
+            let path =
+                super::cargo::build(package, workspace, super::cargo::Artifact::Component, log)
+                    .await?;
             (path, format!("cargo:{package}"))
         }
     };
@@ -56,73 +56,6 @@ pub(crate) async fn prepare(
         sha256,
         source,
     })
-}
-
-/// `cargo build --release --lib --target wasm32-wasip2 -p <package>` in `workspace`; the
-/// component is found from cargo's JSON messages, not guessed from names.
-async fn cargo_build(package: &str, workspace: &Path, log: &Log) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = tokio::process::Command::new(&cargo);
-    cmd.current_dir(workspace)
-        .args(["build", "--release", "--lib", "--target", "wasm32-wasip2"])
-        .args(["--message-format", "json-render-diagnostics", "-p", package]);
-    let out = super::output(log, &format!("building {package} with cargo"), &mut cmd)
-        .await
-        .map_err(|e| match e {
-            // Said only when cargo's own words (now in the log) point there.
-            InstallError::InstallCommand {
-                step,
-                program,
-                status,
-            } if log.tail(40).contains("target may not be installed") => {
-                InstallError::InstallCommand {
-                    step: format!(
-                        "{step} (the wasm32-wasip2 target is not installed: `rustup target add wasm32-wasip2`)"
-                    ),
-                    program,
-                    status,
-                }
-            }
-            other => other,
-        })?;
-    let mut found = None;
-    for line in out.lines() {
-        let Ok(msg) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if msg["reason"] != "compiler-artifact" {
-            continue;
-        }
-        let is_lib = msg["target"]["kind"]
-            .as_array()
-            .is_some_and(|k| k.iter().any(|k| k == "cdylib"));
-        let name_matches = msg["package_id"]
-            .as_str()
-            .is_some_and(|id| package_name(id) == package);
-        if !is_lib || !name_matches {
-            continue;
-        }
-        for f in msg["filenames"].as_array().into_iter().flatten() {
-            if let Some(f) = f.as_str().filter(|f| f.ends_with(".wasm")) {
-                found = Some(PathBuf::from(f));
-            }
-        }
-    }
-    found.ok_or_else(|| {
-        InstallError::InstallFailed(format!(
-            "cargo built no wasm component for package '{package}' (is it a cdylib? `[lib] crate-type = [\"cdylib\"]`)"
-        ))
-    })
-}
-
-/// The package name of a cargo package id: `path+file:///x/name#0.1.0`,
-/// `path+file:///x/dir#name@0.1.0`, or the older `name 0.1.0 (source)`.
-fn package_name(id: &str) -> &str {
-    match id.split_once('#') {
-        Some((_, frag)) if frag.contains('@') => frag.split('@').next().unwrap_or(frag),
-        Some((url, _)) => url.rsplit('/').next().unwrap_or(url),
-        None => id.split(' ').next().unwrap_or(id),
-    }
 }
 
 /// Copies the component into `components/<name>.wasm` (atomically), loads and introspects

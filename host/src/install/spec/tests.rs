@@ -85,3 +85,38 @@ fn top_level_shape_is_checked() {
         ]
     );
 }
+
+#[test]
+fn a_native_worker_is_a_command_or_a_cargo_package() {
+    let (entries, p) = check(
+        Path::new("/base"),
+        "capabilities:\n- {name: nat, kind: native, cargo: my-worker}\n- {name: mat, kind: native, cargo: w, workspace: ws}\n",
+    );
+    assert!(p.is_empty(), "{p:?}");
+    let Source::Native(n) = &entries[0].source else {
+        panic!("native")
+    };
+    assert!(n.command.is_empty());
+    let c = n.cargo.as_ref().unwrap();
+    assert_eq!(
+        (c.package.as_str(), c.workspace.as_path()),
+        ("my-worker", Path::new("/base"))
+    );
+    let Source::Native(m) = &entries[1].source else {
+        panic!("native")
+    };
+    assert_eq!(
+        m.cargo.as_ref().unwrap().workspace,
+        Path::new("/base/ws").to_path_buf()
+    );
+    assert_eq!(
+        problems(
+            "capabilities:\n- {name: aa, kind: native, cargo: w, command: [x]}\n- {name: bb, kind: native}\n- {name: cc, kind: native, command: [x], workspace: .}\n"
+        ),
+        [
+            "capabilities[0] (aa): command: give either `command` (a program) or `cargo` (a package to build), not both",
+            "capabilities[1] (bb): command: required field is missing (expected [program, args...], or `cargo: <package>`)",
+            "capabilities[2] (cc): workspace: only meaningful with `cargo`",
+        ]
+    );
+}

@@ -1,0 +1,162 @@
+//! `cjm-ctl new`: each kind of project, as generated, passes its own test, installs from its
+//! own `capabilities.yaml` and answers `run` and `info`.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+
+use common::Env;
+use serde_json::{Value, json};
+
+/// `new NAME --kind KIND` in the working dir; returns the project dir.
+fn scaffold(env: &Env, name: &str, kind: &str) -> std::path::PathBuf {
+    let out = env.json(&["new", name, "--kind", kind]);
+    assert_eq!(out["kind"], kind);
+    let dir = env.path().join(name);
+    assert!(dir.join("capabilities.yaml").is_file(), "{out}");
+    dir
+}
+
+/// `install-all` of the project's own yaml, then `run` (good and bad arguments) and `info`.
+fn install_and_run(env: &Env, dir: &Path, name: &str, target_dir: Option<&Path>) {
+    let mut install = env.ctl();
+    if let Some(t) = target_dir {
+        install.env("CARGO_TARGET_DIR", t);
+    }
+    let out = install
+        .current_dir(dir)
+        .args([
+            "--json",
+            "install-all",
+            "--capabilities",
+            "capabilities.yaml",
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        out.status.success(),
+        "{report:#}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(report["entries"][0]["status"], "installed", "{report:#}");
+    let result = env.json(&["run", name, r#"{"name": "you"}"#]);
+    assert_eq!(result, json!({"greeting": "Hello, you!"}));
+    // A call without the argument is the user's error, naming it.
+    let out = env
+        .ctl()
+        .args(["--json", "run", name, "{}"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("name"), "{message}");
+    // The configuration takes effect for a call.
+    let result = env.json(&[
+        "run",
+        name,
+        "--config",
+        r#"{"greeting": "Hi"}"#,
+        r#"{"name": "you"}"#,
+    ]);
+    assert_eq!(result, json!({"greeting": "Hi, you!"}));
+    let info = env.json(&["info", name]);
+    assert!(info.to_string().contains("greeting"), "{info:#}");
+}
+
+/// `cargo test` in a generated Rust project.
+fn cargo_test(dir: &Path, target_dir: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .args(["test", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_new_wasm_capability_builds_installs_and_runs_as_generated() {
+    let env = Env::new();
+    let dir = scaffold(&env, "word-greeter", "wasm");
+    // Dependencies shared with the repo's own wasm builds.
+    let target = cjm_tests::repo_root().join("target/scaffold");
+    cargo_test(&dir, &target);
+    install_and_run(&env, &dir, "word-greeter", Some(&target));
+    let m: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.data().join("manifests/word-greeter.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["install"]["package_source"], "cargo:word-greeter");
+}
+
+#[test]
+fn a_new_native_capability_builds_installs_and_runs_as_generated() {
+    let env = Env::new();
+    let dir = scaffold(&env, "native-greeter", "native");
+    let target = cjm_tests::repo_root().join("target/scaffold");
+    cargo_test(&dir, &target);
+    install_and_run(&env, &dir, "native-greeter", Some(&target));
+    let m: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.data().join("manifests/native-greeter.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["install"]["package_source"], "cargo:native-greeter");
+    let program = m["install"]["native"]["command"][0].as_str().unwrap();
+    assert!(program.ends_with("/native-greeter-worker"), "{program}");
+}
+
+#[test]
+fn a_new_python_capability_installs_runs_and_passes_its_test_as_generated() {
+    let env = Env::new();
+    let dir = scaffold(&env, "py-greeter", "python");
+    install_and_run(&env, &dir, "py-greeter", None);
+    // Its test, run with the capability's own environment.
+    let python = env.data().join("envs/py-greeter/bin/python");
+    let out = std::process::Command::new(python)
+        .current_dir(&dir)
+        .args([
+            "-c",
+            "from tests.test_py_greeter import *; test_greets_with_the_configured_greeting(); print('ok')",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn new_refuses_bad_names_and_non_empty_dirs() {
+    let env = Env::new();
+    let out = env.ctl().args(["new", "Bad_Name"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a capability name"));
+    std::fs::create_dir(env.path().join("taken")).unwrap();
+    std::fs::write(env.path().join("taken/file"), "x").unwrap();
+    let out = env.ctl().args(["new", "taken"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    let out = env
+        .ctl()
+        .args(["new", "elsewhere", "--cjm-source", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a cjm source tree"));
+}
