@@ -4,6 +4,7 @@ mod bench;
 mod cancel;
 mod completions;
 mod demo;
+mod dev;
 mod generate_adapter_manifest;
 mod info;
 mod install_all;
@@ -33,6 +34,9 @@ pub enum Command {
     New(new::Args),
     /// Install and register every capability of a capabilities.yaml
     InstallAll(install_all::Args),
+    /// Watch capabilities' sources; on an edit, rebuild, reinstall and reload them in the
+    /// running host
+    Dev(dev::Args),
     /// List the installed capabilities
     List(list::Args),
     /// What a capability is: config fields, tasks, methods and parameters, fitting adapters, grants
@@ -79,6 +83,7 @@ pub fn run(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
     match command {
         Command::New(args) => new::run(args, ctx),
         Command::InstallAll(args) => install_all::run(args, ctx),
+        Command::Dev(args) => dev::run(args, ctx),
         Command::List(args) => list::run(args, ctx),
         Command::Info(args) => info::run(args, ctx),
         Command::Remove(args) => remove::run(args, ctx),

@@ -160,3 +160,88 @@ fn new_refuses_bad_names_and_non_empty_dirs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a cjm source tree"));
 }
+
+/// A child's JSON lines on stdout, one per message.
+fn json_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<Value> {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && tx.send(v).is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn next_outcome(rx: &std::sync::mpsc::Receiver<Value>, log: &Path) -> Value {
+    rx.recv_timeout(std::time::Duration::from_secs(300))
+        .unwrap_or_else(|e| {
+            panic!(
+                "dev said nothing ({e}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+}
+
+#[test]
+fn dev_rebuilds_an_edited_capability_into_the_running_host() {
+    let env = Env::new();
+    let dir = scaffold(&env, "live-greeter", "wasm");
+    let target = cjm_tests::repo_root().join("target/scaffold");
+    let serving = common::Serving::start(&env);
+    let log = env.path().join("dev.log");
+    let mut dev = std::process::Command::new(env!("CARGO_BIN_EXE_cjm-ctl"))
+        .current_dir(&dir)
+        .env_remove("CJM_CONFIG")
+        .env_remove("CJM_DATA_DIR")
+        .env("CARGO_TARGET_DIR", &target)
+        .arg("--data-dir")
+        .arg(env.data())
+        .args(["--json", "dev", "--poll-ms", "100"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let rx = json_lines(&mut dev);
+    // The first round installs it and loads it in the host.
+    let first = next_outcome(&rx, &log);
+    assert_eq!(first["status"], "reloaded", "{first}");
+    let call = |args: &str| env.json(&["run", "live-greeter", args]);
+    assert_eq!(
+        call(r#"{"name": "you"}"#),
+        json!({"greeting": "Hello, you!"})
+    );
+    // An edit: the next call runs the new code, in the same host process.
+    let lib = dir.join("src/lib.rs");
+    let text = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, text.replace("{name}!\"", "{name}!!\"")).unwrap();
+    let second = next_outcome(&rx, &log);
+    assert_eq!(second["status"], "reloaded", "{second}");
+    assert_eq!(
+        call(r#"{"name": "you"}"#),
+        json!({"greeting": "Hello, you!!"})
+    );
+    // A broken edit is reported; the host keeps serving the last good build.
+    std::fs::write(&lib, "fn broken(").unwrap();
+    let third = next_outcome(&rx, &log);
+    assert_eq!(third["status"], "failed", "{third}");
+    assert_eq!(
+        call(r#"{"name": "you"}"#),
+        json!({"greeting": "Hello, you!!"})
+    );
+    let discovery: Value =
+        serde_json::from_slice(&std::fs::read(env.data().join("serve.json")).unwrap()).unwrap();
+    assert_eq!(
+        discovery["pid"],
+        serving.child.id(),
+        "the host was not restarted"
+    );
+    let _ = dev.kill();
+    let _ = dev.wait();
+}

@@ -80,6 +80,36 @@ pub fn manifest_path(config: &HostConfig, name: &str) -> PathBuf {
         .join(manifest::capability_file_name(name))
 }
 
+/// The local source an entry is built or installed from, whose edits call for a reinstall
+/// (`cjm-ctl dev` watches it): a cargo workspace, a component or program file, a Python
+/// package dir. `None` for what comes from elsewhere (a PyPI spec, a program on `PATH`).
+pub fn watched_source(entry: &Entry) -> Option<PathBuf> {
+    match &entry.source {
+        Source::Wasm(w) => Some(match &w.component {
+            spec::Component::File(p) => p.clone(),
+            spec::Component::Cargo(c) => c.workspace.clone(),
+        }),
+        Source::Native(n) => match (&n.cargo, n.command.first()) {
+            (Some(c), _) => Some(c.workspace.clone()),
+            (None, Some(program)) if program.contains('/') => Some(PathBuf::from(program)),
+            _ => None,
+        },
+        Source::Python(p) => {
+            let dir = Path::new(&p.package);
+            (dir.is_absolute() && dir.exists()).then(|| dir.to_path_buf())
+        }
+    }
+}
+
+/// A stamp of a source tree or file (file count, total size, newest mtime) that changes when
+/// it is edited; build outputs (`target`, `build`, `dist`), caches and hidden entries are
+/// left out. `None` when it does not exist.
+pub fn source_stamp(path: &Path) -> Option<String> {
+    python::tree_stamp(path, &|name| {
+        name == "target" || name.starts_with('.') || python::skipped(name)
+    })
+}
+
 /// What the caller wants from a run.
 #[derive(Debug, Clone, Default)]
 pub struct InstallOptions {

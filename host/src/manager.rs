@@ -495,12 +495,20 @@ impl CapabilityManager {
 
     /// The manifest of capability `name`; an unknown name is a typed `user_input` error.
     pub fn manifest(&self, name: &str) -> Result<Loaded<CapabilityManifest>> {
-        self.inner
-            .manifests
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
+        let known = |me: &Self| {
+            me.inner
+                .manifests
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(name)
+                .cloned()
+        };
+        // One installed since the last scan (a running service, `cjm-ctl dev`) is found.
+        known(self)
+            .or_else(|| {
+                self.discover();
+                known(self)
+            })
             .ok_or_else(|| {
                 user(format!(
                     "unknown capability '{name}' (no manifest in {})",
@@ -798,9 +806,13 @@ impl CapabilityManager {
         result
     }
 
-    /// Replaces an instance's backend by a fresh one with the same configuration.
+    /// Replaces an instance's backend by a fresh one with the same configuration, from its
+    /// capability's manifest as it is on disk now (a reinstall takes effect).
     pub async fn reload(&self, id: &str) -> Result<()> {
         let instance = self.instance(id)?;
+        // A reinstalled capability (new component, new program, new manifest) is what
+        // comes back.
+        self.discover();
         let loaded = self.manifest(&instance.name)?;
         let fresh = self.build_backend(&loaded, id).await?;
         if let Err(e) = fresh.initialize(instance.config()).await {

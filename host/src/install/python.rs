@@ -368,23 +368,33 @@ const SKIP: &[&str] = &[
     ".tox",
 ];
 
-fn skipped(name: &str) -> bool {
+pub(crate) fn skipped(name: &str) -> bool {
     SKIP.contains(&name) || name.ends_with(".egg-info")
 }
 
 /// A stamp of a local package source dir (file count, total size, newest mtime), so an
 /// edited source is a changed input; `None` for a spec that is not a local dir.
 pub(crate) fn source_stamp(package: &str) -> Option<String> {
-    fn walk(dir: &Path, acc: &mut (u64, u64, u128)) {
+    let dir = Path::new(package);
+    if !dir.is_absolute() {
+        return None;
+    }
+    tree_stamp(dir, &skipped)
+}
+
+/// A stamp of a source tree (file count, total size, newest mtime) leaving out the entries
+/// `skip` names, or of one file; `None` when it does not exist.
+pub(crate) fn tree_stamp(dir: &Path, skip: &dyn Fn(&str) -> bool) -> Option<String> {
+    fn walk(dir: &Path, skip: &dyn Fn(&str) -> bool, acc: &mut (u64, u64, u128)) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if skipped(&entry.file_name().to_string_lossy()) {
+            if skip(&entry.file_name().to_string_lossy()) {
                 continue;
             }
             let Ok(meta) = entry.metadata() else {
                 continue;
             };
             if meta.is_dir() {
-                walk(&entry.path(), acc);
+                walk(&entry.path(), skip, acc);
             } else {
                 let mtime = meta
                     .modified()
@@ -397,12 +407,18 @@ pub(crate) fn source_stamp(package: &str) -> Option<String> {
             }
         }
     }
-    let dir = Path::new(package);
-    if !dir.is_absolute() || !dir.is_dir() {
-        return None;
-    }
+    let meta = std::fs::metadata(dir).ok()?;
     let mut acc = (0, 0, 0);
-    walk(dir, &mut acc);
+    if meta.is_dir() {
+        walk(dir, skip, &mut acc);
+    } else {
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        acc = (1, meta.len(), mtime);
+    }
     Some(format!("{} {} {}", acc.0, acc.1, acc.2))
 }
 
