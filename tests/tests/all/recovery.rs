@@ -552,7 +552,7 @@ async fn a_composition_of_a_gone_host_resumes_from_its_journaled_results() {
                 .get("to")
                 .and_then(|t| t.as_str())
                 .map(str::to_owned))
-            .last()
+            .next_back()
             .as_deref(),
         Some("failed")
     );
