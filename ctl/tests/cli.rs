@@ -472,6 +472,64 @@ fn install_all_reads_the_capabilities_file_from_cjm_yaml() {
 }
 
 #[test]
+fn install_logs_are_kept_per_attempt_and_an_unchanged_run_keeps_the_last_real_one() {
+    let env = Env::new();
+    let caps = env.write(
+        "capabilities.yaml",
+        &format!(
+            "capabilities:\n- {{name: stats, kind: wasm, component: {}}}\n",
+            common::text_stats_wasm()
+        ),
+    );
+    let logs = env.data().join("logs/install");
+    let install = |extra: &[&str]| {
+        let out = env
+            .ctl()
+            .args(["--json", "install-all", "--capabilities"])
+            .arg(&caps)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["entries"][0]["status"].as_str().unwrap().to_owned()
+    };
+    let read = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap_or_default();
+    assert_eq!(install(&[]), "installed");
+    assert!(read("stats.log").contains("# installed"));
+    // Nothing changed: the log of the real install stays.
+    assert_eq!(install(&[]), "unchanged");
+    assert!(
+        read("stats.log").contains("# installed"),
+        "{}",
+        read("stats.log")
+    );
+    assert!(!logs.join("stats.log.part").exists());
+    // Another real attempt: the one before is kept beside it.
+    assert_eq!(install(&["--force"]), "installed");
+    assert!(read("stats.log").contains("# installed"));
+    assert!(read("stats.1.log").contains("# installed"));
+    for _ in 0..5 {
+        install(&["--force"]);
+    }
+    let kept = std::fs::read_dir(&logs)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("stats.")
+        })
+        .count();
+    assert_eq!(kept, 5, "the last attempt and four before it");
+}
+
+#[test]
 fn install_all_builds_a_cargo_package_for_wasm() {
     let env = Env::new();
     let root = cjm_tests::repo_root();

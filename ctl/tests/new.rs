@@ -24,6 +24,17 @@ fn install_and_run(env: &Env, dir: &Path, name: &str, target_dir: Option<&Path>)
     if let Some(t) = target_dir {
         install.env("CARGO_TARGET_DIR", t);
     }
+    install_and_run_with(env, dir, name, install, &[]);
+}
+
+/// [`install_and_run`] with `install` as the command and `extra` arguments to it.
+fn install_and_run_with(
+    env: &Env,
+    dir: &Path,
+    name: &str,
+    mut install: assert_cmd::Command,
+    extra: &[&str],
+) {
     let out = install
         .current_dir(dir)
         .args([
@@ -32,6 +43,7 @@ fn install_and_run(env: &Env, dir: &Path, name: &str, target_dir: Option<&Path>)
             "--capabilities",
             "capabilities.yaml",
         ])
+        .args(extra)
         .output()
         .unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -123,7 +135,19 @@ fn a_new_native_capability_builds_installs_and_runs_as_generated() {
 fn a_new_python_capability_installs_runs_and_passes_its_test_as_generated() {
     let env = Env::new();
     let dir = scaffold(&env, "py-greeter", "python");
-    install_and_run(&env, &dir, "py-greeter", None);
+    // Without uv on PATH, `--install-uv` installs it once into the data dir and the
+    // environment is built with it.
+    let path = "/usr/bin:/bin";
+    let uv_on_path = std::env::split_paths(path).any(|d| d.join("uv").is_file());
+    let mut install = env.ctl();
+    install.env("PATH", path);
+    install_and_run_with(&env, &dir, "py-greeter", install, &["--install-uv"]);
+    if !uv_on_path {
+        let uv = env.data().join("tools/uv/bin/uv");
+        assert!(uv.is_file());
+        let log = std::fs::read_to_string(env.data().join("logs/install/py-greeter.log")).unwrap();
+        assert!(log.contains(&format!("Uv({uv:?})")), "{log}");
+    }
     // Its test, run with the capability's own environment.
     let python = env.data().join("envs/py-greeter/bin/python");
     let out = std::process::Command::new(python)

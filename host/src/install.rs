@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub use error::{InstallError, Result};
-pub use python::{EnvTool, SUBSTRATE_SPEC};
+pub use python::{EnvTool, SUBSTRATE_SPEC, tool_uv_path, uv_binary};
 pub use record::InstallRecord;
 pub use spec::{CapabilitiesFile, Entry, Source, SpecProblem};
 
@@ -199,6 +199,21 @@ pub(crate) struct Installed {
     pub env_dir: Option<PathBuf>,
     pub component: Option<PathBuf>,
     pub adapters: Vec<PathBuf>,
+}
+
+/// Install logs kept per entry: the last attempt and this many before it.
+const EARLIER_LOGS: usize = 4;
+
+/// Makes attempt log `part` the entry's `log`, shifting the earlier ones (`<name>.1.log`
+/// is the one before).
+fn keep_attempt(part: &Path, log: &Path) {
+    let nth = |n: usize| log.with_extension(format!("{n}.log"));
+    let _ = std::fs::remove_file(nth(EARLIER_LOGS));
+    for n in (1..EARLIER_LOGS).rev() {
+        let _ = std::fs::rename(nth(n), nth(n + 1));
+    }
+    let _ = std::fs::rename(log, nth(1));
+    let _ = std::fs::rename(part, log);
 }
 
 /// The log of one entry: steps and program output, appended.
@@ -416,6 +431,16 @@ impl Installer {
         Ok(reports)
     }
 
+    /// Installs uv into the data dir (`tools/uv`) unless one is already at hand; returns
+    /// the `uv` Python installs use. Its log is `logs/install/.uv.log`.
+    pub async fn install_uv(&self) -> Result<PathBuf> {
+        if let Some(uv) = uv_binary(&self.config) {
+            return Ok(uv);
+        }
+        let log = Log::open(logs_dir(&self.config).join(".uv.log"), true)?;
+        python::install_uv(&self.config, &log).await
+    }
+
     /// Installs one entry; never fails, the report says how it went.
     pub async fn install_entry(
         &self,
@@ -424,7 +449,11 @@ impl Installer {
         progress: &dyn Progress,
     ) -> EntryReport {
         let started = Instant::now();
+        // The attempt writes `<name>.log.part`; a real attempt (installed or failed) then
+        // becomes `<name>.log`, the earlier ones shifted to `<name>.1.log` ..; an attempt
+        // that found nothing changed is dropped, so `<name>.log` keeps the last real one.
         let log_path = logs_dir(&self.config).join(format!("{}.log", entry.name));
+        let part = log_path.with_extension("log.part");
         let mut report = EntryReport {
             name: entry.name.clone(),
             kind: entry.kind().to_owned(),
@@ -438,7 +467,7 @@ impl Installer {
             log_tail: None,
             warnings: Vec::new(),
         };
-        let log = match Log::open(log_path, true) {
+        let log = match Log::open(part.clone(), true) {
             Ok(log) => log,
             Err(e) => {
                 report.message = e.to_string();
@@ -480,6 +509,12 @@ impl Installer {
             }
         }
         report.warnings = log.warnings();
+        drop(log);
+        if report.status == EntryStatus::Unchanged && log_path.is_file() {
+            let _ = std::fs::remove_file(&part);
+        } else {
+            keep_attempt(&part, &log_path);
+        }
         report.elapsed = started.elapsed();
         report
     }

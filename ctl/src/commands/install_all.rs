@@ -32,6 +32,10 @@ pub struct Args {
     /// The cjm-substrate pip spec for python entries that do not name one
     #[arg(long, value_name = "SPEC")]
     substrate_source: Option<String>,
+    /// Without uv on PATH, install it once into the data dir (`tools/uv`, from PyPI): Python
+    /// environments then build several times faster
+    #[arg(long)]
+    install_uv: bool,
 }
 
 /// Prints the problems of an invalid capabilities file, one per line, and returns the error.
@@ -109,6 +113,33 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     };
     config.ensure_layout()?;
     let installer = Installer::new(config);
+    let python_entries = entries
+        .iter()
+        .any(|e| matches!(e.source, install::Source::Python(_)));
+    if args.install_uv {
+        match install::uv_binary(installer.config()) {
+            Some(uv) => ctx.out.note(format!("uv: {}", uv.display())),
+            None => {
+                ctx.out.note("installing uv into the data dir (once)");
+                let uv = runtime()?.block_on(installer.install_uv()).map_err(|e| {
+                    hint(
+                        format!("installing uv failed: {e}"),
+                        format!(
+                            "see {}",
+                            install::logs_dir(installer.config())
+                                .join(".uv.log")
+                                .display()
+                        ),
+                    )
+                })?;
+                ctx.out.note(format!("uv: {}", uv.display()));
+            }
+        }
+    } else if python_entries && install::uv_binary(installer.config()).is_none() {
+        ctx.out.note(
+            "uv is not on PATH: Python environments are built with venv + pip; `--install-uv` puts uv in the data dir once (several times faster)",
+        );
+    }
 
     let show_bars = ctx.out.stderr_tty && !ctx.out.json && !ctx.out.quiet;
     let multi = MultiProgress::with_draw_target(if show_bars {

@@ -75,6 +75,62 @@ fn conda_binary(config: &HostConfig, manager: EnvManager) -> Option<PathBuf> {
         })
 }
 
+/// The `uv` installs use: on `PATH`, else the one [`install_uv`] put in the data dir.
+pub fn uv_binary(config: &HostConfig) -> Option<PathBuf> {
+    on_path("uv").or_else(|| {
+        let own = tool_uv_path(config);
+        own.is_file().then_some(own)
+    })
+}
+
+/// Where [`install_uv`] puts uv: `<data dir>/tools/uv/bin/uv`.
+pub fn tool_uv_path(config: &HostConfig) -> PathBuf {
+    config.data_dir.join("tools/uv/bin/uv")
+}
+
+/// Installs uv from PyPI into an environment of its own in the data dir (`tools/uv`), for
+/// Python installs to use from then on; a failed attempt leaves nothing behind.
+pub(crate) async fn install_uv(config: &HostConfig, log: &Log) -> Result<PathBuf> {
+    let dir = config.data_dir.join("tools/uv");
+    let python = find_python(None)?;
+    let result = async {
+        super::run(
+            log,
+            "creating the uv tool environment",
+            tokio::process::Command::new(python)
+                .args(["-m", "venv"])
+                .arg(&dir),
+        )
+        .await?;
+        super::run(
+            log,
+            "installing uv from PyPI",
+            tokio::process::Command::new(env_python(&dir)).args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "uv",
+            ]),
+        )
+        .await?;
+        let uv = tool_uv_path(config);
+        if uv.is_file() {
+            Ok(uv)
+        } else {
+            Err(InstallError::InstallFailed(format!(
+                "pip installed uv but {} is missing",
+                uv.display()
+            )))
+        }
+    }
+    .await;
+    if result.is_err() {
+        discard_env(&dir, log);
+    }
+    result
+}
+
 /// Chooses the env manager of an entry (see the module docs).
 pub fn choose_tool(config: &HostConfig, src: &PythonSource) -> Result<EnvTool> {
     let conda = |m: EnvManager| -> Result<EnvTool> {
@@ -90,11 +146,11 @@ pub fn choose_tool(config: &HostConfig, src: &PythonSource) -> Result<EnvTool> {
     };
     match src.env_manager {
         Some(EnvManager::Uv) => {
-            return on_path("uv")
+            return uv_binary(config)
                 .map(EnvTool::Uv)
                 .ok_or_else(|| InstallError::ToolMissing {
                     tool: "uv".into(),
-                    hint: "install it (`pip install uv`) or use env_manager: venv".into(),
+                    hint: "`cjm-ctl install-all --install-uv` puts it in the data dir once (or `pip install uv`), or use env_manager: venv".into(),
                 });
         }
         Some(EnvManager::Venv) => return Ok(EnvTool::Venv),
@@ -112,7 +168,7 @@ pub fn choose_tool(config: &HostConfig, src: &PythonSource) -> Result<EnvTool> {
         Some(EnvManager::Venv) => return Ok(EnvTool::Venv),
         _ => {}
     }
-    Ok(on_path("uv").map_or(EnvTool::Venv, EnvTool::Uv))
+    Ok(uv_binary(config).map_or(EnvTool::Venv, EnvTool::Uv))
 }
 
 /// A Python interpreter for `version` (`3.12`) or a path; `python3` when none is asked for.
