@@ -73,6 +73,33 @@ pub fn logs_dir(config: &HostConfig) -> PathBuf {
     config.data_dir.join("logs").join("install")
 }
 
+/// The log an install attempt of entry `name` is writing (`logs/install/<name>.log.part`):
+/// what a progress display tails while it runs.
+pub fn attempt_log(config: &HostConfig, name: &str) -> PathBuf {
+    logs_dir(config).join(format!("{name}.log.part"))
+}
+
+/// The last line a program wrote to `log` (of its last 4 KiB; a `\r`-redrawn progress
+/// bar's latest state), without control characters; empty when there is none.
+pub fn last_line(log: &Path) -> String {
+    use std::io::{Read as _, Seek as _};
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = f.seek(std::io::SeekFrom::Start(len.saturating_sub(4096)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let line = text
+        .lines()
+        .rev()
+        .map(|l| l.rsplit('\r').next().unwrap_or(l).trim())
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    line.chars().filter(|c| !c.is_control()).collect()
+}
+
 /// `manifests/<name>.json`.
 pub fn manifest_path(config: &HostConfig, name: &str) -> PathBuf {
     config
@@ -453,7 +480,7 @@ impl Installer {
         // becomes `<name>.log`, the earlier ones shifted to `<name>.1.log` ..; an attempt
         // that found nothing changed is dropped, so `<name>.log` keeps the last real one.
         let log_path = logs_dir(&self.config).join(format!("{}.log", entry.name));
-        let part = log_path.with_extension("log.part");
+        let part = attempt_log(&self.config, &entry.name);
         let mut report = EntryReport {
             name: entry.name.clone(),
             kind: entry.kind().to_owned(),

@@ -68,13 +68,34 @@ pub fn spec_error(e: InstallError, ctx: &Ctx) -> anyhow::Error {
 
 struct Bars {
     bars: BTreeMap<String, ProgressBar>,
+    /// Each entry's current step, shown with the last line its tools wrote.
+    steps: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+impl Bars {
+    /// Shows `name`'s step and, after it, `live`: the last line of its install log.
+    fn show(&self, name: &str, live: &str) {
+        let steps = self
+            .steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(b), Some(step)) = (self.bars.get(name), steps.get(name)) {
+            if live.is_empty() {
+                b.set_message(step.clone());
+            } else {
+                b.set_message(format!("{step} │ {live}"));
+            }
+        }
+    }
 }
 
 impl Progress for Bars {
     fn step(&self, name: &str, step: &str) {
-        if let Some(b) = self.bars.get(name) {
-            b.set_message(step.to_owned());
-        }
+        self.steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), step.to_owned());
+        self.show(name, "");
     }
 }
 
@@ -163,6 +184,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
                 (e.name.clone(), b)
             })
             .collect(),
+        steps: std::sync::Mutex::default(),
     };
 
     let rt = runtime()?;
@@ -180,7 +202,22 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         let bar = &bars.bars[&entry.name];
         bar.reset_elapsed();
         bar.enable_steady_tick(Duration::from_millis(120));
-        let report = rt.block_on(installer.install_entry(entry, &options, &bars));
+        // What pip, uv or cargo print shows live beside the step (it all goes to the log).
+        let live = install::attempt_log(installer.config(), &entry.name);
+        let report = rt.block_on(async {
+            let install = installer.install_entry(entry, &options, &bars);
+            tokio::pin!(install);
+            loop {
+                tokio::select! {
+                    report = &mut install => break report,
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {
+                        if show_bars {
+                            bars.show(&entry.name, &install::last_line(&live));
+                        }
+                    }
+                }
+            }
+        });
         let mark = match report.status {
             EntryStatus::Failed => "✗",
             _ => "✓",

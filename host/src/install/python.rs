@@ -614,15 +614,12 @@ async fn pip_install(tool: &EnvTool, python: &Path, specs: &[String], log: &Log)
         )
         .await;
     }
-    super::run(
-        log,
-        step,
-        tokio::process::Command::new(python)
-            .args(["-m", "pip", "install", "--disable-pip-version-check"])
-            .arg("--ignore-requires-python")
-            .args(&args),
-    )
-    .await
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.args(["-m", "pip", "install", "--disable-pip-version-check"]);
+    if version < (3, 12) {
+        cmd.arg("--ignore-requires-python");
+    }
+    super::run(log, step, cmd.args(&args)).await
 }
 
 /// Runs `introspect.py` with `python` for `request` (completed with the data dir and the
