@@ -5,6 +5,7 @@ mod cancel;
 mod completions;
 mod demo;
 mod dev;
+mod estimate_size;
 mod generate_adapter_manifest;
 mod info;
 mod install_all;
@@ -34,6 +35,8 @@ pub enum Command {
     New(new::Args),
     /// Install and register every capability of a capabilities.yaml
     InstallAll(install_all::Args),
+    /// What installing a capabilities.yaml would download and take on disk (installs nothing)
+    EstimateSize(estimate_size::Args),
     /// Watch capabilities' sources; on an edit, rebuild, reinstall and reload them in the
     /// running host
     Dev(dev::Args),
@@ -84,6 +87,7 @@ pub fn run(command: Command, ctx: &Ctx) -> anyhow::Result<()> {
         Command::New(args) => new::run(args, ctx),
         Command::InstallAll(args) => install_all::run(args, ctx),
         Command::Dev(args) => dev::run(args, ctx),
+        Command::EstimateSize(args) => estimate_size::run(args, ctx),
         Command::List(args) => list::run(args, ctx),
         Command::Info(args) => info::run(args, ctx),
         Command::Remove(args) => remove::run(args, ctx),

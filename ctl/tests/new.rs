@@ -269,3 +269,47 @@ fn dev_rebuilds_an_edited_capability_into_the_running_host() {
     let _ = dev.kill();
     let _ = dev.wait();
 }
+
+#[test]
+fn estimate_size_measures_a_python_entry_without_installing_it() {
+    let env = Env::new();
+    let dir = scaffold(&env, "sized", "python");
+    let caps = env.write(
+        "estimate.yaml",
+        &format!(
+            "capabilities:\n- name: sized\n  package: {}\n- name: stats\n  kind: wasm\n  component: {}\n- name: ghost\n  package: cjm-capability-does-not-exist-zz9\n",
+            dir.display(),
+            common::text_stats_wasm()
+        ),
+    );
+    let out = env
+        .ctl()
+        .args(["--json", "estimate-size", "--capabilities"])
+        .arg(&caps)
+        .output()
+        .unwrap();
+    // The unknown package is named as the one that could not be estimated.
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failed"][0]["name"], "ghost", "{report:#}");
+    let sized = &report["entries"][0];
+    let packages = sized["packages"].as_array().unwrap();
+    let substrate = packages
+        .iter()
+        .find(|p| p["name"] == "cjm-substrate")
+        .unwrap_or_else(|| panic!("{sized:#}"));
+    let (download, unpacked) = (
+        substrate["download"].as_u64().unwrap(),
+        substrate["installed"].as_u64().unwrap(),
+    );
+    assert!(download > 10_000 && unpacked > download, "{substrate}");
+    assert!(sized["installed"].as_u64().unwrap() > sized["download"].as_u64().unwrap());
+    let stats = &report["entries"][1];
+    assert_eq!(
+        stats["installed"].as_u64().unwrap(),
+        std::fs::metadata(common::text_stats_wasm()).unwrap().len()
+    );
+    // Nothing was installed.
+    assert!(!env.data().join("envs/sized").exists());
+    assert!(!env.data().join("manifests/sized.json").exists());
+}

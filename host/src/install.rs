@@ -31,6 +31,7 @@
 
 mod cargo;
 mod error;
+pub mod estimate;
 mod native;
 mod python;
 pub mod record;

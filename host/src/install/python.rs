@@ -131,6 +131,41 @@ pub(crate) async fn install_uv(config: &HostConfig, log: &Log) -> Result<PathBuf
     result
 }
 
+/// The interpreter a venv of `src` is made with: the one it names, else a local one that
+/// cjm-substrate supports, else `python3`.
+pub(crate) fn interpreter_for(src: &PythonSource) -> Result<PathBuf> {
+    match &src.python {
+        Some(v) => find_python(Some(v)),
+        None => supported_python().map_or_else(|| find_python(None), Ok),
+    }
+}
+
+/// The script that resolves an entry's packages and measures them (`estimate-size`).
+const ESTIMATE: &str = include_str!("estimate.py");
+
+/// What pip would install for `specs` with `python`, each distribution measured (see
+/// `estimate.py`): `{"python", "packages": [{name, version, kind, download, installed}]}`.
+pub(crate) async fn estimate(python: &Path, specs: &[String], log: &Log) -> Result<Value> {
+    let version = python_version(python, log).await?;
+    let request = json!({"specs": specs, "ignore_requires_python": version < (3, 12)});
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg("-c").arg(ESTIMATE).arg(request.to_string());
+    let out = super::output(
+        log,
+        "resolving the packages with pip (nothing is installed)",
+        &mut cmd,
+    )
+    .await?;
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("{}");
+    serde_json::from_str(line).map_err(|e| {
+        InstallError::InstallFailed(format!("the size estimate printed no report ({e})"))
+    })
+}
+
 /// Chooses the env manager of an entry (see the module docs).
 pub fn choose_tool(config: &HostConfig, src: &PythonSource) -> Result<EnvTool> {
     let conda = |m: EnvManager| -> Result<EnvTool> {
@@ -548,10 +583,7 @@ async fn create_env(tool: &EnvTool, src: &PythonSource, dir: &Path, log: &Log) -
             super::run(log, step, cmd.arg(dir)).await
         }
         EnvTool::Venv => {
-            let python = match &src.python {
-                Some(v) => find_python(Some(v))?,
-                None => supported_python().map_or_else(|| find_python(None), Ok)?,
-            };
+            let python = interpreter_for(src)?;
             super::run(
                 log,
                 step,
