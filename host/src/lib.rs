@@ -42,6 +42,7 @@ pub mod install;
 pub mod manager;
 pub mod manifest;
 pub mod queue;
+pub mod reference;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 /// One layer of configuration. `None` means "not set here": the next layer down decides.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Root of everything the host keeps (`./.cjm` by default).
@@ -33,7 +33,7 @@ pub struct RawConfig {
 }
 
 /// `runtime:`: how Python capability environments are made and found.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     /// `local` (project-local prefix) or `system`.
@@ -50,7 +50,7 @@ pub struct RawRuntime {
 }
 
 /// `substrate:`: behaviour toggles, with cjm-substrate's keys.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSubstrate {
     /// Compare the live config schema and surface with the manifest's witnesses at load.
@@ -68,7 +68,7 @@ pub struct RawSubstrate {
 }
 
 /// `queue:`: job queue defaults (cjm-substrate's `JobQueue` constructor defaults).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawQueue {
     /// Jobs in flight at most.

@@ -42,20 +42,138 @@ use crate::manifest::Sandbox;
 /// The kinds of entry.
 pub const KINDS: &[&str] = &["wasm", "python", "native"];
 
-const COMMON_KEYS: &[&str] = &["name", "kind", "env_vars"];
-const WASM_KEYS: &[&str] = &["component", "cargo", "workspace", "sandbox"];
-const PYTHON_KEYS: &[&str] = &[
-    "package",
-    "env_name",
-    "python_version",
-    "python",
-    "env_file",
-    "env_manager",
-    "interface_libs",
-    "adapters",
-    "substrate",
+/// One key of a `capabilities.yaml` entry: the kinds it belongs to, its shape and what it
+/// means. This table is the one list the validator checks keys against and the reference
+/// (`docs/reference.md`) is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryKey {
+    /// The key.
+    pub key: &'static str,
+    /// The kinds of entry it belongs to.
+    pub kinds: &'static [&'static str],
+    /// Its YAML shape.
+    pub shape: &'static str,
+    /// What it means.
+    pub doc: &'static str,
+}
+
+const ALL_KINDS: &[&str] = &["wasm", "python", "native"];
+
+/// Every key an entry may have.
+pub const ENTRY_KEYS: &[EntryKey] = &[
+    EntryKey {
+        key: "name",
+        kinds: ALL_KINDS,
+        shape: "string",
+        doc: "The capability's name (required; letters, digits, `-`, `_`, `.`): its manifest, instance and log names.",
+    },
+    EntryKey {
+        key: "kind",
+        kinds: ALL_KINDS,
+        shape: "`wasm` \\| `python` \\| `native`",
+        doc: "What it is; `python` when absent (cjm-substrate's files load unchanged).",
+    },
+    EntryKey {
+        key: "env_vars",
+        kinds: ALL_KINDS,
+        shape: "map of string",
+        doc: "Environment variables of its worker (recorded in the manifest's `install.env_vars`).",
+    },
+    EntryKey {
+        key: "component",
+        kinds: &["wasm"],
+        shape: "path",
+        doc: "The `.wasm` component file (relative to the file's directory); or `cargo`.",
+    },
+    EntryKey {
+        key: "cargo",
+        kinds: &["wasm", "native"],
+        shape: "string",
+        doc: "A cargo package to build: wasm, its `cdylib` for wasm32-wasip2; native, its worker binary (`<package>-worker` when it has several).",
+    },
+    EntryKey {
+        key: "workspace",
+        kinds: &["wasm", "native"],
+        shape: "path",
+        doc: "Where cargo runs for `cargo` (default: the file's directory).",
+    },
+    EntryKey {
+        key: "sandbox",
+        kinds: &["wasm"],
+        shape: "map",
+        doc: "The component's grants: the manifest's `install.wasm.sandbox` block (below); the default grants nothing.",
+    },
+    EntryKey {
+        key: "command",
+        kinds: &["native"],
+        shape: "list of string",
+        doc: "The worker's argv; a program with a `/` is relative to the file's directory, a bare name is looked up on `PATH`; or `cargo`.",
+    },
+    EntryKey {
+        key: "package",
+        kinds: &["python"],
+        shape: "string",
+        doc: "A pip spec (`cjm-capability-x>=0.1`, a git URL) or a local path (`./dir`, `.`); required.",
+    },
+    EntryKey {
+        key: "env_name",
+        kinds: &["python"],
+        shape: "string",
+        doc: "The environment's name under `envs/` (default: the entry's name).",
+    },
+    EntryKey {
+        key: "python_version",
+        kinds: &["python"],
+        shape: "string",
+        doc: "The environment's Python (`'3.12'`, or an interpreter's path); default: the first local 3.12+, else `python3`.",
+    },
+    EntryKey {
+        key: "python",
+        kinds: &["python"],
+        shape: "string",
+        doc: "The same as `python_version`.",
+    },
+    EntryKey {
+        key: "env_file",
+        kinds: &["python"],
+        shape: "path",
+        doc: "A conda environment file the environment is created from (a conda-like manager).",
+    },
+    EntryKey {
+        key: "env_manager",
+        kinds: &["python"],
+        shape: "`uv` \\| `venv` \\| `conda` \\| `micromamba` \\| `miniforge`",
+        doc: "How the environment is made (default: cjm.yaml's `runtime.env_manager`, else uv when available, else venv).",
+    },
+    EntryKey {
+        key: "interface_libs",
+        kinds: &["python"],
+        shape: "list of string",
+        doc: "pip specs installed before the package (shared interface libraries).",
+    },
+    EntryKey {
+        key: "adapters",
+        kinds: &["python"],
+        shape: "list of `{impl, lib}`",
+        doc: "Task adapters bound to it: `impl` is `module:Class`, `lib` an optional pip spec providing it; each gets an adapter manifest.",
+    },
+    EntryKey {
+        key: "substrate",
+        kinds: &["python"],
+        shape: "string",
+        doc: "The cjm-substrate pip spec for this environment (default: the version this host speaks).",
+    },
 ];
-const NATIVE_KEYS: &[&str] = &["command", "cargo", "workspace"];
+
+/// The keys of an entry of `kind`.
+fn keys_of(kind: &str) -> Vec<&'static str> {
+    ENTRY_KEYS
+        .iter()
+        .filter(|k| k.kinds.contains(&kind))
+        .map(|k| k.key)
+        .collect()
+}
+
 const ADAPTER_KEYS: &[&str] = &["impl", "lib"];
 const SANDBOX_KEYS: &[&str] = Sandbox::KEYS;
 
@@ -459,27 +577,18 @@ impl Checker {
         };
         let env_vars = self.env_vars(label, obj);
         let kind = kind?;
-        let allowed: &[&str] = match kind {
-            "wasm" => WASM_KEYS,
-            "native" => NATIVE_KEYS,
-            _ => PYTHON_KEYS,
-        };
+        let allowed = keys_of(kind);
         for key in obj.keys() {
-            if COMMON_KEYS.contains(&key.as_str()) || allowed.contains(&key.as_str()) {
+            if allowed.contains(&key.as_str()) {
                 continue;
             }
-            let other = [
-                ("wasm", WASM_KEYS),
-                ("python", PYTHON_KEYS),
-                ("native", NATIVE_KEYS),
-            ]
-            .into_iter()
-            .find(|(k, keys)| *k != kind && keys.contains(&key.as_str()));
+            let other = KINDS
+                .iter()
+                .find(|k| **k != kind && keys_of(k).contains(&key.as_str()));
             let message = match other {
-                Some((k, _)) => format!("unknown key for kind {kind} (it belongs to kind: {k})"),
+                Some(k) => format!("unknown key for kind {kind} (it belongs to kind: {k})"),
                 None => {
-                    let mut keys: Vec<&str> =
-                        COMMON_KEYS.iter().chain(allowed.iter()).copied().collect();
+                    let mut keys = allowed.clone();
                     keys.sort_unstable();
                     format!(
                         "unknown key for kind {kind} (expected one of {})",

@@ -69,7 +69,7 @@ pub struct NativeInstall {
 }
 
 /// The grants of a wasm component. The default grants nothing beyond computation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sandbox {
     /// Host directories the guest may see, each at a guest path.
@@ -163,7 +163,7 @@ fn default_one() -> u32 {
 }
 
 /// One preopened directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Preopen {
     /// The host directory. `${CJM_CAPABILITY_DATA_DIR}`, `${CAPABILITY_DATA_DIR}`,
@@ -178,7 +178,9 @@ pub struct Preopen {
 }
 
 /// Access to a preopened directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum DirAccess {
     /// Read files and list directories only.
     #[default]
@@ -190,7 +192,9 @@ pub enum DirAccess {
 }
 
 /// Network access of a wasm component.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkGrant {
     /// No sockets, no name lookups (the default).
