@@ -1,7 +1,7 @@
 //! The reference of every `cjm.yaml` and `capabilities.yaml` key (`docs/reference.md`), made
 //! from what the loaders accept: the config's JSON Schema (schemars, from the serde structs
 //! that parse `cjm.yaml`), the capabilities file's key table
-//! ([`ENTRY_KEYS`](crate::install::spec::ENTRY_KEYS)) and the sandbox block's schema. A test
+//! ([`ENTRY_KEYS`]) and the sandbox block's schema. A test
 //! compares the file with this output, so the reference cannot drift from the code.
 
 use serde_json::Value;

@@ -75,7 +75,8 @@ fn conda_binary(config: &HostConfig, manager: EnvManager) -> Option<PathBuf> {
         })
 }
 
-/// The `uv` installs use: on `PATH`, else the one [`install_uv`] put in the data dir.
+/// The `uv` installs use: on `PATH`, else the one `install-all --install-uv` put in the data
+/// dir.
 pub fn uv_binary(config: &HostConfig) -> Option<PathBuf> {
     on_path("uv").or_else(|| {
         let own = tool_uv_path(config);
@@ -83,7 +84,7 @@ pub fn uv_binary(config: &HostConfig) -> Option<PathBuf> {
     })
 }
 
-/// Where [`install_uv`] puts uv: `<data dir>/tools/uv/bin/uv`.
+/// Where `install-all --install-uv` puts uv: `<data dir>/tools/uv/bin/uv`.
 pub fn tool_uv_path(config: &HostConfig) -> PathBuf {
     config.data_dir.join("tools/uv/bin/uv")
 }
