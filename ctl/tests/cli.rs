@@ -512,7 +512,7 @@ fn install_logs_are_kept_per_attempt_and_an_unchanged_run_keeps_the_last_real_on
     // Another real attempt: the one before is kept beside it.
     assert_eq!(install(&["--force"]), "installed");
     assert!(read("stats.log").contains("# installed"));
-    assert!(read("stats.1.log").contains("# installed"));
+    assert!(read("stats.log.1").contains("# installed"));
     for _ in 0..5 {
         install(&["--force"]);
     }

@@ -133,9 +133,7 @@ pub fn watched_source(entry: &Entry) -> Option<PathBuf> {
 /// it is edited; build outputs (`target`, `build`, `dist`), caches and hidden entries are
 /// left out. `None` when it does not exist.
 pub fn source_stamp(path: &Path) -> Option<String> {
-    python::tree_stamp(path, &|name| {
-        name == "target" || name.starts_with('.') || python::skipped(name)
-    })
+    python::tree_stamp(path, &|name| name == "target" || python::skipped(name))
 }
 
 /// What the caller wants from a run.
@@ -232,10 +230,10 @@ pub(crate) struct Installed {
 /// Install logs kept per entry: the last attempt and this many before it.
 const EARLIER_LOGS: usize = 4;
 
-/// Makes attempt log `part` the entry's `log`, shifting the earlier ones (`<name>.1.log`
+/// Makes attempt log `part` the entry's `log`, shifting the earlier ones (`<name>.log.1`
 /// is the one before).
 fn keep_attempt(part: &Path, log: &Path) {
-    let nth = |n: usize| log.with_extension(format!("{n}.log"));
+    let nth = |n: usize| log.with_extension(format!("log.{n}"));
     let _ = std::fs::remove_file(nth(EARLIER_LOGS));
     for n in (1..EARLIER_LOGS).rev() {
         let _ = std::fs::rename(nth(n), nth(n + 1));
@@ -653,7 +651,8 @@ impl Installer {
                 let path = w.component_path(rec.manifest.parent().unwrap_or(Path::new(".")));
                 manifest::hash::hash_file(&path).is_ok_and(|h| h == w.sha256)
             }),
-            RuntimeKind::Native => true,
+            // A worker copied into the data dir must still be there.
+            RuntimeKind::Native => rec.component.as_ref().is_none_or(|c| c.is_file()),
         };
         (present && rec.adapters.iter().all(|a| a.is_file())).then(|| Installed {
             manifest,

@@ -304,6 +304,9 @@ struct Inner {
     /// transaction at most [`SAMPLE_FLUSH`] later; the in-memory profiles are already
     /// up to date).
     samples: Mutex<Vec<BufferedSample>>,
+    /// The manifest dirs' newest mtime at the last scan: a lookup of an unknown name scans
+    /// again only when a dir changed since (an install renames a file into it).
+    scanned: Mutex<Option<std::time::SystemTime>>,
 }
 
 impl Drop for Inner {
@@ -375,6 +378,7 @@ impl CapabilityManager {
                 instances: RwLock::new(BTreeMap::new()),
                 loading: Mutex::new(BTreeMap::new()),
                 samples: Mutex::new(Vec::new()),
+                scanned: Mutex::new(None),
             }),
         };
         me.discover();
@@ -384,6 +388,11 @@ impl CapabilityManager {
     /// Rescans the manifests dir; returns the per-file problems (one bad file never stops the
     /// others from loading).
     pub fn discover(&self) -> Vec<Error> {
+        *self
+            .inner
+            .scanned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self.manifest_dirs_mtime();
         let found = manifest::discover(&self.inner.config.manifest_search_paths());
         let mut map = self
             .inner
@@ -400,6 +409,16 @@ impl CapabilityManager {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = found.adapters;
         found.errors
+    }
+
+    /// The newest mtime of the manifest dirs (`None` when none can be read).
+    fn manifest_dirs_mtime(&self) -> Option<std::time::SystemTime> {
+        self.inner
+            .config
+            .manifest_search_paths()
+            .iter()
+            .filter_map(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok())
+            .max()
     }
 
     /// The names of the discovered capabilities.
@@ -503,9 +522,18 @@ impl CapabilityManager {
                 .get(name)
                 .cloned()
         };
-        // One installed since the last scan (a running service, `cjm-ctl dev`) is found.
+        // One installed since the last scan (a running service, `cjm-ctl dev`) is found;
+        // the dirs are scanned again only when they changed.
         known(self)
             .or_else(|| {
+                let scanned = *self
+                    .inner
+                    .scanned
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if scanned.is_some() && scanned == self.manifest_dirs_mtime() {
+                    return None;
+                }
                 self.discover();
                 known(self)
             })

@@ -121,6 +121,8 @@ struct Entry {
     retry_request: Option<CallRequest>,
     /// Its kwargs file in the data dir (large kwargs), removed when it ends.
     payload_file: Option<String>,
+    /// Whether it waits out a retry's delay (counted in `State::retry_waiting`).
+    retry_wait: bool,
     /// A composition member's result as its terminal row journals it (`{"result": ..}`,
     /// or `{"result_ref": ..}` past the inline limit), so another host can resume the
     /// composition from it.
@@ -150,6 +152,9 @@ struct State {
     pending_bytes: usize,
     /// Jobs waiting out a retry's delay: pending, though not yet in the pending index.
     retry_waiting: usize,
+    /// Closed by [`JobQueue::stop_admitting`]: what waits (compositions' next nodes
+    /// included) is left to the host that reconciles this one, not cancelled.
+    leaving: bool,
 }
 
 /// A composition as callers see it: a node whose job still waits in the queue is `pending`
@@ -704,16 +709,18 @@ impl JobQueue {
                 return Err(QueueError::InvalidComposition(problems).into());
             }
         };
-        let problems: Vec<String> = composition
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                inner
-                    .check_instance(&n.instance_id)
-                    .err()
-                    .map(|e| format!("node '{}': {}", n.id, e.to_job_error().message))
-            })
-            .collect();
+        // Each node's instance and its capability (journaled: a host resuming the
+        // composition loads what its nodes call).
+        let mut instances = std::collections::BTreeMap::new();
+        let mut problems = Vec::new();
+        for n in &composition.nodes {
+            match inner.check_instance(&n.instance_id) {
+                Ok(name) => {
+                    instances.insert(n.instance_id.clone(), name);
+                }
+                Err(e) => problems.push(format!("node '{}': {}", n.id, e.to_job_error().message)),
+            }
+        }
         if !problems.is_empty() {
             return Err(QueueError::InvalidComposition(problems).into());
         }
@@ -726,7 +733,8 @@ impl JobQueue {
             }
             let mut submitted = JobEvent::new(
                 EventKind::CompositionSubmitted,
-                json!({"host_id": inner.emitter.host_id(), "composition": &composition}),
+                json!({"host_id": inner.emitter.host_id(), "composition": &composition,
+                       "instances": instances}),
             );
             submitted.composition_id = Some(id.clone());
             submitted.run_id.clone_from(&composition.run_id);
@@ -825,6 +833,7 @@ impl JobQueue {
     pub fn stop_admitting(&self) {
         let mut st = self.inner.lock();
         st.closed = true;
+        st.leaving = true;
         self.inner
             .closed
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -843,6 +852,7 @@ impl JobQueue {
         {
             let mut st = inner.lock();
             st.closed = true;
+            st.leaving = false;
             inner
                 .closed
                 .store(true, std::sync::atomic::Ordering::SeqCst);

@@ -3,7 +3,9 @@
 //! entry (build, introspect, manifest: the `install-all` pipeline) and reloads its instances
 //! in the host serving the data dir (loading one when none is), so the next call runs the
 //! new code while the host's queue and other capabilities stay up. A failed build is shown
-//! and the old code keeps serving.
+//! and the last good one keeps serving (a component or a cargo-built worker is copied into
+//! the data dir only once it proved to work; a Python package is installed into its live
+//! environment, so there a broken edit is what the next load gets).
 //!
 //! Sources are polled (a stamp of file count, size and newest mtime every `--poll-ms`),
 //! which works on every filesystem, bind mounts and network shares included, where inotify
@@ -151,7 +153,7 @@ async fn deploy(installer: &Installer, client: &Client, entry: &install::Entry, 
         .await;
     if report.status == EntryStatus::Failed {
         ctx.out.warn(format!(
-            "{}: install failed: {} (the host keeps the previous version){}",
+            "{}: install failed: {} (loaded instances keep running the previous version){}",
             entry.name,
             report.message,
             report

@@ -65,13 +65,44 @@ pub(crate) async fn install(
             }
         )));
     }
+    // A worker cargo built is copied into the data dir (`bin/<name>-worker`) once it proved
+    // to be one: a later build, a `cargo clean` or a broken edit never changes what the
+    // host runs behind its back.
+    let (command, copy) = match &n.cargo {
+        Some(_) => {
+            let bin = config.data_dir.join("bin");
+            std::fs::create_dir_all(&bin).map_err(|e| crate::Error::io(&bin, e))?;
+            let staged = bin.join(format!(".{}-worker.new", entry.name));
+            std::fs::copy(program, &staged).map_err(|e| crate::Error::io(&staged, e))?;
+            let mut command = n.command.clone();
+            command[0] = staged.display().to_string();
+            (
+                command,
+                Some((staged, bin.join(format!("{}-worker", entry.name)))),
+            )
+        }
+        None => (n.command.clone(), None),
+    };
     step("start the worker and introspect it");
-    let info = introspect(config, &entry.name, &n.command, &entry.env_vars, log).await?;
+    let info = match introspect(config, &entry.name, &command, &entry.env_vars, log).await {
+        Ok(info) => info,
+        Err(e) => {
+            if let Some((staged, _)) = &copy {
+                let _ = std::fs::remove_file(staged);
+            }
+            return Err(e);
+        }
+    };
+    let mut command = command;
+    let mut component = None;
+    if let Some((staged, live)) = copy {
+        std::fs::rename(&staged, &live).map_err(|e| crate::Error::io(&live, e))?;
+        command[0] = live.display().to_string();
+        component = Some(live);
+    }
     let mut m = CapabilityManifest::new(&entry.name, &info.version, RuntimeKind::Native);
     super::code_from_info(&mut m, &info);
-    m.install.native = Some(NativeInstall {
-        command: n.command.clone(),
-    });
+    m.install.native = Some(NativeInstall { command });
     step("write the manifest");
     let source = match &n.cargo {
         Some(c) => format!("cargo:{}", c.package),
@@ -86,7 +117,7 @@ pub(crate) async fn install(
         manifest: m,
         manifest_path: path,
         env_dir: None,
-        component: None,
+        component,
         adapters: Vec::new(),
     })
 }

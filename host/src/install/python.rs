@@ -460,8 +460,11 @@ const SKIP: &[&str] = &[
     ".tox",
 ];
 
+/// What a package source's copy and stamp leave out: build outputs, caches, and hidden
+/// entries (`.git`, `.venv`, and a data dir such as `.cjm` inside the project, with its
+/// environments and journal).
 pub(crate) fn skipped(name: &str) -> bool {
-    SKIP.contains(&name) || name.ends_with(".egg-info")
+    SKIP.contains(&name) || name.ends_with(".egg-info") || name.starts_with('.')
 }
 
 /// A stamp of a local package source dir (file count, total size, newest mtime), so an

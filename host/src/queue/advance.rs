@@ -74,7 +74,12 @@ impl Inner {
         completed: Option<&str>,
     ) {
         if st.closed {
-            // A closed queue starts nothing new: what would run next is cancelled.
+            // A closed queue starts nothing new. One that leaves its work to the host that
+            // reconciles it (`stop_admitting`) leaves the next nodes pending for it to
+            // resume; otherwise what would run next is cancelled.
+            if st.leaving {
+                return;
+            }
             if let Some(entry) = st.compositions.get_mut(comp_id) {
                 for node in entry.run.ready_nodes() {
                     entry.run.record(&node, NodeState::Cancelled, None, None);

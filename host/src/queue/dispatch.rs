@@ -114,6 +114,7 @@ impl Inner {
                 retry,
                 retry_request: None,
                 payload_file,
+                retry_wait: false,
                 node_result: None,
                 admission,
             },

@@ -272,6 +272,7 @@ impl Inner {
                 .max(asked.min(super::retry::seconds(entry.retry.max_backoff_seconds)));
             entry.job.retry_count = attempt;
             entry.job.status = JobStatus::Pending;
+            entry.retry_wait = true;
             st.retry_waiting += 1;
             entry.job.started_at = None;
             entry.job.error.clone_from(&error);
@@ -320,13 +321,15 @@ impl Inner {
     /// Puts a job waiting for its retry back into the pending index (unless it was
     /// cancelled meanwhile); it queues behind the jobs of its priority submitted since.
     fn requeue(&self, st: &mut State, job_id: &str) {
-        st.retry_waiting -= 1;
         st.next_seq += 1;
         let seq = st.next_seq;
         let closed = st.closed;
         let Some(entry) = st.jobs.get_mut(job_id) else {
             return;
         };
+        if std::mem::take(&mut entry.retry_wait) {
+            st.retry_waiting -= 1;
+        }
         if entry.job.status != JobStatus::Pending || closed {
             return;
         }
@@ -437,6 +440,9 @@ impl Inner {
         match entry.job.status {
             JobStatus::Pending => {
                 entry.job.cancel_requested_at = Some(now());
+                if std::mem::take(&mut entry.retry_wait) {
+                    st.retry_waiting -= 1;
+                }
                 let (instance, order) = (entry.job.instance_id.clone(), entry.order);
                 st.pending.remove(&instance, order);
                 self.terminal(st, job_id, JobStatus::Pending, JobStatus::Cancelled);

@@ -76,14 +76,17 @@ impl JobQueue {
                     }
                     Err(_) => {}
                 }
-                if inner.config.recover {
+                // Reconciling (loading what adopted jobs call: seconds for a Python worker)
+                // runs beside the heartbeats, one at a time: a renewal never waits for it.
+                if inner.config.recover && inner.reconciling.try_lock().is_ok() {
                     let queue = JobQueue {
                         inner: Arc::clone(&inner),
                     };
-                    drop(inner);
-                    if let Err(e) = queue.reconcile().await {
-                        tracing::warn!(error = %e, "reconciling gone hosts failed; retrying at the next renewal");
-                    }
+                    inner.runtime.spawn(async move {
+                        if let Err(e) = queue.reconcile().await {
+                            tracing::warn!(error = %e, "reconciling gone hosts failed; retrying at the next renewal");
+                        }
+                    });
                 }
             }
         });
@@ -136,21 +139,16 @@ impl JobQueue {
                 resumed = decided.compositions.len(),
                 "reconciled a gone host"
             );
-            // Resumed compositions are in place before their members run again.
-            let mut resumed = Vec::with_capacity(decided.compositions.len());
-            for c in decided.compositions {
+            // What the adopted jobs and resumed compositions call is loaded first. Then, under
+            // one lock, the compositions are put in place, the adopted jobs queued and the
+            // compositions moved on (a cancel or a fail-fast failure stops adopted members
+            // before any of them runs), and only then is anything admitted.
+            for c in &decided.compositions {
                 for (instance, name) in &c.instances {
                     self.ensure_loaded(instance, Some(name)).await;
                 }
-                resumed.push(c.run.id.clone());
-                inner.lock().compositions.insert(
-                    c.run.id.clone(),
-                    CompositionEntry {
-                        run: c.run,
-                        done: Arc::new(Done::default()),
-                    },
-                );
             }
+            let mut queued = Vec::new();
             for (job_id, verdict) in decided.jobs {
                 match verdict {
                     Verdict::Ended(_) => ended += 1,
@@ -161,24 +159,42 @@ impl JobQueue {
                         payload_file,
                     } => {
                         adopted += 1;
+                        self.ensure_loaded(&spec.instance_id, name.as_deref()).await;
                         let origin = dispatch::Origin::Adopted {
                             attempt,
                             payload_file,
                         };
-                        self.adopt(job_id, *spec, name, origin).await;
+                        queued.push((job_id, spec, name, origin));
                     }
                 }
             }
-            if !resumed.is_empty() {
-                let launches = {
-                    let mut st = inner.lock();
-                    for id in &resumed {
-                        inner.resume(&mut st, id);
-                    }
-                    inner.dispatch(&mut st)
-                };
-                inner.after(launches);
-            }
+            let launches = {
+                let mut st = inner.lock();
+                // A host that stops leaves them to the one that reconciles it.
+                if st.closed {
+                    continue;
+                }
+                let mut resumed = Vec::with_capacity(decided.compositions.len());
+                for c in decided.compositions {
+                    resumed.push(c.run.id.clone());
+                    st.compositions.insert(
+                        c.run.id.clone(),
+                        CompositionEntry {
+                            run: c.run,
+                            done: Arc::new(Done::default()),
+                        },
+                    );
+                }
+                for (id, spec, name, origin) in queued {
+                    let bytes = spec.request.approx_bytes();
+                    inner.enqueue(&mut st, id, *spec, name, bytes, origin);
+                }
+                for id in &resumed {
+                    inner.resume(&mut st, id);
+                }
+                inner.dispatch(&mut st)
+            };
+            inner.after(launches);
         }
         Ok((adopted, ended))
     }
@@ -194,28 +210,6 @@ impl JobQueue {
         if let Err(e) = manager.load(name, None, Some(instance)).await {
             tracing::warn!(instance = %instance, capability = %name, error = %e, "an adopted job's capability does not load here; its jobs fail when admitted");
         }
-    }
-
-    /// Puts an adopted job in the queue (loading its instance when this host has not).
-    async fn adopt(
-        &self,
-        id: String,
-        spec: JobSpec,
-        name: Option<String>,
-        origin: dispatch::Origin,
-    ) {
-        let inner = &self.inner;
-        self.ensure_loaded(&spec.instance_id, name.as_deref()).await;
-        let bytes = spec.request.approx_bytes();
-        let launches = {
-            let mut st = inner.lock();
-            if st.closed {
-                return;
-            }
-            inner.enqueue(&mut st, id, spec, name, bytes, origin);
-            inner.dispatch(&mut st)
-        };
-        inner.after(launches);
     }
 }
 
@@ -249,7 +243,13 @@ impl Resumed {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(composition = %self.run.id, node = %node, error = %e, "a resumed node's result cannot be read");
+                    tracing::warn!(composition = %self.run.id, node = %node, error = %e, "a resumed node's result cannot be read: it runs again");
+                    if let Some(n) = self.run.nodes.get_mut(&node)
+                        && !self.run.dependents[&node].is_empty()
+                    {
+                        n.state = NodeState::Pending;
+                        n.job_id = None;
+                    }
                 }
             }
         }
@@ -304,10 +304,26 @@ fn decide(
             }
         }
     }
+    let live_ids: std::collections::BTreeSet<&str> =
+        live.iter().map(|(_, id, _, _)| id.as_str()).collect();
     let mut settled = std::collections::HashMap::new();
     for job in &left.jobs {
-        let (job_rows, verdict) =
+        let (mut job_rows, verdict) =
             settle(job, &lost, me, gone, data_dir, defaults, &dead_compositions);
+        // A member ended only to be bound again says so: a host resuming the composition
+        // after this one runs its node again too.
+        let member_of_live = job
+            .submitted
+            .composition_id
+            .as_deref()
+            .is_some_and(|c| live_ids.contains(c));
+        if member_of_live && matches!(verdict, Verdict::Ended(_)) && left_out(job) {
+            for row in &mut job_rows {
+                if row.is_terminal_transition() {
+                    row.payload["rebind"] = Value::Bool(true);
+                }
+            }
+        }
         out.rows.extend(job_rows);
         let outcome = match &verdict {
             Verdict::Adopt { .. } => None,
@@ -367,8 +383,14 @@ fn resumed(
             ended.insert(job, row);
         }
     }
-    // Nodes without a job yet: their instance is named as a capability unless a member
-    // said otherwise.
+    // What the submission recorded; else a node's instance is taken for its capability.
+    if let Some(known) = c.submitted.payload["instances"].as_object() {
+        for (instance, name) in known {
+            if let Some(name) = name.as_str() {
+                instances.insert(instance.clone(), name.to_owned());
+            }
+        }
+    }
     for node in &run.composition.nodes {
         instances
             .entry(node.instance_id.clone())
@@ -381,6 +403,11 @@ fn resumed(
         };
         n.job_id = Some(job.clone());
         if let Some(row) = ended.get(job.as_str()) {
+            // Ended by an earlier reconciliation to be bound again: still to run.
+            if row.payload["rebind"] == true {
+                n.job_id = None;
+                continue;
+            }
             let kept = &row.payload["node_result"];
             match row.payload["to"].as_str() {
                 Some("completed") => {
@@ -392,6 +419,11 @@ fn resumed(
                         .and_then(|r| serde_json::from_value::<PayloadRef>(r.clone()).ok())
                     {
                         result_refs.push((node.clone(), r));
+                    } else if !run.dependents[&node].is_empty() {
+                        // Its result is not kept (it could not be written): it runs again
+                        // for the nodes bound to it.
+                        n.state = NodeState::Pending;
+                        n.job_id = None;
                     }
                 }
                 Some("cancelled") => n.state = NodeState::Cancelled,

@@ -569,6 +569,66 @@ async fn a_composition_of_a_gone_host_resumes_from_its_journaled_results() {
     );
 }
 
+/// A host that stops leaving its work to the next (`stop_leaving_pending`, as `cjm-ctl serve`
+/// on SIGTERM) lets a running member finish but starts no further node and does not end
+/// the composition: the host that reconciles it runs the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composition_left_by_a_stopping_host_is_finished_by_the_next() {
+    use cjm_host::queue::{Composition, Node, OutputRef};
+    let dir = data_dir();
+    let a = recovering_host(dir.path()).await;
+    let q = a.queue();
+    let warm = q
+        .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
+        .await
+        .unwrap();
+    q.wait(&warm, None).await.unwrap();
+    let comp = q
+        .submit_composition(Composition::new(vec![
+            Node::new("first", "probe")
+                .arg("action", json!("sleep"))
+                .arg("seconds", json!(0.5)),
+            Node::new("second", "probe")
+                .arg("action", json!("echo"))
+                .bind("n", OutputRef::field("first", "slept")),
+        ]))
+        .await
+        .unwrap();
+    let first = loop {
+        let run = q.composition(&comp).unwrap();
+        if let Some(job) = run.nodes["first"].job_id.clone()
+            && q.get(&job).is_some_and(|j| j.status == JobStatus::Running)
+        {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    a.stop_leaving_pending(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let run = q.composition(&comp).unwrap();
+    assert_eq!(run.nodes["first"].state, NodeState::Completed);
+    assert_eq!(run.nodes["second"].state, NodeState::Pending, "{run:?}");
+    assert!(run.nodes["second"].job_id.is_none());
+    drop(a);
+    let b = recovering_host(dir.path()).await;
+    b.queue().reconcile().await.unwrap();
+    let run = b
+        .queue()
+        .wait_composition(&comp, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(run.status, NodeState::Completed, "{run:?}");
+    assert_eq!(run.nodes["first"].job_id.as_deref(), Some(first.as_str()));
+    assert_eq!(
+        run.nodes["second"].result.as_ref().unwrap()["kwargs"]["n"],
+        0.5
+    );
+    b.shutdown().await.unwrap();
+    let comps = composition_counts(dir.path());
+    assert_eq!(comps[&comp], 1, "one end");
+}
+
 /// A SIGKILLed host leaves no process of a worker's subtree alive after 1 s, a child that
 /// started its own session included.
 #[tokio::test(flavor = "multi_thread")]
