@@ -629,6 +629,92 @@ async fn a_composition_left_by_a_stopping_host_is_finished_by_the_next() {
     assert_eq!(comps[&comp], 1, "one end");
 }
 
+/// A composition cancelled as a unit whose host went away is not run on by the host that
+/// resumes it: a member its retry policy would have adopted is cancelled before it runs
+/// again, and the composition ends cancelled, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_composition_of_a_gone_host_stays_cancelled() {
+    use cjm_host::queue::{Composition, Node, OutputRef};
+    let dir = data_dir();
+    let d = dir.path().to_owned();
+    let (comp, slow) = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (host, ids) = rt.block_on(async {
+            let a = Host::builder()
+                .data_dir(&d)
+                .queue(QueueConfig {
+                    recover: false,
+                    // The cooperative phase outlasts the test: the member is still running.
+                    cancel_timeout: Duration::from_secs(60),
+                    retry_defaults: [(
+                        "probe".to_owned(),
+                        cjm_host::queue::RetryPolicy::attempts(3),
+                    )]
+                    .into(),
+                    ..QueueConfig::default()
+                })
+                .load("probe")
+                .build()
+                .await
+                .unwrap();
+            let q = a.queue();
+            let warm = q
+                .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
+                .await
+                .unwrap();
+            q.wait(&warm, None).await.unwrap();
+            let comp = q
+                .submit_composition(Composition::new(vec![
+                    Node::new("slow", "probe")
+                        .arg("action", json!("sleep"))
+                        .arg("seconds", json!(30)),
+                    Node::new("after", "probe")
+                        .arg("action", json!("echo"))
+                        .bind("n", OutputRef::field("slow", "slept")),
+                ]))
+                .await
+                .unwrap();
+            let slow = loop {
+                let run = q.composition(&comp).unwrap();
+                if let Some(job) = run.nodes["slow"].job_id.clone()
+                    && q.get(&job).is_some_and(|j| j.status == JobStatus::Running)
+                {
+                    break job;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            q.cancel_composition(&comp).unwrap();
+            (a, (comp, slow))
+        });
+        drop(host);
+        rt.shutdown_timeout(Duration::from_secs(5));
+        ids
+    })
+    .join()
+    .unwrap();
+    let b = recovering_host(dir.path()).await;
+    b.queue().reconcile().await.unwrap();
+    let run = b
+        .queue()
+        .wait_composition(&comp, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(run.status, NodeState::Cancelled, "{run:?}");
+    // The running member was adopted for its next attempt and cancelled before it ran.
+    let job = b.queue().get(&slow).unwrap();
+    assert_eq!(job.status, JobStatus::Cancelled, "{job:?}");
+    assert!(job.started_at.is_none(), "{job:?}");
+    assert!(run.nodes["after"].job_id.is_none(), "{run:?}");
+    b.shutdown().await.unwrap();
+    assert_eq!(composition_counts(dir.path())[&comp], 1);
+    let counts = terminal_counts(dir.path());
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+}
+
 /// A SIGKILLed host leaves no process of a worker's subtree alive after 1 s, a child that
 /// started its own session included.
 #[tokio::test(flavor = "multi_thread")]
