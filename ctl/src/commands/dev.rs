@@ -46,26 +46,12 @@ struct Watched {
 /// Runs `dev` until interrupted.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let config = ctx.config()?;
-    let path = args
-        .capabilities
-        .clone()
-        .unwrap_or_else(|| config.capabilities_config.clone());
-    if !path.is_file() {
-        return Err(hint(
-            format!("capabilities file {} not found", path.display()),
-            "pass --capabilities FILE (`cjm-ctl new NAME` writes one)",
-        ));
-    }
-    let file = install::spec::load(&path).map_err(|e| super::install_all::spec_error(e, ctx))?;
-    for name in &args.names {
-        if file.entry(name).is_none() {
-            let names: Vec<&str> = file.entries.iter().map(|e| e.name.as_str()).collect();
-            return Err(hint(
-                format!("no entry named '{name}' in {}", path.display()),
-                format!("entries: {}", names.join(", ")),
-            ));
-        }
-    }
+    let file = super::install_all::capabilities_file(
+        args.capabilities.as_deref(),
+        &config,
+        &args.names,
+        ctx,
+    )?;
     let mut watched: Vec<Watched> = Vec::new();
     for entry in &file.entries {
         if !args.names.is_empty() && !args.names.contains(&entry.name) {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use cjm_host::install::{self, Installer};
+use cjm_host::install::Installer;
 use serde_json::json;
 
 use crate::ctx::{Ctx, hint, runtime};
@@ -44,26 +44,12 @@ fn size(bytes: u64) -> String {
 /// Runs `estimate-size`.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let config = ctx.config()?;
-    let path = args
-        .capabilities
-        .clone()
-        .unwrap_or_else(|| config.capabilities_config.clone());
-    if !path.is_file() {
-        return Err(hint(
-            format!("capabilities file {} not found", path.display()),
-            "pass --capabilities FILE or set capabilities_config in cjm.yaml",
-        ));
-    }
-    let file = install::spec::load(&path).map_err(|e| super::install_all::spec_error(e, ctx))?;
-    for only in &args.only {
-        if file.entry(only).is_none() {
-            let names: Vec<&str> = file.entries.iter().map(|e| e.name.as_str()).collect();
-            return Err(hint(
-                format!("no entry named '{only}' in {}", path.display()),
-                format!("entries: {}", names.join(", ")),
-            ));
-        }
-    }
+    let file = super::install_all::capabilities_file(
+        args.capabilities.as_deref(),
+        &config,
+        &args.only,
+        ctx,
+    )?;
     config.ensure_layout()?;
     let installer = Installer::new(config);
     let rt = runtime()?;

@@ -66,6 +66,35 @@ pub fn spec_error(e: InstallError, ctx: &Ctx) -> anyhow::Error {
     }
 }
 
+/// The capabilities file `given` (default: cjm.yaml's `capabilities_config`), loaded and
+/// validated, with every name of `names` checked to be one of its entries: what
+/// `install-all`, `dev` and `estimate-size` start from.
+pub fn capabilities_file(
+    given: Option<&Path>,
+    config: &cjm_host::config::HostConfig,
+    names: &[String],
+    ctx: &Ctx,
+) -> anyhow::Result<install::CapabilitiesFile> {
+    let path = given.map_or_else(|| config.capabilities_config.clone(), Path::to_path_buf);
+    if !path.is_file() {
+        return Err(hint(
+            format!("capabilities file {} not found", path.display()),
+            "pass --capabilities FILE or set capabilities_config in cjm.yaml (`cjm-ctl new NAME` writes one)",
+        ));
+    }
+    let file = install::spec::load(&path).map_err(|e| spec_error(e, ctx))?;
+    for name in names {
+        if file.entry(name).is_none() {
+            let entries: Vec<&str> = file.entries.iter().map(|e| e.name.as_str()).collect();
+            return Err(hint(
+                format!("no entry named '{name}' in {}", path.display()),
+                format!("entries: {}", entries.join(", ")),
+            ));
+        }
+    }
+    Ok(file)
+}
+
 struct Bars {
     bars: BTreeMap<String, ProgressBar>,
     /// Each entry's current step, shown with the last line its tools wrote.
@@ -102,26 +131,7 @@ impl Progress for Bars {
 /// Runs `install-all`.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let config = ctx.config()?;
-    let path = args
-        .capabilities
-        .clone()
-        .unwrap_or_else(|| config.capabilities_config.clone());
-    if !path.is_file() {
-        return Err(hint(
-            format!("capabilities file {} not found", path.display()),
-            "pass --capabilities FILE or set capabilities_config in cjm.yaml",
-        ));
-    }
-    let file = install::spec::load(&path).map_err(|e| spec_error(e, ctx))?;
-    for only in &args.only {
-        if file.entry(only).is_none() {
-            let names: Vec<&str> = file.entries.iter().map(|e| e.name.as_str()).collect();
-            return Err(hint(
-                format!("no entry named '{only}' in {}", path.display()),
-                format!("entries: {}", names.join(", ")),
-            ));
-        }
-    }
+    let file = capabilities_file(args.capabilities.as_deref(), &config, &args.only, ctx)?;
     let entries: Vec<_> = file
         .entries
         .iter()

@@ -491,28 +491,26 @@ pub(crate) fn tree_stamp(dir: &Path, skip: &dyn Fn(&str) -> bool) -> Option<Stri
             if meta.is_dir() {
                 walk(&entry.path(), skip, acc);
             } else {
-                let mtime = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos());
-                acc.0 += 1;
-                acc.1 += meta.len();
-                acc.2 = acc.2.max(mtime);
+                add(&meta, acc);
             }
         }
+    }
+    fn add(meta: &std::fs::Metadata, acc: &mut (u64, u64, u128)) {
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        acc.0 += 1;
+        acc.1 += meta.len();
+        acc.2 = acc.2.max(mtime);
     }
     let meta = std::fs::metadata(dir).ok()?;
     let mut acc = (0, 0, 0);
     if meta.is_dir() {
         walk(dir, skip, &mut acc);
     } else {
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        acc = (1, meta.len(), mtime);
+        add(&meta, &mut acc);
     }
     Some(format!("{} {} {}", acc.0, acc.1, acc.2))
 }

@@ -123,6 +123,29 @@ fn composition_counts(dir: &Path) -> BTreeMap<String, usize> {
     counts
 }
 
+/// Runs `body` as a host process of its own would (its own runtime, in a thread of its
+/// own); the host it returns then goes away without finishing anything, and `body`'s ids
+/// come back.
+fn gone_host<T, F>(body: impl FnOnce() -> F + Send + 'static) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = (Host, T)>,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (host, ids) = rt.block_on(body());
+        drop(host);
+        rt.shutdown_timeout(Duration::from_secs(5));
+        ids
+    })
+    .join()
+    .unwrap()
+}
+
 async fn until_idle(host: &Host) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -264,75 +287,63 @@ async fn jobs_of_a_gone_host_are_adopted_retried_or_ended_once() {
     let d = dir.path().to_owned();
     // Host A, on its own runtime (its own "process"): two long jobs run, two wait behind
     // them; then it goes away without finishing any.
-    let (a_id, running, retried, waiting, cancelled) = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
+    let (a_id, running, retried, waiting, cancelled) = gone_host(move || async move {
+        let a = Host::builder()
+            .data_dir(&d)
+            .queue(QueueConfig {
+                max_concurrent_lanes: 2,
+                recover: false,
+                ..QueueConfig::default()
+            })
+            .load("probe")
+            .load_with("probe", None, Some("probe2".into()))
             .build()
+            .await
             .unwrap();
-        let (host, ids) = rt.block_on(async {
-            let a = Host::builder()
-                .data_dir(&d)
-                .queue(QueueConfig {
-                    max_concurrent_lanes: 2,
-                    recover: false,
-                    ..QueueConfig::default()
-                })
-                .load("probe")
-                .load_with("probe", None, Some("probe2".into()))
-                .build()
-                .await
-                .unwrap();
-            let q = a.queue();
-            // A first run is measured alone: profile both instances first.
-            for instance in ["probe", "probe2"] {
-                let id = q
-                    .submit(JobSpec::execute(
-                        instance,
-                        kwargs(json!({"action": "echo"})),
-                    ))
-                    .await
-                    .unwrap();
-                q.wait(&id, None).await.unwrap();
-            }
-            let sleep = || kwargs(json!({"action": "sleep", "seconds": 30}));
-            let running = q.submit(JobSpec::execute("probe", sleep())).await.unwrap();
-            let retried = q
-                .submit(
-                    JobSpec::execute("probe2", sleep())
-                        .retry(cjm_host::queue::RetryPolicy::attempts(2)),
-                )
-                .await
-                .unwrap();
-            let waiting = q
+        let q = a.queue();
+        // A first run is measured alone: profile both instances first.
+        for instance in ["probe", "probe2"] {
+            let id = q
                 .submit(JobSpec::execute(
-                    "probe",
-                    kwargs(json!({"action": "echo", "text": "adopted"})),
+                    instance,
+                    kwargs(json!({"action": "echo"})),
                 ))
                 .await
                 .unwrap();
-            let cancelled = q
-                .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
-                .await
-                .unwrap();
-            while q.running().len() < 2 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            // While A lives, its jobs are not orphans.
-            let journal = JournalStore::open(&d.join("journal.db")).unwrap();
-            assert_eq!(
-                journal.cancel_orphan(&cancelled, "test").unwrap(),
-                OrphanCancel::NotOrphan
-            );
-            let a_id = q.host_id().to_owned();
-            (a, (a_id, running, retried, waiting, cancelled))
-        });
-        drop(host);
-        rt.shutdown_timeout(Duration::from_secs(5));
-        ids
-    })
-    .join()
-    .unwrap();
+            q.wait(&id, None).await.unwrap();
+        }
+        let sleep = || kwargs(json!({"action": "sleep", "seconds": 30}));
+        let running = q.submit(JobSpec::execute("probe", sleep())).await.unwrap();
+        let retried = q
+            .submit(
+                JobSpec::execute("probe2", sleep())
+                    .retry(cjm_host::queue::RetryPolicy::attempts(2)),
+            )
+            .await
+            .unwrap();
+        let waiting = q
+            .submit(JobSpec::execute(
+                "probe",
+                kwargs(json!({"action": "echo", "text": "adopted"})),
+            ))
+            .await
+            .unwrap();
+        let cancelled = q
+            .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
+            .await
+            .unwrap();
+        while q.running().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // While A lives, its jobs are not orphans.
+        let journal = JournalStore::open(&d.join("journal.db")).unwrap();
+        assert_eq!(
+            journal.cancel_orphan(&cancelled, "test").unwrap(),
+            OrphanCancel::NotOrphan
+        );
+        let a_id = q.host_id().to_owned();
+        (a, (a_id, running, retried, waiting, cancelled))
+    });
     let journal = JournalStore::open(&dir.path().join("journal.db")).unwrap();
     // Anyone may cancel an orphan, exactly once.
     assert!(matches!(
@@ -422,79 +433,67 @@ async fn a_composition_of_a_gone_host_resumes_from_its_journaled_results() {
     let big = "y".repeat(70_000);
     // Host A, on its own runtime, one lane: `a` completes, `z` runs, `b` waits behind it,
     // `c` has no job yet; then A goes away.
-    let (comp, a_job, z_job, b_job) = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
+    let (comp, a_job, z_job, b_job) = gone_host(move || async move {
+        let a = Host::builder()
+            .data_dir(&d)
+            .queue(QueueConfig {
+                max_concurrent_lanes: 1,
+                recover: false,
+                retry_defaults: [(
+                    "probe".to_owned(),
+                    cjm_host::queue::RetryPolicy::attempts(2),
+                )]
+                .into(),
+                ..QueueConfig::default()
+            })
+            .load("probe")
             .build()
+            .await
             .unwrap();
-        let (host, ids) = rt.block_on(async {
-            let a = Host::builder()
-                .data_dir(&d)
-                .queue(QueueConfig {
-                    max_concurrent_lanes: 1,
-                    recover: false,
-                    retry_defaults: [(
-                        "probe".to_owned(),
-                        cjm_host::queue::RetryPolicy::attempts(2),
-                    )]
-                    .into(),
-                    ..QueueConfig::default()
-                })
-                .load("probe")
-                .build()
-                .await
-                .unwrap();
-            let q = a.queue();
-            let warm = q
-                .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
-                .await
-                .unwrap();
-            q.wait(&warm, None).await.unwrap();
-            let comp = q
-                .submit_composition(Composition::new(vec![
-                    Node::new("a", "probe")
-                        .arg("action", json!("echo"))
-                        .arg("text", json!(big)),
-                    Node::new("z", "probe")
-                        .arg("action", json!("sleep"))
-                        .arg("seconds", json!(1.5)),
-                    Node::new("b", "probe")
-                        .arg("action", json!("echo"))
-                        .bind("text", OutputRef::field("a", "text")),
-                    Node::new("c", "probe")
-                        .arg("action", json!("echo"))
-                        .arg("text", json!("done"))
-                        .bind("n", OutputRef::field("b", "length")),
-                ]))
-                .await
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let (a_job, z_job, b_job) = loop {
-                let run = q.composition(&comp).unwrap();
-                let job = |n: &str| run.nodes[n].job_id.clone();
-                let running = |j: &Option<String>| {
-                    j.as_ref()
-                        .and_then(|j| q.get(j))
-                        .is_some_and(|j| j.status == JobStatus::Running)
-                };
-                if run.nodes["a"].state == NodeState::Completed
-                    && running(&job("z"))
-                    && job("b").is_some()
-                {
-                    break (job("a").unwrap(), job("z").unwrap(), job("b").unwrap());
-                }
-                assert!(Instant::now() < deadline, "{run:?}");
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        let q = a.queue();
+        let warm = q
+            .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
+            .await
+            .unwrap();
+        q.wait(&warm, None).await.unwrap();
+        let comp = q
+            .submit_composition(Composition::new(vec![
+                Node::new("a", "probe")
+                    .arg("action", json!("echo"))
+                    .arg("text", json!(big)),
+                Node::new("z", "probe")
+                    .arg("action", json!("sleep"))
+                    .arg("seconds", json!(1.5)),
+                Node::new("b", "probe")
+                    .arg("action", json!("echo"))
+                    .bind("text", OutputRef::field("a", "text")),
+                Node::new("c", "probe")
+                    .arg("action", json!("echo"))
+                    .arg("text", json!("done"))
+                    .bind("n", OutputRef::field("b", "length")),
+            ]))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (a_job, z_job, b_job) = loop {
+            let run = q.composition(&comp).unwrap();
+            let job = |n: &str| run.nodes[n].job_id.clone();
+            let running = |j: &Option<String>| {
+                j.as_ref()
+                    .and_then(|j| q.get(j))
+                    .is_some_and(|j| j.status == JobStatus::Running)
             };
-            (a, (comp, a_job, z_job, b_job))
-        });
-        drop(host);
-        rt.shutdown_timeout(Duration::from_secs(5));
-        ids
-    })
-    .join()
-    .unwrap();
+            if run.nodes["a"].state == NodeState::Completed
+                && running(&job("z"))
+                && job("b").is_some()
+            {
+                break (job("a").unwrap(), job("z").unwrap(), job("b").unwrap());
+            }
+            assert!(Instant::now() < deadline, "{run:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        (a, (comp, a_job, z_job, b_job))
+    });
     // A's node result is kept by reference.
     let result_file = dir.path().join(format!("payloads/{a_job}.result.json"));
     assert!(result_file.exists());
@@ -637,65 +636,53 @@ async fn a_cancelled_composition_of_a_gone_host_stays_cancelled() {
     use cjm_host::queue::{Composition, Node, OutputRef};
     let dir = data_dir();
     let d = dir.path().to_owned();
-    let (comp, slow) = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
+    let (comp, slow) = gone_host(move || async move {
+        let a = Host::builder()
+            .data_dir(&d)
+            .queue(QueueConfig {
+                recover: false,
+                // The cooperative phase outlasts the test: the member is still running.
+                cancel_timeout: Duration::from_secs(60),
+                retry_defaults: [(
+                    "probe".to_owned(),
+                    cjm_host::queue::RetryPolicy::attempts(3),
+                )]
+                .into(),
+                ..QueueConfig::default()
+            })
+            .load("probe")
             .build()
+            .await
             .unwrap();
-        let (host, ids) = rt.block_on(async {
-            let a = Host::builder()
-                .data_dir(&d)
-                .queue(QueueConfig {
-                    recover: false,
-                    // The cooperative phase outlasts the test: the member is still running.
-                    cancel_timeout: Duration::from_secs(60),
-                    retry_defaults: [(
-                        "probe".to_owned(),
-                        cjm_host::queue::RetryPolicy::attempts(3),
-                    )]
-                    .into(),
-                    ..QueueConfig::default()
-                })
-                .load("probe")
-                .build()
-                .await
-                .unwrap();
-            let q = a.queue();
-            let warm = q
-                .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
-                .await
-                .unwrap();
-            q.wait(&warm, None).await.unwrap();
-            let comp = q
-                .submit_composition(Composition::new(vec![
-                    Node::new("slow", "probe")
-                        .arg("action", json!("sleep"))
-                        .arg("seconds", json!(30)),
-                    Node::new("after", "probe")
-                        .arg("action", json!("echo"))
-                        .bind("n", OutputRef::field("slow", "slept")),
-                ]))
-                .await
-                .unwrap();
-            let slow = loop {
-                let run = q.composition(&comp).unwrap();
-                if let Some(job) = run.nodes["slow"].job_id.clone()
-                    && q.get(&job).is_some_and(|j| j.status == JobStatus::Running)
-                {
-                    break job;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            };
-            q.cancel_composition(&comp).unwrap();
-            (a, (comp, slow))
-        });
-        drop(host);
-        rt.shutdown_timeout(Duration::from_secs(5));
-        ids
-    })
-    .join()
-    .unwrap();
+        let q = a.queue();
+        let warm = q
+            .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
+            .await
+            .unwrap();
+        q.wait(&warm, None).await.unwrap();
+        let comp = q
+            .submit_composition(Composition::new(vec![
+                Node::new("slow", "probe")
+                    .arg("action", json!("sleep"))
+                    .arg("seconds", json!(30)),
+                Node::new("after", "probe")
+                    .arg("action", json!("echo"))
+                    .bind("n", OutputRef::field("slow", "slept")),
+            ]))
+            .await
+            .unwrap();
+        let slow = loop {
+            let run = q.composition(&comp).unwrap();
+            if let Some(job) = run.nodes["slow"].job_id.clone()
+                && q.get(&job).is_some_and(|j| j.status == JobStatus::Running)
+            {
+                break job;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        q.cancel_composition(&comp).unwrap();
+        (a, (comp, slow))
+    });
     let b = recovering_host(dir.path()).await;
     b.queue().reconcile().await.unwrap();
     let run = b

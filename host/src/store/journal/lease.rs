@@ -570,15 +570,7 @@ fn open_composition(
         .query_row([&id], |r| r.get(0))
         .optional()?
         .flatten();
-    let finished = tx
-        .prepare_cached(
-            "SELECT 1 FROM journal WHERE composition_id = ?1 \
-             AND event_type = 'composition_finished' LIMIT 1",
-        )?
-        .query_row([&id], |_| Ok(()))
-        .optional()?
-        .is_some();
-    if latest_owner.as_deref() != Some(host) || finished {
+    if latest_owner.as_deref() != Some(host) || composition_has(tx, &id, "composition_finished")? {
         return Ok(None);
     }
     let submitted = tx
@@ -600,17 +592,21 @@ fn open_composition(
         ))?
         .query_map([&id], super::row_to_event)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let cancel_requested = tx
-        .prepare_cached(
-            "SELECT 1 FROM journal WHERE composition_id = ?1 \
-             AND event_type = 'composition_cancel_requested' LIMIT 1",
-        )?
-        .query_row([&id], |_| Ok(()))
-        .optional()?
-        .is_some();
+    let cancel_requested = composition_has(tx, &id, "composition_cancel_requested")?;
     Ok(Some(OpenComposition {
         submitted,
         members,
         cancel_requested,
     }))
+}
+
+/// Whether composition `id` has a row of `event_type`.
+fn composition_has(tx: &Transaction<'_>, id: &str, event_type: &str) -> rusqlite::Result<bool> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT 1 FROM journal WHERE composition_id = ?1 AND event_type = ?2 LIMIT 1",
+        )?
+        .query_row(params![id, event_type], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
