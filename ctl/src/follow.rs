@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use cjm_host::queue::{CompositionRun, EventKind, JobQueue, Subscription};
+use cjm_host::store::event_types;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
@@ -90,11 +91,11 @@ impl Update {
     pub fn of(kind: &str, payload: &Value) -> Option<Update> {
         let text = |key: &str| payload[key].as_str().unwrap_or("").to_owned();
         match kind {
-            "progress_changed" => Some(Update::Progress(
+            event_types::PROGRESS_CHANGED => Some(Update::Progress(
                 payload["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0),
                 text("message"),
             )),
-            "state_transition" => Some(Update::State(text("to"))),
+            event_types::STATE_TRANSITION => Some(Update::State(text("to"))),
             _ => None,
         }
     }

@@ -11,14 +11,16 @@ pub mod mask;
 pub mod native;
 pub mod wasm;
 
-use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use cjm_guest::contract::{CapabilityInfo, Envelope, JobError, Status};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// How a capability runs (its manifest's `install.runtime`).
+pub use crate::manifest::RuntimeKind;
+/// Where what capabilities log and print goes (the diagnostics store's write-behind sink).
+pub use crate::store::{DiagnosticRecord, DiagnosticsSink, NoDiagnostics};
 pub use control::{Account, CallControl, CancelState};
 
 use crate::error::Result;
@@ -26,29 +28,6 @@ use crate::error::Result;
 /// The chunks of a streamed call, in order; the stream ends after an `Err` item or when
 /// the capability is done.
 pub type CallStream = tokio::sync::mpsc::Receiver<Result<Value>>;
-
-/// How a capability runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RuntimeKind {
-    /// A Python capability served by the cjm-substrate worker (the default of v2.0 manifests).
-    #[default]
-    Python,
-    /// A wasm component run in the host's sandbox.
-    Wasm,
-    /// A native binary serving the worker contract (for example built on cjm-native-worker).
-    Native,
-}
-
-impl fmt::Display for RuntimeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RuntimeKind::Python => "python",
-            RuntimeKind::Wasm => "wasm",
-            RuntimeKind::Native => "native",
-        })
-    }
-}
 
 /// Which entry point a call goes to.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,38 +227,6 @@ pub trait Backend: Send + Sync {
     async fn shutdown(&self) -> Result<()>;
 }
 
-/// One log record for the diagnostics store: the columns of its `records` table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogRecord {
-    /// The worker session (a native worker spawn, or a wasm instance pool).
-    pub worker_session_id: Option<String>,
-    /// The job the record belongs to.
-    pub job_id: Option<String>,
-    /// `DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`.
-    pub level: String,
-    /// The logger name.
-    pub logger_name: String,
-    /// The message.
-    pub message: String,
-    /// Exception text, when any.
-    pub exc_text: Option<String>,
-}
-
-/// Where backends write what capabilities log and print: the diagnostics store, or nowhere.
-/// Implementations must not block the caller for long (buffer and write behind).
-pub trait DiagnosticsSink: Send + Sync {
-    /// Stores a log record.
-    fn record(&self, record: LogRecord);
-    /// Stores one line of a capability's stdout or stderr (`stream` is `stdout` / `stderr`).
-    fn chunk(&self, worker_session_id: &str, stream: &str, content: &str);
-    /// Masks `values` in log records a worker of `worker_session_id` wrote into the store by
-    /// itself (a Python worker writes its own). Sinks that only hold what they were given
-    /// have nothing to do.
-    fn scrub(&self, worker_session_id: &str, values: &[String]) {
-        let _ = (worker_session_id, values);
-    }
-}
-
 /// Lifecycle events of workers (spawned, ready, died, stopped, killed), for the journal.
 pub trait WorkerEvents: Send + Sync {
     /// One event of the worker session `worker_session_id`.
@@ -292,13 +239,4 @@ pub struct NoEvents;
 
 impl WorkerEvents for NoEvents {
     fn event(&self, _: &str, _: &str, _: Value) {}
-}
-
-/// A sink that drops everything.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoDiagnostics;
-
-impl DiagnosticsSink for NoDiagnostics {
-    fn record(&self, _: LogRecord) {}
-    fn chunk(&self, _: &str, _: &str, _: &str) {}
 }

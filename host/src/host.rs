@@ -189,6 +189,9 @@ impl HostBuilder {
         if let Some(lanes) = self.lanes {
             queue.max_concurrent_lanes = lanes;
         }
+        // The manager reads the queue settings it shares with the queue (a native worker's
+        // concurrency) from the same place.
+        config.queue = queue.clone();
         let manager = CapabilityManager::open(config)?;
         let mut loads = tokio::task::JoinSet::new();
         for l in self.load {

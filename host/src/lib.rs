@@ -52,3 +52,91 @@ pub mod trace;
 pub use cjm_guest::contract;
 pub use error::{Error, Result};
 pub use host::{Host, HostBuilder};
+
+#[cfg(test)]
+mod layers {
+    //! The modules form layers: each reaches only the ones below it, so none can be
+    //! understood (or replaced, as the cluster will replace the journal's transport) only
+    //! together with one above it.
+
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// The top-level modules whose dependencies are checked, and what each may reach.
+    const ALLOWED: &[(&str, &[&str])] = &[
+        ("manifest", &[]),
+        ("telemetry", &[]),
+        ("config", &["manifest"]),
+        ("store", &["config"]),
+        ("backend", &["config", "manifest", "store"]),
+        ("adapter", &["backend", "manifest"]),
+        (
+            "manager",
+            &[
+                "adapter",
+                "backend",
+                "config",
+                "manifest",
+                "store",
+                "telemetry",
+            ],
+        ),
+        (
+            "queue",
+            &[
+                "backend",
+                "config",
+                "manager",
+                "manifest",
+                "store",
+                "telemetry",
+            ],
+        ),
+    ];
+
+    fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn modules_reach_only_the_layers_below_them() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let names: BTreeSet<&str> = ALLOWED.iter().map(|(m, _)| *m).collect();
+        let mut found: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for (module, _) in ALLOWED {
+            let mut files = vec![src.join(format!("{module}.rs"))];
+            sources(&src.join(module), &mut files);
+            for file in files.iter().filter(|f| f.is_file()) {
+                let text = std::fs::read_to_string(file).unwrap();
+                for (i, _) in text.match_indices("crate::") {
+                    let rest = &text[i + "crate::".len()..];
+                    let name: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if name != *module && names.contains(name.as_str()) {
+                        found.entry(module).or_default().insert(name);
+                    }
+                }
+            }
+        }
+        for (module, allowed) in ALLOWED {
+            let reached = found.remove(module).unwrap_or_default();
+            let extra: Vec<&String> = reached
+                .iter()
+                .filter(|r| !allowed.contains(&r.as_str()))
+                .collect();
+            assert!(
+                extra.is_empty(),
+                "`{module}` reaches {extra:?}, above it or beside it"
+            );
+        }
+    }
+}

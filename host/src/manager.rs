@@ -9,13 +9,17 @@
 //! - this module: lifecycle (discover, load, unload, reload, enable/disable), config updates,
 //!   worker env and secrets.
 
+mod build;
 mod call;
 pub mod config;
 mod describe;
+mod env;
+mod instance;
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use cjm_guest::contract::{CapabilityInfo, ErrorCategory, JobError};
@@ -30,8 +34,11 @@ use crate::manifest::{self, AdapterManifest, CapabilityManifest, Loaded};
 use crate::store::{
     BufferedSample, CapabilityConfigRecord, ConfigStore, DiagnosticsStore, DiagnosticsWriter,
     EmpiricalRecord, EmpiricalStore, JournalEvent, JournalStore, ResourceSample, SecretStore,
+    event_types,
 };
 use crate::telemetry::Telemetry;
+
+pub use instance::{Drift, Instance};
 
 /// How long after-call samples may wait before they are written to the empirical store.
 const SAMPLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
@@ -45,174 +52,6 @@ const MAX_RETRIES: u32 = 1;
 /// CPU percent, resident memory (MB) and GPU memory (MB) of a worker's process subtree.
 type Usage = (f64, f64, f64);
 
-/// A loaded capability instance.
-pub struct Instance {
-    id: String,
-    name: String,
-    backend: RwLock<Arc<dyn Backend>>,
-    config: Mutex<Value>,
-    enabled: AtomicBool,
-    permits: tokio::sync::Semaphore,
-    max_concurrency: usize,
-    last_used: Mutex<Instant>,
-    drift: Drift,
-    adapters: Vec<String>,
-    adapter_specs: Vec<String>,
-    /// The hash of `config` (the empirical key), kept with it.
-    config_hash: Mutex<String>,
-    /// The empirical aggregate of (id, config hash): what admission reads, in memory.
-    profile: Mutex<Option<EmpiricalRecord>>,
-    /// The last process-subtree measurement of its worker (reused for a moment: a
-    /// process-table scan costs milliseconds, a call tens of microseconds).
-    measured: Mutex<Option<(Instant, Usage)>>,
-    /// Its backend was shut down to free resources; the next call brings it back.
-    evicted: AtomicBool,
-    /// Serializes bringing an evicted instance back.
-    revive: tokio::sync::Mutex<()>,
-    /// The compiled argument schemas of its typed methods (by method; emptied when the
-    /// backend is replaced, whose surface may differ).
-    validators: Mutex<std::collections::HashMap<String, Option<Arc<jsonschema::Validator>>>>,
-}
-
-/// What the live capability reports that differs from its manifest: flagged, never fatal
-/// (the manifest is then due for regeneration).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Drift {
-    /// The live config schema hashes differently from `drift_tracking.config_schema_hash`.
-    pub config_schema: bool,
-    /// The live structural surface hashes differently from the recorded one.
-    pub structural_surface: bool,
-}
-
-impl Drift {
-    fn of(manifest: &CapabilityManifest, info: &CapabilityInfo) -> Self {
-        use crate::manifest::hash::{config_schema_hash, structural_surface_hash};
-        let tracked = &manifest.drift_tracking;
-        let surface = serde_json::to_value(&info.structural_surface).ok();
-        Drift {
-            config_schema: tracked
-                .config_schema_hash
-                .as_ref()
-                .is_some_and(|h| *h != config_schema_hash(Some(&info.config_schema))),
-            structural_surface: tracked
-                .structural_surface_hash
-                .as_ref()
-                .is_some_and(|h| *h != structural_surface_hash(surface.as_ref())),
-        }
-    }
-}
-
-impl std::fmt::Debug for Instance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Instance")
-            .field("id", &self.id)
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Instance {
-    /// The compiled schema of `method`'s arguments when its author typed them (compiled on
-    /// the first call, then kept); an invalid schema is a `fatal` error.
-    pub(crate) fn params_validator(
-        &self,
-        method: &str,
-    ) -> Result<Option<Arc<jsonschema::Validator>>> {
-        let mut cache = self
-            .validators
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(v) = cache.get(method) {
-            return Ok(v.clone());
-        }
-        let backend = self.backend();
-        // Bounded by the surface: only methods it declares are kept.
-        let Some(declared) = backend.info().structural_surface.method(method) else {
-            return Ok(None);
-        };
-        let compiled = match &declared.params_schema {
-            Some(schema) => Some(Arc::new(
-                config::params_validator(&self.name, method, schema).map_err(Error::job)?,
-            )),
-            None => None,
-        };
-        cache.insert(method.to_owned(), compiled.clone());
-        Ok(compiled)
-    }
-
-    /// The instance id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The capability name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The backend serving it now (replaced on reload).
-    pub fn backend(&self) -> Arc<dyn Backend> {
-        Arc::clone(&self.backend.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> Value {
-        self.config
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Whether calls are accepted.
-    pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::SeqCst)
-    }
-
-    /// The adapters bound to it at load (unit names), one per task.
-    pub fn adapters(&self) -> &[String] {
-        &self.adapters
-    }
-
-    /// The `module:Class` specs of those adapters, as a Python worker is given them
-    /// (`--adapters`).
-    pub fn adapter_specs(&self) -> &[String] {
-        &self.adapter_specs
-    }
-
-    /// Drift of the live capability against its manifest.
-    pub fn drift(&self) -> Drift {
-        self.drift
-    }
-
-    /// How many calls it serves at once (its pool size; 1 for a native worker).
-    pub fn max_concurrency(&self) -> usize {
-        self.max_concurrency
-    }
-
-    /// The hash of the configuration in force (the empirical key).
-    pub fn config_hash(&self) -> String {
-        lock(&self.config_hash).clone()
-    }
-
-    /// The measured peaks of the configuration in force (`None`: not measured yet).
-    pub fn peaks(&self) -> Option<crate::queue::Peaks> {
-        // Only a successful call measures: a failed or killed first run is no profile.
-        lock(&self.profile)
-            .as_ref()
-            .filter(|r| r.success_count > 0)
-            .map(|r| crate::queue::Peaks {
-                gpu_mb: r.gpu_memory_mb_peak_max,
-                ram_mb: r.memory_mb_peak_max,
-            })
-    }
-
-    /// What running it with the configuration in force has cost so far: `None` until its
-    /// first call with this configuration was measured (the queue then runs it alone).
-    pub fn profile(&self) -> Option<EmpiricalRecord> {
-        lock(&self.profile).clone()
-    }
-}
-
 /// The capability (among `names`) an instance id belongs to: ids are the name itself or
 /// `name-<suffix>`, and the longest matching name owns an id (`a-b-1234` is `a-b`'s, not
 /// `a`'s).
@@ -222,10 +61,6 @@ pub fn instance_owner<'a>(id: &str, names: &[&'a str]) -> Option<&'a str> {
         .filter(|n| id == **n || id.strip_prefix(**n).is_some_and(|r| r.starts_with('-')))
         .max_by_key(|n| n.len())
         .copied()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A handle pre-bound to one instance: calls without repeating the instance id.
@@ -311,36 +146,13 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let samples = std::mem::take(&mut *lock(&self.samples));
+        let samples = std::mem::take(&mut *self.samples.lock());
         if let Err(e) = self.stores.empirical.record_samples(&samples) {
             tracing::error!(error = %e, "cannot write the last empirical samples");
         }
     }
 }
 
-/// Journals worker lifecycle events of one instance.
-struct JournalEvents {
-    inner: std::sync::Weak<Inner>,
-    name: String,
-    instance_id: String,
-}
-
-impl WorkerEvents for JournalEvents {
-    fn event(&self, event_type: &str, worker_session_id: &str, payload: Value) {
-        if let Some(inner) = self.inner.upgrade() {
-            let mut e = JournalEvent::new(event_type)
-                .instance(&self.instance_id)
-                .payload(payload);
-            e.capability_name = Some(self.name.clone());
-            e.worker_session_id = Some(worker_session_id.to_owned());
-            if let Err(err) = inner.stores.journal.append(&e) {
-                tracing::error!(error = %err, event_type, "cannot journal a worker event");
-            }
-        }
-    }
-}
-
-/// Instance ids are `[A-Za-z0-9_-]{1,64}`.
 fn valid_instance_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
@@ -382,32 +194,31 @@ impl CapabilityManager {
             }),
         };
         me.discover();
+        // Diagnostics retention on a timer while the manager lives (outside a runtime, as in
+        // a synchronous embedder, `cjm-ctl retention` is the way).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let s = &me.inner.config.substrate;
+            DiagnosticsStore::maintain(
+                &me.inner.stores.diagnostics_store,
+                s.diagnostics_sweep_interval,
+                s.diagnostics_retention_days,
+                s.diagnostics_retention_max_mb,
+            );
+        }
         Ok(me)
     }
 
     /// Rescans the manifests dir; returns the per-file problems (one bad file never stops the
     /// others from loading).
     pub fn discover(&self) -> Vec<Error> {
-        *self
-            .inner
-            .scanned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = self.manifest_dirs_mtime();
+        *self.inner.scanned.lock() = self.manifest_dirs_mtime();
         let found = manifest::discover(&self.inner.config.manifest_search_paths());
-        let mut map = self
-            .inner
-            .manifests
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.inner.manifests.write();
         map.clear();
         for m in found.capabilities {
             map.insert(m.manifest.code.name.clone(), m);
         }
-        *self
-            .inner
-            .adapters
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = found.adapters;
+        *self.inner.adapters.write() = found.adapters;
         found.errors
     }
 
@@ -423,24 +234,12 @@ impl CapabilityManager {
 
     /// The names of the discovered capabilities.
     pub fn capabilities(&self) -> Vec<String> {
-        self.inner
-            .manifests
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect()
+        self.inner.manifests.read().keys().cloned().collect()
     }
 
     /// The loaded instances.
     pub fn instances(&self) -> Vec<Arc<Instance>> {
-        self.inner
-            .instances
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.inner.instances.read().values().cloned().collect()
     }
 
     /// The instance `id`; unknown ids are a typed error.
@@ -448,7 +247,6 @@ impl CapabilityManager {
         self.inner
             .instances
             .read()
-            .unwrap_or_else(PoisonError::into_inner)
             .get(id)
             .cloned()
             .ok_or_else(|| user(format!("no loaded capability instance '{id}'")))
@@ -494,43 +292,22 @@ impl CapabilityManager {
 
     /// The discovered capability manifests, by name.
     pub fn manifests(&self) -> Vec<Loaded<CapabilityManifest>> {
-        self.inner
-            .manifests
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.inner.manifests.read().values().cloned().collect()
     }
 
     /// The discovered adapter manifests, in discovery order.
     pub fn adapter_manifests(&self) -> Vec<Loaded<AdapterManifest>> {
-        self.inner
-            .adapters
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.adapters.read().clone()
     }
 
     /// The manifest of capability `name`; an unknown name is a typed `user_input` error.
     pub fn manifest(&self, name: &str) -> Result<Loaded<CapabilityManifest>> {
-        let known = |me: &Self| {
-            me.inner
-                .manifests
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(name)
-                .cloned()
-        };
+        let known = |me: &Self| me.inner.manifests.read().get(name).cloned();
         // One installed since the last scan (a running service, `cjm-ctl dev`) is found;
         // the dirs are scanned again only when they changed.
         known(self)
             .or_else(|| {
-                let scanned = *self
-                    .inner
-                    .scanned
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let scanned = *self.inner.scanned.lock();
                 if scanned.is_some() && scanned == self.manifest_dirs_mtime() {
                     return None;
                 }
@@ -577,21 +354,10 @@ impl CapabilityManager {
             Some(id) => id.to_owned(),
             None => format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]),
         };
-        let lock = Arc::clone(
-            self.inner
-                .loading
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(id.clone())
-                .or_default(),
-        );
+        let lock = Arc::clone(self.inner.loading.lock().entry(id.clone()).or_default());
         let _guard = lock.lock().await;
         let result = self.load_locked(name, config, id.clone(), adapters).await;
-        self.inner
-            .loading
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        self.inner.loading.lock().remove(&id);
         result
     }
 
@@ -632,13 +398,20 @@ impl CapabilityManager {
             ..stored.unwrap_or_default()
         };
         self.inner.stores.configs.set(&id, &record)?;
+        let host = &self.inner.config;
+        // A wasm capability serves as many calls as its sandbox allows (one instance each); a
+        // native worker as many as the host's default (1: same-worker concurrency is opt-in).
         let max = match &loaded.manifest.install.wasm {
             Some(w) => w.sandbox.max_concurrency.max(1) as usize,
-            None => 1,
+            None => host.queue.default_instance_concurrency.max(1) as usize,
         };
-        let drift = Drift::of(&loaded.manifest, backend.info());
+        let drift = if host.substrate.drift_detection {
+            Drift::of(&loaded.manifest, backend.info())
+        } else {
+            Drift::default()
+        };
         let config_hash = manifest::hash::config_hash(Some(&sent));
-        let profile = self.inner.stores.empirical.get_record(&id, &config_hash)?;
+        let profile = self.stored_profile(&id, &config_hash)?;
         if drift != Drift::default() {
             tracing::warn!(
                 capability = name,
@@ -667,13 +440,12 @@ impl CapabilityManager {
         });
         self.journal_event(
             &instance,
-            "capability_loaded",
+            event_types::CAPABILITY_LOADED,
             json!({"runtime": instance.backend().kind().to_string()}),
         )?;
         self.inner
             .instances
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
             .insert(id, Arc::clone(&instance));
         Ok(instance)
     }
@@ -686,138 +458,10 @@ impl CapabilityManager {
         capability: &CapabilityManifest,
         requested: Option<&[String]>,
     ) -> Result<Vec<AdapterManifest>> {
-        let adapters = self
-            .inner
-            .adapters
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let adapters = self.inner.adapters.read();
         let chosen =
             crate::adapter::resolve(capability, adapters.iter().map(|a| &a.manifest), requested)?;
         Ok(chosen.into_iter().cloned().collect())
-    }
-
-    async fn build_backend(
-        &self,
-        loaded: &Loaded<CapabilityManifest>,
-        id: &str,
-    ) -> Result<Arc<dyn Backend>> {
-        let m = &loaded.manifest;
-        let name = m.code.name.clone();
-        let config = &self.inner.config;
-        let data_dir = config.capability_data_dir(&name);
-        let lookup = |placeholder: &str| config.placeholder(&name, placeholder);
-        let events: Arc<dyn WorkerEvents> = Arc::new(JournalEvents {
-            inner: Arc::downgrade(&self.inner),
-            name: name.clone(),
-            instance_id: id.to_owned(),
-        });
-        let sink = Arc::clone(&self.inner.stores.diagnostics);
-        let kind = m.install.runtime.unwrap_or_default();
-        let spec = match kind {
-            RuntimeKind::Wasm => {
-                let wasm = m.install.wasm.as_ref().ok_or_else(|| {
-                    user(format!(
-                        "capability '{name}' is a wasm capability without an install.wasm block"
-                    ))
-                })?;
-                std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
-                let mut grants = SandboxGrants::from_manifest(&wasm.sandbox, lookup)?;
-                for key in &wasm.sandbox.secrets {
-                    match self.inner.stores.secrets.get(&name, key, None)? {
-                        Some(value) => grants.secrets.push((key.clone(), value)),
-                        None => tracing::warn!(
-                            capability = %name,
-                            secret = %key,
-                            "a granted secret is not set (cjm-ctl set-secret); the guest does not see it"
-                        ),
-                    }
-                }
-                let path = loaded.dir().join(&wasm.component);
-                let backend = WasmBackend::load(&self.inner.wasm, &path, grants, sink).await?;
-                return Ok(Arc::new(backend));
-            }
-            RuntimeKind::Python => {
-                let python = std::path::PathBuf::from(&m.install.python_path);
-                if !python.is_file() {
-                    return Err(user(format!(
-                        "capability '{name}': python path {} does not exist",
-                        python.display()
-                    )));
-                }
-                // The worker binds the task adapters itself (`--adapters module:Class,...`).
-                let specs: Vec<String> = self
-                    .bound_adapters(m, None)?
-                    .iter()
-                    .map(crate::adapter::worker_spec)
-                    .collect();
-                WorkerSpec::python(&name, python, &m.code.module, &m.code.class_name, &specs)
-            }
-            RuntimeKind::Native => {
-                let native = m.install.native.as_ref().ok_or_else(|| {
-                    user(format!(
-                        "capability '{name}' is a native capability without an install.native block"
-                    ))
-                })?;
-                WorkerSpec::native(&name, &native.command)?
-            }
-        };
-        let mut spec = spec.with_host_env(config)?;
-        for (k, v) in &m.install.env_vars {
-            spec = spec.env(k, v);
-        }
-        let mut secrets = Vec::new();
-        for (k, v, secret) in self.worker_env(m, &lookup)? {
-            if secret {
-                secrets.push(v.clone());
-            }
-            spec = spec.env(k, v);
-        }
-        spec.masker = crate::backend::native::Masker::new(secrets);
-        Ok(Arc::new(
-            NativeBackend::start(spec, kind, sink, events).await?,
-        ))
-    }
-
-    /// Resolves the manifest's `worker_env`: secrets from the secret store (keyed by
-    /// capability name, shared by all its instances), visible defaults with `${...}`
-    /// templates expanded; a required variable with neither is an error naming it. Each
-    /// entry says whether it is a secret (its value is then masked in what the host records).
-    fn worker_env(
-        &self,
-        m: &CapabilityManifest,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Vec<(String, String, bool)>> {
-        let name = &m.code.name;
-        let mut out = Vec::new();
-        let mut missing = Vec::new();
-        for spec in m.code.worker_env.iter().flatten() {
-            let value = if spec.secret {
-                self.inner
-                    .stores
-                    .secrets
-                    .get(name, &spec.name, None)?
-                    .map(|s| s.expose().to_owned())
-            } else {
-                spec.default
-                    .as_deref()
-                    .and_then(|d| manifest::runtime::expand_placeholders(d, lookup))
-            };
-            match value {
-                Some(v) => out.push((spec.name.clone(), v, spec.secret)),
-                None if spec.required => missing.push(spec.name.clone()),
-                None => {}
-            }
-        }
-        if !missing.is_empty() {
-            return Err(Error::job(
-                JobError::user_input(format!(
-                    "capability '{name}' misses required environment: {}",
-                    missing.join(", ")
-                ))
-                .with_fields(missing),
-            ));
-        }
-        Ok(out)
     }
 
     /// Unloads an instance: its worker or instance pool goes away; its persisted config stays.
@@ -826,11 +470,10 @@ impl CapabilityManager {
             .inner
             .instances
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
             .remove(id)
             .ok_or_else(|| user(format!("no loaded capability instance '{id}'")))?;
         let result = instance.backend().shutdown().await;
-        self.journal_event(&instance, "capability_unloaded", json!({}))?;
+        self.journal_event(&instance, event_types::CAPABILITY_UNLOADED, json!({}))?;
         result
     }
 
@@ -847,20 +490,10 @@ impl CapabilityManager {
             let _ = fresh.shutdown().await;
             return Err(e);
         }
-        let old = std::mem::replace(
-            &mut *instance
-                .backend
-                .write()
-                .unwrap_or_else(PoisonError::into_inner),
-            fresh,
-        );
-        instance
-            .validators
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        let old = std::mem::replace(&mut *instance.backend.write(), fresh);
+        instance.validators.lock().clear();
         let _ = old.shutdown().await;
-        self.journal_event(&instance, "capability_reloaded", json!({}))
+        self.journal_event(&instance, event_types::CAPABILITY_RELOADED, json!({}))
     }
 
     /// Enables or disables an instance (persisted). A disabled instance refuses calls.
@@ -879,9 +512,9 @@ impl CapabilityManager {
         self.journal_event(
             &instance,
             if enabled {
-                "capability_enabled"
+                event_types::CAPABILITY_ENABLED
             } else {
-                "capability_disabled"
+                event_types::CAPABILITY_DISABLED
             },
             json!({}),
         )
@@ -895,18 +528,29 @@ impl CapabilityManager {
         config::validate(&instance.name, &schema, &new, false)?;
         let old = instance.config();
         backend.reconfigure(old.clone(), new.clone()).await?;
-        *instance
-            .config
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = new.clone();
+        *instance.config.lock() = new.clone();
         let hash = manifest::hash::config_hash(Some(&new));
         self.flush_samples()?;
-        *lock(&instance.profile) = self.inner.stores.empirical.get_record(id, &hash)?;
-        *lock(&instance.config_hash) = hash;
+        *instance.profile.lock() = self.stored_profile(id, &hash)?;
+        *instance.config_hash.lock() = hash;
         let mut record = self.inner.stores.configs.get(id)?.unwrap_or_default();
         record.config = new.clone();
         self.inner.stores.configs.set(id, &record)?;
-        self.journal_event(&instance, "config_changed", json!({"old": old, "new": new}))
+        self.journal_event(
+            &instance,
+            event_types::CONFIG_CHANGED,
+            json!({"old": old, "new": new}),
+        )
+    }
+
+    /// What running instance `id` with the configuration hashed `config_hash` has cost so
+    /// far. Without empirical tracking nothing is measured, so nothing is known: every job
+    /// runs as a first run (alone), as under cjm-substrate with `empirical_tracking: false`.
+    fn stored_profile(&self, id: &str, config_hash: &str) -> Result<Option<EmpiricalRecord>> {
+        if !self.inner.config.substrate.empirical_tracking {
+            return Ok(None);
+        }
+        self.inner.stores.empirical.get_record(id, config_hash)
     }
 
     /// Identity, schema and surface of a loaded instance.
@@ -934,39 +578,6 @@ impl CapabilityManager {
             manager: self.clone(),
             id: id.to_owned(),
         })
-    }
-
-    /// Stores a secret for capability `name` (shared by all its instances) and reloads its
-    /// loaded instances, since worker environments are fixed at spawn. The value never
-    /// reaches the journal or an error message.
-    pub async fn set_secret(&self, name: &str, key: &str, value: &str) -> Result<()> {
-        let loaded = self.manifest(name)?;
-        // A wasm guest sees only the secrets its sandbox grants: one that would never reach
-        // it is refused rather than stored for nothing.
-        if let Some(wasm) = &loaded.manifest.install.wasm
-            && !wasm.sandbox.secrets.iter().any(|s| s == key)
-        {
-            return Err(Error::job(
-                JobError::user_input(format!(
-                    "capability '{name}' is a wasm component and its sandbox grants no secret '{key}': add `secrets: [{key}]` to its sandbox block (capabilities.yaml or the manifest's install.wasm.sandbox) and reinstall"
-                ))
-                .with_fields(["key"]),
-            ));
-        }
-        self.inner
-            .stores
-            .secrets
-            .set(name, key, crate::store::SecretValue::new(value), None)?;
-        let ids: Vec<String> = self
-            .instances()
-            .iter()
-            .filter(|i| i.name == name)
-            .map(|i| i.id.clone())
-            .collect();
-        for id in ids {
-            self.reload(&id).await?;
-        }
-        Ok(())
     }
 
     /// Unloads every instance and writes the buffered empirical samples.

@@ -17,6 +17,7 @@
 
 pub mod adapter;
 pub mod capability;
+mod error;
 pub mod hash;
 /// JSON exactly as Python writes it (shared with the native worker).
 pub use cjm_guest::python::json as pyjson;
@@ -34,6 +35,7 @@ pub use capability::{
     CapabilityManifest, CodeSection, DriftTracking, EnvVarSpec, FORMAT_VERSION, InstallSection,
     ResourceRequirements,
 };
+pub use error::ManifestError;
 pub use runtime::{
     DirAccess, NativeInstall, NetworkGrant, Preopen, RuntimeKind, Sandbox, WasmInstall,
 };
@@ -100,10 +102,10 @@ pub fn load_adapter(path: &Path) -> Result<AdapterManifest> {
 }
 
 fn invalid(path: &Path, field: &str, message: impl Into<String>) -> Error {
-    Error::InvalidManifest {
+    Error::Manifest(ManifestError::InvalidManifest {
         path: path.to_owned(),
         problems: vec![ManifestProblem::new(field, message)],
-    }
+    })
 }
 
 /// Parses manifest `text`; `path` names the source in errors.
@@ -142,10 +144,10 @@ pub fn parse_value(path: &Path, doc: Value) -> Result<Manifest> {
         Some(Value::String(unit)) if unit == ADAPTER_UNIT => {
             let problems = validate::check_adapter(&doc);
             if !problems.is_empty() {
-                return Err(Error::InvalidManifest {
+                return Err(Error::Manifest(ManifestError::InvalidManifest {
                     path: path.to_owned(),
                     problems,
-                });
+                }));
             }
             let m = typed(path, doc)?;
             Ok(Manifest::Adapter(Box::new(m)))
@@ -162,21 +164,21 @@ pub fn parse_value(path: &Path, doc: Value) -> Result<Manifest> {
             match obj.get("format_version") {
                 Some(Value::String(v)) if v == FORMAT_VERSION => {}
                 other => {
-                    return Err(Error::UnsupportedManifestVersion {
+                    return Err(Error::Manifest(ManifestError::UnsupportedManifestVersion {
                         path: path.to_owned(),
                         found: other.map_or_else(
                             || "(missing)".to_owned(),
                             |v| serde_json::to_string(v).unwrap_or_default(),
                         ),
-                    });
+                    }));
                 }
             }
             let problems = validate::check_capability(&doc);
             if !problems.is_empty() {
-                return Err(Error::InvalidManifest {
+                return Err(Error::Manifest(ManifestError::InvalidManifest {
                     path: path.to_owned(),
                     problems,
-                });
+                }));
             }
             let m = typed(path, doc)?;
             Ok(Manifest::Capability(Box::new(m)))

@@ -6,8 +6,9 @@
 //!   unprofiled jobs, per-instance caps, the GPU ledger and live free memory);
 //! - [`events`]: the one emission path (journal first, then subscribers; wedge on failure);
 //! - [`composition`]: DAGs of calls with bindings to upstream results;
-//! - `dispatch`, `execution`, `advance`: the queue's internals (admitting, running and
-//!   finishing jobs; moving compositions on);
+//! - `dispatch`, `execution`: the queue's internals (admitting, running and finishing jobs);
+//! - `advance`: compositions at run time (submitting, inspecting, cancelling; moving them
+//!   on as their members end);
 //! - this module: [`JobQueue`], its public API.
 //!
 //! All queue state sits behind one mutex held for microseconds: a state change (submit,
@@ -26,16 +27,18 @@ mod execution;
 pub mod job;
 pub mod listing;
 mod recovery;
-pub mod retry;
 
+use parking_lot::{Mutex, MutexGuard};
 use std::cmp::Reverse;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cjm_guest::contract::JobError;
 use serde_json::{Value, json};
 
+pub use crate::config::RetryPolicy;
+use crate::config::retry;
 pub use admission::{Peaks, ResourceSource, ResourceView, SystemResources, WaitReason};
 pub use composition::{Arg, Composition, CompositionRun, Node, NodeRun, NodeState, OutputRef};
 pub use error::QueueError;
@@ -44,7 +47,6 @@ pub use job::{
     CancelPhase, Job, JobSpec, JobStatus, PayloadRef, QueueStats, SpecRecord, host_view,
 };
 pub use listing::{JobFilter, JobPage, list_jobs};
-pub use retry::RetryPolicy;
 
 use crate::backend::{CallControl, CallRequest};
 use crate::bounds::size_over;
@@ -155,24 +157,6 @@ struct State {
     /// Closed by [`JobQueue::stop_admitting`]: what waits (compositions' next nodes
     /// included) is left to the host that reconciles this one, not cancelled.
     leaving: bool,
-}
-
-/// A composition as callers see it: a node whose job still waits in the queue is `pending`
-/// (the run itself counts it in flight from the moment its job exists).
-fn composition_view(st: &State, run: &CompositionRun) -> CompositionRun {
-    let mut view = run.clone();
-    for node in view.nodes.values_mut() {
-        if node.state == NodeState::Running
-            && let Some(job) = &node.job_id
-            && st
-                .jobs
-                .get(job)
-                .is_some_and(|e| e.job.status == JobStatus::Pending)
-        {
-            node.state = NodeState::Pending;
-        }
-    }
-    view
 }
 
 fn now() -> String {
@@ -668,165 +652,6 @@ impl JobQueue {
         self.inner.bus.subscribe(scope, SUBSCRIBER_BUFFER)
     }
 
-    /// Submits a composition; returns its run id. Validated first: structure (duplicate ids,
-    /// unknown bindings, cycles) and every node's instance (unknown, disabled), every problem
-    /// listed. Member jobs are created when their inputs exist.
-    pub async fn submit_composition(&self, mut composition: Composition) -> Result<String> {
-        let span = tracing::info_span!(
-            target: "cjm::trace",
-            "cjm.composition.submit",
-            cjm.nodes = composition.nodes.len(),
-            cjm.composition_id = tracing::field::Empty,
-        );
-        crate::trace::adopt(&span, composition.traceparent.as_deref());
-        if let Some(traceparent) = crate::trace::traceparent(&span) {
-            composition.traceparent = Some(traceparent);
-        }
-        let result =
-            crate::trace::within(span.clone(), self.submit_composition_within(composition)).await;
-        match &result {
-            Ok(id) => {
-                span.record("cjm.composition_id", id.as_str());
-            }
-            Err(e) => crate::trace::fail(&span, &e.to_string()),
-        }
-        result
-    }
-
-    async fn submit_composition_within(&self, composition: Composition) -> Result<String> {
-        let inner = &self.inner;
-        inner.admissible_submission()?;
-        let deps = match composition.validate() {
-            Ok(deps) => deps,
-            Err(problems) => {
-                // Its args may nest past any stack: dropped without recursion.
-                crate::bounds::drop_flat(composition.nodes.into_iter().flat_map(|n| {
-                    n.kwargs.into_iter().filter_map(|(_, a)| match a {
-                        Arg::Value(v) => Some(v),
-                        Arg::Output(_) => None,
-                    })
-                }));
-                return Err(QueueError::InvalidComposition(problems).into());
-            }
-        };
-        // Each node's instance and its capability (journaled: a host resuming the
-        // composition loads what its nodes call).
-        let mut instances = std::collections::BTreeMap::new();
-        let mut problems = Vec::new();
-        for n in &composition.nodes {
-            match inner.check_instance(&n.instance_id) {
-                Ok(name) => {
-                    instances.insert(n.instance_id.clone(), name);
-                }
-                Err(e) => problems.push(format!("node '{}': {}", n.id, e.to_job_error().message)),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(QueueError::InvalidComposition(problems).into());
-        }
-        let id = uuid::Uuid::now_v7().to_string();
-        let written = Arc::new(Done::default());
-        let launches = {
-            let mut st = inner.lock();
-            if st.closed {
-                return Err(QueueError::Closed.into());
-            }
-            let mut submitted = JobEvent::new(
-                EventKind::CompositionSubmitted,
-                json!({"host_id": inner.emitter.host_id(), "composition": &composition,
-                       "instances": instances}),
-            );
-            submitted.composition_id = Some(id.clone());
-            submitted.run_id.clone_from(&composition.run_id);
-            submitted.actor.clone_from(&composition.actor);
-            inner.emitter.push(Item::Event(submitted));
-            inner.emitter.push(Item::Done(Arc::clone(&written)));
-            st.compositions.insert(
-                id.clone(),
-                CompositionEntry {
-                    run: CompositionRun::new(id.clone(), composition, deps),
-                    done: Arc::new(Done::default()),
-                },
-            );
-            inner.start_ready(&mut st, &id, None);
-            inner.maybe_finish(&mut st, &id);
-            inner.dispatch(&mut st)
-        };
-        inner.after(launches);
-        self.journaled(&written).await?;
-        Ok(id)
-    }
-
-    /// A snapshot of a composition run.
-    pub fn composition(&self, id: &str) -> Option<CompositionRun> {
-        let st = self.inner.lock();
-        st.compositions
-            .get(id)
-            .map(|c| composition_view(&st, &c.run))
-    }
-
-    /// The composition runs this host holds (running ones and the recent finished ones),
-    /// newest first, at most `limit`.
-    pub fn compositions(&self, limit: usize) -> Vec<CompositionRun> {
-        let st = self.inner.lock();
-        let mut runs: Vec<&CompositionRun> = st.compositions.values().map(|c| &c.run).collect();
-        runs.sort_by(|a, b| b.submitted_at.cmp(&a.submitted_at).then(b.id.cmp(&a.id)));
-        runs.into_iter()
-            .take(limit)
-            .map(|run| composition_view(&st, run))
-            .collect()
-    }
-
-    /// Waits until a composition reached its terminal status and returns it.
-    pub async fn wait_composition(
-        &self,
-        id: &str,
-        timeout: Option<Duration>,
-    ) -> Result<CompositionRun> {
-        let done = self
-            .inner
-            .lock()
-            .compositions
-            .get(id)
-            .map(|c| Arc::clone(&c.done))
-            .ok_or_else(|| QueueError::UnknownComposition(id.to_owned()))?;
-        wait_done(&done, timeout, id).await?;
-        self.composition(id)
-            .ok_or_else(|| QueueError::UnknownComposition(id.to_owned()).into())
-    }
-
-    /// Cancels a composition as a unit (it lands `cancelled`): nodes without a job never
-    /// get one, pending members are cancelled, running ones go through the cancel state
-    /// machine.
-    pub fn cancel_composition(&self, id: &str) -> Result<()> {
-        let inner = &self.inner;
-        let launches = {
-            let mut st = inner.lock();
-            let entry = st
-                .compositions
-                .get_mut(id)
-                .ok_or_else(|| QueueError::UnknownComposition(id.to_owned()))?;
-            if entry.run.status.is_terminal() {
-                return Err(QueueError::Finished {
-                    id: id.to_owned(),
-                    status: entry.run.status.as_str().to_owned(),
-                }
-                .into());
-            }
-            entry.run.cancel_requested = true;
-            let mut e = JobEvent::new(EventKind::CompositionCancelRequested, json!({}));
-            e.composition_id = Some(id.to_owned());
-            e.run_id.clone_from(&entry.run.composition.run_id);
-            e.actor.clone_from(&entry.run.composition.actor);
-            inner.emitter.push(Item::Event(e));
-            inner.cancel_members(&mut st, id, true);
-            inner.maybe_finish(&mut st, id);
-            inner.dispatch(&mut st)
-        };
-        inner.after(launches);
-        Ok(())
-    }
-
     /// Stops taking work but keeps what waits: new submissions are refused, nothing more is
     /// admitted, and waiting jobs stay in the journal as submitted, for the host that
     /// reconciles this one once it is gone (`cjm-ctl serve` on SIGTERM). Running jobs finish.
@@ -920,7 +745,7 @@ async fn wait_done(done: &Done, timeout: Option<Duration>, what: &str) -> Result
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     fn admissible_submission(&self) -> Result<()> {

@@ -24,26 +24,28 @@
 //! costs microseconds instead of an fsync's milliseconds.
 //!
 //! A file that is not a SQLite database, or is corrupt, is reported as
-//! [`Error::CorruptDatabase`] and left in place, never replaced.
+//! [`StoreError::CorruptDatabase`](StoreError::CorruptDatabase) and left in place, never replaced.
 
 pub mod config_store;
 pub mod diagnostics;
 pub mod empirical;
+mod error;
 pub mod journal;
 pub mod secrets;
 
+use parking_lot::{Mutex, MutexGuard};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
 pub use config_store::{CapabilityConfigRecord, ConfigStore};
 pub use diagnostics::{
-    ChunkQuery, DiagnosticRecord, DiagnosticsStore, DiagnosticsWriter, RecordQuery,
-    RetentionOutcome, StreamChunk,
+    ChunkQuery, DiagnosticRecord, DiagnosticsSink, DiagnosticsStore, DiagnosticsWriter,
+    NoDiagnostics, RecordQuery, RetentionOutcome, StreamChunk,
 };
-pub use empirical::{BufferedSample, EmpiricalRecord, EmpiricalStore, ResourceSample};
+pub use empirical::{BufferedSample, EmpiricalRecord, EmpiricalStore, Peaks, ResourceSample};
+pub use error::StoreError;
 pub use journal::{
     HostRecord, JobSnapshot, JournalEvent, JournalQuery, JournalStore, Leftovers, Liveness,
     OpenComposition, OpenJob, OrphanCancel, event_types, hostname,
@@ -118,12 +120,12 @@ impl Db {
         }
         let latest = i64::try_from(migrations.len()).unwrap_or(i64::MAX);
         if version > latest {
-            return Err(Error::SchemaTooNew {
+            return Err(Error::Store(StoreError::SchemaTooNew {
                 store,
                 path: path.to_owned(),
                 found: version,
                 supported: latest,
-            });
+            }));
         }
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -153,9 +155,7 @@ impl Db {
     /// The connection, locked. A panic of an earlier holder does not make the store
     /// unusable: SQLite rolled back whatever that holder left open.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.conn.lock()
     }
 
     /// Runs `f` on the locked connection, mapping its error.
@@ -203,15 +203,17 @@ fn migrate(conn: &mut Connection, migrations: &[Migration]) -> rusqlite::Result<
 }
 
 /// Maps a SQLite error: corruption and non-database files become
-/// [`Error::CorruptDatabase`], the rest [`Error::Sqlite`].
+/// [`StoreError::CorruptDatabase`](StoreError::CorruptDatabase), the rest [`StoreError::Sqlite`](StoreError::Sqlite).
 pub(crate) fn sqlite_error(store: &'static str, path: &Path, source: rusqlite::Error) -> Error {
     match source.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Error::CorruptDatabase {
-            store,
-            path: path.to_owned(),
-            source,
-        },
-        _ => Error::Sqlite { store, source },
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            Error::Store(StoreError::CorruptDatabase {
+                store,
+                path: path.to_owned(),
+                source,
+            })
+        }
+        _ => Error::Store(StoreError::Sqlite { store, source }),
     }
 }
 
@@ -232,7 +234,6 @@ mod tests {
         send_sync::<ConfigStore>();
         send_sync::<EmpiricalStore>();
         send_sync::<SecretStore>();
-        send_sync::<crate::manifest::hash::StatCache>();
         send_sync::<Error>();
     }
 
@@ -283,10 +284,10 @@ mod tests {
         assert!(
             matches!(
                 err,
-                Error::CorruptDatabase {
+                Error::Store(StoreError::CorruptDatabase {
                     store: "journal",
                     ..
-                }
+                })
             ),
             "{err}"
         );
@@ -311,10 +312,10 @@ mod tests {
         assert!(
             matches!(
                 err,
-                Error::CorruptDatabase {
+                Error::Store(StoreError::CorruptDatabase {
                     store: "journal",
                     ..
-                }
+                })
             ),
             "{err}"
         );
@@ -353,7 +354,10 @@ mod tests {
         }
         std::fs::write(&path, &bytes).unwrap();
         let err = Db::open(&path, "empirical", &[]).unwrap_err();
-        assert!(matches!(err, Error::CorruptDatabase { .. }), "{err}");
+        assert!(
+            matches!(err, Error::Store(StoreError::CorruptDatabase { .. })),
+            "{err}"
+        );
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
 
@@ -381,11 +385,11 @@ mod tests {
         assert!(
             matches!(
                 err,
-                Error::SchemaTooNew {
+                Error::Store(StoreError::SchemaTooNew {
                     found: 2,
                     supported: 1,
                     ..
-                }
+                })
             ),
             "{err}"
         );

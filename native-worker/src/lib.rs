@@ -18,6 +18,8 @@
 //! - [`runtime`]: the process: command line, socket, watchdog, a single-threaded tokio
 //!   runtime, orderly shutdown ([`serve`], [`run`]).
 //! - [`args`]: the command line (`--fd`, `--port`, `--ppid`, `--log-level`).
+//! - [`cache_paths`]: per-(input content, action, config) cache directories for what a
+//!   capability derives from its inputs, as cjm-substrate's `utils/cache_paths`.
 //! - [`server`]: the endpoints, as an axum [`Router`](axum::Router) ([`router`]); testable with
 //!   `tower::ServiceExt::oneshot`, no socket needed.
 //! - [`worker`]: the served capability behind one mutex; calls run on the blocking pool, so
@@ -33,6 +35,7 @@
 //! - [`error`]: this crate's failures.
 
 pub mod args;
+pub mod cache_paths;
 pub mod diagnostics;
 pub mod error;
 mod listener;

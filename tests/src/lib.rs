@@ -13,20 +13,20 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cjm_host::backend::wasm::{SandboxGrants, WasmBackend, WasmRuntime};
-use cjm_host::backend::{DiagnosticsSink, LogRecord};
+use cjm_host::backend::{DiagnosticRecord, DiagnosticsSink};
 
 /// A diagnostics sink that keeps what it is given, for assertions on what a guest logged or
 /// printed.
 #[derive(Debug, Default)]
 pub struct CollectingSink {
     /// Log records, in order.
-    pub records: Mutex<Vec<LogRecord>>,
+    pub records: Mutex<Vec<DiagnosticRecord>>,
     /// `(session, stream, line)` chunks, in order.
     pub chunks: Mutex<Vec<(String, String, String)>>,
 }
 
 impl DiagnosticsSink for CollectingSink {
-    fn record(&self, record: LogRecord) {
+    fn record(&self, record: DiagnosticRecord) {
         self.records.lock().unwrap().push(record);
     }
     fn chunk(&self, session: &str, stream: &str, content: &str) {

@@ -126,6 +126,11 @@ impl Capability for Probe {
                     .map_err(|e| JobError::fatal(format!("no pid from sh: {e}")))?;
                 Ok(json!({"pid": pid}))
             }
+            // The value of one environment variable of the worker (null when unset).
+            "env" => {
+                let name: String = arg(&kwargs, "name")?;
+                Ok(json!({"value": std::env::var(&name).ok()}))
+            }
             "log" => {
                 cx.info("info line");
                 cx.warn("warning line");

@@ -98,16 +98,13 @@ pub fn capabilities_file(
 struct Bars {
     bars: BTreeMap<String, ProgressBar>,
     /// Each entry's current step, shown with the last line its tools wrote.
-    steps: std::sync::Mutex<BTreeMap<String, String>>,
+    steps: parking_lot::Mutex<BTreeMap<String, String>>,
 }
 
 impl Bars {
     /// Shows `name`'s step and, after it, `live`: the last line of its install log.
     fn show(&self, name: &str, live: &str) {
-        let steps = self
-            .steps
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let steps = self.steps.lock();
         if let (Some(b), Some(step)) = (self.bars.get(name), steps.get(name)) {
             if live.is_empty() {
                 b.set_message(step.clone());
@@ -120,10 +117,7 @@ impl Bars {
 
 impl Progress for Bars {
     fn step(&self, name: &str, step: &str) {
-        self.steps
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(name.to_owned(), step.to_owned());
+        self.steps.lock().insert(name.to_owned(), step.to_owned());
         self.show(name, "");
     }
 }
@@ -194,7 +188,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
                 (e.name.clone(), b)
             })
             .collect(),
-        steps: std::sync::Mutex::default(),
+        steps: parking_lot::Mutex::default(),
     };
 
     let rt = runtime()?;

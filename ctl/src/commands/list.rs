@@ -160,22 +160,10 @@ fn drift(c: &Loaded<CapabilityManifest>) -> Vec<&'static str> {
             }
         }
         RuntimeKind::Native => {
-            if let Some(n) = &m.install.native {
-                let p = Path::new(&n.command[0]);
-                let present = if n.command[0].contains('/') {
-                    let p = if p.is_absolute() {
-                        p.to_owned()
-                    } else {
-                        c.dir().join(p)
-                    };
-                    p.is_file()
-                } else {
-                    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                        .any(|d| d.join(p).is_file())
-                };
-                if !present {
-                    flags.push("program-missing");
-                }
+            if let Some(n) = &m.install.native
+                && n.program(c.dir()).is_none()
+            {
+                flags.push("program-missing");
             }
         }
     }

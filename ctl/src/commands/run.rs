@@ -232,7 +232,7 @@ async fn wasm_file(
 struct Stderr;
 
 impl cjm_host::backend::DiagnosticsSink for Stderr {
-    fn record(&self, r: cjm_host::backend::LogRecord) {
+    fn record(&self, r: cjm_host::backend::DiagnosticRecord) {
         eprintln!("[{} {}] {}", r.level, r.logger_name, r.message);
     }
 

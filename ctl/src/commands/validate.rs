@@ -156,7 +156,10 @@ fn manifest_errors(path: &Path) -> (Vec<String>, Value) {
                 json!(format!("{} {} v{}", m.runtime(), m.name(), m.code.version)),
             )
         }
-        Err(Error::InvalidManifest { problems, .. }) => (
+        Err(Error::Manifest(cjm_host::manifest::ManifestError::InvalidManifest {
+            problems,
+            ..
+        })) => (
             problems.iter().map(ToString::to_string).collect(),
             Value::Null,
         ),

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::backend::RuntimeKind;
 use crate::contract::{ErrorCategory, StructuralSurface};
+use crate::manifest::RuntimeKind;
 use crate::manifest::{self, ProtocolMembers};
 
 const SENTENCE_ADAPTER: &str =

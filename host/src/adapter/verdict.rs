@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use cjm_guest::python::hash::python_truthy;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -211,16 +212,4 @@ fn match_members(
         && verdict.missing_properties.is_empty()
         && verdict.param_mismatches.is_empty();
     verdict
-}
-
-/// Python truthiness of a JSON value (`if not structural_surface`).
-fn python_truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
 }

@@ -1,7 +1,7 @@
 //! `CallControl`: the side channel of one call.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cjm_guest::contract::Progress;
@@ -74,11 +74,6 @@ impl Default for CallControl {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these small locks leaves plain data behind: keep going.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl CallControl {
@@ -180,7 +175,7 @@ impl CallControl {
     /// [`PROGRESS_INTERVAL`] ago (then [`flush_progress`](Self::flush_progress) tells it).
     pub fn set_progress(&self, progress: Progress) {
         let tell = {
-            let mut st = lock(&self.progress);
+            let mut st = self.progress.lock();
             st.current = progress;
             let due = self.listener.is_some()
                 && st
@@ -200,7 +195,7 @@ impl CallControl {
     /// Tells the listener the latest value it has not heard (the end of a call).
     pub fn flush_progress(&self) {
         let tell = {
-            let mut st = lock(&self.progress);
+            let mut st = self.progress.lock();
             std::mem::take(&mut st.untold).then(|| st.current.clone())
         };
         if let (Some(p), Some(listener)) = (tell, &self.listener) {
@@ -210,17 +205,17 @@ impl CallControl {
 
     /// The last progress reported.
     pub fn progress(&self) -> Progress {
-        lock(&self.progress).current.clone()
+        self.progress.lock().current.clone()
     }
 
     /// Records an account.
     pub fn push_account(&self, account: Account) {
-        lock(&self.accounts).0.push(account);
+        self.accounts.lock().0.push(account);
     }
 
     /// The accounts reported since the last take (the manager journals each once).
     pub fn take_accounts(&self) -> Vec<Account> {
-        let mut acc = lock(&self.accounts);
+        let mut acc = self.accounts.lock();
         let (all, taken) = &mut *acc;
         let new = all[*taken..].to_vec();
         *taken = all.len();
@@ -229,12 +224,12 @@ impl CallControl {
 
     /// Every account the call reported (a job keeps them).
     pub fn accounts(&self) -> Vec<Account> {
-        lock(&self.accounts).0.clone()
+        self.accounts.lock().0.clone()
     }
 
     /// Adds reported usage: numbers are summed per key, anything else replaces.
     pub fn add_usage(&self, usage: &Map<String, Value>) {
-        let mut total = lock(&self.usage);
+        let mut total = self.usage.lock();
         for (key, value) in usage {
             let before = total.get(key);
             let ints = before.and_then(Value::as_i64).zip(value.as_i64());
@@ -252,7 +247,7 @@ impl CallControl {
 
     /// The usage reported so far.
     pub fn usage(&self) -> Map<String, Value> {
-        lock(&self.usage).clone()
+        self.usage.lock().clone()
     }
 }
 
@@ -276,7 +271,7 @@ mod tests {
         let heard = Arc::new(Mutex::new(Vec::new()));
         let h = Arc::clone(&heard);
         let c = CallControl::new().with_progress_listener(move |p| {
-            h.lock().unwrap().push(p.progress);
+            h.lock().push(p.progress);
         });
         for i in 0..100_000 {
             c.set_progress(Progress {
@@ -286,7 +281,7 @@ mod tests {
         }
         c.flush_progress();
         c.flush_progress();
-        let heard = heard.lock().unwrap().clone();
+        let heard = heard.lock().clone();
         assert!(heard.len() < 100, "{} events", heard.len());
         assert_eq!(heard.first(), Some(&0.0));
         assert_eq!(heard.last(), Some(&0.99999));

@@ -25,7 +25,7 @@ pub struct MaskingSink {
 }
 
 impl super::DiagnosticsSink for MaskingSink {
-    fn record(&self, mut record: super::LogRecord) {
+    fn record(&self, mut record: super::DiagnosticRecord) {
         record.message = self.masker.mask(&record.message).into_owned();
         if let Some(exc) = &record.exc_text {
             record.exc_text = Some(self.masker.mask(exc).into_owned());

@@ -16,13 +16,15 @@
 
 mod bindings;
 mod emit;
+mod error;
 mod instance;
 pub mod runtime;
 pub mod sandbox;
 
+use parking_lot::{Mutex, MutexGuard};
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use cjm_guest::contract::{CapabilityInfo, JobError, Status};
@@ -31,6 +33,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+pub use error::SandboxError;
 pub use runtime::{LoadedComponent, WasmRuntime};
 pub use sandbox::{DirGrant, SandboxGrants};
 
@@ -148,10 +151,12 @@ impl WasmBackend {
         )
         .await?;
         let raw = first.info(LIFECYCLE_LIMIT_SECS).await.map_err(|t| t.0)?;
-        let info = parse_info(raw).map_err(|reason| Error::InvalidComponent {
-            path: path.to_owned(),
-            reason,
-            source: None,
+        let info = parse_info(raw).map_err(|reason| {
+            Error::Sandbox(SandboxError::InvalidComponent {
+                path: path.to_owned(),
+                reason,
+                source: None,
+            })
         })?;
         let permits = Semaphore::new(grants.max_instances as usize);
         Ok(WasmBackend {
@@ -323,14 +328,47 @@ impl WasmBackend {
         f(&mut inst)
             .await
             .map_err(|o| self.stamp(outcome_error(o)))?;
-        let mut state = self.pool.lock();
-        state.generation += 1;
-        state.config = Some(new);
-        inst.generation = state.generation;
-        state.discarded += state.idle.len() as u64;
-        state.idle.clear();
-        state.idle.push(inst);
-        Ok(())
+        {
+            let mut state = self.pool.lock();
+            state.generation += 1;
+            state.config = Some(new);
+            inst.generation = state.generation;
+            state.discarded += state.idle.len() as u64;
+            state.idle.clear();
+            state.idle.push(inst);
+        }
+        drop(_permit);
+        self.fill_pool().await
+    }
+
+    /// Brings the idle instances of the current configuration up to the sandbox's
+    /// `pool_size` (the instances kept ready, so the first concurrent calls after a
+    /// (re)configuration pay no instantiation). Each one is made under a permit, like a
+    /// call: initializing runs guest code.
+    async fn fill_pool(&self) -> Result<()> {
+        loop {
+            let _permit = self.permit().await?;
+            let (config, generation) = {
+                let state = self.pool.lock();
+                let ready = state.idle.len() >= self.pool.grants.pool_size as usize;
+                match &state.config {
+                    Some(c) if !state.shut_down && !ready => (c.clone(), state.generation),
+                    _ => return Ok(()),
+                }
+            };
+            let mut inst = self.pool.new_instance().await?;
+            inst.initialize(&config, LIFECYCLE_LIMIT_SECS)
+                .await
+                .map_err(|o| self.stamp(outcome_error(o)))?;
+            inst.generation = generation;
+            let mut state = self.pool.lock();
+            state.instantiated += 1;
+            if state.shut_down || state.generation != generation {
+                state.discarded += 1;
+                return Ok(());
+            }
+            state.idle.push(inst);
+        }
     }
 
     fn stamp(&self, e: Error) -> Error {
@@ -369,7 +407,7 @@ impl Pool {
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 }
 

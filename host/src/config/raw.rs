@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::config::ConfigError;
 use crate::error::{Error, Result};
 
 /// One layer of configuration. `None` means "not set here": the next layer down decides.
@@ -81,15 +82,13 @@ pub struct RawQueue {
     pub progress_poll_interval_seconds: Option<f64>,
     /// Every how many progress polls a resource snapshot is taken.
     pub resource_snapshot_cadence_polls: Option<u32>,
-    /// Seconds between idle-eviction requests for the same blocked job.
-    pub evict_cooldown_seconds: Option<f64>,
     /// Finished jobs kept in memory.
     pub max_history: Option<u32>,
     /// Results larger than this (bytes of JSON) leave the in-memory history once delivered.
     pub max_history_result_bytes: Option<u32>,
     /// Bytes of kwargs waiting jobs may hold in all.
     pub max_pending_bytes: Option<u32>,
-    /// Calls one capability instance takes at once unless its manifest says otherwise.
+    /// Calls one native worker takes at once (a wasm capability's sandbox sets its own).
     pub default_instance_concurrency: Option<u32>,
 }
 
@@ -106,9 +105,11 @@ impl RawConfig {
         // which logs and JSON error bodies do not want.
         let mut options = serde_saphyr::Options::default();
         options.with_snippet = false;
-        serde_saphyr::from_str_with_options(text, options).map_err(|source| Error::Yaml {
-            path: path.to_owned(),
-            source: Box::new(source),
+        serde_saphyr::from_str_with_options(text, options).map_err(|source| {
+            Error::Config(ConfigError::Yaml {
+                path: path.to_owned(),
+                source: Box::new(source),
+            })
         })
     }
 
@@ -254,11 +255,11 @@ pub fn env_var_for(field: &str) -> Option<&'static str> {
 }
 
 fn env_error(var: &str, field: &str, message: String) -> Error {
-    Error::InvalidConfig {
+    Error::Config(ConfigError::InvalidConfig {
         origin: format!("environment variable {var}"),
         field: field.to_owned(),
         message,
-    }
+    })
 }
 
 fn parse_bool(var: &str, field: &str, value: &str) -> Result<bool> {

@@ -5,6 +5,7 @@ use std::fs;
 use std::time::Duration;
 
 use super::*;
+use crate::config::ConfigError;
 
 const NO_ENV: [(&str, &str); 0] = [];
 
@@ -211,7 +212,7 @@ fn bad_values_name_their_source_and_field() {
         .env_vars(NO_ENV)
         .load()
         .unwrap_err();
-    assert!(matches!(err, Error::Yaml { .. }));
+    assert!(matches!(err, Error::Config(ConfigError::Yaml { .. })));
     let msg = err.to_string();
     assert!(
         msg.contains(&yaml.display().to_string()) && msg.contains("drift_detecton"),

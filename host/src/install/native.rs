@@ -12,15 +12,10 @@ use crate::config::HostConfig;
 use crate::contract::CapabilityInfo;
 use crate::manifest::{self, CapabilityManifest, NativeInstall, RuntimeKind};
 
-/// The program of a command: a path as given, or a bare name looked up on `PATH`.
+/// The program of a command: a path as given (the capabilities file's paths are already
+/// absolute), or a bare name looked up on `PATH`.
 pub(crate) fn program_path(program: &str) -> Option<PathBuf> {
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return p.is_file().then_some(p);
-    }
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+    crate::manifest::runtime::resolve_program(program, Path::new("."))
 }
 
 /// The entry with its program located: a `cargo:` entry's binary is built first.

@@ -40,9 +40,7 @@ pub enum EnvTool {
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    which::which(name).ok()
 }
 
 /// The env manager the configuration sets explicitly, if any (the built-in default, conda,
@@ -542,7 +540,7 @@ fn publish(from: &Path, to: &Path) -> Result<()> {
     if let Some(dir) = to.parent() {
         std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
     }
-    std::fs::rename(from, to).map_err(|e| crate::Error::io(to, e))
+    std::fs::rename(from, to).map_err(|e| crate::Error::io(to, e).into())
 }
 
 fn tool_name(tool: &EnvTool) -> &'static str {

@@ -67,10 +67,7 @@ impl CapabilityManager {
         loop {
             let started = Instant::now();
             let backend = instance.backend();
-            *instance
-                .last_used
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+            *instance.last_used.lock() = Instant::now();
             let span = tracing::info_span!(
                 target: "cjm::trace",
                 "cjm.backend.call",
@@ -83,18 +80,20 @@ impl CapabilityManager {
             let result = crate::trace::within(span, call).await;
             // The latest progress the coalescing held back reaches the listener now.
             control.flush_progress();
-            let usage = match backend.pid() {
-                Some(pid) => self.measure(&instance, pid).await,
-                None => (0.0, 0.0, 0.0),
-            };
-            self.record(
-                &instance,
-                &config_hash,
-                &control,
-                started,
-                result.is_ok(),
-                usage,
-            )?;
+            if self.inner.config.substrate.empirical_tracking {
+                let usage = match backend.pid() {
+                    Some(pid) => self.measure(&instance, pid).await,
+                    None => (0.0, 0.0, 0.0),
+                };
+                self.record(
+                    &instance,
+                    &config_hash,
+                    &control,
+                    started,
+                    result.is_ok(),
+                    usage,
+                )?;
+            }
             self.journal_accounts(&instance, &control, &request.envelope)?;
             // The host's names for the failure: this instance, and when the host saw it.
             let result = result.map_err(|e| match e {
@@ -118,7 +117,7 @@ impl CapabilityManager {
                 {
                     attempt += 1;
                     let evicted = self.evict_idle(id).await?;
-                    let mut event = JournalEvent::new(crate::store::event_types::RETRY_STARTED)
+                    let mut event = JournalEvent::new(event_types::RETRY_STARTED)
                         .instance(&instance.id)
                         .payload(
                             json!({"attempt": attempt, "error": e.message, "evicted": evicted}),
@@ -156,7 +155,7 @@ impl CapabilityManager {
                     .map(f)
                     .fold(0.0, f64::max)
             };
-            let last = *i.last_used.lock().unwrap_or_else(PoisonError::into_inner);
+            let last = *i.last_used.lock();
             idle.push((
                 peak(|r| r.gpu_memory_mb_peak_max),
                 peak(|r| r.memory_mb_peak_max),
@@ -171,17 +170,24 @@ impl CapabilityManager {
         });
         let mut evicted = Vec::new();
         for (gpu, ram, _, id) in idle {
-            if let Ok(instance) = self.instance(&id) {
-                self.journal_event(
-                    &instance,
-                    "capability_evicted",
-                    json!({"gpu_memory_mb_peak": gpu, "memory_mb_peak": ram, "for": except}),
-                )?;
-                // The instance stays registered (jobs queued for it keep their target);
-                // its backend goes, and its next call brings it back.
-                instance.evicted.store(true, Ordering::SeqCst);
-                let _ = instance.backend().shutdown().await;
-            }
+            let Ok(instance) = self.instance(&id) else {
+                continue;
+            };
+            // Every permit is held while its backend goes: a call arriving meanwhile waits,
+            // then finds it evicted and brings it back; one already running keeps it.
+            let cap = u32::try_from(instance.max_concurrency).unwrap_or(u32::MAX);
+            let Ok(_all) = instance.permits.try_acquire_many(cap) else {
+                continue;
+            };
+            self.journal_event(
+                &instance,
+                event_types::CAPABILITY_EVICTED,
+                json!({"gpu_memory_mb_peak": gpu, "memory_mb_peak": ram, "for": except}),
+            )?;
+            // The instance stays registered (jobs queued for it keep their target); its
+            // backend goes, and its next call brings it back.
+            instance.evicted.store(true, Ordering::SeqCst);
+            let _ = instance.backend().shutdown().await;
             evicted.push(id);
         }
         Ok(evicted)
@@ -190,13 +196,13 @@ impl CapabilityManager {
     /// CPU percent, RSS and GPU memory (MB) of a worker and its descendants, measured after
     /// a call (sysinfo + NVML, on a blocking thread: a process-table scan takes milliseconds).
     async fn measure(&self, instance: &Instance, pid: u32) -> (f64, f64, f64) {
-        if let Some((at, usage)) = *lock(&instance.measured)
+        if let Some((at, usage)) = *instance.measured.lock()
             && at.elapsed() < MEASURE_REUSE
         {
             return usage;
         }
         let usage = self.measure_now(pid).await;
-        *lock(&instance.measured) = Some((Instant::now(), usage));
+        *instance.measured.lock() = Some((Instant::now(), usage));
         usage
     }
 
@@ -231,8 +237,8 @@ impl CapabilityManager {
             }
         }
         {
-            let mut profile = lock(&instance.profile);
-            if *lock(&instance.config_hash) == config_hash {
+            let mut profile = instance.profile.lock();
+            if *instance.config_hash.lock() == config_hash {
                 profile
                     .get_or_insert_with(|| {
                         EmpiricalRecord::first(&instance.id, &instance.name, config_hash)
@@ -241,7 +247,7 @@ impl CapabilityManager {
             }
         }
         let first = {
-            let mut pending = lock(&self.inner.samples);
+            let mut pending = self.inner.samples.lock();
             pending.push(BufferedSample {
                 instance_id: instance.id.clone(),
                 capability_name: instance.name.clone(),
@@ -296,7 +302,7 @@ impl CapabilityManager {
 
     /// Writes the buffered after-call samples into the empirical store (one transaction).
     pub fn flush_samples(&self) -> Result<()> {
-        let samples = std::mem::take(&mut *lock(&self.inner.samples));
+        let samples = std::mem::take(&mut *self.inner.samples.lock());
         self.inner.stores.empirical.record_samples(&samples)
     }
 }

@@ -31,7 +31,28 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::backend::RuntimeKind;
+/// How a capability runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// A Python capability served by the cjm-substrate worker (the default of v2.0 manifests).
+    #[default]
+    Python,
+    /// A wasm component run in the host's sandbox.
+    Wasm,
+    /// A native binary serving the worker contract (for example built on cjm-native-worker).
+    Native,
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RuntimeKind::Python => "python",
+            RuntimeKind::Wasm => "wasm",
+            RuntimeKind::Native => "native",
+        })
+    }
+}
 
 /// `install.wasm`: the component and its sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +87,25 @@ pub struct NativeInstall {
     /// The argv: program first, then its arguments. A relative program path is relative to
     /// the manifest file's directory; a bare name is looked up on `PATH`.
     pub command: Vec<String>,
+}
+
+impl NativeInstall {
+    /// The program it runs: [`resolve_program`] of `command[0]` against `manifest_dir`, the
+    /// manifest file's directory. `None` when the command is empty or there is no such file.
+    pub fn program(&self, manifest_dir: &Path) -> Option<PathBuf> {
+        resolve_program(self.command.first()?, manifest_dir)
+    }
+}
+
+/// Where a command's program is, the one rule for native commands: a path (it has a `/`)
+/// relative to `base` unless absolute, a bare name looked up on `PATH`. `None` when there is
+/// no such file.
+pub fn resolve_program(program: &str, base: &Path) -> Option<PathBuf> {
+    if program.contains('/') {
+        let path = base.join(program);
+        return path.is_file().then_some(path);
+    }
+    which::which(program).ok()
 }
 
 /// The grants of a wasm component. The default grants nothing beyond computation.

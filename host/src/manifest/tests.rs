@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::contract::MethodSurface;
+use crate::manifest::ManifestError;
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python/manifests")
@@ -189,7 +190,7 @@ fn adapter_manifests_write_under_the_python_file_name() {
     assert_eq!(load_adapter(&path).unwrap(), a);
     assert!(matches!(
         load_capability(&path),
-        Err(Error::InvalidManifest { .. })
+        Err(Error::Manifest(ManifestError::InvalidManifest { .. }))
     ));
 }
 
@@ -228,7 +229,10 @@ fn bad_inputs_name_file_field_and_expectation() {
     doc["code"].as_object_mut().unwrap().remove("version");
     let p = write(d, "missing.json", &doc.to_string());
     let e = load(&p).unwrap_err();
-    assert!(matches!(e, Error::InvalidManifest { .. }));
+    assert!(matches!(
+        e,
+        Error::Manifest(ManifestError::InvalidManifest { .. })
+    ));
     assert_names(&e, &p, "code.version", "required field is missing");
 
     let mut doc = valid_python();
@@ -309,7 +313,7 @@ fn bad_inputs_name_file_field_and_expectation() {
     doc.as_object_mut().unwrap().remove("format_version");
     let p = write(d, "nover.json", &doc.to_string());
     assert!(
-        matches!(load(&p), Err(Error::UnsupportedManifestVersion { found, .. }) if found == "(missing)")
+        matches!(load(&p), Err(Error::Manifest(ManifestError::UnsupportedManifestVersion { found, .. })) if found == "(missing)")
     );
 
     let p = write(d, "unit.json", r#"{"unit": "plugin"}"#);

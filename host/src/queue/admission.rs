@@ -15,13 +15,14 @@
 //!    telemetry a GPU-profiled job runs alone. A measured RAM peak is admitted against live
 //!    available memory.
 
+use parking_lot::Mutex;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub use crate::store::Peaks;
 use crate::telemetry::Telemetry;
 
 /// Priority (higher first), then submission order.
@@ -145,7 +146,7 @@ impl SystemResources {
 
 impl ResourceSource for SystemResources {
     fn view(&self) -> ResourceView {
-        let mut cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cached = self.cached.lock();
         if let Some((at, view)) = *cached
             && at.elapsed() < self.max_age
         {
@@ -226,15 +227,6 @@ pub struct WaitReason {
 pub(crate) struct Grant {
     pub(crate) exclusive: bool,
     pub(crate) gpu_mb: f64,
-}
-
-/// The measured peaks of an (instance, config): what admission reserves.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Peaks {
-    /// Worst GPU memory peak, MB.
-    pub gpu_mb: f64,
-    /// Worst resident memory peak, MB.
-    pub ram_mb: f64,
 }
 
 /// The admission limits.
@@ -475,5 +467,105 @@ mod tests {
         p.remove("b", (Reverse(5), 3));
         assert_eq!(p.len(), 2);
         assert_eq!(p.heads().count(), 1);
+    }
+
+    /// One step of a generated sequence over the index.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert {
+            instance: u8,
+            priority: i64,
+        },
+        /// Removes the `nth` (modulo the count) job still pending.
+        Remove {
+            nth: usize,
+        },
+    }
+
+    fn ops() -> impl proptest::strategy::Strategy<Value = Vec<Op>> {
+        use proptest::prelude::*;
+        let op = prop_oneof![
+            3 => (0u8..4, -2i64..3).prop_map(|(instance, priority)| Op::Insert { instance, priority }),
+            2 => any::<usize>().prop_map(|nth| Op::Remove { nth }),
+        ];
+        proptest::collection::vec(op, 0..80)
+    }
+
+    proptest::proptest! {
+        /// The index against a plain list of every pending job: after any sequence of
+        /// inserts and removals, its length, its priority order and each instance's head
+        /// are the model's.
+        #[test]
+        fn the_pending_index_agrees_with_a_plain_list(ops in ops()) {
+            let mut index = PendingIndex::default();
+            let mut model: Vec<(Order, String, String)> = Vec::new();
+            for (seq, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Insert { instance, priority } => {
+                        let order = (Reverse(priority), seq as u64);
+                        let (instance, id) = (format!("i{instance}"), format!("j{seq}"));
+                        index.insert(&instance, order, id.clone());
+                        model.push((order, instance, id));
+                    }
+                    Op::Remove { nth } if !model.is_empty() => {
+                        let (order, instance, id) = model.remove(nth % model.len());
+                        proptest::prop_assert_eq!(index.remove(&instance, order), Some(id));
+                    }
+                    Op::Remove { .. } => {}
+                }
+                model.sort();
+                proptest::prop_assert_eq!(index.len(), model.len());
+                let ids: Vec<String> = model.iter().map(|(_, _, id)| id.clone()).collect();
+                proptest::prop_assert_eq!(index.all(), ids);
+                let mut heads: Vec<(Order, String)> = Vec::new();
+                for (order, instance, _) in &model {
+                    if !heads.iter().any(|(_, i)| i == instance) {
+                        heads.push((*order, instance.clone()));
+                    }
+                }
+                let got: Vec<(Order, String)> = index.heads().cloned().collect();
+                proptest::prop_assert_eq!(got, heads);
+            }
+        }
+
+        /// Whatever the ledger, profile and live figures, the ladder never admits past the
+        /// lanes' owner (an exclusive run), past an instance's cap, or a GPU peak past the
+        /// ledger's budget beside other running jobs; and an idle queue always admits.
+        #[test]
+        fn the_ladder_never_admits_past_its_limits(
+            running in 0usize..4,
+            here in 0usize..3,
+            cap in 1usize..3,
+            reserved in 0.0f64..12000.0,
+            profile in proptest::option::of((0.0f64..6000.0, 0.0f64..4000.0)),
+            live in (proptest::option::of(0.0f64..8000.0), proptest::option::of(1000.0f64..16000.0), 0.0f64..16000.0),
+        ) {
+            let here = here.min(running);
+            let ledger = Ledger {
+                running,
+                by_instance: HashMap::from([("i".to_owned(), here)]),
+                exclusive: false,
+                gpu_reserved_mb: if running == 0 { 0.0 } else { reserved },
+            };
+            let (memory, total, free) = live;
+            let mut view = || ResourceView {
+                memory_available_mb: memory,
+                gpu_total_mb: total,
+                gpu_free_mb: total.map(|t| free.min(t)),
+            };
+            let peaks = profile.map(|(gpu_mb, ram_mb)| Peaks { gpu_mb, ram_mb });
+            match decide(&ledger, LIMITS, "i", cap, peaks, &mut view) {
+                Ok(grant) => {
+                    proptest::prop_assert!(running == 0 || here < cap, "over the cap");
+                    proptest::prop_assert!(running == 0 || peaks.is_some(), "an unprofiled job beside others");
+                    if running > 0 && grant.gpu_mb > 0.0 {
+                        let budget = total.unwrap_or(0.0) * LIMITS.gpu_headroom;
+                        proptest::prop_assert!(ledger.gpu_reserved_mb + grant.gpu_mb <= budget + 1e-9);
+                    }
+                    proptest::prop_assert!(!grant.exclusive || running == 0, "exclusive beside others");
+                }
+                Err(_) => proptest::prop_assert!(running > 0, "an idle queue refused a job"),
+            }
+        }
     }
 }

@@ -8,8 +8,9 @@
 //! loudly. Subscribers get a bounded buffer each; a full buffer drops the event for that
 //! subscriber and counts it, so a slow subscriber never blocks the queue.
 
+use parking_lot::{Condvar, Mutex};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -48,9 +49,6 @@ pub enum EventKind {
     ResourceSnapshot,
 }
 
-/// The journal event type of a composition's terminal status.
-pub const COMPOSITION_FINISHED: &str = "composition_finished";
-
 impl EventKind {
     /// Its journal event type.
     pub fn as_str(self) -> &'static str {
@@ -62,9 +60,9 @@ impl EventKind {
             EventKind::CancelPhaseChanged => event_types::CANCEL_PHASE_CHANGED,
             EventKind::CompositionAdvanced => event_types::COMPOSITION_ADVANCED,
             EventKind::CompositionCancelRequested => event_types::COMPOSITION_CANCEL_REQUESTED,
-            EventKind::CompositionFinished => COMPOSITION_FINISHED,
-            EventKind::ProgressChanged => "progress_changed",
-            EventKind::ResourceSnapshot => "resource_snapshot",
+            EventKind::CompositionFinished => event_types::COMPOSITION_FINISHED,
+            EventKind::ProgressChanged => event_types::PROGRESS_CHANGED,
+            EventKind::ResourceSnapshot => event_types::RESOURCE_SNAPSHOT,
         }
     }
 
@@ -223,10 +221,7 @@ impl Bus {
     pub(crate) fn subscribe(&self, scope: Scope, buffer: usize) -> Subscription {
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        let mut subs = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut subs = self.subscribers.lock();
         subs.push(Subscriber {
             scope,
             tx,
@@ -241,10 +236,7 @@ impl Bus {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut subs = self
-            .subscribers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut subs = self.subscribers.lock();
         subs.retain(|s| {
             if !s.scope.matches(e) {
                 return !s.tx.is_closed();
@@ -420,8 +412,8 @@ impl Emitter {
             .map(|_| ())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
-        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Queued> {
+        self.queued.lock()
     }
 
     /// Waits for the next batch: at once when something waits on it, else once the oldest
@@ -437,17 +429,13 @@ impl Emitter {
                     q.since = None;
                     return Some(std::mem::take(&mut q.items));
                 }
-                q = self
-                    .wake
-                    .wait_timeout(q, due - now)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
+                self.wake.wait_for(&mut q, due - now);
                 continue;
             }
             if q.closed {
                 return None;
             }
-            q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+            self.wake.wait(&mut q);
         }
     }
 
@@ -475,7 +463,7 @@ impl Emitter {
 
     /// Refuses new work from now on, for `why` (the first reason is kept).
     pub(crate) fn wedge(&self, why: String) {
-        let mut wedged = self.wedged.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut wedged = self.wedged.lock();
         if wedged.is_none() {
             *wedged = Some(why);
         }
@@ -486,10 +474,7 @@ impl Emitter {
         if !self.is_wedged.load(Ordering::Acquire) {
             return None;
         }
-        self.wedged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.wedged.lock().clone()
     }
 
     /// Un-wedges after a write went through again.
@@ -497,7 +482,7 @@ impl Emitter {
         if self.lease_lost.load(Ordering::Acquire) {
             return;
         }
-        let mut wedged = self.wedged.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut wedged = self.wedged.lock();
         if let Some(why) = wedged.take() {
             tracing::warn!(was = %why, "the journal takes writes again: the queue is serving");
         }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use crate::Result;
-use crate::store::{JournalQuery, JournalStore, Liveness};
+use crate::store::{JournalQuery, JournalStore, Liveness, event_types};
 
 /// Which jobs.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +39,11 @@ pub struct JobPage {
 /// The jobs of `journal` matching `filter`.
 pub fn list_jobs(journal: &JournalStore, filter: &JobFilter) -> Result<JobPage> {
     let mut rows = Vec::new();
-    for kind in ["state_transition", "job_submitted", "job_adopted"] {
+    for kind in [
+        event_types::STATE_TRANSITION,
+        event_types::JOB_SUBMITTED,
+        event_types::JOB_ADOPTED,
+    ] {
         rows.extend(journal.query(&JournalQuery {
             event_type: Some(kind.into()),
             run_id: filter.run_id.clone(),
@@ -55,12 +59,12 @@ pub fn list_jobs(journal: &JournalStore, filter: &JobFilter) -> Result<JobPage> 
     // What each job was submitted as: when, at which priority, which task and method.
     let mut submitted: BTreeMap<String, (String, Value, Value, Value)> = BTreeMap::new();
     for e in &rows {
-        if e.event_type != "state_transition"
+        if e.event_type != event_types::STATE_TRANSITION
             && let (Some(id), Some(host)) = (&e.job_id, e.payload["host_id"].as_str())
         {
             owners.entry(id.clone()).or_insert_with(|| host.to_owned());
         }
-        if e.event_type == "job_submitted"
+        if e.event_type == event_types::JOB_SUBMITTED
             && let Some(id) = &e.job_id
         {
             let spec = &e.payload["spec"];
@@ -99,7 +103,7 @@ pub fn list_jobs(journal: &JournalStore, filter: &JobFilter) -> Result<JobPage> 
         if filter.before.is_some_and(|before| seq >= before) {
             continue;
         }
-        let state = if e.event_type == "state_transition" {
+        let state = if e.event_type == event_types::STATE_TRANSITION {
             e.payload["to"].as_str().unwrap_or("").to_owned()
         } else {
             "pending".to_owned()

@@ -287,7 +287,7 @@ fn decide(
         let mut row = match &definition {
             Some(_) => JournalEvent::new(event_types::COMPOSITION_ADOPTED)
                 .payload(json!({"host_id": me, "from_host": gone})),
-            None => JournalEvent::new(events::COMPOSITION_FINISHED).payload(json!({
+            None => JournalEvent::new(event_types::COMPOSITION_FINISHED).payload(json!({
                 "status": "failed",
                 "error": lost("the composition ran (its definition cannot be read)"),
                 "reconciled_by": me,

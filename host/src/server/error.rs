@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::Error;
+use crate::config::ConfigError;
 use crate::queue::QueueError;
 
 /// An error answer.
@@ -92,7 +93,7 @@ impl From<Error> for ApiError {
                 ),
                 _ => ApiError::bad_request(e.to_string()),
             },
-            Error::InvalidConfig { field, .. } => {
+            Error::Config(ConfigError::InvalidConfig { field, .. }) => {
                 ApiError::invalid(e.to_string(), vec![field.clone()])
             }
             Error::NotFound(what) => ApiError::not_found(what.clone()),

@@ -9,7 +9,8 @@
 //! and counted rather than the caller blocked.
 //!
 //! Retention runs by age, then by size budget, in batches of [`RETENTION_BATCH`] rows per
-//! transaction so concurrent writers wait at most one batch.
+//! transaction so concurrent writers wait at most one batch; a host runs it when it starts
+//! and on a timer ([`DiagnosticsStore::maintain`]), at most once per sweep interval.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,8 +23,32 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Db, Migration, iso_from_system_time, now_iso};
-use crate::backend::{DiagnosticsSink, LogRecord};
 use crate::error::{Error, Result};
+use crate::store::StoreError;
+
+/// Where backends write what capabilities log and print: the diagnostics store, or nowhere.
+/// Implementations must not block the caller for long (buffer and write behind).
+pub trait DiagnosticsSink: Send + Sync {
+    /// Stores a log record.
+    fn record(&self, record: DiagnosticRecord);
+    /// Stores one line of a capability's stdout or stderr (`stream` is `stdout` / `stderr`).
+    fn chunk(&self, worker_session_id: &str, stream: &str, content: &str);
+    /// Masks `values` in log records a worker of `worker_session_id` wrote into the store by
+    /// itself (a Python worker writes its own). Sinks that only hold what they were given
+    /// have nothing to do.
+    fn scrub(&self, worker_session_id: &str, values: &[String]) {
+        let _ = (worker_session_id, values);
+    }
+}
+
+/// A sink that drops everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoDiagnostics;
+
+impl DiagnosticsSink for NoDiagnostics {
+    fn record(&self, _: DiagnosticRecord) {}
+    fn chunk(&self, _: &str, _: &str, _: &str) {}
+}
 
 /// Rows deleted per retention transaction.
 pub const RETENTION_BATCH: usize = 5000;
@@ -61,21 +86,6 @@ impl DiagnosticRecord {
             logger_name: String::new(),
             message: message.into(),
             exc_text: None,
-        }
-    }
-}
-
-impl From<LogRecord> for DiagnosticRecord {
-    fn from(r: LogRecord) -> Self {
-        DiagnosticRecord {
-            seq: None,
-            ts: now_iso(),
-            worker_session_id: r.worker_session_id,
-            job_id: r.job_id,
-            level: r.level,
-            logger_name: r.logger_name,
-            message: r.message,
-            exc_text: r.exc_text,
         }
     }
 }
@@ -402,6 +412,42 @@ impl DiagnosticsStore {
         Ok(Some(out))
     }
 
+    /// Keeps the store maintained while it lives (the task holds no strong reference):
+    /// [`maybe_sweep`](Self::maybe_sweep) at once, then again at every `interval` (checked
+    /// at least hourly, so a WAL grown past its bound is noticed), on a blocking thread, since
+    /// a sweep deletes in batches and may take seconds. cjm-substrate sweeps when a host
+    /// starts; a service runs for weeks, so the host also sweeps on this timer. A failed
+    /// sweep is logged: diagnostics are disposable, the work goes on.
+    pub fn maintain(
+        store: &Arc<Self>,
+        interval: Duration,
+        max_age_days: Option<f64>,
+        max_total_mb: Option<f64>,
+    ) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(store);
+        let every = interval.clamp(Duration::from_millis(100), Duration::from_secs(3600));
+        tokio::spawn(async move {
+            loop {
+                let Some(store) = weak.upgrade() else { return };
+                let swept = tokio::task::spawn_blocking(move || {
+                    store.maybe_sweep(interval, max_age_days, max_total_mb)
+                })
+                .await;
+                match swept {
+                    Ok(Ok(Some(out))) => tracing::info!(
+                        records = out.records_deleted,
+                        chunks = out.chunks_deleted,
+                        "diagnostics maintenance: retention and WAL checkpoint done"
+                    ),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "diagnostics maintenance failed"),
+                    Err(e) => tracing::warn!(error = %e, "diagnostics maintenance panicked"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
     /// A write-behind sink over this store (see [`DiagnosticsWriter`]).
     pub fn writer(self: &Arc<Self>) -> Result<DiagnosticsWriter> {
         DiagnosticsWriter::spawn(Arc::clone(self), WRITER_CAPACITY)
@@ -579,11 +625,16 @@ impl DiagnosticsWriter {
 
     /// Waits until everything queued before this call is committed (or failed).
     pub fn flush(&self) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or(Error::StoreClosed("diagnostics"))?;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or(Error::Store(StoreError::StoreClosed("diagnostics")))?;
         let (ack_tx, ack_rx) = sync_channel(1);
         tx.send(Msg::Flush(ack_tx))
-            .map_err(|_| Error::StoreClosed("diagnostics"))?;
-        ack_rx.recv().map_err(|_| Error::StoreClosed("diagnostics"))
+            .map_err(|_| Error::Store(StoreError::StoreClosed("diagnostics")))?;
+        ack_rx
+            .recv()
+            .map_err(|_| Error::Store(StoreError::StoreClosed("diagnostics")))
     }
 
     /// Items dropped because the buffer was full.
@@ -598,8 +649,8 @@ impl DiagnosticsWriter {
 }
 
 impl DiagnosticsSink for DiagnosticsWriter {
-    fn record(&self, record: LogRecord) {
-        self.send(Msg::Record(record.into()));
+    fn record(&self, record: DiagnosticRecord) {
+        self.send(Msg::Record(record));
     }
 
     fn scrub(&self, worker_session_id: &str, values: &[String]) {

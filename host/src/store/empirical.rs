@@ -56,6 +56,15 @@ impl ResourceSample {
     }
 }
 
+/// The measured peaks of an (instance, config): what admission reserves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Peaks {
+    /// Worst GPU memory peak, MB.
+    pub gpu_mb: f64,
+    /// Worst resident memory peak, MB.
+    pub ram_mb: f64,
+}
+
 /// The aggregate of one (instance id, config hash).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmpiricalRecord {

@@ -23,57 +23,73 @@ pub use lease::{
     process_start,
 };
 
-/// The journal's event vocabulary (the journal itself accepts any string).
+/// The journal's event vocabulary: every event type this host writes, in one place (the
+/// journal itself accepts any string: accounts keep the type their worker reported, such as
+/// `task_account`).
 pub mod event_types {
-    /// A job changed state; terminal transitions carry `job_snapshot`.
-    pub const STATE_TRANSITION: &str = "state_transition";
-    /// A composition enqueued downstream nodes.
-    pub const COMPOSITION_ADVANCED: &str = "composition_advanced";
-    /// The scheduler's block reason for a job changed.
-    pub const BLOCK_REASON_CHANGED: &str = "block_reason_changed";
-    /// The cancel state machine moved.
-    pub const CANCEL_PHASE_CHANGED: &str = "cancel_phase_changed";
-    /// A reactive retry began.
-    pub const RETRY_STARTED: &str = "retry_started";
-    /// A worker process (or wasm instance pool) was started.
-    pub const WORKER_SPAWNED: &str = "worker_spawned";
-    /// A worker passed its readiness probe.
-    pub const WORKER_READY: &str = "worker_ready";
-    /// A worker exited or was terminated.
-    pub const WORKER_DIED: &str = "worker_died";
-    /// Adapters were bound to a worker at spawn.
-    pub const ADAPTER_BOUND: &str = "adapter_bound";
-    /// An admission decision for a dispatch.
-    pub const ADMISSION_DECIDED: &str = "admission_decided";
-    /// An effective config (hash) was applied at load or reconfigure.
-    pub const CONFIG_APPLIED: &str = "config_applied";
-    /// An account a worker recorded during a call.
-    pub const TASK_ACCOUNT: &str = "task_account";
-    /// A storage helper saved a result.
-    pub const RESULT_SAVED: &str = "result_saved";
-    /// A storage helper hit its cache.
-    pub const CACHE_HIT: &str = "cache_hit";
-    /// A graph mutation account.
-    pub const GRAPH_EXTENDED: &str = "graph_extended";
+    // Jobs and compositions (the queue).
     /// A job was accepted: its spec (`payload.spec`) and the host that owns it
     /// (`payload.host_id`), written before its id is returned.
     pub const JOB_SUBMITTED: &str = "job_submitted";
     /// Another host took over a job of a gone host (`payload.host_id`, `payload.from_host`,
     /// `payload.attempt`, `payload.spec`).
     pub const JOB_ADOPTED: &str = "job_adopted";
+    /// A job changed state; terminal transitions carry `job_snapshot`.
+    pub const STATE_TRANSITION: &str = "state_transition";
+    /// An admission decision for a dispatch.
+    pub const ADMISSION_DECIDED: &str = "admission_decided";
+    /// The cancel state machine moved.
+    pub const CANCEL_PHASE_CHANGED: &str = "cancel_phase_changed";
+    /// A reactive retry began (after a resource error, idle instances evicted).
+    pub const RETRY_STARTED: &str = "retry_started";
+    /// Progress of a running job (liveness: sent to subscribers, never journaled).
+    pub const PROGRESS_CHANGED: &str = "progress_changed";
+    /// A running native job's worker subtree measured (liveness: never journaled).
+    pub const RESOURCE_SNAPSHOT: &str = "resource_snapshot";
     /// A composition was accepted: its definition (`payload.composition`) and its host.
     pub const COMPOSITION_SUBMITTED: &str = "composition_submitted";
     /// Another host took over a running composition of a gone host (`payload.host_id`,
     /// `payload.from_host`) and resumes it from its journaled node outcomes.
     pub const COMPOSITION_ADOPTED: &str = "composition_adopted";
+    /// A composition enqueued downstream nodes.
+    pub const COMPOSITION_ADVANCED: &str = "composition_advanced";
     /// A composition was cancelled as a unit.
     pub const COMPOSITION_CANCEL_REQUESTED: &str = "composition_cancel_requested";
-    /// A host-tier run began.
-    pub const RUN_STARTED: &str = "run_started";
-    /// A host-tier run ended.
-    pub const RUN_FINISHED: &str = "run_finished";
-    /// A verify outcome of a run.
-    pub const VERIFY_OUTCOME: &str = "verify_outcome";
+    /// A composition reached its terminal status.
+    pub const COMPOSITION_FINISHED: &str = "composition_finished";
+
+    // Capability instances (the manager).
+    /// An instance was loaded (`payload.runtime`).
+    pub const CAPABILITY_LOADED: &str = "capability_loaded";
+    /// An instance was unloaded.
+    pub const CAPABILITY_UNLOADED: &str = "capability_unloaded";
+    /// An instance's backend was replaced (a reload).
+    pub const CAPABILITY_RELOADED: &str = "capability_reloaded";
+    /// An instance was enabled.
+    pub const CAPABILITY_ENABLED: &str = "capability_enabled";
+    /// An instance was disabled.
+    pub const CAPABILITY_DISABLED: &str = "capability_disabled";
+    /// An idle instance's backend was shut down to free resources (`payload.for`).
+    pub const CAPABILITY_EVICTED: &str = "capability_evicted";
+    /// An instance's configuration changed (`payload.old`, `payload.new`).
+    pub const CONFIG_CHANGED: &str = "config_changed";
+
+    // Native workers (the backend).
+    /// A worker process was started.
+    pub const WORKER_SPAWNED: &str = "worker_spawned";
+    /// A worker passed its readiness probe.
+    pub const WORKER_READY: &str = "worker_ready";
+    /// A worker exited on its own or stopped answering.
+    pub const WORKER_DIED: &str = "worker_died";
+    /// A worker was stopped by the host (shutdown, unload, reload).
+    pub const WORKER_STOPPED: &str = "worker_stopped";
+    /// A worker was killed (a forced cancel, a deadline, a hung call).
+    pub const WORKER_KILLED: &str = "worker_killed";
+    /// A worker that died is respawned after a backoff (`payload.delay_seconds`).
+    pub const WORKER_RESTART_SCHEDULED: &str = "worker_restart_scheduled";
+    /// A worker died too often: nothing more is spawned until a reload.
+    pub const WORKER_CRASH_LOOP: &str = "worker_crash_loop";
+
     /// The job states a `state_transition` can end in.
     pub const TERMINAL_STATES: [&str; 3] = ["completed", "failed", "cancelled"];
 }

@@ -13,18 +13,19 @@
 //! rename) under an exclusive lock on `secrets.json.lock`, so concurrent writers, threads or
 //! processes, never lose each other's keys; a corrupt file is reported, never replaced.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::manifest::pyjson;
+use crate::store::StoreError;
+use cjm_guest::python::json as pyjson;
 
 /// The scope used when none is given (cjm-substrate's single-user scope).
 pub const DEFAULT_SCOPE: &str = "__default__";
@@ -178,10 +179,7 @@ impl SecretStore {
     /// Read-modify-write under the in-process mutex and the cross-process file lock; writes
     /// only when `change` says it changed something.
     fn update(&self, change: impl FnOnce(&mut Data) -> bool) -> Result<bool> {
-        let _guard = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self.lock.lock();
         let dir = self.dir();
         make_private_dir(&dir)?;
         let lock_path = dir.join(format!("{}.lock", self.file_name()));
@@ -243,16 +241,18 @@ impl SecretStore {
         }
         // serde_json's messages can quote the offending text (a secret): only its position
         // and kind leave this function.
-        serde_json::from_str(&text).map_err(|e| Error::CorruptSecrets {
-            path: self.path.clone(),
-            what: match e.classify() {
-                serde_json::error::Category::Data => {
-                    "unexpected shape (expected {scope: {capability: {key: string}}})"
-                }
-                _ => "invalid JSON",
-            },
-            line: e.line(),
-            column: e.column(),
+        serde_json::from_str(&text).map_err(|e| {
+            Error::Store(StoreError::CorruptSecrets {
+                path: self.path.clone(),
+                what: match e.classify() {
+                    serde_json::error::Category::Data => {
+                        "unexpected shape (expected {scope: {capability: {key: string}}})"
+                    }
+                    _ => "invalid JSON",
+                },
+                line: e.line(),
+                column: e.column(),
+            })
         })
     }
 
@@ -400,7 +400,10 @@ mod tests {
             fs::write(store.path(), &text).unwrap();
             let err = store.get("c", "K", None).unwrap_err();
             let msg = format!("{err} {err:?}");
-            assert!(matches!(err, Error::CorruptSecrets { .. }), "{msg}");
+            assert!(
+                matches!(err, Error::Store(StoreError::CorruptSecrets { .. })),
+                "{msg}"
+            );
             assert!(!msg.contains(SECRET), "the secret leaked: {msg}");
             assert!(msg.contains("line 1 column"), "{msg}");
             // A corrupt file is never replaced by a write.

@@ -11,8 +11,8 @@
 //! previous one reports the previous window's figure again and keeps its baseline, so rapid
 //! samples (one after every call) do not turn tick granularity into noise.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -56,11 +56,6 @@ pub struct ProcessTreeStats {
     pub subtree_pids: Vec<u32>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded state is counters and caches: a panic elsewhere leaves nothing to repair.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn new_system() -> Option<System> {
     match System::new() {
         Ok(system) => Some(system),
@@ -91,7 +86,7 @@ impl SystemProbe {
 
     /// Refreshes RAM and the global CPU counters (nothing else) and reads them.
     pub(super) fn sample(&self) -> Option<SystemStats> {
-        let mut guard = lock(&self.system);
+        let mut guard = self.system.lock();
         let system = guard.as_mut()?;
         system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
         system.refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
@@ -145,7 +140,7 @@ impl ProcessProbe {
     /// Two scoped refreshes: every process's parent link and CPU time (one `stat` read each,
     /// no threads), to find the descendants; then memory for the subtree only.
     pub(super) fn tree(&self, pid: u32) -> Option<ProcessTreeStats> {
-        let mut guard = lock(&self.state);
+        let mut guard = self.state.lock();
         let state = guard.as_mut()?;
         let root = Pid::from_u32(pid);
         state.system.refresh_processes_specifics(

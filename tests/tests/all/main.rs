@@ -5,6 +5,7 @@ mod contract;
 mod fidelity;
 mod manager;
 mod native;
+mod options;
 mod parity;
 mod queue;
 mod recovery;

@@ -498,3 +498,40 @@ async fn wasm_guests_see_only_their_granted_secrets() {
     assert!(described.contains("API_KEY") && !described.contains("v-123-secret"));
     m.shutdown().await.unwrap();
 }
+
+/// A native manifest's relative program is relative to the manifest's directory, whatever
+/// the host's working directory; a missing one is named in the error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relative_native_program_is_found_beside_its_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("manifests/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_probe_worker"), bin.join("probe")).unwrap();
+    write_manifest(
+        dir.path(),
+        "probe",
+        json!({"runtime": "native", "native": {"command": ["bin/probe"]}}),
+    );
+    write_manifest(
+        dir.path(),
+        "lost",
+        json!({"runtime": "native", "native": {"command": ["bin/nowhere"]}}),
+    );
+    let m = manager(dir.path());
+    let out = m
+        .call("probe", CallRequest::execute(kwargs(json!({"text": "hi"}))))
+        .await;
+    assert!(out.is_err(), "not loaded yet");
+    m.load("probe", None, Some("probe")).await.unwrap();
+    let out = m
+        .call("probe", CallRequest::execute(kwargs(json!({"text": "hi"}))))
+        .await
+        .unwrap();
+    assert_eq!(out["text"], "hi");
+    let e = m.load("lost", None, None).await.unwrap_err().to_string();
+    assert!(
+        e.contains("'bin/nowhere' is not found") && e.contains("manifests"),
+        "{e}"
+    );
+    m.shutdown().await.unwrap();
+}

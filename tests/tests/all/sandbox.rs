@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cjm_guest::contract::{Envelope, ErrorCategory};
 use cjm_host::backend::wasm::{SandboxGrants, WasmBackend};
 use cjm_host::backend::{
-    Backend, CallControl, CallRequest, CancelState, DiagnosticsSink, LogRecord,
+    Backend, CallControl, CallRequest, CancelState, DiagnosticRecord, DiagnosticsSink,
 };
 use cjm_host::config::QueueConfig;
 use cjm_host::queue::{EventKind, JobSpec, JobStatus, Scope};
@@ -598,7 +598,7 @@ async fn stdio_is_discarded_unless_captured_also_on_warm_instances() {
 struct PanickingSink;
 
 impl DiagnosticsSink for PanickingSink {
-    fn record(&self, record: LogRecord) {
+    fn record(&self, record: DiagnosticRecord) {
         assert_ne!(record.message, "hello from the guest", "the sink fails");
     }
     fn chunk(&self, _: &str, _: &str, _: &str) {}

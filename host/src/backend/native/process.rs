@@ -2,13 +2,14 @@
 //! inherited as `--fd`, `--ppid`, its own process group, the env contract), its stdout and
 //! stderr pumped line by line into the diagnostics store, and terminated as a group.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
@@ -157,7 +158,7 @@ pub(crate) struct Tail(Arc<Mutex<VecDeque<String>>>);
 
 impl Tail {
     fn push(&self, line: String) {
-        let mut lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut lines = self.0.lock();
         if lines.len() == TAIL_LINES {
             lines.pop_front();
         }
@@ -166,7 +167,7 @@ impl Tail {
 
     /// The lines, oldest first, one per line.
     pub(crate) fn text(&self) -> String {
-        let lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let lines = self.0.lock();
         lines.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 }
@@ -373,7 +374,6 @@ fn spawn_from_lasting_thread(cmd: std::process::Command) -> std::io::Result<std:
     let (reply, answer) = std::sync::mpsc::sync_channel(1);
     spawner
         .lock()
-        .unwrap_or_else(PoisonError::into_inner)
         .send((cmd, reply))
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
     answer

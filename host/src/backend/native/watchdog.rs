@@ -19,10 +19,11 @@
 //! `exec`s with a scrubbed environment is not found (a cgroup per worker would find it; this
 //! machine's cgroup v2 hierarchy is not delegated to users, so that stays future work).
 
+use parking_lot::Mutex;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 /// The environment variable that marks a host's workers and their descendants.
 pub(crate) const HOST_WATCH_ENV: &str = "CJM_HOST_WATCH";
@@ -75,9 +76,7 @@ fn watchdog() -> &'static Mutex<Watchdog> {
 /// The environment marking a worker started now: the host's watch token, and the
 /// watchdog running.
 pub(crate) fn mark() -> (&'static str, String) {
-    let w = watchdog()
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let w = watchdog().lock();
     (HOST_WATCH_ENV, w.token.clone())
 }
 

@@ -2,8 +2,9 @@
 //! imports, and the calls into the component's exports with every trap turned into a typed
 //! error.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cjm_guest::contract::{CallError, Envelope, JobError, Progress};
@@ -18,8 +19,10 @@ use super::bindings::cjm::capability::{host, types as wit};
 use super::emit::{LogBudget, truncate};
 use super::runtime::LoadedComponent;
 use super::sandbox::{Capture, CaptureStream, LimitDenied, Limited, Limits, SandboxGrants};
-use crate::backend::{Account, CallControl, DiagnosticsSink, LogRecord};
+use crate::backend::wasm::SandboxError;
+use crate::backend::{Account, CallControl, DiagnosticsSink};
 use crate::error::{Error, Result};
+use crate::store::DiagnosticRecord;
 
 /// Why the epoch callback stopped a guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +77,8 @@ impl WasiView for InstanceState {
 }
 
 impl InstanceState {
-    fn budget(&self) -> std::sync::MutexGuard<'_, LogBudget> {
-        self.emit
-            .budget
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn budget(&self) -> parking_lot::MutexGuard<'_, LogBudget> {
+        self.emit.budget.lock()
     }
 
     /// One warning record saying how many records the rate limit dropped since the last.
@@ -88,16 +88,15 @@ impl InstanceState {
             (b.take_dropped(), b.rate())
         };
         if dropped > 0 {
-            self.sink.record(LogRecord {
+            let message = format!(
+                "{dropped} log records or output lines dropped: the instance logs more than \
+                 {rate} per second (the sandbox's log_records_per_second)"
+            );
+            self.sink.record(DiagnosticRecord {
                 worker_session_id: Some(self.session.to_string()),
                 job_id: self.job_id.clone(),
-                level: "WARNING".to_owned(),
                 logger_name: "cjm.sandbox".to_owned(),
-                message: format!(
-                    "{dropped} log records or output lines dropped: the instance logs more than \
-                     {rate} per second (the sandbox's log_records_per_second)"
-                ),
-                exc_text: None,
+                ..DiagnosticRecord::new("WARNING", message)
             });
         }
     }
@@ -142,13 +141,11 @@ impl host::Host for InstanceState {
             log_logger = logger.as_str(),
             "{message}"
         );
-        self.sink.record(LogRecord {
+        self.sink.record(DiagnosticRecord {
             worker_session_id: Some(self.session.to_string()),
             job_id: self.job_id.clone(),
-            level: level.to_owned(),
             logger_name: logger,
-            message,
-            exc_text: None,
+            ..DiagnosticRecord::new(level, message)
         });
     }
 
@@ -247,7 +244,11 @@ impl Instance {
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| Error::Engine(e.context("cannot instantiate the component")))?;
+            .map_err(|e| {
+                Error::Sandbox(SandboxError::Engine(
+                    e.context("cannot instantiate the component"),
+                ))
+            })?;
         Ok(Instance {
             store,
             bindings,

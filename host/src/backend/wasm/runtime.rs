@@ -6,10 +6,11 @@
 //! configuration never loads a stale artifact), and the host keeps one `InstancePre` per
 //! component in memory.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -18,6 +19,7 @@ use wasmtime::{Config, Engine};
 
 use super::bindings::CapabilityPre;
 use super::instance::InstanceState;
+use crate::backend::wasm::SandboxError;
 use crate::error::{Error, Result};
 
 /// How often the epoch advances: the granularity of deadlines and forced cancellation.
@@ -87,12 +89,13 @@ impl WasmRuntime {
             // A guest recursing without bound traps at this depth instead of exhausting the
             // host thread's stack.
             .max_wasm_stack(1024 * 1024);
-        let engine = Engine::new(&config).map_err(Error::Engine)?;
+        let engine = Engine::new(&config).map_err(|e| Error::Sandbox(SandboxError::Engine(e)))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| Error::Sandbox(SandboxError::Engine(e)))?;
         super::bindings::Capability::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(Error::Engine)?;
+            .map_err(|e| Error::Sandbox(SandboxError::Engine(e)))?;
 
         // sha256 of the engine's compatibility hash input: unlike std's `DefaultHasher`, the
         // same across Rust releases, so a toolchain update does not orphan the cache.
@@ -136,7 +139,7 @@ impl WasmRuntime {
 
     /// Loads the component at `path`: from memory if already loaded, else from the compile
     /// cache, else compiled (and cached). A file that is not a valid component implementing
-    /// the `cjm:capability` world is an [`Error::InvalidComponent`] naming the file.
+    /// the `cjm:capability` world is an [`SandboxError::InvalidComponent`](SandboxError::InvalidComponent) naming the file.
     pub fn load(&self, path: &Path) -> Result<Arc<LoadedComponent>> {
         let source = self.source(path)?;
         let sha256 = source.sha256.clone();
@@ -165,8 +168,8 @@ impl WasmRuntime {
         self.lock_loaded().clear();
     }
 
-    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedComponent>>> {
-        self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_loaded(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Arc<LoadedComponent>>> {
+        self.loaded.lock()
     }
 
     /// The cache file of a component with `sha256`.
@@ -286,22 +289,22 @@ impl Hasher for ShaHasher {
 }
 
 fn invalid(path: &Path, reason: &str, e: wasmtime::Error) -> Error {
-    Error::InvalidComponent {
+    Error::Sandbox(SandboxError::InvalidComponent {
         path: path.to_owned(),
         reason: format!("{reason}: {e:#}"),
         source: Some(e),
-    }
+    })
 }
 
 /// Tells the common mistakes apart before the engine's own, terser errors: not wasm at all,
 /// a core module instead of a component, a file cut short.
 fn check_header(path: &Path, bytes: &[u8]) -> Result<()> {
     let fail = |reason: &str| {
-        Err(Error::InvalidComponent {
+        Err(Error::Sandbox(SandboxError::InvalidComponent {
             path: path.to_owned(),
             reason: reason.to_owned(),
             source: None,
-        })
+        }))
     };
     if bytes.is_empty() {
         return fail("the file is empty");

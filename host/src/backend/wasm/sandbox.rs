@@ -2,8 +2,9 @@
 //! capability's manifest says otherwise — no preopened dirs, no environment, no sockets, no
 //! inherited stdio; linear memory and tables capped; each call under a wall-clock deadline.
 
+use parking_lot::Mutex;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use wasmtime::ResourceLimiter;
@@ -13,6 +14,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 use super::emit::LogBudget;
 use crate::backend::DiagnosticsSink;
+use crate::backend::wasm::SandboxError;
 use crate::error::{Error, Result};
 
 /// One host directory made visible to the guest.
@@ -51,6 +53,8 @@ pub struct SandboxGrants {
     pub time_limit_secs: f64,
     /// How many instances may serve calls at once (the per-instance concurrency cap).
     pub max_instances: u32,
+    /// How many initialized instances are kept ready (at most `max_instances`).
+    pub pool_size: u32,
     /// The largest result (JSON text) a call may return, in bytes; past it the call fails
     /// with a typed `resource` error.
     pub max_result_bytes: u64,
@@ -62,19 +66,10 @@ pub struct SandboxGrants {
 }
 
 impl Default for SandboxGrants {
+    /// The grants of an empty `sandbox` block: computation only, output captured (the one
+    /// set of defaults, the manifest's).
     fn default() -> Self {
-        SandboxGrants {
-            dirs: Vec::new(),
-            env: Vec::new(),
-            secrets: Vec::new(),
-            capture_stdio: false,
-            memory_limit_mb: 256,
-            time_limit_secs: 60.0,
-            max_instances: 1,
-            max_result_bytes: 64 * 1024 * 1024,
-            max_message_bytes: 16 * 1024,
-            log_records_per_second: 100,
-        }
+        SandboxGrants::of(&crate::manifest::Sandbox::default(), Vec::new())
     }
 }
 
@@ -88,18 +83,20 @@ impl SandboxGrants {
     ) -> Result<Self> {
         use crate::manifest::{DirAccess, NetworkGrant};
         if sandbox.network != NetworkGrant::None {
-            return Err(Error::InvalidGrant(
+            return Err(Error::Sandbox(SandboxError::InvalidGrant(
                 "network access is not granted to wasm capabilities".into(),
-            ));
+            )));
         }
-        let defaults = SandboxGrants::default();
         let dirs = sandbox
             .preopens
             .iter()
             .map(|p| {
                 let host = crate::manifest::runtime::expand_placeholders(&p.host, &lookup)
                     .ok_or_else(|| {
-                        Error::InvalidGrant(format!("preopen {}: unknown placeholder", p.host))
+                        Error::Sandbox(SandboxError::InvalidGrant(format!(
+                            "preopen {}: unknown placeholder",
+                            p.host
+                        )))
                     })?;
                 Ok(DirGrant {
                     host: host.into(),
@@ -108,60 +105,59 @@ impl SandboxGrants {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let grants = SandboxGrants {
+        let grants = SandboxGrants::of(sandbox, dirs);
+        grants.validate()?;
+        Ok(grants)
+    }
+
+    /// The block's grants over the host's defaults, with its preopens resolved to `dirs`.
+    fn of(sandbox: &crate::manifest::Sandbox, dirs: Vec<DirGrant>) -> Self {
+        let max_instances = sandbox.max_concurrency.max(1);
+        SandboxGrants {
             dirs,
             env: sandbox.env.clone(),
             secrets: Vec::new(),
             capture_stdio: sandbox.capture_output,
-            memory_limit_mb: sandbox.memory_limit_mb.unwrap_or(defaults.memory_limit_mb),
-            time_limit_secs: sandbox
-                .time_limit_seconds
-                .unwrap_or(defaults.time_limit_secs),
-            max_instances: sandbox.max_concurrency.max(1),
-            max_result_bytes: sandbox
-                .max_result_bytes
-                .unwrap_or(defaults.max_result_bytes),
-            max_message_bytes: sandbox
-                .max_message_bytes
-                .unwrap_or(defaults.max_message_bytes),
-            log_records_per_second: sandbox
-                .log_records_per_second
-                .unwrap_or(defaults.log_records_per_second),
-        };
-        grants.validate()?;
-        Ok(grants)
+            memory_limit_mb: sandbox.memory_limit_mb.unwrap_or(256),
+            time_limit_secs: sandbox.time_limit_seconds.unwrap_or(60.0),
+            max_instances,
+            pool_size: sandbox.pool_size.clamp(1, max_instances),
+            max_result_bytes: sandbox.max_result_bytes.unwrap_or(64 * 1024 * 1024),
+            max_message_bytes: sandbox.max_message_bytes.unwrap_or(16 * 1024),
+            log_records_per_second: sandbox.log_records_per_second.unwrap_or(100),
+        }
     }
 
     /// Checks the grants: directories exist, limits are positive.
     pub fn validate(&self) -> Result<()> {
         for dir in &self.dirs {
             if !dir.host.is_dir() {
-                return Err(Error::InvalidGrant(format!(
+                return Err(Error::Sandbox(SandboxError::InvalidGrant(format!(
                     "preopened dir {} does not exist or is not a directory",
                     dir.host.display()
-                )));
+                ))));
             }
             if dir.guest.is_empty() {
-                return Err(Error::InvalidGrant(format!(
+                return Err(Error::Sandbox(SandboxError::InvalidGrant(format!(
                     "preopened dir {} has an empty guest path",
                     dir.host.display()
-                )));
+                ))));
             }
         }
         if self.memory_limit_mb == 0 {
-            return Err(Error::InvalidGrant(
+            return Err(Error::Sandbox(SandboxError::InvalidGrant(
                 "memory_limit_mb must be positive".into(),
-            ));
+            )));
         }
         if !(self.time_limit_secs.is_finite() && self.time_limit_secs > 0.0) {
-            return Err(Error::InvalidGrant(
+            return Err(Error::Sandbox(SandboxError::InvalidGrant(
                 "time_limit_secs must be a positive number".into(),
-            ));
+            )));
         }
         if self.max_instances == 0 {
-            return Err(Error::InvalidGrant(
+            return Err(Error::Sandbox(SandboxError::InvalidGrant(
                 "max_instances must be at least 1".into(),
-            ));
+            )));
         }
         for (name, value) in [
             ("max_result_bytes", self.max_result_bytes),
@@ -172,7 +168,9 @@ impl SandboxGrants {
             ),
         ] {
             if value == 0 {
-                return Err(Error::InvalidGrant(format!("{name} must be positive")));
+                return Err(Error::Sandbox(SandboxError::InvalidGrant(format!(
+                    "{name} must be positive"
+                ))));
             }
         }
         Ok(())
@@ -200,7 +198,10 @@ impl SandboxGrants {
                 FsPerms::ReadOnly
             };
             b.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
-                Error::InvalidGrant(format!("cannot preopen {}: {e:#}", dir.host.display()))
+                Error::Sandbox(SandboxError::InvalidGrant(format!(
+                    "cannot preopen {}: {e:#}",
+                    dir.host.display()
+                )))
             })?;
         }
         for name in &self.env {
@@ -332,7 +333,7 @@ pub(crate) struct CaptureStream {
 
 impl CaptureStream {
     fn push(&self, bytes: &[u8]) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pending = self.pending.lock();
         for &b in bytes {
             if b == b'\n' {
                 let line = std::mem::take(&mut *pending);
@@ -345,21 +346,14 @@ impl CaptureStream {
 
     /// Emits an unterminated last line (a guest's `print!` without a newline).
     pub(crate) fn flush_line(&self) {
-        let line =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        let line = std::mem::take(&mut *self.pending.lock());
         if !line.is_empty() {
             self.emit(&line);
         }
     }
 
     fn emit(&self, line: &[u8]) {
-        if !self
-            .capture
-            .budget
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .admit()
-        {
+        if !self.capture.budget.lock().admit() {
             return;
         }
         let text = String::from_utf8_lossy(line);

@@ -309,13 +309,11 @@ fn the_sink_writes_behind_and_flushes() {
     let (_dir, store) = open();
     let writer = store.writer().unwrap();
     for i in 0..1000 {
-        writer.record(LogRecord {
+        writer.record(DiagnosticRecord {
             worker_session_id: Some("pool-1".into()),
             job_id: Some(format!("job-{}", i % 10)),
-            level: "INFO".into(),
             logger_name: "guest".into(),
-            message: format!("message {i}"),
-            exc_text: None,
+            ..DiagnosticRecord::new("INFO", format!("message {i}"))
         });
         writer.chunk("pool-1", "stderr", &format!("line {i}"));
     }

@@ -14,7 +14,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::Serialize;
 
-use super::{JournalEvent, JournalStore};
+use super::{JournalEvent, JournalStore, event_types};
 use crate::error::Result;
 
 /// A host's row.
@@ -356,7 +356,7 @@ impl JournalStore {
                 "run_id": submitted.run_id,
                 "actor": actor,
             });
-            let mut row = JournalEvent::new(super::event_types::STATE_TRANSITION)
+            let mut row = JournalEvent::new(event_types::STATE_TRANSITION)
                 .job(job_id)
                 .payload(serde_json::json!({
                     "from": from, "to": "cancelled", "job_snapshot": snapshot,
@@ -570,7 +570,9 @@ fn open_composition(
         .query_row([&id], |r| r.get(0))
         .optional()?
         .flatten();
-    if latest_owner.as_deref() != Some(host) || composition_has(tx, &id, "composition_finished")? {
+    if latest_owner.as_deref() != Some(host)
+        || composition_has(tx, &id, event_types::COMPOSITION_FINISHED)?
+    {
         return Ok(None);
     }
     let submitted = tx
@@ -592,7 +594,7 @@ fn open_composition(
         ))?
         .query_map([&id], super::row_to_event)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let cancel_requested = composition_has(tx, &id, "composition_cancel_requested")?;
+    let cancel_requested = composition_has(tx, &id, event_types::COMPOSITION_CANCEL_REQUESTED)?;
     Ok(Some(OpenComposition {
         submitted,
         members,

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::error::Error;
+use crate::store::StoreError;
 
 fn open() -> (tempfile::TempDir, JournalStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -138,7 +139,7 @@ fn terminal_history_carries_snapshots_and_job_errors() {
         JournalEvent::state_transition("b", "running", "failed")
             .set("job_snapshot", snapshot("b", "failed", Some(&err))),
         JournalEvent::state_transition("c", "pending", "cancelled"),
-        JournalEvent::new(event_types::CONFIG_APPLIED).with_error(&JobError::fatal("bad config")),
+        JournalEvent::new(event_types::CONFIG_CHANGED).with_error(&JobError::fatal("bad config")),
     ];
     store.append_batch(&events).unwrap();
     let history = store.terminal_state_events(None).unwrap();
@@ -159,7 +160,7 @@ fn terminal_history_carries_snapshots_and_job_errors() {
     );
     assert_eq!(store.terminal_state_events(Some(1)).unwrap().len(), 1);
     let config = store.query(&JournalQuery {
-        event_type: Some(event_types::CONFIG_APPLIED.into()),
+        event_type: Some(event_types::CONFIG_CHANGED.into()),
         ..JournalQuery::default()
     });
     assert_eq!(config.unwrap()[0].error().unwrap().message, "bad config");
@@ -174,10 +175,10 @@ fn append_failures_are_loud_and_batches_are_atomic() {
     assert!(
         matches!(
             err,
-            Error::Sqlite {
+            Error::Store(StoreError::Sqlite {
                 store: "journal",
                 ..
-            }
+            })
         ),
         "{err}"
     );
