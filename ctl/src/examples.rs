@@ -67,20 +67,20 @@ pub fn build_components(ctx: &Ctx) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// Builds the native `text-stats-worker` (release, the workspace's target dir).
+/// Builds the native `text-stats-worker` in the workspace's target dir, in the profile this
+/// cjm-ctl was built with: a debug `cargo run -p cjm-ctl -- demo` reuses what the debug
+/// build (and `cargo test`) compiled, a release one (benchmarks) gets a release worker.
 pub fn build_worker(ctx: &Ctx) -> anyhow::Result<PathBuf> {
     let root = workspace_root()?;
+    let release = !cfg!(debug_assertions);
     ctx.out.note("building the native text-stats-worker ...");
-    let status = cargo()
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "text-stats",
-            "--bin",
-            "text-stats-worker",
-        ])
+    let mut cmd = cargo();
+    cmd.current_dir(&root).arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .args(["-p", "text-stats", "--bin", "text-stats-worker"])
         .status()
         .context("cannot run cargo to build the native worker")?;
     if !status.success() {
@@ -89,7 +89,8 @@ pub fn build_worker(ctx: &Ctx) -> anyhow::Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release").join("text-stats-worker"))
+    let profile = if release { "release" } else { "debug" };
+    Ok(target.join(profile).join("text-stats-worker"))
 }
 
 /// Builds what is not given and writes the capabilities.yaml installing the examples into

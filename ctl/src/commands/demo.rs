@@ -26,7 +26,7 @@ const DEMO_TEXT: &str = include_str!("../../assets/demo.txt");
 /// Options of `cjm-ctl demo`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  cjm-ctl demo\n  cargo run --release -p cjm-ctl -- demo\n  cjm-ctl --data-dir /tmp/demo demo --json"
+    after_help = "Examples:\n  cjm-ctl demo\n  cargo run -p cjm-ctl -- demo\n  cjm-ctl --data-dir /tmp/demo demo --json"
 )]
 pub struct DemoArgs {
     #[command(flatten)]
