@@ -102,6 +102,28 @@ impl Error {
         Error::Job(Box::new(e))
     }
 
+    /// `path` names something other than a regular file (`meta` is its metadata): a
+    /// directory, a FIFO, a socket, a device.
+    pub fn not_a_file(path: impl Into<PathBuf>, meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        let found = if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_block_device() || t.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        Error::NotAFile {
+            path: path.into(),
+            found,
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

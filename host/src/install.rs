@@ -602,6 +602,19 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
+/// What an introspected backend reports, then the backend stopped (a failure to stop is
+/// logged: the info is what the install needed).
+pub(crate) async fn info_then_stop(
+    backend: &dyn crate::backend::Backend,
+    log: &Log,
+) -> crate::contract::CapabilityInfo {
+    let info = backend.info().clone();
+    if let Err(e) = backend.shutdown().await {
+        log.line(&format!("stopping it after introspection failed: {e}"));
+    }
+    info
+}
+
 /// Writes `m` as `<manifests>/<name>.json` with the install facts every kind shares.
 pub(crate) fn finish_manifest(
     config: &HostConfig,

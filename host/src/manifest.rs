@@ -198,32 +198,13 @@ fn typed<T: serde::de::DeserializeOwned>(path: &Path, doc: Value) -> Result<T> {
     })
 }
 
-fn file_kind(meta: &fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_block_device() || t.is_char_device() {
-        "a device"
-    } else {
-        "not a regular file"
-    }
-}
-
 /// Reads a manifest file's text: a regular file (symlinks followed), at most
 /// [`MAX_MANIFEST_BYTES`], UTF-8. A FIFO is refused before it is opened (opening one would
 /// block until a writer came).
 pub fn read_manifest_file(path: &Path) -> Result<String> {
     let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
-        return Err(Error::NotAFile {
-            path: path.to_owned(),
-            found: file_kind(&meta),
-        });
+        return Err(Error::not_a_file(path, &meta));
     }
     if meta.len() > MAX_MANIFEST_BYTES {
         return Err(invalid(

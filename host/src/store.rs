@@ -78,14 +78,7 @@ impl Db {
         if let Ok(meta) = std::fs::metadata(path)
             && !meta.is_file()
         {
-            return Err(Error::NotAFile {
-                path: path.to_owned(),
-                found: if meta.is_dir() {
-                    "a directory"
-                } else {
-                    "not a regular file"
-                },
-            });
+            return Err(Error::not_a_file(path, &meta));
         }
         let sqlite = |source| sqlite_error(store, path, source);
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE

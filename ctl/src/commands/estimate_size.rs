@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use cjm_host::install::Installer;
+use cjm_host::install::{self, Installer};
 use serde_json::json;
 
 use crate::ctx::{Ctx, hint, runtime};
@@ -112,26 +112,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
         ctx.out.info(t);
         if args.verbose {
-            for e in estimates.iter().filter(|e| !e.packages.is_empty()) {
-                let mut t = ctx
-                    .out
-                    .table(&["package", "version", "kind", "download", "on disk"]);
-                for p in &e.packages {
-                    let shown = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), size);
-                    t.add_row(vec![
-                        p.name.clone(),
-                        p.version.clone(),
-                        p.kind.clone(),
-                        shown(p.download),
-                        shown(p.installed),
-                    ]);
-                }
-                ctx.out.info(format!(
-                    "{} (Python {}):\n{t}",
-                    e.name,
-                    e.python.as_deref().unwrap_or("?")
-                ));
-            }
+            print_packages(&estimates, ctx);
         }
         ctx.out.info(format!(
             "total: {} to download, {} on disk{}",
@@ -158,4 +139,28 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Every entry's packages, one table each (`--verbose`).
+fn print_packages(estimates: &[install::estimate::SizeEstimate], ctx: &Ctx) {
+    for e in estimates.iter().filter(|e| !e.packages.is_empty()) {
+        let mut t = ctx
+            .out
+            .table(&["package", "version", "kind", "download", "on disk"]);
+        for p in &e.packages {
+            let shown = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), size);
+            t.add_row(vec![
+                p.name.clone(),
+                p.version.clone(),
+                p.kind.clone(),
+                shown(p.download),
+                shown(p.installed),
+            ]);
+        }
+        ctx.out.info(format!(
+            "{} (Python {}):\n{t}",
+            e.name,
+            e.python.as_deref().unwrap_or("?")
+        ));
+    }
 }

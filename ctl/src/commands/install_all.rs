@@ -141,55 +141,10 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let python_entries = entries
         .iter()
         .any(|e| matches!(e.source, install::Source::Python(_)));
-    if args.install_uv {
-        match install::uv_binary(installer.config()) {
-            Some(uv) => ctx.out.note(format!("uv: {}", uv.display())),
-            None => {
-                ctx.out.note("installing uv into the data dir (once)");
-                let uv = runtime()?.block_on(installer.install_uv()).map_err(|e| {
-                    hint(
-                        format!("installing uv failed: {e}"),
-                        format!(
-                            "see {}",
-                            install::logs_dir(installer.config())
-                                .join(".uv.log")
-                                .display()
-                        ),
-                    )
-                })?;
-                ctx.out.note(format!("uv: {}", uv.display()));
-            }
-        }
-    } else if python_entries && install::uv_binary(installer.config()).is_none() {
-        ctx.out.note(
-            "uv is not on PATH: Python environments are built with venv + pip; `--install-uv` puts uv in the data dir once (several times faster)",
-        );
-    }
+    ensure_uv(&installer, args.install_uv, python_entries, ctx)?;
 
     let show_bars = ctx.out.stderr_tty && !ctx.out.json && !ctx.out.quiet;
-    let multi = MultiProgress::with_draw_target(if show_bars {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(4);
-    let style = ProgressStyle::with_template(&format!(
-        "{{spinner}} {{prefix:{width}}} {{elapsed:>4}} {{wide_msg}}"
-    ))
-    .unwrap_or_else(|_| ProgressStyle::default_spinner());
-    let bars = Bars {
-        bars: entries
-            .iter()
-            .map(|e| {
-                let b = multi.add(ProgressBar::new_spinner());
-                b.set_style(style.clone());
-                b.set_prefix(e.name.clone());
-                b.set_message("waiting");
-                (e.name.clone(), b)
-            })
-            .collect(),
-        steps: parking_lot::Mutex::default(),
-    };
+    let (multi, bars) = progress_bars(&entries, show_bars);
 
     let rt = runtime()?;
     let mut reports: Vec<EntryReport> = Vec::new();
@@ -247,6 +202,69 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// uv for Python environments: installed into the data dir with `--install-uv`, else a note
+/// when Python entries will be built without it.
+fn ensure_uv(
+    installer: &Installer,
+    install_uv: bool,
+    python_entries: bool,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    if install_uv {
+        match install::uv_binary(installer.config()) {
+            Some(uv) => ctx.out.note(format!("uv: {}", uv.display())),
+            None => {
+                ctx.out.note("installing uv into the data dir (once)");
+                let uv = runtime()?.block_on(installer.install_uv()).map_err(|e| {
+                    hint(
+                        format!("installing uv failed: {e}"),
+                        format!(
+                            "see {}",
+                            install::logs_dir(installer.config())
+                                .join(".uv.log")
+                                .display()
+                        ),
+                    )
+                })?;
+                ctx.out.note(format!("uv: {}", uv.display()));
+            }
+        }
+    } else if python_entries && install::uv_binary(installer.config()).is_none() {
+        ctx.out.note(
+            "uv is not on PATH: Python environments are built with venv + pip; `--install-uv` puts uv in the data dir once (several times faster)",
+        );
+    }
+    Ok(())
+}
+
+/// A spinner per entry (drawn only when `show`).
+fn progress_bars(entries: &[&install::Entry], show: bool) -> (MultiProgress, Bars) {
+    let multi = MultiProgress::with_draw_target(if show {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(4);
+    let style = ProgressStyle::with_template(&format!(
+        "{{spinner}} {{prefix:{width}}} {{elapsed:>4}} {{wide_msg}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let bars = Bars {
+        bars: entries
+            .iter()
+            .map(|e| {
+                let b = multi.add(ProgressBar::new_spinner());
+                b.set_style(style.clone());
+                b.set_prefix(e.name.clone());
+                b.set_message("waiting");
+                (e.name.clone(), b)
+            })
+            .collect(),
+        steps: parking_lot::Mutex::default(),
+    };
+    (multi, bars)
 }
 
 fn summary(reports: &[EntryReport], ctx: &Ctx) {

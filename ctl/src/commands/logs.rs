@@ -149,30 +149,7 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         .transpose()?;
 
     if let Some(job) = &args.job {
-        let in_journal = match &journal {
-            Some(j) => !j
-                .query(&JournalQuery::job(job.clone()).limit(1))?
-                .is_empty(),
-            None => false,
-        };
-        let in_diag = match &diag {
-            Some(d) => !d
-                .query_records(&RecordQuery {
-                    job_id: Some(job.clone()),
-                    limit: Some(1),
-                    ..RecordQuery::default()
-                })?
-                .is_empty(),
-            None => false,
-        };
-        if !in_journal && !in_diag {
-            return Err(hint(
-                format!(
-                    "unknown job '{job}': no journal row and no diagnostics record has that id"
-                ),
-                "job ids are full UUIDs; see recent ones with `cjm-ctl logs --journal`",
-            ));
-        }
+        check_job_known(job, journal.as_ref(), diag.as_ref())?;
     }
 
     let store_path = if args.journal {
@@ -197,52 +174,15 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         return Ok(());
     }
     let level = args.level.as_ref().map(|l| l.to_ascii_uppercase());
-    let fetch = |after: Option<i64>, limit: Option<u64>| -> anyhow::Result<Vec<Row>> {
-        let descending = after.is_none();
-        let rows = if args.journal {
-            let j = journal
-                .as_ref()
-                .ok_or_else(|| anyhow::anyhow!("no journal"))?;
-            j.query(&JournalQuery {
-                job_id: args.job.clone(),
-                worker_session_id: args.session.clone(),
-                after_seq: after,
-                limit,
-                descending,
-                ..JournalQuery::default()
-            })?
-            .into_iter()
-            .map(Row::Event)
-            .collect()
-        } else {
-            let d = diag
-                .as_ref()
-                .ok_or_else(|| anyhow::anyhow!("no diagnostics"))?;
-            if args.chunks {
-                d.query_chunks(&ChunkQuery {
-                    worker_session_id: args.session.clone(),
-                    after_seq: after,
-                    limit,
-                    descending,
-                })?
-                .into_iter()
-                .map(Row::Chunk)
-                .collect()
-            } else {
-                d.query_records(&RecordQuery {
-                    job_id: args.job.clone(),
-                    worker_session_id: args.session.clone(),
-                    level: level.clone(),
-                    after_seq: after,
-                    limit,
-                    descending,
-                })?
-                .into_iter()
-                .map(Row::Record)
-                .collect()
-            }
-        };
-        Ok(rows)
+    let fetch = |after: Option<i64>, limit: Option<u64>| {
+        fetch(
+            &args,
+            journal.as_ref(),
+            diag.as_ref(),
+            level.as_deref(),
+            after,
+            limit,
+        )
     };
     let limit = (args.limit > 0).then_some(args.limit);
     let mut rows = fetch(None, limit)?;
@@ -276,4 +216,88 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         use std::io::Write as _;
         std::io::stdout().flush()?;
     }
+}
+
+/// An unknown job id is an error with a hint, not an empty listing.
+fn check_job_known(
+    job: &str,
+    journal: Option<&JournalStore>,
+    diag: Option<&DiagnosticsStore>,
+) -> anyhow::Result<()> {
+    let in_journal = match journal {
+        Some(j) => !j
+            .query(&JournalQuery::job(job.to_owned()).limit(1))?
+            .is_empty(),
+        None => false,
+    };
+    let in_diag = match diag {
+        Some(d) => !d
+            .query_records(&RecordQuery {
+                job_id: Some(job.to_owned()),
+                limit: Some(1),
+                ..RecordQuery::default()
+            })?
+            .is_empty(),
+        None => false,
+    };
+    if !in_journal && !in_diag {
+        return Err(hint(
+            format!("unknown job '{job}': no journal row and no diagnostics record has that id"),
+            "job ids are full UUIDs; see recent ones with `cjm-ctl logs --journal`",
+        ));
+    }
+    Ok(())
+}
+
+/// One page of rows of the store `args` asks for: newest first from the start, or oldest
+/// first after `after` (following).
+fn fetch(
+    args: &Args,
+    journal: Option<&JournalStore>,
+    diag: Option<&DiagnosticsStore>,
+    level: Option<&str>,
+    after: Option<i64>,
+    limit: Option<u64>,
+) -> anyhow::Result<Vec<Row>> {
+    let descending = after.is_none();
+    let rows = if args.journal {
+        let j = journal.ok_or_else(|| anyhow::anyhow!("no journal"))?;
+        j.query(&JournalQuery {
+            job_id: args.job.clone(),
+            worker_session_id: args.session.clone(),
+            after_seq: after,
+            limit,
+            descending,
+            ..JournalQuery::default()
+        })?
+        .into_iter()
+        .map(Row::Event)
+        .collect()
+    } else {
+        let d = diag.ok_or_else(|| anyhow::anyhow!("no diagnostics"))?;
+        if args.chunks {
+            d.query_chunks(&ChunkQuery {
+                worker_session_id: args.session.clone(),
+                after_seq: after,
+                limit,
+                descending,
+            })?
+            .into_iter()
+            .map(Row::Chunk)
+            .collect()
+        } else {
+            d.query_records(&RecordQuery {
+                job_id: args.job.clone(),
+                worker_session_id: args.session.clone(),
+                level: level.map(str::to_owned),
+                after_seq: after,
+                limit,
+                descending,
+            })?
+            .into_iter()
+            .map(Row::Record)
+            .collect()
+        }
+    };
+    Ok(rows)
 }

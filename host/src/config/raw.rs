@@ -117,14 +117,7 @@ impl RawConfig {
     pub fn from_yaml_file(path: &Path) -> Result<RawConfig> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         if !meta.is_file() {
-            return Err(Error::NotAFile {
-                path: path.to_owned(),
-                found: if meta.is_dir() {
-                    "a directory"
-                } else {
-                    "not a regular file"
-                },
-            });
+            return Err(Error::not_a_file(path, &meta));
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_yaml_str(path, &text)

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::spec::{Entry, NativeSource};
 use super::{InstallError, Installed, Log, LogSink, Result};
+use crate::backend::NoEvents;
 use crate::backend::native::{NativeBackend, WorkerSpec};
-use crate::backend::{Backend as _, NoEvents};
 use crate::config::HostConfig;
 use crate::contract::CapabilityInfo;
 use crate::manifest::{self, CapabilityManifest, NativeInstall, RuntimeKind};
@@ -138,13 +138,7 @@ pub(crate) async fn introspect(
         Arc::new(NoEvents),
     )
     .await?;
-    let info = backend.info().clone();
-    if let Err(e) = backend.shutdown().await {
-        log.line(&format!(
-            "stopping the worker after introspection failed: {e}"
-        ));
-    }
-    Ok(info)
+    Ok(super::info_then_stop(&backend, log).await)
 }
 
 pub(crate) async fn regenerate(

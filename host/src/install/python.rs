@@ -361,56 +361,8 @@ pub(crate) async fn install(
         step(&format!("install {}", src.package));
         pip_install(&tool, &python, &specs, log).await?;
 
-        step("introspect in the environment (cjm-substrate)");
-        let staged = introspect(
-            config,
-            &python,
-            &json!({
-                "mode": "capability",
-                "env_name": src.env_name,
-                "package": src.package,
-                "env_vars": entry.env_vars,
-            }),
-            &staging,
-            &entry.env_vars,
-            log,
-        )
-        .await?;
-        let m = manifest::load_capability(&staged)?;
-        if m.name() != entry.name {
-            return Err(InstallError::InstallFailed(format!(
-                "the package's capability is named '{}', not '{}': name the entry '{}'",
-                m.name(),
-                entry.name,
-                m.name()
-            )));
-        }
-        let mut staged_adapters = Vec::new();
-        for a in &src.adapters {
-            step(&format!("adapter manifest for {}", a.impl_spec));
-            staged_adapters.push(
-                introspect(
-                    config,
-                    &python,
-                    &json!({"mode": "adapter", "env_name": src.env_name, "impl": a.impl_spec}),
-                    &staging,
-                    &entry.env_vars,
-                    log,
-                )
-                .await?,
-            );
-        }
-        step("write the manifests");
-        let manifest_path = super::manifest_path(config, &entry.name);
-        publish(&staged, &manifest_path)?;
-        let mut adapters = Vec::new();
-        for a in staged_adapters {
-            let to = config
-                .manifests_dir()
-                .join(a.file_name().unwrap_or_default());
-            publish(&a, &to)?;
-            adapters.push(to);
-        }
+        let (m, manifest_path, adapters) =
+            introspect_and_publish(config, entry, src, &python, &staging, log, step).await?;
         Ok(Installed {
             manifest: m,
             manifest_path,
@@ -425,6 +377,71 @@ pub(crate) async fn install(
         discard_env(&env_dir, log);
     }
     result
+}
+
+/// Introspects the installed capability (and its adapters) in the environment of `python`,
+/// checks its name against the entry's, and publishes the manifests; returns the manifest,
+/// its path and the adapter manifests' paths.
+async fn introspect_and_publish(
+    config: &HostConfig,
+    entry: &Entry,
+    src: &PythonSource,
+    python: &Path,
+    staging: &Path,
+    log: &Log,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<(CapabilityManifest, PathBuf, Vec<PathBuf>)> {
+    step("introspect in the environment (cjm-substrate)");
+    let staged = introspect(
+        config,
+        python,
+        &json!({
+            "mode": "capability",
+            "env_name": src.env_name,
+            "package": src.package,
+            "env_vars": entry.env_vars,
+        }),
+        staging,
+        &entry.env_vars,
+        log,
+    )
+    .await?;
+    let m = manifest::load_capability(&staged)?;
+    if m.name() != entry.name {
+        return Err(InstallError::InstallFailed(format!(
+            "the package's capability is named '{}', not '{}': name the entry '{}'",
+            m.name(),
+            entry.name,
+            m.name()
+        )));
+    }
+    let mut staged_adapters = Vec::new();
+    for a in &src.adapters {
+        step(&format!("adapter manifest for {}", a.impl_spec));
+        staged_adapters.push(
+            introspect(
+                config,
+                python,
+                &json!({"mode": "adapter", "env_name": src.env_name, "impl": a.impl_spec}),
+                staging,
+                &entry.env_vars,
+                log,
+            )
+            .await?,
+        );
+    }
+    step("write the manifests");
+    let manifest_path = super::manifest_path(config, &entry.name);
+    publish(&staged, &manifest_path)?;
+    let mut adapters = Vec::new();
+    for a in staged_adapters {
+        let to = config
+            .manifests_dir()
+            .join(a.file_name().unwrap_or_default());
+        publish(&a, &to)?;
+        adapters.push(to);
+    }
+    Ok((m, manifest_path, adapters))
 }
 
 /// Removes an environment a failed attempt created, saying so in the install log.

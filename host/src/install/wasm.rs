@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use super::spec::{Component, Entry, WasmSource};
 use super::{InstallError, Installed, Log, LogSink, Result, components_dir};
-use crate::backend::Backend as _;
 use crate::backend::wasm::{SandboxGrants, WasmBackend, WasmRuntime};
 use crate::config::HostConfig;
 use crate::contract::CapabilityInfo;
@@ -138,11 +137,7 @@ pub(crate) async fn introspect(
     })??;
     let component = component_path.to_owned();
     let backend = WasmBackend::load(&runtime, &component, grants, sink).await?;
-    let info = backend.info().clone();
-    if let Err(e) = backend.shutdown().await {
-        log.line(&format!("cleanup after introspection failed: {e}"));
-    }
-    Ok(info)
+    Ok(super::info_then_stop(&backend, log).await)
 }
 
 /// Re-introspects the component the manifest at `path` records.

@@ -31,24 +31,7 @@ impl CapabilityManager {
         if !instance.enabled() {
             return Err(user(format!("capability instance '{id}' is disabled")));
         }
-        // A method whose arguments its author typed is checked here, before the call reaches
-        // the capability (its schema compiled once per instance and backend).
-        if let crate::backend::Target::Task { task, method } = &request.target
-            && let Some(validator) = instance.params_validator(method)?
-        {
-            // Validated in place: the kwargs are moved into a value and back, never copied.
-            let kwargs = Value::Object(std::mem::take(&mut request.kwargs));
-            let checked = config::validate_kwargs(
-                instance.name(),
-                &format!("{task}.{method}"),
-                &validator,
-                &kwargs,
-            );
-            if let Value::Object(map) = kwargs {
-                request.kwargs = map;
-            }
-            checked.map_err(Error::job)?;
-        }
+        check_params(&instance, &mut request)?;
         // Held through a reload-and-retry: no other call reaches the backend being replaced.
         let _permit = instance
             .permits
@@ -305,4 +288,26 @@ impl CapabilityManager {
         let samples = std::mem::take(&mut *self.inner.samples.lock());
         self.inner.stores.empirical.record_samples(&samples)
     }
+}
+
+/// A method whose arguments its author typed is checked before the call reaches the
+/// capability (its schema compiled once per instance and backend), in place: the kwargs are
+/// moved into a value and back, never copied.
+fn check_params(instance: &Instance, request: &mut CallRequest) -> Result<()> {
+    if let crate::backend::Target::Task { task, method } = &request.target
+        && let Some(validator) = instance.params_validator(method)?
+    {
+        let kwargs = Value::Object(std::mem::take(&mut request.kwargs));
+        let checked = config::validate_kwargs(
+            instance.name(),
+            &format!("{task}.{method}"),
+            &validator,
+            &kwargs,
+        );
+        if let Value::Object(map) = kwargs {
+            request.kwargs = map;
+        }
+        checked.map_err(Error::job)?;
+    }
+    Ok(())
 }

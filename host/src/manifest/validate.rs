@@ -334,6 +334,14 @@ impl Checker {
         self.push(path, format!("expected {what}, found {}", describe(found)));
     }
 
+    /// `ok`, or a problem saying `what` was expected at `path`.
+    fn ensure(&mut self, ok: bool, path: &str, what: &str, found: &Value) -> bool {
+        if !ok {
+            self.expected(path, what, found);
+        }
+        ok
+    }
+
     /// Checks `v` against `ty`; true when its type is right (inner problems may remain).
     fn check(&mut self, v: &Value, ty: &Ty, path: &str) -> bool {
         match *ty {
@@ -346,59 +354,36 @@ impl Checker {
                 Some(_) => true,
                 None => false,
             },
-            Ty::OneOf(choices) => match v.as_str() {
-                Some(s) if choices.contains(&s) => true,
-                _ => {
-                    let list = choices
-                        .iter()
-                        .map(|c| format!("{c:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    self.expected(path, &format!("one of {list}"), v);
-                    false
-                }
-            },
-            Ty::Sha256 => match v.as_str() {
-                Some(s) if is_sha256_hash(s) => true,
-                _ => {
-                    self.expected(
-                        path,
-                        "a hash of the form \"sha256:<64 lowercase hex digits>\"",
-                        v,
-                    );
-                    false
-                }
-            },
-            Ty::Bool => {
-                if v.is_boolean() {
-                    true
-                } else {
-                    self.expected(path, "a boolean", v);
-                    false
-                }
+            Ty::OneOf(choices) => {
+                let list = choices
+                    .iter()
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let ok = v.as_str().is_some_and(|s| choices.contains(&s));
+                self.ensure(ok, path, &format!("one of {list}"), v)
             }
-            Ty::PositiveNumber => match v.as_f64() {
-                Some(f) if f > 0.0 => true,
-                _ => {
-                    self.expected(path, "a number greater than 0", v);
-                    false
-                }
-            },
-            Ty::PositiveInt => match v.as_u64() {
-                Some(n) if n >= 1 && n <= u64::from(u32::MAX) => true,
-                _ => {
-                    self.expected(path, "an integer from 1 to 4294967295", v);
-                    false
-                }
-            },
-            Ty::AnyObject => {
-                if v.is_object() {
-                    true
-                } else {
-                    self.expected(path, "an object", v);
-                    false
-                }
-            }
+            Ty::Sha256 => self.ensure(
+                v.as_str().is_some_and(is_sha256_hash),
+                path,
+                "a hash of the form \"sha256:<64 lowercase hex digits>\"",
+                v,
+            ),
+            Ty::Bool => self.ensure(v.is_boolean(), path, "a boolean", v),
+            Ty::PositiveNumber => self.ensure(
+                v.as_f64().is_some_and(|f| f > 0.0),
+                path,
+                "a number greater than 0",
+                v,
+            ),
+            Ty::PositiveInt => self.ensure(
+                v.as_u64()
+                    .is_some_and(|n| n >= 1 && n <= u64::from(u32::MAX)),
+                path,
+                "an integer from 1 to 4294967295",
+                v,
+            ),
+            Ty::AnyObject => self.ensure(v.is_object(), path, "an object", v),
             Ty::StrMap => match v.as_object() {
                 Some(map) => {
                     for (k, item) in map {
@@ -438,14 +423,7 @@ impl Checker {
                     false
                 }
             },
-            Ty::AnyArray => {
-                if v.is_array() {
-                    true
-                } else {
-                    self.expected(path, "an array", v);
-                    false
-                }
-            }
+            Ty::AnyArray => self.ensure(v.is_array(), path, "an array", v),
             Ty::Object(section) => match v.as_object() {
                 Some(map) => {
                     self.section(map, section, path);

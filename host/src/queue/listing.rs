@@ -53,42 +53,8 @@ pub fn list_jobs(journal: &JournalStore, filter: &JobFilter) -> Result<JobPage> 
         })?);
     }
     rows.sort_by_key(|e| std::cmp::Reverse(e.seq));
-    // Who owns each job now (its latest submission or adoption row), and whether that
-    // host is still there.
-    let mut owners: BTreeMap<String, String> = BTreeMap::new();
-    // What each job was submitted as: when, at which priority, which task and method.
-    let mut submitted: BTreeMap<String, (String, Value, Value, Value)> = BTreeMap::new();
-    for e in &rows {
-        if e.event_type != event_types::STATE_TRANSITION
-            && let (Some(id), Some(host)) = (&e.job_id, e.payload["host_id"].as_str())
-        {
-            owners.entry(id.clone()).or_insert_with(|| host.to_owned());
-        }
-        if e.event_type == event_types::JOB_SUBMITTED
-            && let Some(id) = &e.job_id
-        {
-            let spec = &e.payload["spec"];
-            submitted.insert(
-                id.clone(),
-                (
-                    e.ts.clone(),
-                    spec["priority"].clone(),
-                    spec["task"].clone(),
-                    spec["method"].clone(),
-                ),
-            );
-        }
-    }
-    let now = crate::store::unix_now();
-    let here = crate::store::hostname();
-    let gone: BTreeMap<String, String> = journal
-        .hosts()?
-        .into_iter()
-        .filter_map(|h| match h.liveness(now, &here) {
-            Liveness::Gone(why) => Some((h.host_id, why)),
-            Liveness::Alive => None,
-        })
-        .collect();
+    let (owners, submitted) = owners_and_submissions(&rows);
+    let gone = gone_hosts(journal)?;
     // The newest row of each job gives its state (a job with no transition yet waits) and
     // its place in the listing.
     let mut seen: BTreeSet<String> = BTreeSet::new();
@@ -155,4 +121,55 @@ pub fn list_jobs(journal: &JournalStore, filter: &JobFilter) -> Result<JobPage> 
         .then(|| jobs.last().and_then(|j| j["cursor"].as_i64()))
         .flatten();
     Ok(JobPage { jobs, next_cursor })
+}
+
+/// What each job was submitted as (when, at which priority, which task and method), keyed
+/// by job.
+type Submitted = BTreeMap<String, (String, Value, Value, Value)>;
+
+/// Who owns each job now (its latest submission or adoption row), and what each was
+/// submitted as, from rows newest first.
+fn owners_and_submissions(
+    rows: &[crate::store::JournalEvent],
+) -> (BTreeMap<String, String>, Submitted) {
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    // What each job was submitted as: when, at which priority, which task and method.
+    let mut submitted: Submitted = BTreeMap::new();
+    for e in rows {
+        if e.event_type != event_types::STATE_TRANSITION
+            && let (Some(id), Some(host)) = (&e.job_id, e.payload["host_id"].as_str())
+        {
+            owners.entry(id.clone()).or_insert_with(|| host.to_owned());
+        }
+        if e.event_type == event_types::JOB_SUBMITTED
+            && let Some(id) = &e.job_id
+        {
+            let spec = &e.payload["spec"];
+            submitted.insert(
+                id.clone(),
+                (
+                    e.ts.clone(),
+                    spec["priority"].clone(),
+                    spec["task"].clone(),
+                    spec["method"].clone(),
+                ),
+            );
+        }
+    }
+    (owners, submitted)
+}
+
+/// The hosts on the data dir that are gone, each with why.
+fn gone_hosts(journal: &JournalStore) -> Result<BTreeMap<String, String>> {
+    let now = crate::store::unix_now();
+    let here = crate::store::hostname();
+    let gone = journal
+        .hosts()?
+        .into_iter()
+        .filter_map(|h| match h.liveness(now, &here) {
+            Liveness::Gone(why) => Some((h.host_id, why)),
+            Liveness::Alive => None,
+        })
+        .collect();
+    Ok(gone)
 }

@@ -457,6 +457,53 @@ fn resumed(
     }
 }
 
+/// The terminal record of a job of a gone host that is not adopted: failed with `error`.
+fn lost_snapshot(
+    job: &OpenJob,
+    record: Option<&SpecRecord>,
+    error: &JobError,
+) -> crate::store::JobSnapshot {
+    let mut snapshot = crate::store::JobSnapshot {
+        id: job.job_id.clone(),
+        capability_instance_id: job.submitted.capability_instance_id.clone(),
+        status: "failed".into(),
+        priority: record.map_or(0, |r| r.priority),
+        submitted_at: Some(job.submitted.ts.clone()),
+        started_at: None,
+        completed_at: Some(crate::store::now_iso()),
+        retry_count: job.attempt.saturating_sub(1),
+        composition_id: job.submitted.composition_id.clone(),
+        node_id: job.submitted.node_id.clone(),
+        task_name: record.and_then(|r| r.task.clone()),
+        method: record.and_then(|r| r.method.clone()),
+        run_id: job.submitted.run_id.clone(),
+        actor: job.submitted.actor.clone(),
+        error: None,
+        extra: serde_json::Map::new(),
+    };
+    let instance = job
+        .submitted
+        .capability_instance_id
+        .clone()
+        .unwrap_or_default();
+    snapshot.error = Some(host_view(error, &instance));
+    snapshot
+}
+
+/// A row about `job`, with the correlation its submission carried.
+fn row_of(job: &OpenJob, event_type: &str) -> JournalEvent {
+    let mut row = JournalEvent::new(event_type).job(job.job_id.clone());
+    let s = &job.submitted;
+    row.capability_instance_id
+        .clone_from(&s.capability_instance_id);
+    row.capability_name.clone_from(&s.capability_name);
+    row.composition_id.clone_from(&s.composition_id);
+    row.node_id.clone_from(&s.node_id);
+    row.run_id.clone_from(&s.run_id);
+    row.actor.clone_from(&s.actor);
+    row
+}
+
 /// The rows and the verdict for one job of a gone host.
 fn settle(
     job: &OpenJob,
@@ -514,18 +561,7 @@ fn settle(
             None
         }
     };
-    let base = |event_type: &str| {
-        let mut row = JournalEvent::new(event_type).job(job.job_id.clone());
-        let s = &job.submitted;
-        row.capability_instance_id
-            .clone_from(&s.capability_instance_id);
-        row.capability_name.clone_from(&s.capability_name);
-        row.composition_id.clone_from(&s.composition_id);
-        row.node_id.clone_from(&s.node_id);
-        row.run_id.clone_from(&s.run_id);
-        row.actor.clone_from(&s.actor);
-        row
-    };
+    let base = |event_type: &str| row_of(job, event_type);
     match adopt {
         Some((spec, policy)) => {
             let attempt = if running {
@@ -558,30 +594,7 @@ fn settle(
             (rows, verdict)
         }
         None => {
-            let mut snapshot = crate::store::JobSnapshot {
-                id: job.job_id.clone(),
-                capability_instance_id: job.submitted.capability_instance_id.clone(),
-                status: "failed".into(),
-                priority: record.as_ref().map_or(0, |r| r.priority),
-                submitted_at: Some(job.submitted.ts.clone()),
-                started_at: None,
-                completed_at: Some(crate::store::now_iso()),
-                retry_count: job.attempt.saturating_sub(1),
-                composition_id: job.submitted.composition_id.clone(),
-                node_id: job.submitted.node_id.clone(),
-                task_name: record.as_ref().and_then(|r| r.task.clone()),
-                method: record.as_ref().and_then(|r| r.method.clone()),
-                run_id: job.submitted.run_id.clone(),
-                actor: job.submitted.actor.clone(),
-                error: None,
-                extra: serde_json::Map::new(),
-            };
-            let instance = job
-                .submitted
-                .capability_instance_id
-                .clone()
-                .unwrap_or_default();
-            snapshot.error = Some(host_view(&error, &instance));
+            let snapshot = lost_snapshot(job, record.as_ref(), &error);
             let verdict = Verdict::Ended(snapshot.error.clone().unwrap_or(error));
             let row = base(event_types::STATE_TRANSITION).payload(json!({
                 "from": from, "to": "failed", "job_snapshot": snapshot, "reconciled_by": me,

@@ -275,11 +275,7 @@ impl DiagnosticsStore {
             q.limit,
             q.descending,
         );
-        self.db.with(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), row_to_record)?;
-            rows.collect()
-        })
+        self.select(&sql, &args, row_to_record)
     }
 
     /// Stream chunks matching `q`.
@@ -298,9 +294,19 @@ impl DiagnosticsStore {
             q.limit,
             q.descending,
         );
+        self.select(&sql, &args, row_to_chunk)
+    }
+
+    /// The rows `sql` selects with `args`, each read by `read`.
+    fn select<T>(
+        &self,
+        sql: &str,
+        args: &[SqlValue],
+        read: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
         self.db.with(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), row_to_chunk)?;
+            let mut stmt = conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), read)?;
             rows.collect()
         })
     }

@@ -222,14 +222,7 @@ impl SecretStore {
             Err(e) => return Err(Error::io(&self.path, e)),
         };
         if !meta.is_file() {
-            return Err(Error::NotAFile {
-                path: self.path.clone(),
-                found: if meta.is_dir() {
-                    "a directory"
-                } else {
-                    "not a regular file"
-                },
-            });
+            return Err(Error::not_a_file(&self.path, &meta));
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {

@@ -124,14 +124,15 @@ fn composition_counts(dir: &Path) -> BTreeMap<String, usize> {
 }
 
 /// Runs `body` as a host process of its own would (its own runtime, in a thread of its
-/// own); the host it returns then goes away without finishing anything, and `body`'s ids
-/// come back.
-fn gone_host<T, F>(body: impl FnOnce() -> F + Send + 'static) -> T
+/// own) on `dir`; the host it returns then goes away without finishing anything, and
+/// `body`'s ids come back once the journal says it is gone (its journal writer marks it
+/// stopped after the runtime is gone: a host reconciling before that still sees it alive).
+fn gone_host<T, F>(dir: &Path, body: impl FnOnce() -> F + Send + 'static) -> T
 where
     T: Send + 'static,
     F: std::future::Future<Output = (Host, T)>,
 {
-    std::thread::spawn(move || {
+    let ids = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -143,7 +144,22 @@ where
         ids
     })
     .join()
-    .unwrap()
+    .unwrap();
+    let journal = JournalStore::open(&dir.join("journal.db")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journal
+        .hosts()
+        .unwrap()
+        .iter()
+        .any(|h| h.stopped_at.is_none())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the gone host was never marked stopped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ids
 }
 
 async fn until_idle(host: &Host) {
@@ -287,7 +303,7 @@ async fn jobs_of_a_gone_host_are_adopted_retried_or_ended_once() {
     let d = dir.path().to_owned();
     // Host A, on its own runtime (its own "process"): two long jobs run, two wait behind
     // them; then it goes away without finishing any.
-    let (a_id, running, retried, waiting, cancelled) = gone_host(move || async move {
+    let (a_id, running, retried, waiting, cancelled) = gone_host(dir.path(), move || async move {
         let a = Host::builder()
             .data_dir(&d)
             .queue(QueueConfig {
@@ -433,7 +449,7 @@ async fn a_composition_of_a_gone_host_resumes_from_its_journaled_results() {
     let big = "y".repeat(70_000);
     // Host A, on its own runtime, one lane: `a` completes, `z` runs, `b` waits behind it,
     // `c` has no job yet; then A goes away.
-    let (comp, a_job, z_job, b_job) = gone_host(move || async move {
+    let (comp, a_job, z_job, b_job) = gone_host(dir.path(), move || async move {
         let a = Host::builder()
             .data_dir(&d)
             .queue(QueueConfig {
@@ -636,7 +652,7 @@ async fn a_cancelled_composition_of_a_gone_host_stays_cancelled() {
     use cjm_host::queue::{Composition, Node, OutputRef};
     let dir = data_dir();
     let d = dir.path().to_owned();
-    let (comp, slow) = gone_host(move || async move {
+    let (comp, slow) = gone_host(dir.path(), move || async move {
         let a = Host::builder()
             .data_dir(&d)
             .queue(QueueConfig {
