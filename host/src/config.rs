@@ -121,7 +121,7 @@ pub struct QueueConfig {
     pub gpu_headroom_fraction: f64,
     /// Time a cooperative cancel is given before the call is forced.
     pub cancel_timeout: Duration,
-    /// Interval between progress polls of a running job.
+    /// Interval between progress polls of a running native job (0.2 s).
     pub progress_poll_interval: Duration,
     /// A resource snapshot every this many progress polls.
     pub resource_snapshot_cadence_polls: u32,
@@ -154,8 +154,8 @@ impl Default for QueueConfig {
             max_concurrent_lanes: 4,
             gpu_headroom_fraction: 0.9,
             cancel_timeout: Duration::from_secs(3),
-            progress_poll_interval: Duration::from_secs(1),
-            resource_snapshot_cadence_polls: 4,
+            progress_poll_interval: Duration::from_millis(200),
+            resource_snapshot_cadence_polls: 10,
             max_history: 1000,
             max_history_result_bytes: 1024 * 1024,
             max_pending_bytes: 256 * 1024 * 1024,
@@ -181,8 +181,9 @@ pub struct PythonRuntime {
 }
 
 impl PythonRuntime {
-    /// The conda/micromamba binary for this platform: the configured binary, else
-    /// `<prefix>/bin/micromamba` (cjm-substrate's `conda_binary_path`).
+    /// The conda/micromamba binary for this platform: the configured binary, else, in local
+    /// mode, `<prefix>/bin/micromamba` (cjm-substrate's `conda_binary_path`; the prefix is a
+    /// local-mode setting: a system-wide runtime finds conda on `PATH`).
     pub fn conda_binary(&self) -> Option<PathBuf> {
         let arch = match std::env::consts::ARCH {
             "x86_64" => "x64",
@@ -200,6 +201,7 @@ impl PythonRuntime {
             .or_else(|| {
                 self.prefix
                     .as_ref()
+                    .filter(|_| self.mode == RuntimeMode::Local)
                     .map(|p| p.join("bin").join("micromamba"))
             })
     }

@@ -34,8 +34,6 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::store::event_types;
 
-/// How often progress is polled during a call.
-const PROGRESS_POLL: Duration = Duration::from_millis(200);
 /// Time allowed to lifecycle endpoints.
 const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time allowed to a progress poll or a cancel request during a call: a worker that cannot

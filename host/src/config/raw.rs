@@ -78,7 +78,7 @@ pub struct RawQueue {
     pub gpu_headroom_fraction: Option<f64>,
     /// Seconds a cooperative cancel is given before force.
     pub cancel_timeout_seconds: Option<f64>,
-    /// Seconds between progress polls of a running job.
+    /// Seconds between progress polls of a running native job (0.2).
     pub progress_poll_interval_seconds: Option<f64>,
     /// Every how many progress polls a resource snapshot is taken.
     pub resource_snapshot_cadence_polls: Option<u32>,

@@ -303,7 +303,7 @@ fn queue(l: &Layers<'_>) -> Result<QueueConfig> {
         progress_poll_interval: secs(positive(
             qf(|q| q.progress_poll_interval_seconds),
             "queue.progress_poll_interval_seconds",
-            1.0,
+            qd.progress_poll_interval.as_secs_f64(),
         )?),
         resource_snapshot_cadence_polls: at_least_one(
             qu(|q| q.resource_snapshot_cadence_polls),

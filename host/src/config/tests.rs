@@ -288,3 +288,38 @@ fn the_builder_validates_like_the_files() {
         std::path::Path::new("/d")
     );
 }
+
+/// `runtime.mode`: the runtime prefix names the conda binary only in local mode; a
+/// system-wide runtime finds conda on `PATH`. A configured binary wins in both.
+#[test]
+fn the_runtime_prefix_is_a_local_mode_setting() {
+    let root = tempfile::tempdir().unwrap();
+    let yaml = root.path().join("cjm.yaml");
+    let load = |mode: &str| {
+        fs::write(&yaml, format!("runtime:\n  mode: {mode}\n  prefix: rt\n")).unwrap();
+        ConfigLoader::new()
+            .cwd(root.path())
+            .env_vars(NO_ENV)
+            .load()
+            .unwrap()
+    };
+    let local = load("local");
+    assert_eq!(
+        local.python.conda_binary(),
+        Some(root.path().join("rt/bin/micromamba"))
+    );
+    let system = load("system");
+    assert_eq!(system.python.conda_binary(), None);
+    let mut pinned = system.python.clone();
+    let key = format!(
+        "{}-{}",
+        std::env::consts::OS,
+        if std::env::consts::ARCH == "x86_64" {
+            "x64"
+        } else {
+            "arm64"
+        }
+    );
+    pinned.binaries.insert(key, "/opt/conda/bin/conda".into());
+    assert_eq!(pinned.conda_binary(), Some("/opt/conda/bin/conda".into()));
+}

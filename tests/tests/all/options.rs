@@ -337,3 +337,128 @@ async fn diagnostics_retention_runs_at_start_and_on_a_timer() {
     until("the timer's next sweep", || count() == 1).await;
     m.shutdown().await.unwrap();
 }
+
+/// `models_dir` and `log_level`: a worker gets them as `CJM_MODELS_DIR` and `CJM_LOG_LEVEL`
+/// (unset models dir: no variable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_dir_and_log_level_reach_the_worker() {
+    use cjm_host::config::LogLevel;
+    let dir = tempfile::tempdir().unwrap();
+    probe_manifest(dir.path());
+    let env_of = |m: CapabilityManager, name: &'static str| async move {
+        m.call(
+            "probe",
+            CallRequest::execute(probe("env", json!({"name": name}))),
+        )
+        .await
+        .unwrap()["value"]
+            .clone()
+    };
+    let plain =
+        CapabilityManager::open(HostConfig::builder().data_dir(dir.path()).build().unwrap())
+            .unwrap();
+    plain.load("probe", None, Some("probe")).await.unwrap();
+    assert_eq!(env_of(plain.clone(), "CJM_MODELS_DIR").await, Value::Null);
+    assert_eq!(env_of(plain.clone(), "CJM_LOG_LEVEL").await, "INFO");
+    plain.shutdown().await.unwrap();
+    let models = dir.path().join("weights");
+    let set = CapabilityManager::open(
+        HostConfig::builder()
+            .data_dir(dir.path())
+            .models_dir(&models)
+            .log_level(LogLevel::Debug)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    set.load("probe", None, Some("probe")).await.unwrap();
+    assert_eq!(
+        env_of(set.clone(), "CJM_MODELS_DIR").await,
+        models.display().to_string()
+    );
+    assert_eq!(env_of(set.clone(), "CJM_LOG_LEVEL").await, "DEBUG");
+    set.shutdown().await.unwrap();
+}
+
+/// `queue.max_history`: that many finished jobs stay in memory (the journal keeps them all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_history_bounds_the_finished_jobs_kept_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    write_manifest(dir.path(), "noop", wasm_install(fixtures::NOOP, json!({})));
+    let queue = QueueConfig {
+        max_history: 3,
+        ..QueueConfig::default()
+    };
+    let h = Host::builder()
+        .data_dir(dir.path())
+        .queue(queue)
+        .load("noop")
+        .build()
+        .await
+        .unwrap();
+    let q = h.queue();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let id = q
+            .submit(JobSpec::execute("noop", kwargs(json!({}))))
+            .await
+            .unwrap();
+        q.wait(&id, T).await.unwrap();
+        ids.push(id);
+    }
+    let kept: Vec<String> = q.history(None).into_iter().map(|j| j.id).collect();
+    assert_eq!(kept, ids[2..].iter().rev().cloned().collect::<Vec<_>>());
+    assert!(q.get(&ids[0]).is_none(), "the oldest left memory");
+    assert_eq!(
+        q.history_from_journal(None).unwrap().len(),
+        5,
+        "the journal keeps all"
+    );
+    h.shutdown().await.unwrap();
+}
+
+/// `queue.progress_poll_interval_seconds`: a running native call's progress is polled that
+/// often; polled every second, a job that ends within one reports none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_poll_interval_sets_how_often_progress_is_polled() {
+    use cjm_host::queue::{EventKind, Scope};
+    let mut seen = Vec::new();
+    for every in [Duration::from_millis(50), Duration::from_secs(5)] {
+        let dir = tempfile::tempdir().unwrap();
+        probe_manifest(dir.path());
+        let queue = QueueConfig {
+            progress_poll_interval: every,
+            ..QueueConfig::default()
+        };
+        let h = Host::builder()
+            .data_dir(dir.path())
+            .queue(queue)
+            .load("probe")
+            .build()
+            .await
+            .unwrap();
+        let q = h.queue();
+        let mut events = q.subscribe(Scope::All);
+        let id = q
+            .submit(JobSpec::execute(
+                "probe",
+                probe("slow", json!({"steps": 16})),
+            ))
+            .await
+            .unwrap();
+        let mut progress = 0;
+        while let Some(e) = events.next().await {
+            if e.job_id.as_deref() != Some(id.as_str()) {
+                continue;
+            }
+            progress += usize::from(e.kind == EventKind::ProgressChanged);
+            if e.kind == EventKind::StateTransition && e.payload["to"] == "completed" {
+                break;
+            }
+        }
+        seen.push(progress);
+        h.shutdown().await.unwrap();
+    }
+    assert!(seen[0] >= 3, "polled every 50 ms: {seen:?}");
+    assert_eq!(seen[1], 0, "polled every 5 s: {seen:?}");
+}

@@ -109,16 +109,14 @@ impl NativeBackend {
         )
     }
 
-    /// `GET /progress` every [`PROGRESS_POLL`] on the live worker (never spawning one), each
-    /// bounded by [`PROBE_TIMEOUT`], into `control`.
+    /// `GET /progress` every `progress_poll` of its spec on the live worker (never spawning
+    /// one), each bounded by [`PROBE_TIMEOUT`], into `control`.
     pub(super) fn progress_poller(&self, control: Arc<CallControl>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             // The first poll is one period away: most calls end before it.
-            let mut poll = tokio::time::interval_at(
-                tokio::time::Instant::now() + PROGRESS_POLL,
-                PROGRESS_POLL,
-            );
+            let every = me.inner.spec.progress_poll.max(Duration::from_millis(10));
+            let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last: Option<Progress> = None;
             loop {
@@ -356,8 +354,8 @@ impl Backend for NativeBackend {
         let mut last: Option<Progress> = None;
         let mut since = Instant::now();
         let mut poll = tokio::time::interval_at(
-            tokio::time::Instant::now() + PROGRESS_POLL,
-            PROGRESS_POLL.min(stall),
+            tokio::time::Instant::now() + self.inner.spec.progress_poll,
+            self.inner.spec.progress_poll.min(stall),
         );
         loop {
             tokio::select! {

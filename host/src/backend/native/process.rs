@@ -45,6 +45,8 @@ pub struct WorkerSpec {
     pub stop_grace: Duration,
     /// How long `prefetch` may go without progress before the worker is stopped.
     pub prefetch_stall: Duration,
+    /// How often a running call's progress is polled (`GET /progress`).
+    pub progress_poll: Duration,
     /// How often an idle worker's `/health` is probed; one that does not answer within
     /// [`IDLE_HEALTH_TIMEOUT`](super::IDLE_HEALTH_TIMEOUT), or has exited, is replaced (the
     /// next call starts a fresh one).
@@ -112,6 +114,7 @@ impl WorkerSpec {
             ready_timeout: Duration::from_secs(60),
             stop_grace: Duration::from_secs(3),
             prefetch_stall: Duration::from_secs(300),
+            progress_poll: Duration::from_millis(200),
             idle_probe: Duration::from_secs(5),
             masker: crate::backend::mask::Masker::default(),
         }
@@ -121,7 +124,8 @@ impl WorkerSpec {
     /// cjm-substrate's values: the data dirs (`CJM_DATA_DIR`, `CJM_CAPABILITY_DATA_DIR` =
     /// `<data dir>/data`, `CAPABILITY_DATA_DIR` = `<data dir>/data/<name>`, created),
     /// `CJM_MODELS_DIR` when set, `CJM_DIAGNOSTICS_DB` (Python workers write their log
-    /// records into it) and `CJM_LOG_LEVEL`; and the configured prefetch stall threshold.
+    /// records into it) and `CJM_LOG_LEVEL`; and the configured prefetch stall threshold and
+    /// progress poll interval.
     /// `CJM_WORKER_SESSION_ID` is set per spawn.
     pub fn with_host_env(mut self, config: &crate::config::HostConfig) -> Result<Self> {
         let own = config.capability_data_dir(&self.name);
@@ -142,6 +146,7 @@ impl WorkerSpec {
             self = self.env("CJM_MODELS_DIR", models.display().to_string());
         }
         self.prefetch_stall = config.substrate.prefetch_stall_threshold;
+        self.progress_poll = config.queue.progress_poll_interval;
         Ok(self)
     }
 
