@@ -64,7 +64,7 @@ pub enum Error {
     #[error(transparent)]
     Install(Box<crate::install::InstallError>),
 
-    /// A store failed (see [`StoreError`](crate::store::StoreError)).
+    /// A store failed (see [`StoreError`]).
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 
@@ -77,7 +77,7 @@ pub enum Error {
     Config(#[from] crate::config::ConfigError),
 
     /// The wasm sandbox failed outside a guest call (see
-    /// [`SandboxError`](crate::backend::wasm::SandboxError)).
+    /// [`SandboxError`]).
     #[error(transparent)]
     Sandbox(#[from] crate::backend::wasm::SandboxError),
 

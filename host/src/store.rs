@@ -24,7 +24,7 @@
 //! costs microseconds instead of an fsync's milliseconds.
 //!
 //! A file that is not a SQLite database, or is corrupt, is reported as
-//! [`StoreError::CorruptDatabase`](StoreError::CorruptDatabase) and left in place, never replaced.
+//! [`StoreError::CorruptDatabase`] and left in place, never replaced.
 
 pub mod config_store;
 pub mod diagnostics;
@@ -196,7 +196,7 @@ fn migrate(conn: &mut Connection, migrations: &[Migration]) -> rusqlite::Result<
 }
 
 /// Maps a SQLite error: corruption and non-database files become
-/// [`StoreError::CorruptDatabase`](StoreError::CorruptDatabase), the rest [`StoreError::Sqlite`](StoreError::Sqlite).
+/// [`StoreError::CorruptDatabase`], the rest [`StoreError::Sqlite`](StoreError::Sqlite).
 pub(crate) fn sqlite_error(store: &'static str, path: &Path, source: rusqlite::Error) -> Error {
     match source.sqlite_error_code() {
         Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {

@@ -139,7 +139,7 @@ impl WasmRuntime {
 
     /// Loads the component at `path`: from memory if already loaded, else from the compile
     /// cache, else compiled (and cached). A file that is not a valid component implementing
-    /// the `cjm:capability` world is an [`SandboxError::InvalidComponent`](SandboxError::InvalidComponent) naming the file.
+    /// the `cjm:capability` world is an [`SandboxError::InvalidComponent`] naming the file.
     pub fn load(&self, path: &Path) -> Result<Arc<LoadedComponent>> {
         let source = self.source(path)?;
         let sha256 = source.sha256.clone();
