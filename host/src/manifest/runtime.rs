@@ -134,7 +134,8 @@ pub struct Sandbox {
     /// or discarded.
     #[serde(default = "default_true")]
     pub capture_output: bool,
-    /// Network access (none by default).
+    /// Network access: `none`, the default and the only grant a wasm capability gets (the
+    /// host refuses to load one asking for `loopback` or `any`, naming why).
     #[serde(default)]
     pub network: NetworkGrant,
     /// Instances kept ready in the pool.
@@ -240,9 +241,9 @@ pub enum NetworkGrant {
     /// No sockets, no name lookups (the default).
     #[default]
     None,
-    /// Sockets to loopback addresses only.
+    /// Sockets to loopback addresses only (refused for wasm capabilities).
     Loopback,
-    /// Any address, and name lookups.
+    /// Any address, and name lookups (refused for wasm capabilities).
     Any,
 }
 
