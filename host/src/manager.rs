@@ -153,6 +153,7 @@ impl Drop for Inner {
     }
 }
 
+/// Instance ids are `[A-Za-z0-9_-]{1,64}`.
 fn valid_instance_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
@@ -373,8 +374,12 @@ impl CapabilityManager {
         }
         let loaded = self.manifest(name)?;
         let bound = self.bound_adapters(&loaded.manifest, adapters)?;
-        let backend = self.build_backend(&loaded, &id).await?;
         let stored = self.inner.stores.configs.get(&id)?;
+        let overrides = stored
+            .as_ref()
+            .map(|r| r.worker_env.clone())
+            .unwrap_or_default();
+        let backend = self.build_backend(&loaded, &id, &overrides).await?;
         let given = config.or_else(|| stored.as_ref().map(|r| r.config.clone()));
         let schema = backend.info().config_schema.clone();
         // The merged view is what is validated; the worker gets what cjm-substrate's host
@@ -485,7 +490,14 @@ impl CapabilityManager {
         // comes back.
         self.discover();
         let loaded = self.manifest(&instance.name)?;
-        let fresh = self.build_backend(&loaded, id).await?;
+        let overrides = self
+            .inner
+            .stores
+            .configs
+            .get(id)?
+            .map(|r| r.worker_env)
+            .unwrap_or_default();
+        let fresh = self.build_backend(&loaded, id, &overrides).await?;
         if let Err(e) = fresh.initialize(instance.config()).await {
             let _ = fresh.shutdown().await;
             return Err(e);

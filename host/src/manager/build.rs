@@ -26,12 +26,14 @@ impl WorkerEvents for JournalEvents {
     }
 }
 
-/// Instance ids are `[A-Za-z0-9_-]{1,64}`.
 impl CapabilityManager {
+    /// The backend of instance `id` of the capability `loaded`; `overrides` are the
+    /// instance's persisted `worker_env` overrides (its config record's).
     pub(super) async fn build_backend(
         &self,
         loaded: &Loaded<CapabilityManifest>,
         id: &str,
+        overrides: &BTreeMap<String, String>,
     ) -> Result<Arc<dyn Backend>> {
         let m = &loaded.manifest;
         let name = m.code.name.clone();
@@ -109,14 +111,7 @@ impl CapabilityManager {
             spec = spec.env(k, v);
         }
         let mut secrets = Vec::new();
-        let overrides = self
-            .inner
-            .stores
-            .configs
-            .get(id)?
-            .map(|r| r.worker_env)
-            .unwrap_or_default();
-        for (k, v, secret) in self.worker_env(m, &overrides, &lookup)? {
+        for (k, v, secret) in self.worker_env(m, overrides, &lookup)? {
             if secret {
                 secrets.push(v.clone());
             }
