@@ -112,11 +112,12 @@ impl Ctx {
     /// id in this data dir's journal, as `jobs` and `logs` print them; the id itself
     /// otherwise).
     pub fn full_job_id(&self, given: &str) -> anyhow::Result<String> {
-        let path = self.config()?.journal_db_path();
-        if !path.is_file() {
-            return Ok(given.to_owned());
-        }
-        Ok(cjm_host::store::JournalStore::open(&path)?.resolve_job(given)?)
+        Ok(self.records()?.resolve_job(given)?)
+    }
+
+    /// The data dir's records, read without a host.
+    pub fn records(&self) -> anyhow::Result<cjm_host::records::Records> {
+        Ok(cjm_host::records::Records::open(self.config()?)?)
     }
 
     /// The service to go through: `--host`, else the live `cjm-ctl serve` of the data dir;

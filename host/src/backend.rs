@@ -7,6 +7,7 @@
 //! exports ([`wasm`]); the native backend is an HTTP client of a worker subprocess.
 
 pub mod control;
+pub mod launch;
 pub mod mask;
 pub mod native;
 pub mod wasm;

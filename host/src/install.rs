@@ -635,6 +635,20 @@ pub(crate) fn finish_manifest(
     Ok(path)
 }
 
+/// Rewrites the manifest at `path` with what the capability reported when introspected
+/// again (its code section, the regeneration time and the drift hashes).
+pub(crate) fn rewrite_from_info(
+    path: &Path,
+    m: &mut CapabilityManifest,
+    info: &crate::contract::CapabilityInfo,
+) -> Result<PathBuf> {
+    code_from_info(m, info);
+    m.code.regenerated_at = Some(crate::store::now_iso());
+    m.refresh_drift_hashes();
+    manifest::write_capability(path, m)?;
+    Ok(path.to_owned())
+}
+
 /// Fills the code section from what a capability reports about itself.
 pub(crate) fn code_from_info(m: &mut CapabilityManifest, info: &crate::contract::CapabilityInfo) {
     m.code.version = info.version.clone();

@@ -42,6 +42,7 @@ pub mod install;
 pub mod manager;
 pub mod manifest;
 pub mod queue;
+pub mod records;
 pub mod reference;
 #[cfg(feature = "server")]
 pub mod server;
@@ -92,10 +93,12 @@ mod layers {
                 "telemetry",
             ],
         ),
+        ("records", &["config", "manifest", "queue", "store"]),
     ];
 
     fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        // A module of one file has no dir.
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let path = entry.path();
             if path.is_dir() {
                 sources(&path, out);

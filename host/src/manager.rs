@@ -25,8 +25,7 @@ use std::time::Instant;
 use cjm_guest::contract::{CapabilityInfo, ErrorCategory, JobError};
 use serde_json::{Value, json};
 
-use crate::backend::native::{NativeBackend, WorkerSpec};
-use crate::backend::wasm::{SandboxGrants, WasmBackend, WasmRuntime};
+use crate::backend::wasm::WasmRuntime;
 use crate::backend::{Backend, CallControl, CallRequest, RuntimeKind, WorkerEvents};
 use crate::config::HostConfig;
 use crate::error::{Error, Result};
@@ -346,6 +345,61 @@ impl CapabilityManager {
         instance_id: Option<&str>,
         adapters: Option<&[String]>,
     ) -> Result<Arc<Instance>> {
+        self.load_as(name, config, instance_id, adapters, true)
+            .await
+    }
+
+    /// [`load`](Self::load) with `config` for this load only: the instance's stored record
+    /// (its config and enabled flag) stays as it was, and none is created. How `cjm-ctl run
+    /// --config` tries a configuration without keeping it.
+    pub async fn load_unsaved(
+        &self,
+        name: &str,
+        config: Option<Value>,
+        instance_id: Option<&str>,
+    ) -> Result<Arc<Instance>> {
+        self.load_as(name, config, instance_id, None, false).await
+    }
+
+    /// Loads every enabled instance the config store records, and each installed
+    /// capability without a recorded instance as its own name: what a host serving a data
+    /// dir starts with. Each load's outcome is returned (one that fails does not stop the
+    /// others), by capability name and instance id.
+    pub async fn load_enabled(&self) -> Result<Vec<(String, String, Result<Arc<Instance>>)>> {
+        let records = self.inner.stores.configs.list_all()?;
+        let manifests = self.manifests();
+        let names: Vec<&str> = manifests.iter().map(|c| c.manifest.name()).collect();
+        let mut to_load: Vec<(String, String)> = Vec::new();
+        for name in &names {
+            let mut mine = records
+                .iter()
+                .filter(|(id, _)| instance_owner(id, &names) == Some(name))
+                .peekable();
+            if mine.peek().is_none() {
+                to_load.push(((*name).to_owned(), (*name).to_owned()));
+            }
+            for (id, record) in mine {
+                if record.enabled {
+                    to_load.push(((*name).to_owned(), id.clone()));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(to_load.len());
+        for (name, id) in to_load {
+            let loaded = self.load(&name, None, Some(&id)).await;
+            out.push((name, id, loaded));
+        }
+        Ok(out)
+    }
+
+    async fn load_as(
+        &self,
+        name: &str,
+        config: Option<Value>,
+        instance_id: Option<&str>,
+        adapters: Option<&[String]>,
+        persist: bool,
+    ) -> Result<Arc<Instance>> {
         let id = match instance_id {
             Some(id) if !valid_instance_id(id) => {
                 return Err(user(format!(
@@ -357,7 +411,9 @@ impl CapabilityManager {
         };
         let lock = Arc::clone(self.inner.loading.lock().entry(id.clone()).or_default());
         let _guard = lock.lock().await;
-        let result = self.load_locked(name, config, id.clone(), adapters).await;
+        let result = self
+            .load_locked(name, config, id.clone(), adapters, persist)
+            .await;
         self.inner.loading.lock().remove(&id);
         result
     }
@@ -368,6 +424,7 @@ impl CapabilityManager {
         config: Option<Value>,
         id: String,
         adapters: Option<&[String]>,
+        persist: bool,
     ) -> Result<Arc<Instance>> {
         if let Ok(existing) = self.instance(&id) {
             return Ok(existing);
@@ -402,7 +459,9 @@ impl CapabilityManager {
             enabled,
             ..stored.unwrap_or_default()
         };
-        self.inner.stores.configs.set(&id, &record)?;
+        if persist {
+            self.inner.stores.configs.set(&id, &record)?;
+        }
         let host = &self.inner.config;
         // A wasm capability serves as many calls as its sandbox allows (one instance each); a
         // native worker as many as the host's default (1: same-worker concurrency is opt-in).
@@ -424,34 +483,71 @@ impl CapabilityManager {
                 "the live capability drifted from its manifest"
             );
         }
+        let instance = Instance::new(id.clone(), name.to_owned(), backend, sent, max);
         let instance = Arc::new(Instance {
             adapters: bound.iter().map(|a| a.name.clone()).collect(),
             adapter_specs: bound.iter().map(crate::adapter::worker_spec).collect(),
             drift,
-            id: id.clone(),
-            name: name.to_owned(),
-            backend: RwLock::new(backend),
-            config: Mutex::new(sent),
             enabled: AtomicBool::new(enabled),
-            permits: tokio::sync::Semaphore::new(max),
-            max_concurrency: max,
-            last_used: Mutex::new(Instant::now()),
             config_hash: Mutex::new(config_hash),
             profile: Mutex::new(profile),
-            measured: Mutex::new(None),
-            evicted: AtomicBool::new(false),
-            revive: tokio::sync::Mutex::new(()),
-            validators: Mutex::default(),
+            ..instance
         });
+        self.register(&instance)?;
+        Ok(instance)
+    }
+
+    /// Registers a loaded instance (journaled as `capability_loaded`).
+    fn register(&self, instance: &Arc<Instance>) -> Result<()> {
         self.journal_event(
-            &instance,
+            instance,
             event_types::CAPABILITY_LOADED,
             json!({"runtime": instance.backend().kind().to_string()}),
         )?;
         self.inner
             .instances
             .write()
-            .insert(id, Arc::clone(&instance));
+            .insert(instance.id.clone(), Arc::clone(instance));
+        Ok(())
+    }
+
+    /// Adds an instance `id` served by `backend`, a [`Backend`] the caller built (an
+    /// embedder's own, or a test's): it is initialized with `config` (the schema's
+    /// defaults when `None`) and takes up to `max_concurrency` calls at once. It has no
+    /// manifest: it is never evicted, and [`reload`](Self::reload) refuses it. Its name
+    /// is its info's.
+    pub async fn attach(
+        &self,
+        id: &str,
+        backend: Arc<dyn Backend>,
+        config: Option<Value>,
+        max_concurrency: usize,
+    ) -> Result<Arc<Instance>> {
+        if !valid_instance_id(id) {
+            return Err(user(format!(
+                "invalid instance id '{id}': expected [A-Za-z0-9_-]{{1,64}}"
+            )));
+        }
+        if self.instance(id).is_ok() {
+            return Err(user(format!(
+                "capability instance '{id}' is already loaded"
+            )));
+        }
+        let info = backend.info().clone();
+        let sent = config.unwrap_or_else(|| config::defaults(&info.config_schema));
+        let effective = config::effective(&info.config_schema, Some(&sent));
+        config::validate(&info.name, &info.config_schema, &effective, false)?;
+        backend.initialize(sent.clone()).await?;
+        let mut instance = Instance::new(
+            id.to_owned(),
+            info.name,
+            backend,
+            sent,
+            max_concurrency.max(1),
+        );
+        instance.attached = true;
+        let instance = Arc::new(instance);
+        self.register(&instance)?;
         Ok(instance)
     }
 
@@ -486,6 +582,11 @@ impl CapabilityManager {
     /// capability's manifest as it is on disk now (a reinstall takes effect).
     pub async fn reload(&self, id: &str) -> Result<()> {
         let instance = self.instance(id)?;
+        if instance.attached {
+            return Err(user(format!(
+                "capability instance '{id}' was attached with its own backend: it has no manifest to reload from"
+            )));
+        }
         // A reinstalled capability (new component, new program, new manifest) is what
         // comes back.
         self.discover();

@@ -273,35 +273,13 @@ mod tests {
             *b = 0x5a;
         }
         std::fs::write(&path, &bytes).unwrap();
-        let err = Db::open(&path, "journal", &[]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Store(StoreError::CorruptDatabase {
-                    store: "journal",
-                    ..
-                })
-            ),
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains(&path.display().to_string()),
-            "{err}"
-        );
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            bytes,
-            "the file must not be touched"
-        );
+        refused_and_left_alone(&path, &bytes);
     }
 
-    #[test]
-    fn a_non_database_file_is_reported_and_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.db");
-        let junk = b"this is not a database, but somebody's data".repeat(200);
-        std::fs::write(&path, &junk).unwrap();
-        let err = Db::open(&path, "journal", &[]).unwrap_err();
+    /// Opening the damaged journal at `path` is refused, naming it, and leaves `bytes` as
+    /// they are; the error's message.
+    fn refused_and_left_alone(path: &Path, bytes: &[u8]) -> String {
+        let err = Db::open(path, "journal", &[]).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -313,15 +291,23 @@ mod tests {
             "{err}"
         );
         let msg = err.to_string();
-        assert!(
-            msg.contains(&path.display().to_string()) && msg.contains("left untouched"),
-            "{msg}"
-        );
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
         assert_eq!(
-            std::fs::read(&path).unwrap(),
-            junk,
-            "the file must not be replaced"
+            std::fs::read(path).unwrap(),
+            bytes,
+            "the file must not be touched"
         );
+        msg
+    }
+
+    #[test]
+    fn a_non_database_file_is_reported_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let junk = b"this is not a database, but somebody's data".repeat(200);
+        std::fs::write(&path, &junk).unwrap();
+        let msg = refused_and_left_alone(&path, &junk);
+        assert!(msg.contains("left untouched"), "{msg}");
     }
 
     #[test]

@@ -3,8 +3,7 @@
 //! its cancel state machine (cooperative, then forced, then reload). A job whose host is gone
 //! (crashed, killed) is ended here with its terminal `cancelled` row.
 
-use cjm_host::queue::CANCEL_REQUESTED;
-use cjm_host::store::{JournalEvent, JournalQuery, JournalStore, OrphanCancel};
+use cjm_host::records::CancelOutcome;
 use serde_json::json;
 
 use crate::ctx::{Ctx, hint};
@@ -35,32 +34,20 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let config = ctx.config()?;
-    let path = config.journal_db_path();
-    let unknown = || {
-        hint(
+    match ctx.records()?.cancel(&args.job, "cjm-ctl cancel")? {
+        CancelOutcome::Unknown => Err(hint(
             format!("no job '{}' in the journal", args.job),
             "list jobs with `cjm-ctl jobs`",
-        )
-    };
-    if !path.is_file() {
-        return Err(unknown());
-    }
-    let journal = JournalStore::open(&path)?;
-    let rows = journal.query(&JournalQuery::job(args.job.clone()))?;
-    if rows.is_empty() {
-        return Err(unknown());
-    }
-    if let Some(done) = rows.iter().rev().find(|e| e.is_terminal_transition()) {
-        return Err(anyhow::anyhow!(
-            "job {} already finished ({})",
-            args.job,
-            done.payload["to"].as_str().unwrap_or("")
-        ));
-    }
-    // A job whose host is gone has nobody to stop it: it is ended here, once.
-    match journal.cancel_orphan(&args.job, "cjm-ctl cancel")? {
-        OrphanCancel::Cancelled { host, why } => {
+        )),
+        CancelOutcome::Finished(status) if status.is_empty() => {
+            Err(anyhow::anyhow!("job {} already finished", args.job))
+        }
+        CancelOutcome::Finished(status) => Err(anyhow::anyhow!(
+            "job {} already finished ({status})",
+            args.job
+        )),
+        // A job whose host is gone has nobody to stop it: it was ended here, once.
+        CancelOutcome::Ended { host, why } => {
             if ctx.out.json {
                 ctx.out.json(
                     &json!({"job": args.job, "cancelled": true, "host_gone": host, "why": why}),
@@ -71,27 +58,19 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
                     args.job
                 ));
             }
-            return Ok(());
+            Ok(())
         }
-        OrphanCancel::Finished => {
-            return Err(anyhow::anyhow!("job {} already finished", args.job));
+        CancelOutcome::Requested => {
+            if ctx.out.json {
+                ctx.out
+                    .json(&json!({"job": args.job, "cancel_requested": true}));
+            } else {
+                ctx.out.info(format!(
+                    "cancel requested for job {}; the host running it stops it within a second",
+                    args.job
+                ));
+            }
+            Ok(())
         }
-        OrphanCancel::NotOrphan => {}
     }
-    let mut e = JournalEvent::new(CANCEL_REQUESTED)
-        .job(args.job.clone())
-        .payload(json!({"by": "cjm-ctl cancel"}));
-    e.capability_instance_id = rows.iter().find_map(|r| r.capability_instance_id.clone());
-    e.actor = Some("cjm-ctl".into());
-    journal.append(&e)?;
-    if ctx.out.json {
-        ctx.out
-            .json(&json!({"job": args.job, "cancel_requested": true}));
-    } else {
-        ctx.out.info(format!(
-            "cancel requested for job {}; the host running it stops it within a second",
-            args.job
-        ));
-    }
-    Ok(())
 }

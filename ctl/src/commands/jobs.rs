@@ -1,7 +1,7 @@
 //! `cjm-ctl jobs`: jobs of a data dir, from the journal (durable across restarts and
 //! processes): the last state of each, or every row of one job.
 
-use cjm_host::store::{JournalQuery, JournalStore};
+use cjm_host::store::JournalQuery;
 use serde_json::Value;
 
 use crate::ctx::{Ctx, hint};
@@ -42,18 +42,19 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
         return show(ctx, jobs);
     }
-    let config = ctx.config()?;
-    let path = config.journal_db_path();
-    if !path.is_file() {
+    let records = ctx.records()?;
+    if !records.has_journal() {
         return Err(hint(
-            format!("no journal at {}", path.display()),
+            format!(
+                "no journal at {}",
+                records.config().journal_db_path().display()
+            ),
             "jobs are recorded once something ran here (`cjm-ctl submit`, `cjm-ctl demo`)",
         ));
     }
-    let journal = JournalStore::open(&path)?;
     if let Some(job) = args.job {
-        let job = journal.resolve_job(&job)?;
-        let rows = journal.query(&JournalQuery::job(job.clone()))?;
+        let job = records.resolve_job(&job)?;
+        let rows = records.journal(&JournalQuery::job(job.clone()))?;
         if rows.is_empty() {
             return Err(hint(
                 format!("no job '{job}' in the journal"),
@@ -75,16 +76,14 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let jobs = cjm_host::queue::list_jobs(
-        &journal,
-        &cjm_host::queue::JobFilter {
+    let jobs = records
+        .jobs(&cjm_host::queue::JobFilter {
             status: args.status,
             run_id: args.run_id,
             limit: args.limit,
             ..Default::default()
-        },
-    )?
-    .jobs;
+        })?
+        .jobs;
     show(ctx, jobs)
 }
 

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use cjm_host::manifest::{self, CapabilityManifest, Loaded, RuntimeKind, hash};
-use cjm_host::store::ConfigStore;
 use comfy_table::Color;
 use serde_json::{Value, json};
 
@@ -39,11 +38,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     for e in &found.errors {
         ctx.out.warn(format!("skipped: {e}"));
     }
-    let configs = if config.config_store_path().is_file() {
-        ConfigStore::open(&config.config_store_path())?.list_all()?
-    } else {
-        Default::default()
-    };
+    let configs = ctx.records()?.instance_configs()?;
     let names: Vec<&str> = found
         .capabilities
         .iter()

@@ -1,7 +1,6 @@
 //! `cjm-ctl list-secrets [NAME]`: the secret key names stored per capability, never values.
 
 use cjm_host::manifest;
-use cjm_host::store::SecretStore;
 use serde_json::{Map, Value, json};
 
 use crate::ctx::Ctx;
@@ -19,7 +18,7 @@ pub struct Args {
 /// Runs `list-secrets`.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let config = ctx.config()?;
-    let store = SecretStore::new(config.secrets_path());
+    let records = ctx.records()?;
     let names: Vec<String> = match args.name {
         Some(n) => vec![n],
         None => manifest::discover(&config.manifest_search_paths())
@@ -30,11 +29,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let mut all = Map::new();
     for name in &names {
-        let keys = if config.secrets_path().is_file() {
-            store.list_keys(name, None)?
-        } else {
-            Vec::new()
-        };
+        let keys = records.secret_names(name)?;
         all.insert(name.clone(), json!(keys));
     }
     if ctx.out.json {

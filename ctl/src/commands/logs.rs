@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use cjm_host::records::Records;
 use cjm_host::store::{
-    ChunkQuery, DiagnosticRecord, DiagnosticsStore, JournalEvent, JournalQuery, JournalStore,
-    RecordQuery, StreamChunk,
+    ChunkQuery, DiagnosticRecord, JournalEvent, JournalQuery, RecordQuery, StreamChunk,
 };
 use serde_json::{Value, json};
 
@@ -133,34 +133,30 @@ impl Row {
 
 /// Runs `logs`.
 pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    let config = ctx.config()?;
-    let journal_path = config.journal_db_path();
-    let diag_path = config.diagnostics_db_path();
-    let journal = journal_path
-        .is_file()
-        .then(|| JournalStore::open(&journal_path))
-        .transpose()?;
-    if let (Some(job), Some(j)) = (&args.job, &journal) {
-        args.job = Some(j.resolve_job(job)?);
-    }
-    let diag = diag_path
-        .is_file()
-        .then(|| DiagnosticsStore::open(&diag_path))
-        .transpose()?;
-
+    let records = ctx.records()?;
     if let Some(job) = &args.job {
-        check_job_known(job, journal.as_ref(), diag.as_ref())?;
+        let job = records.resolve_job(job)?;
+        if !records.knows_job(&job)? {
+            return Err(hint(
+                format!(
+                    "unknown job '{job}': no journal row and no diagnostics record has that id"
+                ),
+                "job ids are full UUIDs; see recent ones with `cjm-ctl logs --journal`",
+            ));
+        }
+        args.job = Some(job);
     }
-
+    let config = records.config();
+    let (journal_path, diag_path) = (config.journal_db_path(), config.diagnostics_db_path());
     let store_path = if args.journal {
         &journal_path
     } else {
         &diag_path
     };
     let available = if args.journal {
-        journal.is_some()
+        records.has_journal()
     } else {
-        diag.is_some()
+        records.has_diagnostics()
     };
     if !available {
         if ctx.out.json {
@@ -175,14 +171,7 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let level = args.level.as_ref().map(|l| l.to_ascii_uppercase());
     let fetch = |after: Option<i64>, limit: Option<u64>| {
-        fetch(
-            &args,
-            journal.as_ref(),
-            diag.as_ref(),
-            level.as_deref(),
-            after,
-            limit,
-        )
+        fetch(&args, &records, level.as_deref(), after, limit)
     };
     let limit = (args.limit > 0).then_some(args.limit);
     let mut rows = fetch(None, limit)?;
@@ -218,85 +207,54 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     }
 }
 
-/// An unknown job id is an error with a hint, not an empty listing.
-fn check_job_known(
-    job: &str,
-    journal: Option<&JournalStore>,
-    diag: Option<&DiagnosticsStore>,
-) -> anyhow::Result<()> {
-    let in_journal = match journal {
-        Some(j) => !j
-            .query(&JournalQuery::job(job.to_owned()).limit(1))?
-            .is_empty(),
-        None => false,
-    };
-    let in_diag = match diag {
-        Some(d) => !d
-            .query_records(&RecordQuery {
-                job_id: Some(job.to_owned()),
-                limit: Some(1),
-                ..RecordQuery::default()
-            })?
-            .is_empty(),
-        None => false,
-    };
-    if !in_journal && !in_diag {
-        return Err(hint(
-            format!("unknown job '{job}': no journal row and no diagnostics record has that id"),
-            "job ids are full UUIDs; see recent ones with `cjm-ctl logs --journal`",
-        ));
-    }
-    Ok(())
-}
-
 /// One page of rows of the store `args` asks for: newest first from the start, or oldest
 /// first after `after` (following).
 fn fetch(
     args: &Args,
-    journal: Option<&JournalStore>,
-    diag: Option<&DiagnosticsStore>,
+    records: &Records,
     level: Option<&str>,
     after: Option<i64>,
     limit: Option<u64>,
 ) -> anyhow::Result<Vec<Row>> {
     let descending = after.is_none();
     let rows = if args.journal {
-        let j = journal.ok_or_else(|| anyhow::anyhow!("no journal"))?;
-        j.query(&JournalQuery {
-            job_id: args.job.clone(),
-            worker_session_id: args.session.clone(),
-            after_seq: after,
-            limit,
-            descending,
-            ..JournalQuery::default()
-        })?
-        .into_iter()
-        .map(Row::Event)
-        .collect()
-    } else {
-        let d = diag.ok_or_else(|| anyhow::anyhow!("no diagnostics"))?;
-        if args.chunks {
-            d.query_chunks(&ChunkQuery {
-                worker_session_id: args.session.clone(),
-                after_seq: after,
-                limit,
-                descending,
-            })?
-            .into_iter()
-            .map(Row::Chunk)
-            .collect()
-        } else {
-            d.query_records(&RecordQuery {
+        records
+            .journal(&JournalQuery {
                 job_id: args.job.clone(),
                 worker_session_id: args.session.clone(),
-                level: level.map(str::to_owned),
                 after_seq: after,
                 limit,
                 descending,
+                ..JournalQuery::default()
             })?
             .into_iter()
-            .map(Row::Record)
+            .map(Row::Event)
             .collect()
+    } else {
+        if args.chunks {
+            records
+                .chunks(&ChunkQuery {
+                    worker_session_id: args.session.clone(),
+                    after_seq: after,
+                    limit,
+                    descending,
+                })?
+                .into_iter()
+                .map(Row::Chunk)
+                .collect()
+        } else {
+            records
+                .log_records(&RecordQuery {
+                    job_id: args.job.clone(),
+                    worker_session_id: args.session.clone(),
+                    level: level.map(str::to_owned),
+                    after_seq: after,
+                    limit,
+                    descending,
+                })?
+                .into_iter()
+                .map(Row::Record)
+                .collect()
         }
     };
     Ok(rows)

@@ -1,7 +1,6 @@
 //! `cjm-ctl retention`: the diagnostics retention policy applied now (the journal is never
 //! touched).
 
-use cjm_host::store::DiagnosticsStore;
 use serde_json::json;
 
 use crate::ctx::Ctx;
@@ -39,22 +38,20 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let path = config.diagnostics_db_path();
-    if !path.is_file() {
+    let records = ctx.records()?;
+    let Some(out) = records.apply_retention(days, mb)? else {
         ctx.out.info(format!(
             "no diagnostics store at {}; nothing to do",
-            path.display()
+            config.diagnostics_db_path().display()
         ));
         if ctx.out.json {
             ctx.out
                 .json(&json!({"records_deleted": 0, "chunks_deleted": 0}));
         }
         return Ok(());
-    }
-    let store = DiagnosticsStore::open(&path)?;
-    let before = store.used_bytes()?;
-    let out = store.apply_retention(days, mb)?;
-    let after = store.used_bytes()?;
+    };
+    let (before, after) = (out.used_bytes_before, out.used_bytes_after);
+    let out = out.deleted;
     if ctx.out.json {
         ctx.out.json(&json!({
             "records_deleted": out.records_deleted,

@@ -116,8 +116,6 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             "see the installed capabilities with `cjm-ctl list`",
         ));
     }
-    // What --config replaces for this call only (unless --save): restored afterwards.
-    let store = cjm_host::store::ConfigStore::open(&host_config.config_store_path())?;
     let manager = CapabilityManager::open(host_config)?;
     // The instance is the capability's own name when that is a valid id, so its stored
     // configuration is found again on the next run.
@@ -127,33 +125,23 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         .then(|| args.name.clone())
         .filter(|n| n.len() <= 64);
-    let config_given = config.is_some();
-    let stored = match &id {
-        Some(id) => store.get(id)?,
-        None => None,
-    };
+    // --config is for this call only, unless --save keeps it.
+    let keep = config.is_none() || args.save;
     let result = runtime()?.block_on(async {
         let r = async {
-            let instance = manager.load(&args.name, config, id.as_deref()).await?;
+            let instance = if keep {
+                manager.load(&args.name, config, id.as_deref()).await?
+            } else {
+                manager
+                    .load_unsaved(&args.name, config, id.as_deref())
+                    .await?
+            };
             manager.call(instance.id(), request).await
         }
         .await;
         let _ = manager.shutdown().await;
         r
     });
-    if config_given
-        && !args.save
-        && let Some(id) = &id
-    {
-        match &stored {
-            Some(record) => {
-                store.set(id, record)?;
-            }
-            None => {
-                store.delete(id)?;
-            }
-        }
-    }
     finish(ctx, result)
 }
 
@@ -183,8 +171,8 @@ async fn wasm_file(
     config: Option<Value>,
     request: CallRequest,
 ) -> Result<Value, Error> {
-    use cjm_host::backend::Backend as _;
-    use cjm_host::backend::wasm::{DirGrant, SandboxGrants, WasmBackend, WasmRuntime};
+    use cjm_host::backend::launch::Launch;
+    use cjm_host::backend::wasm::{DirGrant, SandboxGrants, WasmRuntime};
     if !file.is_file() {
         return Err(Error::Io {
             path: file.to_owned(),
@@ -208,7 +196,16 @@ async fn wasm_file(
         ..SandboxGrants::default()
     };
     let runtime = WasmRuntime::new(None)?;
-    let backend = WasmBackend::load(&runtime, file, grants, std::sync::Arc::new(Stderr)).await?;
+    let backend = Launch::Wasm {
+        runtime: &runtime,
+        component: file.to_owned(),
+        grants,
+    }
+    .start(
+        std::sync::Arc::new(Stderr),
+        std::sync::Arc::new(cjm_host::backend::NoEvents),
+    )
+    .await?;
     let ran = async {
         let schema = backend.info().config_schema.clone();
         let sent = config.unwrap_or_else(|| cjm_host::manager::config::defaults(&schema));

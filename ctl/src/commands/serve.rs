@@ -13,7 +13,6 @@ use std::time::Duration;
 use cjm_host::Host;
 use cjm_host::server::discovery::{self, Discovery};
 use cjm_host::server::{Server, ServerConfig, Token};
-use cjm_host::store::ConfigStore;
 use serde_json::json;
 
 use crate::ctx::{Ctx, hint, runtime};
@@ -135,39 +134,20 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     })
 }
 
-/// Loads every enabled instance the config store records, and each installed capability
-/// without a recorded instance as its own name. A capability that fails to load is logged
-/// and skipped: the others still serve.
+/// Loads the enabled instances ([`CapabilityManager::load_enabled`]); one that fails to
+/// load is logged and skipped: the others still serve.
+///
+/// [`CapabilityManager::load_enabled`]: cjm_host::manager::CapabilityManager::load_enabled
 pub(super) async fn load_enabled(host: &Host) {
-    let manager = host.manager();
-    let config = manager.host_config();
-    let records = if config.config_store_path().is_file() {
-        ConfigStore::open(&config.config_store_path())
-            .and_then(|s| s.list_all())
-            .unwrap_or_default()
-    } else {
-        Default::default()
+    let loaded = match host.manager().load_enabled().await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the instances' configs: none loaded");
+            return;
+        }
     };
-    let manifests = manager.manifests();
-    let names: Vec<&str> = manifests.iter().map(|c| c.manifest.name()).collect();
-    let mut to_load: Vec<(String, String)> = Vec::new();
-    for name in &names {
-        let mine: Vec<(&String, bool)> = records
-            .iter()
-            .filter(|(id, _)| cjm_host::manager::instance_owner(id, &names) == Some(name))
-            .map(|(id, r)| (id, r.enabled))
-            .collect();
-        if mine.is_empty() {
-            to_load.push(((*name).to_owned(), (*name).to_owned()));
-        }
-        for (id, enabled) in mine {
-            if enabled {
-                to_load.push(((*name).to_owned(), id.clone()));
-            }
-        }
-    }
-    for (name, id) in to_load {
-        match manager.load(&name, None, Some(&id)).await {
+    for (name, id, outcome) in loaded {
+        match outcome {
             Ok(i) => tracing::info!(instance = %i.id(), kind = ?i.backend().kind(), "loaded"),
             Err(e) => tracing::warn!(capability = %name, instance = %id, error = %e, "not loaded"),
         }

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cjm_host::Error;
-use cjm_host::backend::NoDiagnostics;
-use cjm_host::backend::wasm::{SandboxGrants, WasmBackend, WasmRuntime};
+use cjm_host::backend::launch::Launch;
+use cjm_host::backend::wasm::{SandboxGrants, WasmRuntime};
+use cjm_host::backend::{NoDiagnostics, NoEvents};
 use cjm_host::install;
 use cjm_host::manifest::{self, Manifest, RuntimeKind, hash};
 use serde_json::{Value, json};
@@ -195,14 +196,19 @@ fn component_errors(path: &Path) -> (Vec<String>, Value) {
             tokio
                 .block_on(async {
                     let rt = WasmRuntime::new(None)?;
-                    WasmBackend::load(&rt, path, SandboxGrants::default(), Arc::new(NoDiagnostics))
-                        .await
+                    Launch::Wasm {
+                        runtime: &rt,
+                        component: path.to_owned(),
+                        grants: SandboxGrants::default(),
+                    }
+                    .start(Arc::new(NoDiagnostics), Arc::new(NoEvents))
+                    .await
                 })
                 .map_err(|e| e.to_string())
         });
     match loaded {
         Ok(b) => {
-            let info = cjm_host::backend::Backend::info(&b).clone();
+            let info = b.info().clone();
             (
                 Vec::new(),
                 json!(format!(

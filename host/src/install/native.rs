@@ -7,10 +7,11 @@ use std::sync::Arc;
 use super::spec::{Entry, NativeSource};
 use super::{InstallError, Installed, Log, LogSink, Result};
 use crate::backend::NoEvents;
-use crate::backend::native::{NativeBackend, WorkerSpec};
+use crate::backend::launch::Launch;
+use crate::backend::native::WorkerSpec;
 use crate::config::HostConfig;
 use crate::contract::CapabilityInfo;
-use crate::manifest::{self, CapabilityManifest, NativeInstall, RuntimeKind};
+use crate::manifest::{CapabilityManifest, NativeInstall, RuntimeKind};
 
 /// The program of a command: a path as given (the capabilities file's paths are already
 /// absolute), or a bare name looked up on `PATH`.
@@ -126,19 +127,17 @@ pub(crate) async fn introspect(
     env: &indexmap::IndexMap<String, String>,
     log: &Log,
 ) -> Result<CapabilityInfo> {
-    let mut spec = WorkerSpec::native(name, command)?.with_host_env(config)?;
-    for (k, v) in env {
-        spec = spec.env(k, v);
-    }
-    log.line(&format!("$ {} --fd N --ppid PID", command.join(" ")));
-    let backend = NativeBackend::start(
-        spec,
+    let launch = Launch::worker(
+        config,
+        WorkerSpec::native(name, command)?,
         RuntimeKind::Native,
-        Arc::new(LogSink(log.clone())),
-        Arc::new(NoEvents),
-    )
-    .await?;
-    Ok(super::info_then_stop(&backend, log).await)
+        env,
+    )?;
+    log.line(&format!("$ {} --fd N --ppid PID", command.join(" ")));
+    let backend = launch
+        .start(Arc::new(LogSink(log.clone())), Arc::new(NoEvents))
+        .await?;
+    Ok(super::info_then_stop(backend.as_ref(), log).await)
 }
 
 pub(crate) async fn regenerate(
@@ -157,9 +156,5 @@ pub(crate) async fn regenerate(
     step("start the worker and introspect it");
     let env = m.install.env_vars.clone();
     let info = introspect(config, m.name(), &native.command, &env, log).await?;
-    super::code_from_info(&mut m, &info);
-    m.code.regenerated_at = Some(crate::store::now_iso());
-    m.refresh_drift_hashes();
-    manifest::write_capability(path, &m)?;
-    Ok(path.to_owned())
+    super::rewrite_from_info(path, &mut m, &info)
 }

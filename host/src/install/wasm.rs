@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use super::spec::{Component, Entry, WasmSource};
 use super::{InstallError, Installed, Log, LogSink, Result, components_dir};
-use crate::backend::wasm::{SandboxGrants, WasmBackend, WasmRuntime};
+use crate::backend::NoEvents;
+use crate::backend::launch::Launch;
+use crate::backend::wasm::WasmRuntime;
 use crate::config::HostConfig;
 use crate::contract::CapabilityInfo;
 use crate::manifest::{self, CapabilityManifest, RuntimeKind, Sandbox, WasmInstall};
@@ -116,28 +118,23 @@ pub(crate) async fn introspect(
     sandbox: &Sandbox,
     log: &Log,
 ) -> Result<CapabilityInfo> {
-    let data_dir = config.capability_data_dir(name);
-    std::fs::create_dir_all(&data_dir).map_err(|e| crate::Error::io(&data_dir, e))?;
-    let lookup = |p: &str| config.placeholder(name, p);
-    let grants = SandboxGrants::from_manifest(sandbox, lookup)?;
     let cache = config.component_cache_dir();
-    let component_path = component;
-    let component = component.to_owned();
-    let sink = Arc::new(LogSink(log.clone()));
+    let path = component.to_owned();
     // Compiling a component takes a CPU for a while: on a blocking thread. Reading its info
     // in the sandbox is an async guest call.
     let runtime = tokio::task::spawn_blocking(move || -> crate::Result<WasmRuntime> {
         let runtime = WasmRuntime::new(Some(cache))?;
-        runtime.load(&component)?;
+        runtime.load(&path)?;
         Ok(runtime)
     })
     .await
     .map_err(|e| {
         InstallError::InstallFailed(format!("the component load was interrupted: {e}"))
     })??;
-    let component = component_path.to_owned();
-    let backend = WasmBackend::load(&runtime, &component, grants, sink).await?;
-    Ok(super::info_then_stop(&backend, log).await)
+    let backend = Launch::component(config, &runtime, name, component.to_owned(), sandbox)?
+        .start(Arc::new(LogSink(log.clone())), Arc::new(NoEvents))
+        .await?;
+    Ok(super::info_then_stop(backend.as_ref(), log).await)
 }
 
 /// Re-introspects the component the manifest at `path` records.
@@ -166,12 +163,8 @@ pub(crate) async fn regenerate(
     }
     step("introspect in the sandbox");
     let info = introspect(config, m.name(), &component, &w.sandbox, log).await?;
-    super::code_from_info(&mut m, &info);
     if let Some(wi) = m.install.wasm.as_mut() {
         wi.sha256 = sha;
     }
-    m.code.regenerated_at = Some(crate::store::now_iso());
-    m.refresh_drift_hashes();
-    manifest::write_capability(path, &m)?;
-    Ok(path.to_owned())
+    super::rewrite_from_info(path, &mut m, &info)
 }

@@ -59,7 +59,12 @@ impl CapabilityManager {
                 cjm.job_id = request.envelope.job_id.as_deref(),
             );
             crate::trace::adopt(&span, request.envelope.traceparent.as_deref());
-            let call = backend.call(request.clone(), Arc::clone(&control));
+            let call = past_deadline_backstop(
+                id,
+                backend.call(request.clone(), Arc::clone(&control)),
+                &control,
+                self.inner.config.queue.cancel_timeout,
+            );
             let result = crate::trace::within(span, call).await;
             // The latest progress the coalescing held back reaches the listener now.
             control.flush_progress();
@@ -125,6 +130,7 @@ impl CapabilityManager {
         let mut idle: Vec<(f64, f64, Instant, String)> = Vec::new();
         for i in self.instances() {
             if i.id == except
+                || i.attached
                 || i.evicted.load(Ordering::SeqCst)
                 || i.permits.available_permits() < i.max_concurrency
             {
@@ -310,4 +316,27 @@ fn check_params(instance: &Instance, request: &mut CallRequest) -> Result<()> {
         checked.map_err(Error::job)?;
     }
     Ok(())
+}
+
+/// `call` under its deadline. The wasm and native backends stop a call at its deadline
+/// themselves; one that does not (a backend the caller attached) is forced and abandoned
+/// `grace` after it, failing as a `transient` error like theirs.
+async fn past_deadline_backstop(
+    id: &str,
+    call: impl std::future::Future<Output = Result<Value>>,
+    control: &CallControl,
+    grace: std::time::Duration,
+) -> Result<Value> {
+    let Some(deadline) = control.deadline() else {
+        return call.await;
+    };
+    match tokio::time::timeout_at((deadline + grace).into(), call).await {
+        Ok(result) => result,
+        Err(_) => {
+            control.force_cancel();
+            Err(Error::job(JobError::transient(format!(
+                "capability instance '{id}': the call ran past its time limit and was abandoned"
+            ))))
+        }
+    }
 }

@@ -27,6 +27,9 @@ pub struct Instance {
     pub(super) evicted: AtomicBool,
     /// Serializes bringing an evicted instance back.
     pub(super) revive: tokio::sync::Mutex<()>,
+    /// Served by a backend the caller built ([`CapabilityManager::attach`]): no manifest,
+    /// never evicted or reloaded.
+    pub(super) attached: bool,
     /// The compiled argument schemas of its typed methods (by method; emptied when the
     /// backend is replaced, whose surface may differ).
     pub(super) validators:
@@ -71,6 +74,43 @@ impl std::fmt::Debug for Instance {
 }
 
 impl Instance {
+    /// Whether it is served by a backend the caller built
+    /// ([`CapabilityManager::attach`]): it has no manifest, and is never evicted or
+    /// reloaded.
+    pub fn attached(&self) -> bool {
+        self.attached
+    }
+
+    /// An enabled instance without adapters, drift or profile.
+    pub(super) fn new(
+        id: String,
+        name: String,
+        backend: Arc<dyn Backend>,
+        config: Value,
+        max_concurrency: usize,
+    ) -> Self {
+        Instance {
+            adapters: Vec::new(),
+            adapter_specs: Vec::new(),
+            drift: Drift::default(),
+            config_hash: Mutex::new(manifest::hash::config_hash(Some(&config))),
+            id,
+            name,
+            backend: RwLock::new(backend),
+            config: Mutex::new(config),
+            enabled: AtomicBool::new(true),
+            permits: tokio::sync::Semaphore::new(max_concurrency),
+            max_concurrency,
+            last_used: Mutex::new(Instant::now()),
+            profile: Mutex::new(None),
+            measured: Mutex::new(None),
+            evicted: AtomicBool::new(false),
+            revive: tokio::sync::Mutex::new(()),
+            validators: Mutex::default(),
+            attached: false,
+        }
+    }
+
     /// The compiled schema of `method`'s arguments when its author typed them (compiled on
     /// the first call, then kept); an invalid schema is a `fatal` error.
     pub(crate) fn params_validator(

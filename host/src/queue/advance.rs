@@ -395,19 +395,12 @@ impl Inner {
             }
         });
         st.composition_history.push_back(comp_id.to_owned());
-        while st.composition_history.len() > self.config.max_history as usize {
-            let idle = st
-                .composition_history
-                .front()
-                .and_then(|id| st.compositions.get(id))
-                .is_none_or(|c| c.done.is_set() && Arc::strong_count(&c.done) == 1);
-            if !idle {
-                break;
-            }
-            if let Some(old) = st.composition_history.pop_front() {
-                st.compositions.remove(&old);
-            }
-        }
+        super::execution::forget_oldest(
+            &mut st.composition_history,
+            &mut st.compositions,
+            self.config.max_history as usize,
+            |c| c.done.is_set() && Arc::strong_count(&c.done) == 1,
+        );
     }
 }
 

@@ -81,7 +81,15 @@ impl Inner {
         }
         // Forced and actually stopped (a call that returned just before the force needs no
         // replacement).
-        if launch.control.forced() && matches!(result, Err(Error::Cancelled)) {
+        // (A backend attached by the caller has no manifest to reload from: it handles a
+        // forced cancel itself.)
+        if launch.control.forced()
+            && matches!(result, Err(Error::Cancelled))
+            && !self
+                .manager
+                .instance(&launch.instance_id)
+                .is_ok_and(|i| i.attached())
+        {
             self.cancel_phase(&launch.id, CancelPhase::Reloading);
             if let Err(e) = self.manager.reload(&launch.instance_id).await {
                 tracing::warn!(instance = %launch.instance_id, error = %e, "reload after a forced cancel failed; the next call respawns");
@@ -396,22 +404,15 @@ impl Inner {
             entry.job.result_dropped_bytes = Some(size);
         }
         st.history.push_back(job_id.to_owned());
-        // Forget the oldest finished jobs once their terminal row is written: a job not in
-        // memory is then always in the journal.
-        while st.history.len() > self.config.max_history as usize {
-            // ... and nobody is waiting on it (a waiter gets the result, not a record).
-            let written = st
-                .history
-                .front()
-                .and_then(|id| st.jobs.get(id))
-                .is_none_or(|e| e.done.is_set() && e.waiters == 0);
-            if !written {
-                break;
-            }
-            if let Some(old) = st.history.pop_front() {
-                st.jobs.remove(&old);
-            }
-        }
+        // Forget the oldest finished jobs once their terminal row is written (a job not in
+        // memory is then always in the journal) and nobody is waiting on it (a waiter gets
+        // the result, not a record).
+        forget_oldest(
+            &mut st.history,
+            &mut st.jobs,
+            self.config.max_history as usize,
+            |e| e.done.is_set() && e.waiters == 0,
+        );
     }
 
     /// A waiter of a job leaves: the last one to leave drops a finished job's result over
@@ -493,6 +494,24 @@ impl Inner {
                 status: done.as_str().to_owned(),
             }
             .into()),
+        }
+    }
+}
+
+/// Forgets the oldest finished entries of `map` (in `history` order) beyond `max`, stopping
+/// at the first one not yet `idle`: the in-memory history of jobs or compositions.
+pub(super) fn forget_oldest<V>(
+    history: &mut std::collections::VecDeque<String>,
+    map: &mut std::collections::HashMap<String, V>,
+    max: usize,
+    idle: impl Fn(&V) -> bool,
+) {
+    while history.len() > max {
+        if !history.front().and_then(|id| map.get(id)).is_none_or(&idle) {
+            break;
+        }
+        if let Some(old) = history.pop_front() {
+            map.remove(&old);
         }
     }
 }

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 mod cancel;
 mod compositions;
 mod journal;
+mod scripted;
 
 const T: Option<Duration> = Some(Duration::from_secs(60));
 
