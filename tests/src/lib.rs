@@ -212,3 +212,16 @@ pub fn wasm_install(path: &str, sandbox: serde_json::Value) -> serde_json::Value
 pub fn native_install(command: &[&str]) -> serde_json::Value {
     serde_json::json!({"runtime": "native", "native": {"command": command}})
 }
+
+/// Waits until the call under `control` has reported progress: it is running in the
+/// capability (not queued, not starting its worker). What a test waits for before it
+/// cancels or kills, instead of a fixed sleep.
+pub async fn until_progress(control: &cjm_host::backend::CallControl) {
+    for _ in 0..4000 {
+        if !control.progress().message.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the call reported no progress in 20 s");
+}

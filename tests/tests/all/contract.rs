@@ -3,7 +3,6 @@
 //! capability): through the host they behave the same.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cjm_guest::contract::{Envelope, ErrorCategory};
 use cjm_host::Error;
@@ -160,7 +159,7 @@ async fn python_and_rust_workers_pass_the_same_contract_cases() {
         let control = Arc::new(CallControl::new());
         let c2 = Arc::clone(&control);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            cjm_tests::until_progress(&c2).await;
             c2.request_cancel();
         });
         let r = b

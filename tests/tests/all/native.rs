@@ -158,7 +158,7 @@ async fn python_worker_cooperative_cancel_is_cancelled() {
     let control = Arc::new(CallControl::new());
     let c2 = Arc::clone(&control);
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        cjm_tests::until_progress(&c2).await;
         c2.request_cancel();
     });
     let r = b
@@ -275,18 +275,21 @@ async fn an_idle_worker_that_hangs_or_dies_is_replaced() {
 async fn a_sigkilled_worker_is_a_resource_error_and_the_next_call_respawns() {
     let (b, _, events) = echo().await;
     let pid = b.pid().unwrap();
+    let control = Arc::new(CallControl::new());
+    let c2 = Arc::clone(&control);
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        cjm_tests::until_progress(&c2).await;
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
     });
-    let e = job(run(
-        &b,
-        CallRequest::execute(kwargs(json!({"action": "slow", "steps": 100}))),
-    )
-    .await);
+    let e = job(b
+        .call(
+            CallRequest::execute(kwargs(json!({"action": "slow", "steps": 100}))),
+            control,
+        )
+        .await);
     assert_eq!(e.category, ErrorCategory::Resource, "{e}");
     assert!(e.message.contains("SIGKILL"), "{}", e.message);
     let out = run(
@@ -310,7 +313,7 @@ async fn forced_cancel_kills_a_worker_that_ignores_cancel() {
     let control = Arc::new(CallControl::new());
     let c2 = Arc::clone(&control);
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        cjm_tests::until_progress(&c2).await;
         c2.force_cancel();
     });
     let r = b

@@ -41,7 +41,7 @@ const WAYS: [Way; 3] = [Way::Fresh, Way::WarmManager, Way::WarmQueue];
 /// The hostile capability reached one way, with `sandbox` grants (the manifest's block).
 struct Guest {
     way: Way,
-    backend: Option<WasmBackend>,
+    backend: Option<Arc<WasmBackend>>,
     sink: Arc<CollectingSink>,
     host: Option<Host>,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
@@ -61,7 +61,7 @@ impl Guest {
             b.initialize(json!({"label": "configured"})).await.unwrap();
             return Guest {
                 way,
-                backend: Some(b),
+                backend: Some(Arc::new(b)),
                 sink,
                 host: None,
                 _dirs: (data, rt_dir),
@@ -141,20 +141,18 @@ impl Guest {
         }
     }
 
+    /// The backend serving the calls now (a warm instance's is replaced after a forced
+    /// cancel).
+    fn live_backend(&self) -> Arc<dyn Backend> {
+        match self.way {
+            Way::Fresh => Arc::clone(self.backend.as_ref().unwrap()) as Arc<dyn Backend>,
+            _ => self.host().manager().instance(ID).unwrap().backend(),
+        }
+    }
+
     async fn discarded(&self) -> u64 {
-        let stats = match self.way {
-            Way::Fresh => self.backend.as_ref().unwrap().stats().await,
-            _ => {
-                self.host()
-                    .manager()
-                    .instance(ID)
-                    .unwrap()
-                    .backend()
-                    .stats()
-                    .await
-            }
-        };
-        stats.unwrap()["instances_discarded"].as_u64().unwrap()
+        let stats = self.live_backend().stats().await.unwrap();
+        stats["instances_discarded"].as_u64().unwrap()
     }
 
     /// The log messages the guest left: in the test sink, or in the host's diagnostics store.
@@ -179,6 +177,18 @@ impl Guest {
                 .collect(),
         }
     }
+}
+
+/// Waits until `backend` runs a call (an instance of its pool is busy): what a cancel in
+/// these tests is meant to reach.
+async fn until_busy(backend: &Arc<dyn Backend>) {
+    for _ in 0..1000 {
+        if backend.stats().await.unwrap()["instances_busy"].as_u64() > Some(0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no call started");
 }
 
 fn job_error(r: Result<Value, Error>, what: &str) -> cjm_guest::contract::JobError {
@@ -311,8 +321,9 @@ async fn a_sleeping_guest_is_stopped_by_a_forced_cancel_and_a_job_timeout() {
         let control = Arc::new(CallControl::new());
         let c2 = Arc::clone(&control);
         let started = Instant::now();
+        let live = g.live_backend();
         let forcer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            until_busy(&live).await;
             c2.request_cancel();
             if way != Way::WarmQueue {
                 // The queue escalates by itself after its cancel_timeout (300 ms).
@@ -347,8 +358,9 @@ async fn forced_cancel_traps_an_infinite_loop() {
         let g = Guest::new(way, json!({})).await;
         let control = Arc::new(CallControl::new());
         let c2 = Arc::clone(&control);
+        let live = g.live_backend();
         let killer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            until_busy(&live).await;
             c2.request_cancel(); // ignored by a guest that never checks
             tokio::time::sleep(Duration::from_millis(150)).await;
             c2.force_cancel();
@@ -372,8 +384,9 @@ async fn cooperative_cancel_keeps_the_instance() {
         let before = g.discarded().await;
         let control = Arc::new(CallControl::new());
         let c2 = Arc::clone(&control);
+        let live = g.live_backend();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            until_busy(&live).await;
             c2.request_cancel();
         });
         let r = g

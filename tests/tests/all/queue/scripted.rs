@@ -12,6 +12,11 @@ use cjm_host::backend::{Backend, CallControl, CallRequest, CancelState, RuntimeK
 
 use super::*;
 
+/// How long a test waits for a job, in virtual time. Paused time runs on to the next timer
+/// whenever the runtime idles, also while a blocking thread commits to the journal: a
+/// bound near the calls' own durations could fire before a commit it waits for.
+const VT: Option<Duration> = Some(Duration::from_secs(86_400));
+
 /// How a scripted call answers a cancel request.
 #[derive(Clone, Copy, PartialEq)]
 enum OnCancel {
@@ -55,7 +60,7 @@ impl Scripted {
 
     /// Waits (virtually) until a call tagged `tag` has started.
     async fn until_started(&self, tag: &str) {
-        for _ in 0..1000 {
+        for _ in 0..360_000 {
             if self.started().iter().any(|t| t == tag) {
                 return;
             }
@@ -168,7 +173,7 @@ async fn admission_orders_by_priority_and_holds_each_instance_to_its_cap() {
     // A first call measures each instance (an unprofiled instance runs alone).
     for i in ["a", "b"] {
         let id = q.submit(call(i, "first", 1.0)).await.unwrap();
-        assert_eq!(q.wait(&id, T).await.unwrap().status, JobStatus::Completed);
+        assert_eq!(q.wait(&id, VT).await.unwrap().status, JobStatus::Completed);
     }
     // Submitted together (one decision sees them all): a's by priority, FIFO among equals.
     let mut specs = Vec::new();
@@ -181,17 +186,17 @@ async fn admission_orders_by_priority_and_holds_each_instance_to_its_cap() {
     let started = tokio::time::Instant::now();
     let ids = q.submit_many(specs).await.unwrap();
     for id in &ids {
-        assert_eq!(q.wait(id, T).await.unwrap().status, JobStatus::Completed);
+        assert_eq!(q.wait(id, VT).await.unwrap().status, JobStatus::Completed);
     }
     // Each instance stayed within its cap, and the lanes were used: six 10 s calls on a
     // cap of 2 take 30 virtual seconds, three on b's cap of 1 as long, side by side (b
     // after a would take 60). Idle waits on the journal may let paused time run on to the
-    // host's next timer, hence the margin.
+    // host's next timer (its lease heartbeat), hence the margin.
     assert_eq!(a.most_at_once.load(Ordering::SeqCst), 2);
     assert_eq!(b.most_at_once.load(Ordering::SeqCst), 1);
     let took = started.elapsed();
     assert!(
-        (Duration::from_secs(30)..Duration::from_secs(45)).contains(&took),
+        (Duration::from_secs(30)..Duration::from_secs(60)).contains(&took),
         "{took:?}"
     );
     assert_eq!(
@@ -214,10 +219,10 @@ async fn a_cancelled_waiting_job_never_reaches_its_backend() {
     let waiting = q.submit(call("a", "waiting", 1.0)).await.unwrap();
     a.until_started("running").await;
     q.cancel(&waiting).unwrap();
-    let job = q.wait(&waiting, T).await.unwrap();
+    let job = q.wait(&waiting, VT).await.unwrap();
     assert_eq!(job.status, JobStatus::Cancelled);
     assert_eq!(
-        q.wait(&running, T).await.unwrap().status,
+        q.wait(&running, VT).await.unwrap().status,
         JobStatus::Completed
     );
     assert_eq!(a.started(), ["running"]);
@@ -254,7 +259,7 @@ async fn a_running_job_is_cancelled_cooperatively_or_forced_after_the_grace() {
         backend.until_started("long").await;
         let asked = tokio::time::Instant::now();
         q.cancel(&id).unwrap();
-        let job = q.wait(&id, T).await.unwrap();
+        let job = q.wait(&id, VT).await.unwrap();
         assert_eq!(job.status, JobStatus::Cancelled, "{instance}");
         assert_eq!(phases(q, &id), want, "{instance}");
         // The stubborn one is forced once the cancel grace (300 ms here) has passed.
@@ -280,7 +285,7 @@ async fn a_job_past_its_timeout_fails_as_a_timeout() {
         .submit(call("a", "slow", 3600.0).timeout(Duration::from_secs(5)))
         .await
         .unwrap();
-    let job = q.wait(&id, T).await.unwrap();
+    let job = q.wait(&id, VT).await.unwrap();
     assert_eq!(job.status, JobStatus::Failed);
     let error = job.error.unwrap();
     assert_eq!(
