@@ -9,6 +9,15 @@ use std::path::Path;
 use common::Env;
 use serde_json::{Value, json};
 
+/// How the generated Rust projects are built by these tests: in release (the install's
+/// profile, so a project's test and its install share one build), unoptimised and without
+/// debug info. What is tested is the project and the install flow, not the optimiser; an
+/// optimised cold build of the projects' dependencies was most of this file's time.
+const QUICK_RELEASE: [(&str, &str); 2] = [
+    ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0"),
+    ("CARGO_PROFILE_RELEASE_DEBUG", "false"),
+];
+
 /// `new NAME --kind KIND` in the working dir; returns the project dir.
 fn scaffold(env: &Env, name: &str, kind: &str) -> std::path::PathBuf {
     let out = env.json(&["new", name, "--kind", kind]);
@@ -22,7 +31,7 @@ fn scaffold(env: &Env, name: &str, kind: &str) -> std::path::PathBuf {
 fn install_and_run(env: &Env, dir: &Path, name: &str, target_dir: Option<&Path>) {
     let mut install = env.ctl();
     if let Some(t) = target_dir {
-        install.env("CARGO_TARGET_DIR", t);
+        install.env("CARGO_TARGET_DIR", t).envs(QUICK_RELEASE);
     }
     install_and_run_with(env, dir, name, install, &[]);
 }
@@ -78,13 +87,14 @@ fn install_and_run_with(
     assert!(info.to_string().contains("greeting"), "{info:#}");
 }
 
-/// `cargo test` in a generated Rust project.
+/// `cargo test` in a generated Rust project (see [`QUICK_RELEASE`]).
 fn cargo_test(dir: &Path, target_dir: &Path) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", target_dir)
-        .args(["test", "--quiet"])
+        .envs(QUICK_RELEASE)
+        .args(["test", "--release", "--quiet"])
         .output()
         .unwrap();
     assert!(
@@ -225,6 +235,7 @@ fn dev_rebuilds_an_edited_capability_into_the_running_host() {
         .env_remove("CJM_CONFIG")
         .env_remove("CJM_DATA_DIR")
         .env("CARGO_TARGET_DIR", &target)
+        .envs(QUICK_RELEASE)
         .arg("--data-dir")
         .arg(env.data())
         .args(["--json", "dev", "--poll-ms", "100"])

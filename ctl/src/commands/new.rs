@@ -276,6 +276,11 @@ mod tests {{
         ("capabilities.yaml".to_owned(), yaml),
         (".gitignore".to_owned(), "/target\n".to_owned()),
     ];
+    // The versions the cjm tree was built and tested with: the project starts from its lock
+    // file (cargo drops what the project does not use).
+    if let Ok(lock) = std::fs::read_to_string(source.join("Cargo.lock")) {
+        files.push(("Cargo.lock".to_owned(), lock));
+    }
     if native {
         files.push((
             "src/main.rs".to_owned(),
