@@ -138,6 +138,10 @@ fn cjm_source(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The generated crate's `src/lib.rs`, with `@NAME@`, `@SUMMARY@` and `@TY@` (its type's
+/// name) to fill in.
+const LIB_TEMPLATE: &str = include_str!("../../assets/new/lib.rs.template");
+
 fn rust_files(name: &str, native: bool, source: &Path) -> Vec<(String, String)> {
     let ty = type_name(name);
     let krate = name.replace('-', "_");
@@ -170,97 +174,10 @@ fn rust_files(name: &str, native: bool, source: &Path) -> Vec<(String, String)> 
          serde_json = \"1\"\nschemars = \"1.2\"\n\n\
          # A project of its own, also inside another workspace's directory.\n[workspace]\n"
     );
-    let lib = format!(
-        r#"//! `{name}`: a cjm capability ({summary}).
-//!
-//! `execute` and the typed task method `greeting.greet` say hello; the greeting comes from
-//! the configuration. Replace them with what your capability does.
-
-use cjm_guest::{{CallResult, Capability, Ctx, JobError, Kwargs, Tasks}};
-use serde_json::{{Value, json}};
-
-/// The configuration: its JSON Schema (shown by `cjm-ctl info`, checked by the host) is
-/// derived by schemars.
-#[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema, Clone)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {{
-    /// What to say before the name.
-    pub greeting: String,
-}}
-
-impl Default for Config {{
-    fn default() -> Self {{
-        Config {{
-            greeting: "Hello".into(),
-        }}
-    }}
-}}
-
-/// The arguments of a call: typed, so the host checks them before the call reaches the
-/// capability, and MCP clients see their schema.
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-pub struct GreetArgs {{
-    /// Who to greet.
-    pub name: String,
-}}
-
-/// The capability.
-pub struct {ty} {{
-    config: Config,
-}}
-
-impl {ty} {{
-    fn greet(&mut self, _cx: &Ctx<'_>, kwargs: Kwargs) -> CallResult {{
-        // A missing or mistyped `name` is a `user_input` error naming the field.
-        let GreetArgs {{ name }} = cjm_guest::args(&kwargs)?;
-        Ok(json!({{"greeting": format!("{{}}, {{name}}!", self.config.greeting)}}))
-    }}
-}}
-
-impl Capability for {ty} {{
-    type Config = Config;
-    const NAME: &'static str = "{name}";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-
-    fn initialize(config: &Config, _cx: &Ctx<'_>) -> Result<Self, JobError> {{
-        Ok({ty} {{
-            config: config.clone(),
-        }})
-    }}
-
-    fn execute(&mut self, cx: &Ctx<'_>, _args: Vec<Value>, kwargs: Kwargs) -> CallResult {{
-        self.greet(cx, kwargs)
-    }}
-
-    fn tasks(tasks: &mut Tasks<Self>) {{
-        tasks.typed::<GreetArgs>("greeting", "greet", Self::greet);
-    }}
-}}
-
-cjm_guest::export_capability!({ty});
-
-#[cfg(test)]
-mod tests {{
-    use super::*;
-    use cjm_guest::{{Envelope, NullServices}};
-
-    #[test]
-    fn greets_with_the_configured_greeting() {{
-        let envelope = Envelope::default();
-        let cx = Ctx::new(&NullServices, &envelope);
-        let config = Config {{
-            greeting: "Hi".into(),
-        }};
-        let mut me = {ty}::initialize(&config, &cx).unwrap();
-        let mut kwargs = Kwargs::new();
-        kwargs.insert("name".into(), json!("you"));
-        let out = me.execute(&cx, Vec::new(), kwargs).unwrap();
-        assert_eq!(out, json!({{"greeting": "Hi, you!"}}));
-        assert!(me.execute(&cx, Vec::new(), Kwargs::new()).is_err());
-    }}
-}}
-"#
-    );
+    let lib = LIB_TEMPLATE
+        .replace("@NAME@", name)
+        .replace("@SUMMARY@", summary)
+        .replace("@TY@", &ty);
     let yaml = if native {
         format!(
             "# cjm-ctl install-all --capabilities capabilities.yaml\ncapabilities:\n  - name: {name}\n    kind: native\n    cargo: {name}   # its {name}-worker binary, built with cargo build --release\n"
