@@ -108,16 +108,9 @@ impl Ctx {
 }
 
 impl Ctx {
-    /// The job id a prefix given on the command line stands for (a unique prefix of a job
-    /// id in this data dir's journal, as `jobs` and `logs` print them; the id itself
-    /// otherwise).
-    pub fn full_job_id(&self, given: &str) -> anyhow::Result<String> {
-        Ok(self.records()?.resolve_job(given)?)
-    }
-
     /// The data dir's records, read without a host.
     pub fn records(&self) -> anyhow::Result<cjm_host::records::Records> {
-        Ok(cjm_host::records::Records::open(self.config()?)?)
+        Ok(cjm_host::records::Records::new(self.config()?))
     }
 
     /// The service to go through: `--host`, else the live `cjm-ctl serve` of the data dir;

@@ -26,7 +26,7 @@ use cjm_guest::contract::{CapabilityInfo, ErrorCategory, JobError};
 use serde_json::{Value, json};
 
 use crate::backend::wasm::WasmRuntime;
-use crate::backend::{Backend, CallControl, CallRequest, RuntimeKind, WorkerEvents};
+use crate::backend::{Backend, CallControl, CallRequest, WorkerEvents};
 use crate::config::HostConfig;
 use crate::error::{Error, Result};
 use crate::manifest::{self, AdapterManifest, CapabilityManifest, Loaded};
@@ -364,9 +364,18 @@ impl CapabilityManager {
     /// Loads every enabled instance the config store records, and each installed
     /// capability without a recorded instance as its own name: what a host serving a data
     /// dir starts with. Each load's outcome is returned (one that fails does not stop the
-    /// others), by capability name and instance id.
-    pub async fn load_enabled(&self) -> Result<Vec<(String, String, Result<Arc<Instance>>)>> {
-        let records = self.inner.stores.configs.list_all()?;
+    /// others), by capability name and instance id. When the config store cannot be read,
+    /// every capability is loaded as its own name.
+    pub async fn load_enabled(&self) -> Vec<(String, String, Result<Arc<Instance>>)> {
+        let records = self
+            .inner
+            .stores
+            .configs
+            .list_all()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the instances' configs: each capability loads as its own name");
+                BTreeMap::new()
+            });
         let manifests = self.manifests();
         let names: Vec<&str> = manifests.iter().map(|c| c.manifest.name()).collect();
         let mut to_load: Vec<(String, String)> = Vec::new();
@@ -389,7 +398,7 @@ impl CapabilityManager {
             let loaded = self.load(&name, None, Some(&id)).await;
             out.push((name, id, loaded));
         }
-        Ok(out)
+        out
     }
 
     async fn load_as(
@@ -493,22 +502,35 @@ impl CapabilityManager {
             profile: Mutex::new(profile),
             ..instance
         });
-        self.register(&instance)?;
+        if let Err(e) = self.register(&instance) {
+            let _ = instance.backend().shutdown().await;
+            return Err(e);
+        }
         Ok(instance)
     }
 
-    /// Registers a loaded instance (journaled as `capability_loaded`).
+    /// Registers a loaded instance (journaled as `capability_loaded`); an id already
+    /// registered is refused.
     fn register(&self, instance: &Arc<Instance>) -> Result<()> {
-        self.journal_event(
+        {
+            let mut instances = self.inner.instances.write();
+            if instances.contains_key(&instance.id) {
+                return Err(user(format!(
+                    "capability instance '{}' is already loaded",
+                    instance.id
+                )));
+            }
+            instances.insert(instance.id.clone(), Arc::clone(instance));
+        }
+        let journaled = self.journal_event(
             instance,
             event_types::CAPABILITY_LOADED,
             json!({"runtime": instance.backend().kind().to_string()}),
-        )?;
-        self.inner
-            .instances
-            .write()
-            .insert(instance.id.clone(), Arc::clone(instance));
-        Ok(())
+        );
+        if journaled.is_err() {
+            self.inner.instances.write().remove(&instance.id);
+        }
+        journaled
     }
 
     /// Adds an instance `id` served by `backend`, a [`Backend`] the caller built (an
@@ -528,6 +550,23 @@ impl CapabilityManager {
                 "invalid instance id '{id}': expected [A-Za-z0-9_-]{{1,64}}"
             )));
         }
+        // Serialised with loads of the same id.
+        let lock = Arc::clone(self.inner.loading.lock().entry(id.to_owned()).or_default());
+        let _guard = lock.lock().await;
+        let result = self
+            .attach_locked(id, backend, config, max_concurrency)
+            .await;
+        self.inner.loading.lock().remove(id);
+        result
+    }
+
+    async fn attach_locked(
+        &self,
+        id: &str,
+        backend: Arc<dyn Backend>,
+        config: Option<Value>,
+        max_concurrency: usize,
+    ) -> Result<Arc<Instance>> {
         if self.instance(id).is_ok() {
             return Err(user(format!(
                 "capability instance '{id}' is already loaded"
@@ -547,7 +586,10 @@ impl CapabilityManager {
         );
         instance.attached = true;
         let instance = Arc::new(instance);
-        self.register(&instance)?;
+        if let Err(e) = self.register(&instance) {
+            let _ = instance.backend().shutdown().await;
+            return Err(e);
+        }
         Ok(instance)
     }
 

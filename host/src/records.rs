@@ -1,12 +1,14 @@
 //! A data dir's records, read without running a host: what `cjm-ctl` shows when no
 //! `cjm-ctl serve` runs there (jobs and their journal rows, logs, secret names, instance
 //! configs), and the two writes a client makes of its own: a cancel request and the
-//! diagnostics retention. It opens only the stores that exist; it creates nothing.
+//! diagnostics retention. It opens a store when first asked for it, and only one that
+//! exists; it creates nothing.
 //!
 //! The rows are interpreted here, once (a job's state from its transitions, a cancel's
 //! protocol), so the CLI and the service answer alike.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use serde_json::json;
 
@@ -22,16 +24,16 @@ use crate::store::{
 /// The records of one data dir.
 pub struct Records {
     config: HostConfig,
-    journal: Option<JournalStore>,
-    diagnostics: Option<DiagnosticsStore>,
+    journal: OnceLock<Option<JournalStore>>,
+    diagnostics: OnceLock<Option<DiagnosticsStore>>,
 }
 
 impl std::fmt::Debug for Records {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Records")
             .field("data_dir", &self.config.data_dir)
-            .field("journal", &self.journal.is_some())
-            .field("diagnostics", &self.diagnostics.is_some())
+            .field("journal", &self.journal.get().map(Option::is_some))
+            .field("diagnostics", &self.diagnostics.get().map(Option::is_some))
             .finish()
     }
 }
@@ -68,23 +70,39 @@ pub struct Retention {
 }
 
 impl Records {
-    /// The records of `config`'s data dir.
-    pub fn open(config: HostConfig) -> Result<Self> {
-        let journal_path = config.journal_db_path();
-        let journal = journal_path
-            .is_file()
-            .then(|| JournalStore::open(&journal_path))
-            .transpose()?;
-        let diag_path = config.diagnostics_db_path();
-        let diagnostics = diag_path
-            .is_file()
-            .then(|| DiagnosticsStore::open(&diag_path))
-            .transpose()?;
-        Ok(Records {
+    /// The records of `config`'s data dir (nothing is opened yet).
+    pub fn new(config: HostConfig) -> Self {
+        Records {
             config,
-            journal,
-            diagnostics,
-        })
+            journal: OnceLock::new(),
+            diagnostics: OnceLock::new(),
+        }
+    }
+
+    /// The journal, opened on first use; `None` when there is none.
+    fn journal_store(&self) -> Result<Option<&JournalStore>> {
+        if let Some(j) = self.journal.get() {
+            return Ok(j.as_ref());
+        }
+        let path = self.config.journal_db_path();
+        let opened = path
+            .is_file()
+            .then(|| JournalStore::open(&path))
+            .transpose()?;
+        Ok(self.journal.get_or_init(|| opened).as_ref())
+    }
+
+    /// The diagnostics store, opened on first use; `None` when there is none.
+    fn diagnostics_store(&self) -> Result<Option<&DiagnosticsStore>> {
+        if let Some(d) = self.diagnostics.get() {
+            return Ok(d.as_ref());
+        }
+        let path = self.config.diagnostics_db_path();
+        let opened = path
+            .is_file()
+            .then(|| DiagnosticsStore::open(&path))
+            .transpose()?;
+        Ok(self.diagnostics.get_or_init(|| opened).as_ref())
     }
 
     /// The configuration it was opened with.
@@ -94,18 +112,18 @@ impl Records {
 
     /// Whether anything was ever journaled here.
     pub fn has_journal(&self) -> bool {
-        self.journal.is_some()
+        self.config.journal_db_path().is_file()
     }
 
     /// Whether any capability ever logged here.
     pub fn has_diagnostics(&self) -> bool {
-        self.diagnostics.is_some()
+        self.config.diagnostics_db_path().is_file()
     }
 
     /// The job id a unique prefix of one in the journal stands for (the id itself when
     /// nothing matches, or there is no journal).
     pub fn resolve_job(&self, given: &str) -> Result<String> {
-        match &self.journal {
+        match self.journal_store()? {
             Some(j) => Ok(j.resolve_job(given)?),
             None => Ok(given.to_owned()),
         }
@@ -113,7 +131,7 @@ impl Records {
 
     /// Jobs matching `filter`, newest first, as the service lists them.
     pub fn jobs(&self, filter: &JobFilter) -> Result<JobPage> {
-        match &self.journal {
+        match self.journal_store()? {
             Some(j) => crate::queue::list_jobs(j, filter),
             None => Ok(JobPage {
                 jobs: Vec::new(),
@@ -124,7 +142,7 @@ impl Records {
 
     /// Journal rows matching `query` (none without a journal).
     pub fn journal(&self, query: &JournalQuery) -> Result<Vec<JournalEvent>> {
-        match &self.journal {
+        match self.journal_store()? {
             Some(j) => Ok(j.query(query)?),
             None => Ok(Vec::new()),
         }
@@ -132,7 +150,7 @@ impl Records {
 
     /// Log records matching `query` (none without a diagnostics store).
     pub fn log_records(&self, query: &RecordQuery) -> Result<Vec<DiagnosticRecord>> {
-        match &self.diagnostics {
+        match self.diagnostics_store()? {
             Some(d) => Ok(d.query_records(query)?),
             None => Ok(Vec::new()),
         }
@@ -140,7 +158,7 @@ impl Records {
 
     /// Raw output chunks matching `query`.
     pub fn chunks(&self, query: &ChunkQuery) -> Result<Vec<StreamChunk>> {
-        match &self.diagnostics {
+        match self.diagnostics_store()? {
             Some(d) => Ok(d.query_chunks(query)?),
             None => Ok(Vec::new()),
         }
@@ -159,10 +177,11 @@ impl Records {
         Ok(!records.is_empty())
     }
 
-    /// Asks for `job` to be cancelled, `by` whom: the host running it is told through the
-    /// journal; a job whose host is gone is ended here, once, whoever else tries.
-    pub fn cancel(&self, job: &str, by: &str) -> Result<CancelOutcome> {
-        let Some(journal) = &self.journal else {
+    /// Asks for `job` to be cancelled by `actor` (`by`: the command or tool that asks): the
+    /// host running it is told through the journal; a job whose host is gone is ended here,
+    /// once, whoever else tries.
+    pub fn cancel(&self, job: &str, actor: &str, by: &str) -> Result<CancelOutcome> {
+        let Some(journal) = self.journal_store()? else {
             return Ok(CancelOutcome::Unknown);
         };
         let rows = journal.query(&JournalQuery::job(job))?;
@@ -182,7 +201,7 @@ impl Records {
             .job(job)
             .payload(json!({ "by": by }));
         e.capability_instance_id = rows.iter().find_map(|r| r.capability_instance_id.clone());
-        e.actor = Some(by.to_owned());
+        e.actor = Some(actor.to_owned());
         journal.append(&e)?;
         Ok(CancelOutcome::Requested)
     }
@@ -214,7 +233,7 @@ impl Records {
         max_age_days: Option<f64>,
         max_total_mb: Option<f64>,
     ) -> Result<Option<Retention>> {
-        let Some(d) = &self.diagnostics else {
+        let Some(d) = self.diagnostics_store()? else {
             return Ok(None);
         };
         let used_bytes_before = d.used_bytes()?;

@@ -18,7 +18,8 @@ pub struct Args {
 
 /// Runs `cancel`.
 pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    args.job = ctx.full_job_id(&args.job)?;
+    let records = ctx.records()?;
+    args.job = records.resolve_job(&args.job)?;
     if let Some(client) = ctx.client()? {
         // The serving host cancels at once, waiting jobs included.
         crate::ctx::runtime()?.block_on(client.cancel(&args.job))?;
@@ -34,7 +35,7 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    match ctx.records()?.cancel(&args.job, "cjm-ctl cancel")? {
+    match records.cancel(&args.job, "cjm-ctl", "cjm-ctl cancel")? {
         CancelOutcome::Unknown => Err(hint(
             format!("no job '{}' in the journal", args.job),
             "list jobs with `cjm-ctl jobs`",

@@ -139,14 +139,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
 ///
 /// [`CapabilityManager::load_enabled`]: cjm_host::manager::CapabilityManager::load_enabled
 pub(super) async fn load_enabled(host: &Host) {
-    let loaded = match host.manager().load_enabled().await {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the instances' configs: none loaded");
-            return;
-        }
-    };
-    for (name, id, outcome) in loaded {
+    for (name, id, outcome) in host.manager().load_enabled().await {
         match outcome {
             Ok(i) => tracing::info!(instance = %i.id(), kind = ?i.backend().kind(), "loaded"),
             Err(e) => tracing::warn!(capability = %name, instance = %id, error = %e, "not loaded"),

@@ -59,11 +59,13 @@ pub struct HostSide<'a> {
     pub wasm: &'a WasmRuntime,
     /// A secret of the capability by key (a wasm sandbox's granted `secrets`).
     pub secret: &'a dyn Fn(&str) -> Result<Option<SecretValue>>,
-    /// The instance's resolved `worker_env`: name, value, whether it is a secret (masked in
-    /// what the host records).
-    pub worker_env: Vec<(String, String, bool)>,
-    /// The task adapters a Python worker binds (`module:Class`).
-    pub adapters: Vec<String>,
+    /// The instance's resolved `worker_env` (a worker's): name, value, whether it is a
+    /// secret (masked in what the host records). Asked for once the worker's program is
+    /// found.
+    pub worker_env: &'a dyn Fn() -> Result<Vec<(String, String, bool)>>,
+    /// The task adapters a Python worker binds (`module:Class`), asked for once its
+    /// interpreter is found.
+    pub adapters: &'a dyn Fn() -> Result<Vec<String>>,
 }
 
 fn user(message: String) -> Error {
@@ -118,7 +120,7 @@ impl<'a> Launch<'a> {
                     python,
                     &m.code.module,
                     &m.code.class_name,
-                    &host.adapters,
+                    &(host.adapters)()?,
                 )
             }
             RuntimeKind::Native => {
@@ -144,7 +146,7 @@ impl<'a> Launch<'a> {
         let mut launch = Launch::worker(host.config, spec, kind, &m.install.env_vars)?;
         if let Launch::Worker { spec, .. } = &mut launch {
             let mut secrets = Vec::new();
-            for (k, v, secret) in host.worker_env {
+            for (k, v, secret) in (host.worker_env)()? {
                 if secret {
                     secrets.push(v.clone());
                 }

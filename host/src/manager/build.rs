@@ -42,23 +42,20 @@ impl CapabilityManager {
         let lookup = |placeholder: &str| config.placeholder(&name, placeholder);
         let secrets = &self.inner.stores.secrets;
         let secret = |key: &str| -> Result<_> { Ok(secrets.get(&name, key, None)?) };
-        let kind = m.install.runtime.unwrap_or_default();
+        let worker_env = || self.worker_env(m, overrides, &lookup);
+        let adapters = || -> Result<Vec<String>> {
+            Ok(self
+                .bound_adapters(m, None)?
+                .iter()
+                .map(crate::adapter::worker_spec)
+                .collect())
+        };
         let host = HostSide {
             config,
             wasm: &self.inner.wasm,
             secret: &secret,
-            worker_env: match kind {
-                RuntimeKind::Wasm => Vec::new(),
-                _ => self.worker_env(m, overrides, &lookup)?,
-            },
-            adapters: match kind {
-                RuntimeKind::Python => self
-                    .bound_adapters(m, None)?
-                    .iter()
-                    .map(crate::adapter::worker_spec)
-                    .collect(),
-                _ => Vec::new(),
-            },
+            worker_env: &worker_env,
+            adapters: &adapters,
         };
         let events: Arc<dyn WorkerEvents> = Arc::new(JournalEvents {
             inner: Arc::downgrade(&self.inner),

@@ -59,11 +59,16 @@ impl CapabilityManager {
                 cjm.job_id = request.envelope.job_id.as_deref(),
             );
             crate::trace::adopt(&span, request.envelope.traceparent.as_deref());
+            let call = backend.call(request.clone(), Arc::clone(&control));
+            // The wasm and native backends stop a call at its deadline themselves (the
+            // native one kills its worker); an attached one gets the manager's backstop.
             let call = past_deadline_backstop(
                 id,
-                backend.call(request.clone(), Arc::clone(&control)),
+                call,
                 &control,
-                self.inner.config.queue.cancel_timeout,
+                instance
+                    .attached
+                    .then_some(self.inner.config.queue.cancel_timeout),
             );
             let result = crate::trace::within(span, call).await;
             // The latest progress the coalescing held back reaches the listener now.
@@ -101,7 +106,9 @@ impl CapabilityManager {
                     if e.category == ErrorCategory::Resource
                         && e.retriable
                         && attempt < MAX_RETRIES
-                        && !control.cancel_requested() =>
+                        && !control.cancel_requested()
+                        // (An attached backend has no manifest to come back from.)
+                        && !instance.attached =>
                 {
                     attempt += 1;
                     let evicted = self.evict_idle(id).await?;
@@ -318,25 +325,22 @@ fn check_params(instance: &Instance, request: &mut CallRequest) -> Result<()> {
     Ok(())
 }
 
-/// `call` under its deadline. The wasm and native backends stop a call at its deadline
-/// themselves; one that does not (a backend the caller attached) is forced and abandoned
-/// `grace` after it, failing as a `transient` error like theirs.
+/// `call` under its deadline, abandoned `grace` after it (when there is a grace: for a
+/// backend the caller attached, which may not honour deadlines), failing as a `transient`
+/// error like the built-in backends' own. Dropping the call is its cancellation.
 async fn past_deadline_backstop(
     id: &str,
     call: impl std::future::Future<Output = Result<Value>>,
     control: &CallControl,
-    grace: std::time::Duration,
+    grace: Option<std::time::Duration>,
 ) -> Result<Value> {
-    let Some(deadline) = control.deadline() else {
+    let (Some(deadline), Some(grace)) = (control.deadline(), grace) else {
         return call.await;
     };
     match tokio::time::timeout_at((deadline + grace).into(), call).await {
         Ok(result) => result,
-        Err(_) => {
-            control.force_cancel();
-            Err(Error::job(JobError::transient(format!(
-                "capability instance '{id}': the call ran past its time limit and was abandoned"
-            ))))
-        }
+        Err(_) => Err(Error::job(JobError::transient(format!(
+            "capability instance '{id}': the call ran past its time limit and was abandoned"
+        )))),
     }
 }

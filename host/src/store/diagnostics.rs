@@ -369,8 +369,20 @@ impl DiagnosticsStore {
         }
         if let Some(mb) = max_total_mb.filter(|m| m.is_finite() && *m >= 0.0) {
             let budget = (mb * 1024.0 * 1024.0) as u64;
-            while self.used_bytes()? > budget {
-                let (r, c) = self.db.write(delete_oldest_batch)?;
+            loop {
+                let used = self.used_bytes()?;
+                if used <= budget {
+                    break;
+                }
+                // As many of the oldest rows as the excess takes at their mean size (a
+                // little more, so it converges), at most a batch: not a whole batch past
+                // the budget.
+                let (records, chunks) = self.counts()?;
+                let rows = (records + chunks).max(1);
+                let mean = (used / rows).max(1);
+                let batch = ((used - budget) / mean + 1 + rows / 100)
+                    .clamp(1, RETENTION_BATCH as u64) as usize;
+                let (r, c) = self.db.write(|tx| delete_oldest_batch(tx, batch))?;
                 out.batches += 1;
                 out.records_deleted += r;
                 out.chunks_deleted += c;
@@ -467,15 +479,17 @@ fn used_bytes(conn: &mut rusqlite::Connection) -> rusqlite::Result<u64> {
     Ok(u64::try_from((pages - free) * size).unwrap_or(0))
 }
 
-/// Deletes the globally oldest rows: up to a batch from each table, none newer than the
+/// Deletes the globally oldest rows: up to `batch` from each table, none newer than the
 /// batch-th oldest timestamp of either table, so the two tables shrink in time order.
-fn delete_oldest_batch(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<(u64, u64)> {
+fn delete_oldest_batch(
+    tx: &rusqlite::Transaction<'_>,
+    batch: usize,
+) -> rusqlite::Result<(u64, u64)> {
     let nth = |table: &str| -> rusqlite::Result<Option<String>> {
         tx.prepare_cached(&format!(
-            "SELECT ts FROM {table} ORDER BY ts LIMIT 1 OFFSET {}",
-            RETENTION_BATCH - 1
+            "SELECT ts FROM {table} ORDER BY ts LIMIT 1 OFFSET ?1"
         ))?
-        .query_row([], |r| r.get(0))
+        .query_row([batch.saturating_sub(1)], |r| r.get(0))
         .optional()
     };
     let cutoff = match (nth("records")?, nth("stream_chunks")?) {
@@ -487,9 +501,9 @@ fn delete_oldest_batch(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<(u64,
         let n = match &cutoff {
             Some(c) => tx
                 .prepare_cached(&format!(
-                    "DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} WHERE ts <= ?1 ORDER BY ts LIMIT {RETENTION_BATCH})"
+                    "DELETE FROM {table} WHERE seq IN (SELECT seq FROM {table} WHERE ts <= ?1 ORDER BY ts LIMIT ?2)"
                 ))?
-                .execute([c])?,
+                .execute(rusqlite::params![c, batch])?,
             // Fewer rows than a batch in both tables: take them all.
             None => tx.prepare_cached(&format!("DELETE FROM {table}"))?.execute([])?,
         };

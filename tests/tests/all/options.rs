@@ -338,6 +338,53 @@ async fn diagnostics_retention_runs_at_start_and_on_a_timer() {
     m.shutdown().await.unwrap();
 }
 
+/// `substrate.diagnostics_retention_max_mb`: with no age limit, a host's sweep deletes the
+/// oldest records (in batches of `RETENTION_BATCH`) until the store fits its size budget;
+/// the newest stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnostics_retention_max_mb_bounds_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget_mb = 1.0;
+    let config = HostConfig::builder()
+        .data_dir(dir.path())
+        .substrate(SubstrateConfig {
+            diagnostics_retention_days: None,
+            diagnostics_retention_max_mb: Some(budget_mb),
+            ..SubstrateConfig::default()
+        })
+        .build()
+        .unwrap();
+    let store = DiagnosticsStore::open(&config.diagnostics_db_path()).unwrap();
+    let n = 3 * cjm_host::store::diagnostics::RETENTION_BATCH;
+    let records: Vec<DiagnosticRecord> = (0..n)
+        .map(|i| DiagnosticRecord::new("INFO", format!("{i:05} {}", "x".repeat(200))))
+        .collect();
+    store.append_batch(&records, &[] as &[StreamChunk]).unwrap();
+    let budget = (budget_mb * 1024.0 * 1024.0) as u64;
+    assert!(store.used_bytes().unwrap() > 2 * budget);
+    let m = CapabilityManager::open(config).unwrap();
+    until("the store within its size budget", || {
+        store.used_bytes().unwrap() <= budget
+    })
+    .await;
+    let (kept, _) = store.counts().unwrap();
+    assert!(kept > 0 && kept < n as u64, "{kept} records kept");
+    let newest = store
+        .query_records(&cjm_host::store::RecordQuery {
+            limit: Some(1),
+            descending: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let last = format!("{:05} ", n - 1);
+    assert!(
+        newest[0].message.starts_with(&last),
+        "{}",
+        newest[0].message
+    );
+    m.shutdown().await.unwrap();
+}
+
 /// `models_dir` and `log_level`: a worker gets them as `CJM_MODELS_DIR` and `CJM_LOG_LEVEL`
 /// (unset models dir: no variable).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

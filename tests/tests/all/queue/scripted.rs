@@ -102,6 +102,12 @@ impl Backend for Scripted {
         control: Arc<CallControl>,
     ) -> cjm_host::Result<Value> {
         let tag = request.kwargs["tag"].as_str().unwrap_or("").to_owned();
+        if request.kwargs.contains_key("out_of_memory") {
+            self.started.lock().push(tag);
+            return Err(Error::job(
+                cjm_guest::JobError::resource("scripted: out of memory").with_retriable(true),
+            ));
+        }
         let seconds = request.kwargs["seconds"].as_f64().unwrap_or(0.0);
         self.started.lock().push(tag.clone());
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -296,11 +302,12 @@ async fn a_job_past_its_timeout_fails_as_a_timeout() {
     assert_eq!(error.capability_instance_id.as_deref(), Some("a"));
     // The scripted backend ignores its deadline: the manager's backstop ends the call.
     assert!(error.message.contains("time limit"), "{error:?}");
+    // (The deadline is a wall-clock instant: paused time that ran on before the job was
+    // dispatched shortens it, so only the upper bound is asserted.)
     let took = started.elapsed();
-    assert!(
-        (Duration::from_secs(5)..Duration::from_secs(60)).contains(&took),
-        "{took:?}"
-    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    // Ended by its deadline, not cancelled.
+    assert!(phases(q, &id).is_empty(), "{:?}", phases(q, &id));
     h.shutdown().await.unwrap();
 }
 
@@ -319,5 +326,24 @@ async fn an_attached_instance_is_not_reloaded() {
         .unwrap_err()
         .to_string();
     assert!(again.contains("already loaded"), "{again}");
+    h.shutdown().await.unwrap();
+}
+
+/// A retriable resource error of an attached backend ends its job with that error: there is
+/// no manifest to reload the instance from, so no eviction and no retry.
+#[tokio::test(start_paused = true)]
+async fn a_resource_error_of_an_attached_backend_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Scripted::new("a", OnCancel::Stop);
+    let h = scripted_host(dir.path(), 1, &[("a", Arc::clone(&a), 1)]).await;
+    let q = h.queue();
+    let spec = JobSpec::execute("a", kwargs(json!({"tag": "oom", "out_of_memory": true})));
+    let id = q.submit(spec).await.unwrap();
+    let job = q.wait(&id, VT).await.unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.unwrap();
+    assert_eq!(error.category, cjm_guest::contract::ErrorCategory::Resource);
+    assert!(error.message.contains("out of memory"), "{error:?}");
+    assert_eq!(a.started(), ["oom"]);
     h.shutdown().await.unwrap();
 }

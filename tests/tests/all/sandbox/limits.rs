@@ -135,6 +135,20 @@ async fn progress_is_coalesced_and_messages_are_bounded() {
     );
 }
 
+/// `max_message_bytes` set below its default: progress and log messages are cut to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_smaller_max_message_bytes_cuts_messages_to_it() {
+    let g = Guest::new(Way::Fresh, json!({"max_message_bytes": 1024})).await;
+    let control = Arc::new(CallControl::new());
+    let big = json!({"attack": "big_message", "bytes": 64 * 1024});
+    g.call_with(big, Arc::clone(&control)).await.unwrap();
+    let p = control.progress();
+    assert!(p.message.len() < 2 * 1024, "{}", p.message.len());
+    assert!(p.message.contains("bytes cut"), "{}", p.message);
+    let longest = g.logged().iter().map(String::len).max().unwrap();
+    assert!(longest < 2 * 1024, "{longest}");
+}
+
 /// This process's resident set, in KiB (Linux).
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
