@@ -81,28 +81,20 @@ impl Records {
 
     /// The journal, opened on first use; `None` when there is none.
     fn journal_store(&self) -> Result<Option<&JournalStore>> {
-        if let Some(j) = self.journal.get() {
-            return Ok(j.as_ref());
-        }
-        let path = self.config.journal_db_path();
-        let opened = path
-            .is_file()
-            .then(|| JournalStore::open(&path))
-            .transpose()?;
-        Ok(self.journal.get_or_init(|| opened).as_ref())
+        opened(
+            &self.journal,
+            &self.config.journal_db_path(),
+            JournalStore::open,
+        )
     }
 
     /// The diagnostics store, opened on first use; `None` when there is none.
     fn diagnostics_store(&self) -> Result<Option<&DiagnosticsStore>> {
-        if let Some(d) = self.diagnostics.get() {
-            return Ok(d.as_ref());
-        }
-        let path = self.config.diagnostics_db_path();
-        let opened = path
-            .is_file()
-            .then(|| DiagnosticsStore::open(&path))
-            .transpose()?;
-        Ok(self.diagnostics.get_or_init(|| opened).as_ref())
+        opened(
+            &self.diagnostics,
+            &self.config.diagnostics_db_path(),
+            DiagnosticsStore::open,
+        )
     }
 
     /// The configuration it was opened with.
@@ -212,7 +204,7 @@ impl Records {
         if !path.is_file() {
             return Ok(Vec::new());
         }
-        Ok(SecretStore::new(path).list_keys(name, None)?)
+        SecretStore::new(path).list_keys(name, None)
     }
 
     /// Every instance's stored configuration record (config, enabled, worker env
@@ -222,7 +214,7 @@ impl Records {
         if !path.is_file() {
             return Ok(BTreeMap::new());
         }
-        Ok(ConfigStore::open(&path)?.list_all()?)
+        ConfigStore::open(&path)?.list_all()
     }
 
     /// Applies the diagnostics retention now: rows older than `max_age_days`, then the
@@ -244,4 +236,18 @@ impl Records {
             used_bytes_after: d.used_bytes()?,
         }))
     }
+}
+
+/// The store in `cell`, opened from `path` by `open` on first use; `None` when the file does
+/// not exist (nothing is created).
+fn opened<'c, T>(
+    cell: &'c OnceLock<Option<T>>,
+    path: &std::path::Path,
+    open: impl FnOnce(&std::path::Path) -> Result<T>,
+) -> Result<Option<&'c T>> {
+    if let Some(store) = cell.get() {
+        return Ok(store.as_ref());
+    }
+    let store = path.is_file().then(|| open(path)).transpose()?;
+    Ok(cell.get_or_init(|| store).as_ref())
 }
