@@ -111,21 +111,32 @@ impl CapabilityManager {
                         && !instance.attached =>
                 {
                     attempt += 1;
-                    let evicted = self.evict_idle(id).await?;
-                    let mut event = JournalEvent::new(event_types::RETRY_STARTED)
-                        .instance(&instance.id)
-                        .payload(
-                            json!({"attempt": attempt, "error": e.message, "evicted": evicted}),
-                        );
-                    event.capability_name = Some(instance.name.clone());
-                    event.job_id = request.envelope.job_id.clone();
-                    event.run_id = request.envelope.run_id.clone();
-                    self.inner.stores.journal.append(&event)?;
-                    self.reload(id).await?;
+                    self.free_and_reload(&instance, attempt, &e.message, &request.envelope)
+                        .await?;
                 }
                 other => return other,
             }
         }
+    }
+
+    /// Before attempt `attempt` of a call that failed for want of resources (`error`):
+    /// evicts idle instances, journals `retry_started` and reloads the instance.
+    async fn free_and_reload(
+        &self,
+        instance: &Instance,
+        attempt: u32,
+        error: &str,
+        envelope: &cjm_guest::contract::Envelope,
+    ) -> Result<()> {
+        let evicted = self.evict_idle(&instance.id).await?;
+        let mut event = JournalEvent::new(event_types::RETRY_STARTED)
+            .instance(&instance.id)
+            .payload(json!({"attempt": attempt, "error": error, "evicted": evicted}));
+        event.capability_name = Some(instance.name.clone());
+        event.job_id.clone_from(&envelope.job_id);
+        event.run_id.clone_from(&envelope.run_id);
+        self.inner.stores.journal.append(&event)?;
+        self.reload(&instance.id).await
     }
 
     /// Frees resources for a retry: shuts down the backend of every idle instance but `except`
