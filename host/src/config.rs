@@ -79,6 +79,10 @@ pub struct HostConfig {
     /// manifest of a name wins: a local dir shadows the data dir, as cjm-substrate's search
     /// path does). Set by embedders ([`HostBuilder::manifest_dirs`](crate::HostBuilder::manifest_dirs)).
     pub extra_manifest_dirs: Vec<PathBuf>,
+    /// Component instances the wasm engine's pool holds at once (`None`: sized for the
+    /// machine; `Some(0)`: no pool, memory mapped per instance). Set by embedders
+    /// ([`HostBuilder::wasm_instance_slots`](crate::HostBuilder::wasm_instance_slots)).
+    pub wasm_instance_slots: Option<u32>,
 }
 
 /// Substrate behaviour toggles (cjm-substrate's `SubstrateConfig`).

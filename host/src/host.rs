@@ -96,6 +96,7 @@ pub struct HostBuilder {
     resources: Option<Box<dyn ResourceSource>>,
     load: Vec<ToLoad>,
     manifest_dirs: Vec<PathBuf>,
+    wasm_instance_slots: Option<u32>,
 }
 
 impl std::fmt::Debug for HostBuilder {
@@ -142,6 +143,15 @@ impl HostBuilder {
         self
     }
 
+    /// Sizes the wasm engine's instance pool: `slots` component instances alive at once,
+    /// idle ones included (default: 128 per core, 256 to 4,096); 0 maps memory per instance
+    /// instead. When the pool is full, a call fails with a retriable `resource` error and
+    /// the manager unloads idle capabilities before trying again.
+    pub fn wasm_instance_slots(mut self, slots: u32) -> Self {
+        self.wasm_instance_slots = Some(slots);
+        self
+    }
+
     /// Live resource figures for admission (default: sysinfo + NVML).
     pub fn resources(mut self, source: Box<dyn ResourceSource>) -> Self {
         self.resources = Some(source);
@@ -185,6 +195,9 @@ impl HostBuilder {
         };
         let mut config = config;
         config.extra_manifest_dirs.extend(self.manifest_dirs);
+        if self.wasm_instance_slots.is_some() {
+            config.wasm_instance_slots = self.wasm_instance_slots;
+        }
         let mut queue = self.queue.unwrap_or_else(|| config.queue.clone());
         if let Some(lanes) = self.lanes {
             queue.max_concurrent_lanes = lanes;

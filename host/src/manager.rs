@@ -25,7 +25,7 @@ use std::time::Instant;
 use cjm_guest::contract::{CapabilityInfo, ErrorCategory, JobError};
 use serde_json::{Value, json};
 
-use crate::backend::wasm::WasmRuntime;
+use crate::backend::wasm::{Allocation, WasmRuntime};
 use crate::backend::{Backend, CallControl, CallRequest, WorkerEvents};
 use crate::config::HostConfig;
 use crate::error::{Error, Result};
@@ -178,7 +178,12 @@ impl CapabilityManager {
             diagnostics: Arc::new(diagnostics.writer()?),
             diagnostics_store: diagnostics,
         };
-        let wasm = WasmRuntime::new(Some(config.component_cache_dir()))?;
+        let allocation = match config.wasm_instance_slots {
+            None => Allocation::for_machine(),
+            Some(0) => Allocation::OnDemand,
+            Some(instances) => Allocation::Pooled { instances },
+        };
+        let wasm = WasmRuntime::with_allocation(Some(config.component_cache_dir()), allocation)?;
         let me = CapabilityManager {
             inner: Arc::new(Inner {
                 config,

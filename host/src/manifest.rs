@@ -37,7 +37,7 @@ pub use capability::{
 };
 pub use error::ManifestError;
 pub use runtime::{
-    DirAccess, NativeInstall, NetworkGrant, Preopen, RuntimeKind, Sandbox, WasmInstall,
+    DirAccess, Isolation, NativeInstall, NetworkGrant, Preopen, RuntimeKind, Sandbox, WasmInstall,
 };
 pub use validate::ManifestProblem;
 

@@ -1,5 +1,6 @@
 //! Job queue benchmarks, journal on (every job writes its admission and state rows):
 //! - `throughput_wasm_noop` / `throughput_native`: a burst of jobs submitted at once, to done;
+//!   the wasm one also under `isolation: per_call` (a fresh instance for every job);
 //! - `one_at_a_time_wasm_noop`: submit, then wait for done (journaled), one job at a time;
 //!   `untraced` as a host runs with no trace exporter (its spans disabled at their callsites),
 //!   `traced` with the host's spans built by an OpenTelemetry layer (not exported);
@@ -63,7 +64,8 @@ struct Env {
     host: Host,
 }
 
-/// A host with `noop` (wasm, pool of 4), `native` (the Rust text-stats worker) and `probe`
+/// A host with `noop` (wasm, pool of 4), `noop-isolated` (the same, `isolation: per_call`),
+/// `native` (the Rust text-stats worker) and `probe`
 /// (a native worker used to park jobs), each run once so admission has profiles.
 fn env() -> Env {
     env_with(None)
@@ -78,6 +80,14 @@ fn env_with(dispatch: Option<tracing::Dispatch>) -> Env {
         wasm_install(
             fixtures::NOOP,
             json!({"max_concurrency": 4, "pool_size": 4}),
+        ),
+    );
+    write_manifest(
+        d,
+        "noop-isolated",
+        wasm_install(
+            fixtures::NOOP,
+            json!({"max_concurrency": 4, "pool_size": 4, "isolation": "per_call"}),
         ),
     );
     write_manifest(
@@ -100,6 +110,7 @@ fn env_with(dispatch: Option<tracing::Dispatch>) -> Env {
                 ..QueueConfig::default()
             })
             .load("noop")
+            .load("noop-isolated")
             .load("native")
             .load("probe")
             .build()
@@ -107,6 +118,7 @@ fn env_with(dispatch: Option<tracing::Dispatch>) -> Env {
             .unwrap();
         for (id, kw) in [
             ("noop", json!({})),
+            ("noop-isolated", json!({})),
             ("native", json!({"text": "a b"})),
             ("probe", json!({})),
         ] {
@@ -156,9 +168,14 @@ fn burst(bencher: Bencher, instance: &str, n: usize, kw: serde_json::Value) {
     });
 }
 
-#[divan::bench(sample_count = 10, sample_size = 1)]
-fn throughput_wasm_noop(bencher: Bencher) {
-    burst(bencher, "noop", 10_000, json!({}));
+#[divan::bench(args = ["reuse", "per_call"], sample_count = 10, sample_size = 1)]
+fn throughput_wasm_noop(bencher: Bencher, isolation: &str) {
+    let instance = if isolation == "reuse" {
+        "noop"
+    } else {
+        "noop-isolated"
+    };
+    burst(bencher, instance, 10_000, json!({}));
 }
 
 #[divan::bench(sample_count = 10, sample_size = 1)]

@@ -1,12 +1,14 @@
 //! Wasm backend benchmarks: a warm no-op call (on a current-thread and a multi-threaded
 //! runtime), a warm call reading one granted file, a `segment_text` over 10 KB of English, a
-//! load from the precompile cache, and a fresh instantiation. `cargo bench -p cjm-tests --bench wasm`
+//! load from the precompile cache, a fresh instantiation from the engine's instance pool and
+//! mapped on demand, and a no-op call under `isolation: per_call` (a fresh instance each).
+//! `cargo bench -p cjm-tests --bench wasm`
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::path::Path;
 use std::sync::Arc;
 
-use cjm_host::backend::wasm::{DirGrant, SandboxGrants, WasmBackend, WasmRuntime};
+use cjm_host::backend::wasm::{Allocation, DirGrant, SandboxGrants, WasmBackend, WasmRuntime};
 use cjm_host::backend::{Backend, CallControl, CallRequest, NoDiagnostics};
 use cjm_tests::{fixtures, kwargs};
 use divan::Bencher;
@@ -23,8 +25,17 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(Allocation::for_machine())
+}
+
+fn fixture_with(allocation: Allocation) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let rt = WasmRuntime::new(Some(dir.path().join("cache"))).unwrap();
+    let rt = WasmRuntime::with_allocation(Some(dir.path().join("cache")), allocation).unwrap();
+    assert_eq!(
+        rt.allocation(),
+        allocation,
+        "the pool could not be reserved"
+    );
     // What a caller on a current-thread runtime pays; the multi-threaded case is measured
     // separately below.
     let tokio = tokio::runtime::Builder::new_current_thread()
@@ -145,10 +156,32 @@ fn load_precompiled(bencher: Bencher, which: &str) {
     });
 }
 
-/// A fresh instance from the cached `InstancePre`: a new store, instantiation, `initialize`.
-#[divan::bench]
-fn fresh_instantiation(bencher: Bencher) {
-    let f = fixture();
+/// A fresh instance from the cached `InstancePre`: a new store, instantiation, `initialize`,
+/// dropping it; its memory from the engine's pool (`pooled`) or mapped for it (`on_demand`).
+#[divan::bench(args = ["pooled", "on_demand"])]
+fn fresh_instantiation(bencher: Bencher, allocation: &str) {
+    let f = fixture_with(if allocation == "pooled" {
+        Allocation::for_machine()
+    } else {
+        Allocation::OnDemand
+    });
     let b = ready(&f, fixtures::NOOP);
     bencher.bench_local(|| f.tokio.block_on(b.instantiate_fresh()).unwrap());
+}
+
+/// A no-op `execute` under `isolation: per_call`: a fresh configured instance for the call,
+/// dropped after it (compare `noop_execute_warm`, which reuses one).
+#[divan::bench]
+fn noop_execute_per_call(bencher: Bencher) {
+    let f = fixture();
+    let b = ready_with(
+        &f,
+        fixtures::NOOP,
+        SandboxGrants {
+            isolation: cjm_host::manifest::Isolation::PerCall,
+            ..SandboxGrants::default()
+        },
+    );
+    let req = CallRequest::execute(kwargs(json!({"x": 1})));
+    bencher.bench_local(|| call(&f, &b, &req));
 }

@@ -7,7 +7,9 @@
 //! - this module: [`WasmBackend`], a pool of instances of one component serving the
 //!   [`Backend`] trait. Up to `max_instances` calls run at once, each on its own instance; an
 //!   instance that trapped, panicked or was stopped midway is discarded and the next call
-//!   gets a fresh one.
+//!   gets a fresh one. Under `isolation: per_call` every call gets a fresh instance
+//!   (initialized with the current configuration) and it is dropped after the call; with the
+//!   engine's instance pool a fresh instance costs a few µs.
 //!
 //! Every guest call is a future (wasmtime's async support with the async WASI linker): a
 //! blocking WASI operation is an `.await` on the runtime, never a nested `block_on`; a long
@@ -34,12 +36,13 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub use error::SandboxError;
-pub use runtime::{LoadedComponent, WasmRuntime};
+pub use runtime::{Allocation, LoadedComponent, WasmRuntime};
 pub use sandbox::{DirGrant, SandboxGrants};
 
 use self::instance::{Hook, Instance, JsonExport, Outcome};
 use crate::backend::{Backend, CallControl, CallRequest, DiagnosticsSink, RuntimeKind};
 use crate::error::{Error, Result};
+use crate::manifest::Isolation;
 
 /// Time allowed to lifecycle exports (`info`, `initialize`, hooks) that take no call deadline.
 const LIFECYCLE_LIMIT_SECS: f64 = 60.0;
@@ -53,6 +56,8 @@ struct PoolState {
     shut_down: bool,
     instantiated: u64,
     discarded: u64,
+    /// Instances dropped after serving their one call (per-call isolation).
+    retired: u64,
 }
 
 struct Pool {
@@ -97,10 +102,15 @@ struct Slot<'p> {
 }
 
 impl Slot<'_> {
+    /// Hands the instance back after a call that did not trap: to the idle instances, or,
+    /// under per-call isolation, to nobody (it served its one call; what the guest kept in
+    /// memory goes with it).
     fn keep(mut self) {
         if let Some(inst) = self.instance.take() {
             let mut state = self.pool.lock();
-            if state.shut_down || inst.generation != state.generation {
+            if self.pool.grants.isolation == Isolation::PerCall {
+                state.retired += 1;
+            } else if state.shut_down || inst.generation != state.generation {
                 state.discarded += 1;
             } else {
                 state.idle.push(inst);
@@ -174,6 +184,7 @@ impl WasmBackend {
                     shut_down: false,
                     instantiated: 1,
                     discarded: 0,
+                    retired: 0,
                 }),
                 permits,
                 log_dropped,
@@ -479,6 +490,12 @@ impl Backend for WasmBackend {
             "max_instances": max,
             "instances_created": state.instantiated,
             "instances_discarded": state.discarded,
+            "instances_retired": state.retired,
+            "isolation": self.pool.grants.isolation,
+            "allocator": match self.pool.component.allocation {
+                Allocation::Pooled { .. } => "pooling",
+                Allocation::OnDemand => "on_demand",
+            },
             "memory_limit_mb": self.pool.grants.memory_limit_mb,
             "log_records_dropped": self.pool.log_dropped.load(Ordering::Relaxed),
             "usage": null,

@@ -219,6 +219,7 @@ pub(super) fn resolve(
         substrate,
         queue,
         extra_manifest_dirs: Vec::new(),
+        wasm_instance_slots: None,
         config_file,
     })
 }

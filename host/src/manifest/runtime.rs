@@ -144,6 +144,11 @@ pub struct Sandbox {
     /// Calls allowed at once on this capability (each on its own instance).
     #[serde(default = "default_one")]
     pub max_concurrency: u32,
+    /// Whether an instance serves many calls (`reuse`, the default: what a guest keeps in
+    /// memory carries from one call to the next) or one (`per_call`: every call gets a
+    /// fresh, initialized instance and nothing carries between callers).
+    #[serde(default, skip_serializing_if = "Isolation::is_reuse")]
+    pub isolation: Isolation,
     /// The largest result a call may return, in bytes (`None`: the host's default, 64 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_result_bytes: Option<u64>,
@@ -170,6 +175,7 @@ impl Sandbox {
         "network",
         "pool_size",
         "max_concurrency",
+        "isolation",
         "max_result_bytes",
         "max_message_bytes",
         "log_records_per_second",
@@ -188,6 +194,7 @@ impl Default for Sandbox {
             network: NetworkGrant::None,
             pool_size: 1,
             max_concurrency: 1,
+            isolation: Isolation::Reuse,
             max_result_bytes: None,
             max_message_bytes: None,
             log_records_per_second: None,
@@ -245,6 +252,26 @@ pub enum NetworkGrant {
     Loopback,
     /// Any address, and name lookups (refused for wasm capabilities).
     Any,
+}
+
+/// How many calls one wasm instance serves.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// An instance returns to the pool after a call and serves the next (the default).
+    #[default]
+    Reuse,
+    /// Every call runs on a fresh instance, initialized with the current configuration and
+    /// dropped after the call: no guest state is shared between calls.
+    PerCall,
+}
+
+impl Isolation {
+    fn is_reuse(&self) -> bool {
+        *self == Isolation::Reuse
+    }
 }
 
 /// The placeholder names a worker-env default or a preopen host path may use (cjm-substrate's

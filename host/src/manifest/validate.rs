@@ -178,6 +178,7 @@ static SANDBOX: Section = Section {
         opt("network", Ty::OneOf(&["none", "loopback", "any"])),
         opt("pool_size", Ty::PositiveInt),
         opt("max_concurrency", Ty::PositiveInt),
+        opt("isolation", Ty::OneOf(&["reuse", "per_call"])),
         opt("max_result_bytes", Ty::Nullable(&Ty::PositiveInt)),
         opt("max_message_bytes", Ty::Nullable(&Ty::PositiveInt)),
         opt("log_records_per_second", Ty::Nullable(&Ty::PositiveInt)),

@@ -19,6 +19,7 @@ use cjm_host::{Error, Host};
 use cjm_tests::{CollectingSink, fixtures, kwargs, runtime, wasm_install, write_manifest};
 use serde_json::{Value, json};
 
+mod isolation;
 mod limits;
 
 const ID: &str = "hostile-1";

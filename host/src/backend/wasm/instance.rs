@@ -17,7 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::Capability;
 use super::bindings::cjm::capability::{host, types as wit};
 use super::emit::{LogBudget, truncate};
-use super::runtime::LoadedComponent;
+use super::runtime::{LoadedComponent, TABLE_ELEMENTS};
 use super::sandbox::{Capture, CaptureStream, LimitDenied, Limited, Limits, SandboxGrants};
 use crate::backend::wasm::SandboxError;
 use crate::backend::{Account, CallControl, DiagnosticsSink};
@@ -245,6 +245,14 @@ impl Instance {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| {
+                // A full pool is a shortage, not a fault: typed `resource`, so the manager
+                // evicts idle capabilities (freeing their instances) and retries.
+                if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+                    return Error::job(JobError::resource(format!(
+                        "the host's wasm instance pool is full ({full}); idle capabilities \
+                         must be unloaded first"
+                    )));
+                }
                 Error::Sandbox(SandboxError::Engine(
                     e.context("cannot instantiate the component"),
                 ))
@@ -464,9 +472,6 @@ impl Instance {
         }
     }
 }
-
-/// Table elements an instance may hold at most.
-const TABLE_ELEMENTS: usize = 100_000;
 
 /// The call's future, unless the deadline passes or the call is forced first. Neither timer
 /// is armed for a call that completes on its first poll.

@@ -1,6 +1,12 @@
 //! `WasmRuntime`: one wasmtime `Engine` per host (component model, epoch interruption), the
 //! epoch ticker, and the compile cache of precompiled components.
 //!
+//! Instances take their linear memories, tables and fiber stacks from a pool the engine reserves
+//! once (wasmtime's pooling allocator, with copy-on-write memory images), so a fresh instance
+//! costs a few µs instead of mapping and initializing memory each time. The pool is sized from
+//! the machine ([`Allocation::for_machine`]); where it cannot be reserved (an address-space
+//! limit, say) the engine maps memory per instance instead, and says so in the log.
+//!
 //! A component is compiled once: the precompiled form lands in the cache dir under a key of
 //! the component's sha256 and the engine's compatibility hash (so a changed wasmtime or engine
 //! configuration never loads a stale artifact), and the host keeps one `InstancePre` per
@@ -15,7 +21,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::CapabilityPre;
 use super::instance::InstanceState;
@@ -24,6 +30,56 @@ use crate::error::{Error, Result};
 
 /// How often the epoch advances: the granularity of deadlines and forced cancellation.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// How the engine allocates instances' memories, tables and stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// From a pool reserved once, with room for `instances` component instances at a time
+    /// (idle pooled instances included). Each linear memory slot is sized for wasm32's 4 GiB,
+    /// so every `memory_limit_mb` grant fits; the grant itself is enforced per instance.
+    Pooled {
+        /// Component instances alive at once.
+        instances: u32,
+    },
+    /// Mapped for each instance and unmapped after it.
+    OnDemand,
+}
+
+impl Allocation {
+    /// The pool for this machine: 128 instances per core, at least 256 and at most 4,096.
+    /// Reserving it takes address space, not memory (about 8 GiB of address space per
+    /// instance slot).
+    pub fn for_machine() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let instances = u32::try_from(cores.saturating_mul(128))
+            .unwrap_or(u32::MAX)
+            .clamp(256, 4096);
+        Allocation::Pooled { instances }
+    }
+
+    /// The engine setting for this allocation.
+    fn strategy(self) -> InstanceAllocationStrategy {
+        match self {
+            Allocation::OnDemand => InstanceAllocationStrategy::OnDemand,
+            Allocation::Pooled { instances } => {
+                // A component built for wasm32-wasip2 has a few core instances (the module
+                // and the shims the component model adds), one or two memories and tables.
+                let mut pool = PoolingAllocationConfig::new();
+                pool.total_component_instances(instances)
+                    .total_core_instances(instances.saturating_mul(4))
+                    .total_memories(instances.saturating_mul(2))
+                    .total_tables(instances.saturating_mul(4))
+                    .total_stacks(instances)
+                    .max_memory_size(1 << 32)
+                    .table_elements(TABLE_ELEMENTS);
+                InstanceAllocationStrategy::Pooling(pool)
+            }
+        }
+    }
+}
+
+/// The most elements a guest's table may grow to (the store's limiter and the pool agree).
+pub(crate) const TABLE_ELEMENTS: usize = 100_000;
 
 /// A component file's identity, and its bytes when they had to be read.
 struct Source {
@@ -35,6 +91,7 @@ struct Source {
 /// `cjm:capability` world: ready to instantiate cheaply, any number of times.
 pub struct LoadedComponent {
     pub(crate) pre: CapabilityPre<InstanceState>,
+    pub(crate) allocation: Allocation,
     path: PathBuf,
     sha256: String,
 }
@@ -63,6 +120,7 @@ impl LoadedComponent {
 /// The wasm engine of one host. Cheap to share (`Arc`).
 pub struct WasmRuntime {
     engine: Engine,
+    allocation: Allocation,
     linker: Linker<InstanceState>,
     cache_dir: Option<PathBuf>,
     engine_key: String,
@@ -73,6 +131,7 @@ impl std::fmt::Debug for WasmRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WasmRuntime")
             .field("cache_dir", &self.cache_dir)
+            .field("allocation", &self.allocation)
             .field("engine_key", &self.engine_key)
             .finish_non_exhaustive()
     }
@@ -80,16 +139,35 @@ impl std::fmt::Debug for WasmRuntime {
 
 impl WasmRuntime {
     /// An engine whose precompiled components are cached under `cache_dir` (none: compile
-    /// in memory every time).
+    /// in memory every time), with the instance pool sized for this machine.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self> {
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            // A guest recursing without bound traps at this depth instead of exhausting the
-            // host thread's stack.
-            .max_wasm_stack(1024 * 1024);
-        let engine = Engine::new(&config).map_err(|e| Error::Sandbox(SandboxError::Engine(e)))?;
+        Self::with_allocation(cache_dir, Allocation::for_machine())
+    }
+
+    /// An engine allocating instances as `wanted` says; a pool that cannot be reserved falls
+    /// back to [`Allocation::OnDemand`] ([`WasmRuntime::allocation`] tells which).
+    pub fn with_allocation(cache_dir: Option<PathBuf>, wanted: Allocation) -> Result<Self> {
+        let engine_with = |allocation: Allocation| {
+            let mut config = Config::new();
+            config
+                .wasm_component_model(true)
+                .epoch_interruption(true)
+                // A guest recursing without bound traps at this depth instead of exhausting
+                // the host thread's stack.
+                .max_wasm_stack(1024 * 1024)
+                .allocation_strategy(allocation.strategy());
+            Engine::new(&config)
+        };
+        let (engine, allocation) = match engine_with(wanted) {
+            Ok(engine) => (engine, wanted),
+            Err(e) if wanted != Allocation::OnDemand => {
+                tracing::warn!(error = %format!("{e:#}"), ?wanted, "cannot reserve the wasm instance pool; instances are allocated on demand");
+                let engine = engine_with(Allocation::OnDemand)
+                    .map_err(|e| Error::Sandbox(SandboxError::Engine(e)))?;
+                (engine, Allocation::OnDemand)
+            }
+            Err(e) => return Err(Error::Sandbox(SandboxError::Engine(e))),
+        };
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -125,6 +203,7 @@ impl WasmRuntime {
 
         Ok(WasmRuntime {
             engine,
+            allocation,
             linker,
             cache_dir,
             engine_key,
@@ -135,6 +214,11 @@ impl WasmRuntime {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// How the engine allocates instances (a pool, unless it could not be reserved).
+    pub fn allocation(&self) -> Allocation {
+        self.allocation
     }
 
     /// Loads the component at `path`: from memory if already loaded, else from the compile
@@ -155,6 +239,7 @@ impl WasmRuntime {
             .map_err(|e| invalid(path, "it does not implement the cjm:capability world", e))?;
         let loaded = Arc::new(LoadedComponent {
             pre,
+            allocation: self.allocation,
             path: path.to_owned(),
             sha256: sha256.clone(),
         });
@@ -325,6 +410,17 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_is_reserved_or_the_engine_falls_back_to_on_demand() {
+        let rt = WasmRuntime::new(None).unwrap();
+        assert!(matches!(rt.allocation(), Allocation::Pooled { instances } if instances >= 256));
+        // 100,000 instances want 200,000 memory slots of 4 GiB: 800 TiB, far past a 47-bit
+        // address space, so the reservation fails and the engine maps memory per instance.
+        let rt =
+            WasmRuntime::with_allocation(None, Allocation::Pooled { instances: 100_000 }).unwrap();
+        assert_eq!(rt.allocation(), Allocation::OnDemand);
+    }
 
     #[test]
     fn header_check_names_the_mistake() {

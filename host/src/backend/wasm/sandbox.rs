@@ -55,6 +55,8 @@ pub struct SandboxGrants {
     pub max_instances: u32,
     /// How many initialized instances are kept ready (at most `max_instances`).
     pub pool_size: u32,
+    /// Whether an instance serves many calls or exactly one.
+    pub isolation: crate::manifest::Isolation,
     /// The largest result (JSON text) a call may return, in bytes; past it the call fails
     /// with a typed `resource` error.
     pub max_result_bytes: u64,
@@ -122,6 +124,7 @@ impl SandboxGrants {
             time_limit_secs: sandbox.time_limit_seconds.unwrap_or(60.0),
             max_instances,
             pool_size: sandbox.pool_size.clamp(1, max_instances),
+            isolation: sandbox.isolation,
             max_result_bytes: sandbox.max_result_bytes.unwrap_or(64 * 1024 * 1024),
             max_message_bytes: sandbox.max_message_bytes.unwrap_or(16 * 1024),
             log_records_per_second: sandbox.log_records_per_second.unwrap_or(100),

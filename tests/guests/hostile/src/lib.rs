@@ -15,6 +15,8 @@ pub struct Config {
 
 pub struct Hostile {
     label: String,
+    /// What `remember` calls left in this instance's memory.
+    remembered: Vec<String>,
 }
 
 fn io(what: &str, e: std::io::Error) -> CallError {
@@ -35,6 +37,7 @@ impl Capability for Hostile {
     fn initialize(config: &Config, _: &Ctx<'_>) -> Result<Self, JobError> {
         Ok(Hostile {
             label: config.label.clone(),
+            remembered: Vec::new(),
         })
     }
 
@@ -43,6 +46,12 @@ impl Capability for Hostile {
         match attack.as_str() {
             "ok" => Ok(json!("ok")),
             "echo_config" => Ok(json!(self.label)),
+            // Keeps `value` in the instance's memory and returns everything kept so far:
+            // what earlier callers left, unless each call gets a fresh instance.
+            "remember" => {
+                self.remembered.push(arg(&kwargs, "value")?);
+                Ok(json!(self.remembered))
+            }
             "read_passwd" => std::fs::read_to_string("/etc/passwd")
                 .map(Value::String)
                 .map_err(|e| io("read /etc/passwd", e)),
