@@ -28,6 +28,13 @@ fn fixture() -> Fixture {
     fixture_with(Allocation::for_machine())
 }
 
+fn allocation_of(arg: &str) -> Allocation {
+    match arg {
+        "pooled" => Allocation::for_machine(),
+        _ => Allocation::OnDemand,
+    }
+}
+
 fn fixture_with(allocation: Allocation) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let rt = WasmRuntime::with_allocation(Some(dir.path().join("cache")), allocation).unwrap();
@@ -70,10 +77,10 @@ fn call(f: &Fixture, b: &WasmBackend, req: &CallRequest) -> serde_json::Value {
 }
 
 /// A warm no-op `execute`, JSON in and out, through the async `Backend` trait on a
-/// current-thread runtime.
-#[divan::bench]
-fn noop_execute_warm(bencher: Bencher) {
-    let f = fixture();
+/// current-thread runtime; the engine with its instance pool, and without.
+#[divan::bench(args = ["pooled", "on_demand"])]
+fn noop_execute_warm(bencher: Bencher, allocation: &str) {
+    let f = fixture_with(allocation_of(allocation));
     let b = ready(&f, fixtures::NOOP);
     let req = CallRequest::execute(kwargs(json!({"x": 1})));
     bencher.bench_local(|| call(&f, &b, &req));
@@ -160,11 +167,7 @@ fn load_precompiled(bencher: Bencher, which: &str) {
 /// dropping it; its memory from the engine's pool (`pooled`) or mapped for it (`on_demand`).
 #[divan::bench(args = ["pooled", "on_demand"])]
 fn fresh_instantiation(bencher: Bencher, allocation: &str) {
-    let f = fixture_with(if allocation == "pooled" {
-        Allocation::for_machine()
-    } else {
-        Allocation::OnDemand
-    });
+    let f = fixture_with(allocation_of(allocation));
     let b = ready(&f, fixtures::NOOP);
     bencher.bench_local(|| f.tokio.block_on(b.instantiate_fresh()).unwrap());
 }
