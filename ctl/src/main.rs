@@ -14,6 +14,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc rather than the C library's malloc: the queue allocates and frees per job across
+/// threads, where glibc's arenas spend a sixth of a burst consolidating (the queue benchmark
+/// uses the same allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The cjm capability host: sandboxed wasm components and native workers behind one contract.
 #[derive(Debug, Parser)]
 #[command(

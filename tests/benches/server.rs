@@ -18,6 +18,10 @@ use divan::Bencher;
 use divan::counter::ItemsCount;
 use serde_json::{Value, json};
 
+/// The allocator `cjm-ctl serve` runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }
