@@ -292,9 +292,28 @@ impl JobQueue {
             .ok_or_else(|| Error::job(JobError::fatal("a submission returned no id")))
     }
 
+    /// Submits a job for a caller that shows nothing but its outcome (the worker contract's
+    /// `/execute` over HTTP, an MCP tool call): the id comes back at once, without waiting
+    /// for the submission rows, which are committed with what follows them: a job that ends
+    /// within the group-commit window is journaled in one transaction, submission to
+    /// outcome; a longer one's submission commits within the window as usual. [`Self::wait`]
+    /// still returns once the outcome is committed. Use [`Self::submit`] whenever the id is
+    /// shown to anyone before the outcome: only a committed submission is promised to
+    /// survive a crash of the host.
+    pub async fn submit_for_outcome(&self, spec: JobSpec) -> Result<String> {
+        let mut ids = self.submit_traced(vec![spec], Ack::WithOutcome).await?;
+        ids.pop()
+            .ok_or_else(|| Error::job(JobError::fatal("a submission returned no id")))
+    }
+
     /// Submits jobs together, all or none: their rows are committed in one transaction
     /// before their ids (in order) are returned. The first refusal refuses them all.
     pub async fn submit_many(&self, specs: Vec<JobSpec>) -> Result<Vec<String>> {
+        self.submit_traced(specs, Ack::Committed).await
+    }
+
+    /// [`Self::submit_many`] in a `cjm.submit` span when traced.
+    async fn submit_traced(&self, specs: Vec<JobSpec>, ack: Ack) -> Result<Vec<String>> {
         use tracing::Instrument as _;
         let span = tracing::info_span!(
             target: "cjm::trace",
@@ -304,14 +323,14 @@ impl JobQueue {
             cjm.instance = tracing::field::Empty,
         );
         if !crate::trace::is_traced(&span) {
-            return self.submit_within(specs, &span).await;
+            return self.submit_within(specs, &span, ack).await;
         }
         if let [one] = specs.as_slice() {
             span.record("cjm.instance", one.instance_id.as_str());
             crate::trace::adopt(&span, one.request.envelope.traceparent.as_deref());
         }
         let result = self
-            .submit_within(specs, &span)
+            .submit_within(specs, &span, ack)
             .instrument(span.clone())
             .await;
         match &result {
@@ -331,6 +350,7 @@ impl JobQueue {
         &self,
         specs: Vec<JobSpec>,
         span: &tracing::Span,
+        ack: Ack,
     ) -> Result<Vec<String>> {
         let inner = &self.inner;
         let traceparent = crate::trace::traceparent(span);
@@ -397,11 +417,15 @@ impl JobQueue {
                 let origin = dispatch::Origin::Submitted(kwargs_ref);
                 inner.enqueue(&mut st, id, spec, Some(name), bytes, origin);
             }
-            inner.emitter.push(Item::Done(Arc::clone(&written)));
+            if ack == Ack::Committed {
+                inner.emitter.push(Item::Done(Arc::clone(&written)));
+            }
             inner.dispatch(&mut st)
         };
         inner.after(launches);
-        self.journaled(&written).await?;
+        if ack == Ack::Committed {
+            self.journaled(&written).await?;
+        }
         Ok(ids)
     }
 
@@ -729,6 +753,15 @@ impl Drop for Leaving<'_> {
     fn drop(&mut self) {
         self.inner.release_result(self.job_id);
     }
+}
+
+/// When a submission returns its ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ack {
+    /// Once its rows are committed.
+    Committed,
+    /// At once: the caller shows only the outcome, committed with (or after) them.
+    WithOutcome,
 }
 
 async fn wait_done(done: &Done, timeout: Option<Duration>, what: &str) -> Result<()> {

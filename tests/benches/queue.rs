@@ -5,6 +5,8 @@
 //! - `one_at_a_time_wasm_noop`: submit, then wait for done (journaled), one job at a time;
 //!   `untraced` as a host runs with no trace exporter (its spans disabled at their callsites),
 //!   `traced` with the host's spans built by an OpenTelemetry layer (not exported);
+//! - `one_at_a_time_for_outcome`: the same through `submit_for_outcome` (what `/execute`
+//!   over HTTP and an MCP tool call use: the submission committed with the outcome);
 //! - `chain_3_nodes`: a 3-node composition of wasm no-ops, submit to finished;
 //! - `admission_with_parked_jobs`: a no-op submitted and awaited while 0 or 10,000 jobs wait
 //!   on a busy instance (skip-ahead must not scan them);
@@ -194,6 +196,21 @@ fn one_at_a_time_wasm_noop(bencher: Bencher, tracing: &str) {
     let none = tracing::Dispatch::none();
     let here = dispatch.as_ref().unwrap_or(&none);
     bencher.bench_local(|| tracing::dispatcher::with_default(here, || e.rt.block_on(noop_job(&q))));
+}
+
+#[divan::bench(sample_count = 100, sample_size = 20)]
+fn one_at_a_time_for_outcome(bencher: Bencher) {
+    let e = env();
+    let q = e.host.queue().clone();
+    bencher.bench_local(|| {
+        e.rt.block_on(async {
+            let id = q
+                .submit_for_outcome(JobSpec::execute("noop", kwargs(json!({}))))
+                .await
+                .unwrap();
+            q.wait(&id, None).await.unwrap();
+        })
+    });
 }
 
 #[divan::bench(sample_count = 100, sample_size = 10)]

@@ -244,7 +244,8 @@ async fn run(
         ));
     }
     let queue = state.host.queue();
-    let job_id = queue.submit(JobSpec::call(id, request)).await?;
+    // The caller sees only the outcome: the submission is committed with it.
+    let job_id = queue.submit_for_outcome(JobSpec::call(id, request)).await?;
     let mut guard = CancelOnDrop::new(queue, &job_id);
     let job = queue.wait(&job_id, None).await?;
     guard.disarm();

@@ -174,7 +174,8 @@ impl Tools {
         }
         .actor("mcp");
         let queue = self.host.queue();
-        let job_id = match queue.submit(spec).await {
+        // The client sees only the outcome: the submission is committed with it.
+        let job_id = match queue.submit_for_outcome(spec).await {
             Ok(id) => id,
             Err(e) => {
                 let error = e.to_job_error();

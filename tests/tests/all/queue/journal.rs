@@ -280,8 +280,15 @@ async fn a_journal_held_by_another_connection_delays_but_never_lies() {
         })
     };
     locked_rx.recv().unwrap();
+    // A job submitted for its outcome gets its id at once, and its outcome only once its
+    // rows, the submission's included, are written.
+    let for_outcome = q
+        .submit_for_outcome(JobSpec::execute("n", kwargs(json!({}))))
+        .await
+        .unwrap();
+    assert!(!released.load(std::sync::atomic::Ordering::SeqCst));
     // A submission returns once its row is written: not before the lock is released.
-    let ids = q
+    let mut ids = q
         .submit_many(
             (0..20)
                 .map(|_| JobSpec::execute("n", kwargs(json!({}))))
@@ -293,6 +300,7 @@ async fn a_journal_held_by_another_connection_delays_but_never_lies() {
         released.load(std::sync::atomic::Ordering::SeqCst),
         "a submission returned while its row could not be written"
     );
+    ids.push(for_outcome);
     for id in &ids {
         let job = q.wait(id, T).await.unwrap();
         assert_eq!(job.status, JobStatus::Completed);
@@ -301,6 +309,7 @@ async fn a_journal_held_by_another_connection_delays_but_never_lies() {
             "reported done while its row could not be written"
         );
         assert!(rows(q, id).iter().any(|r| r.is_terminal_transition()));
+        assert!(rows(q, id).iter().any(|r| r.event_type == "job_submitted"));
     }
     holder.join().unwrap();
     assert_eq!(q.wedged(), None);
