@@ -26,7 +26,8 @@ pub struct ExampleArgs {
     pub worker: Option<PathBuf>,
 }
 
-fn workspace_root() -> anyhow::Result<PathBuf> {
+/// The checkout the examples (and `bench`'s comparison assets) come from.
+pub fn workspace_root() -> anyhow::Result<PathBuf> {
     Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("the ctl crate has a parent dir")?

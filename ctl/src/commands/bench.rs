@@ -1,7 +1,12 @@
 //! `cjm-ctl bench`: how much the host adds, measured on this machine with the example
 //! capabilities (installed as `demo` does) and the journal on, printed as a table of medians.
 //! The divan benchmarks under `tests/benches` and `host/benches` are the detailed version.
+//! With `--compare-python VENV` it also runs the same workloads through cjm-substrate's own
+//! host ([`compare`]) and prints the ratios.
 
+mod compare;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cjm_host::Host;
@@ -15,7 +20,7 @@ use crate::examples;
 /// Options of `cjm-ctl bench`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  cjm-ctl bench\n  cjm-ctl --data-dir /tmp/bench bench --samples 500 --burst 10000\n  cjm-ctl bench --json"
+    after_help = "Examples:\n  cjm-ctl bench\n  cjm-ctl --data-dir /tmp/bench bench --samples 500 --burst 10000\n  cjm-ctl bench --compare-python ~/venvs/cjm-substrate\n  cjm-ctl bench --json"
 )]
 pub struct Args {
     #[command(flatten)]
@@ -26,6 +31,11 @@ pub struct Args {
     /// Jobs submitted at once for the throughput rows
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
     burst: u32,
+    /// Also run the same call, job, burst and chain workloads through cjm-substrate's own
+    /// host from this venv (one with `cjm-substrate` installed) and print the ratios; the
+    /// workload in both hosts is cjm-substrate's echo capability run by that venv's Python
+    #[arg(long, value_name = "VENV")]
+    compare_python: Option<PathBuf>,
 }
 
 /// One row of the table.
@@ -161,13 +171,28 @@ async fn measure(host: &Host, samples: u32, n: u32) -> anyhow::Result<Vec<Row>> 
 /// Runs `bench`.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let config = ctx.config()?;
+    // A venv that cannot run cjm-substrate is refused before anything is measured.
+    let python = args
+        .compare_python
+        .as_deref()
+        .map(compare::interpreter)
+        .transpose()?;
     let caps = examples::prepare(ctx, &args.examples, &config)?;
-    let rows = runtime()?.block_on(async {
+    let (rows, comparison) = runtime()?.block_on(async {
         examples::install(ctx, &config, &caps).await?;
         let host = examples::host(&config).await?;
         let rows = measure(&host, args.samples, args.burst).await;
         host.shutdown().await?;
-        rows
+        let comparison = match &python {
+            Some(python) => {
+                ctx.out
+                    .note("measuring the same workloads through this host and cjm-substrate's ...");
+                let root = examples::workspace_root()?;
+                Some(compare::compare(python, &root, args.samples, args.burst).await?)
+            }
+            None => None,
+        };
+        anyhow::Ok((rows?, comparison))
     })?;
     if ctx.out.json {
         let rows: Vec<Value> = rows
@@ -178,6 +203,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             "samples": args.samples,
             "burst": args.burst,
             "rows": rows,
+            "compare_python": comparison.as_ref().map(compare::Comparison::json),
         }));
         return Ok(());
     }
@@ -196,5 +222,25 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         args.burst,
         config.data_dir.display()
     ));
+    if let Some(c) = comparison {
+        let version = format!("cjm-substrate {}", c.substrate_version());
+        let mut table = ctx.out.table(&[
+            "echo capability (Python worker)",
+            "cjm",
+            &version,
+            "unit",
+            "cjm is",
+        ]);
+        for (what, ours, theirs, unit, times) in c.rows() {
+            table.add_row(vec![
+                what.to_owned(),
+                ours.to_string(),
+                theirs.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                unit.to_owned(),
+                times.map_or_else(|| "-".to_owned(), compare::verdict),
+            ]);
+        }
+        ctx.out.info(table);
+    }
     Ok(())
 }

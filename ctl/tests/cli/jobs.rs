@@ -441,10 +441,14 @@ fn demo_runs_a_mixed_composition_through_the_queue() {
     assert_eq!(out["merged"]["sentences"], 15);
 }
 
+/// `bench` measures the examples; with `--compare-python` also the echo capability through
+/// this host and through cjm-substrate's own (the real package, from the test venv).
 #[test]
-fn bench_prints_a_table_of_medians() {
+fn bench_prints_a_table_of_medians_and_compares_with_cjm_substrate() {
     let env = Env::new();
     let (components, worker) = example_builds(&env);
+    let python = cjm_tests::python_with_substrate();
+    let venv = python.parent().unwrap().parent().unwrap();
     let out = env.json(&[
         "bench",
         "--components",
@@ -455,6 +459,8 @@ fn bench_prints_a_table_of_medians() {
         "5",
         "--burst",
         "50",
+        "--compare-python",
+        venv.to_str().unwrap(),
     ]);
     let rows = out["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 7, "{out}");
@@ -462,5 +468,25 @@ fn bench_prints_a_table_of_medians() {
         rows.iter().all(|r| r["median"].as_f64().unwrap() > 0.0),
         "{out}"
     );
+    let compared = &out["compare_python"];
+    assert_eq!(compared["cjm_substrate_version"], "0.0.74", "{out}");
+    let rows = compared["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 5, "{out}");
+    for r in rows {
+        assert!(r["cjm"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["cjm_substrate"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["times_faster"].as_f64().unwrap() > 0.0, "{r}");
+    }
     env.ctl().args(["bench", "--samples", "0"]).assert().code(2);
+    // A dir that is no venv is named, before anything is measured.
+    env.ctl()
+        .args(["bench", "--compare-python", "/nonexistent-venv"])
+        .args(["--components", components.to_str().unwrap()])
+        .args(["--worker", worker.to_str().unwrap()])
+        .args(["--samples", "1", "--burst", "1"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "/nonexistent-venv is not a virtual environment",
+        ));
 }

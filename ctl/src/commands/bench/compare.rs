@@ -1,0 +1,291 @@
+//! `cjm-ctl bench --compare-python VENV`: the same workloads through this host and through
+//! cjm-substrate's own host (its `CapabilityManager` and `JobQueue`, run by
+//! `assets/bench/compare_python.py` with the venv's interpreter), on the same capability (the
+//! echo capability written for cjm-substrate's worker, from the same venv), in the same run,
+//! with the ratios: what a user migrating sees on their machine.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cjm_host::Host;
+use cjm_host::backend::CallRequest;
+use cjm_host::queue::{Composition, JobSpec, Node, OutputRef};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{median, micros, time};
+
+const ECHO: &str = "cjm-capability-echo";
+const ADAPTER: &str = "adapter-echo-EchoTaskAdapter.json";
+
+/// One host's figures: each a median but the burst rate and the load time.
+#[derive(Debug, Deserialize)]
+pub struct Figures {
+    load_ms: f64,
+    call_us: f64,
+    job_us: f64,
+    burst_jobs_per_s: f64,
+    chain_us: Option<f64>,
+    #[serde(default)]
+    substrate_version: Option<String>,
+}
+
+/// Both hosts' figures, this one's first.
+pub struct Comparison {
+    ours: Figures,
+    theirs: Figures,
+}
+
+fn echo(text: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("action".into(), json!("echo"));
+    m.insert("text".into(), json!(text));
+    m
+}
+
+/// The venv's interpreter, checked to import `cjm_substrate`.
+pub fn interpreter(venv: &Path) -> anyhow::Result<PathBuf> {
+    let python = venv.join("bin").join("python");
+    if !python.is_file() {
+        bail!(
+            "{} is not a virtual environment (no bin/python); pass the venv cjm-substrate is installed in",
+            venv.display()
+        );
+    }
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import cjm_substrate"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !ok.success() {
+        bail!(
+            "{} cannot import cjm_substrate: install it into that venv (`pip install cjm-substrate`)",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
+/// A data dir holding the echo capability's manifest as cjm-substrate writes it, pointed at
+/// `python` and the capability's source, with its task adapter's manifest.
+fn echo_data_dir(root: &Path, python: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("cjm-bench-echo-")
+        .tempdir()?;
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    let fixtures = root.join("host/tests/fixtures/python/manifests");
+    let path = fixtures.join(format!("{ECHO}.json"));
+    let mut m: Value = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+    )?;
+    m["install"]["python_path"] = json!(python);
+    m["install"]["env_vars"] = json!({"PYTHONPATH": echo_source(root)});
+    std::fs::write(
+        manifests.join(format!("{ECHO}.json")),
+        serde_json::to_vec_pretty(&m)?,
+    )?;
+    std::fs::copy(fixtures.join(ADAPTER), manifests.join(ADAPTER))?;
+    Ok(dir)
+}
+
+fn echo_source(root: &Path) -> PathBuf {
+    root.join("host/tests/fixtures/python/capability/cjm-capability-echo")
+}
+
+/// The workloads of `compare_python.py`, through this host.
+async fn ours(data: &Path, samples: u32, burst: u32) -> anyhow::Result<Figures> {
+    let started = Instant::now();
+    let host = Host::builder().data_dir(data).load(ECHO).build().await?;
+    let load = started.elapsed();
+    let figures = measure(&host, samples, burst).await;
+    host.shutdown().await?;
+    let (call, job, rate, chain) = figures?;
+    Ok(Figures {
+        load_ms: (load.as_secs_f64() * 1e4).round() / 10.0,
+        call_us: micros(call),
+        job_us: micros(job),
+        burst_jobs_per_s: rate.round(),
+        chain_us: Some(micros(chain)),
+        substrate_version: None,
+    })
+}
+
+async fn measure(
+    host: &Host,
+    samples: u32,
+    burst: u32,
+) -> anyhow::Result<(Duration, Duration, f64, Duration)> {
+    let (q, m) = (host.queue(), host.manager());
+    for _ in 0..5 {
+        let id = q.submit(JobSpec::execute(ECHO, echo("a"))).await?;
+        q.wait(&id, None).await?;
+    }
+    m.call(ECHO, CallRequest::execute(echo("a"))).await?;
+    let call = time(samples, || async {
+        m.call(ECHO, CallRequest::execute(echo("a"))).await?;
+        Ok(())
+    })
+    .await?;
+    let job = time(samples, || async {
+        let id = q.submit(JobSpec::execute(ECHO, echo("a"))).await?;
+        q.wait(&id, None).await?;
+        Ok(())
+    })
+    .await?;
+    // As the script does: submitted one by one, then all waited for.
+    let t = Instant::now();
+    let mut ids = Vec::with_capacity(burst as usize);
+    for _ in 0..burst {
+        ids.push(q.submit(JobSpec::execute(ECHO, echo("a"))).await?);
+    }
+    for id in &ids {
+        q.wait(id, None).await?;
+    }
+    let rate = f64::from(burst) / t.elapsed().as_secs_f64();
+    let chain = Composition::new(vec![
+        Node::new("a", ECHO)
+            .arg("action", json!("echo"))
+            .arg("text", json!("a b")),
+        Node::new("b", ECHO)
+            .arg("action", json!("echo"))
+            .bind("text", OutputRef::field("a", "text")),
+        Node::new("c", ECHO)
+            .arg("action", json!("echo"))
+            .bind("text", OutputRef::field("b", "text")),
+    ]);
+    let mut xs = Vec::new();
+    for _ in 0..(samples / 3).max(1) {
+        let t = Instant::now();
+        let id = q.submit_composition(chain.clone()).await?;
+        q.wait_composition(&id, None).await?;
+        xs.push(t.elapsed());
+    }
+    Ok((call, job, rate, median(xs)))
+}
+
+/// The same workloads through cjm-substrate's host, by its own script in the venv.
+fn theirs(python: &Path, root: &Path, samples: u32, burst: u32) -> anyhow::Result<Figures> {
+    let script = root.join("ctl/assets/bench/compare_python.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args([
+            "--samples",
+            &samples.to_string(),
+            "--burst",
+            &burst.to_string(),
+        ])
+        .arg("--echo-dir")
+        .arg(echo_source(root))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "cjm-substrate's host could not be measured ({}; its error is above)",
+            out.status
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{} printed no result: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Measures both hosts: this one first, then cjm-substrate's (never at once: they would
+/// share the cores).
+pub async fn compare(
+    python: &Path,
+    root: &Path,
+    samples: u32,
+    burst: u32,
+) -> anyhow::Result<Comparison> {
+    let data = echo_data_dir(root, python)?;
+    let ours = ours(data.path(), samples, burst).await?;
+    let (python, root) = (python.to_owned(), root.to_owned());
+    let theirs =
+        tokio::task::spawn_blocking(move || theirs(&python, &root, samples, burst)).await??;
+    Ok(Comparison { ours, theirs })
+}
+
+impl Comparison {
+    /// (what, this host, cjm-substrate's, unit, how many times better this host is: its
+    /// figure over theirs for a rate, theirs over its own for a time).
+    pub fn rows(&self) -> Vec<(&'static str, f64, Option<f64>, &'static str, Option<f64>)> {
+        let (a, b) = (&self.ours, &self.theirs);
+        let faster = |ours: f64, theirs: f64| ratio(theirs, ours);
+        vec![
+            (
+                "load: spawn, ready, initialize",
+                a.load_ms,
+                Some(b.load_ms),
+                "ms",
+                faster(a.load_ms, b.load_ms),
+            ),
+            (
+                "call through the manager",
+                a.call_us,
+                Some(b.call_us),
+                "µs",
+                faster(a.call_us, b.call_us),
+            ),
+            (
+                "job, submit to done (journaled)",
+                a.job_us,
+                Some(b.job_us),
+                "µs",
+                faster(a.job_us, b.job_us),
+            ),
+            (
+                "jobs submitted one by one, then awaited",
+                a.burst_jobs_per_s,
+                Some(b.burst_jobs_per_s),
+                "jobs/s",
+                ratio(a.burst_jobs_per_s, b.burst_jobs_per_s),
+            ),
+            (
+                "3-node chain, submit to finished",
+                a.chain_us.unwrap_or(f64::NAN),
+                b.chain_us,
+                "µs",
+                b.chain_us
+                    .and_then(|t| a.chain_us.and_then(|o| faster(o, t))),
+            ),
+        ]
+    }
+
+    /// The cjm-substrate version measured.
+    pub fn substrate_version(&self) -> &str {
+        self.theirs.substrate_version.as_deref().unwrap_or("?")
+    }
+
+    /// Both hosts' figures as JSON.
+    pub fn json(&self) -> Value {
+        let rows: Vec<Value> = self
+            .rows()
+            .into_iter()
+            .map(|(what, ours, theirs, unit, x)| {
+                json!({"what": what, "cjm": ours, "cjm_substrate": theirs, "unit": unit, "times_faster": x})
+            })
+            .collect();
+        json!({"cjm_substrate_version": self.substrate_version(), "rows": rows})
+    }
+}
+
+/// How this host compares, from how many times better it is: "2.4x faster", "1.3x slower".
+pub fn verdict(times: f64) -> String {
+    if times >= 1.0 {
+        format!("{times}x faster")
+    } else {
+        format!("{:.1}x slower", 1.0 / times)
+    }
+}
+
+/// `n / d` to one decimal, when both are positive.
+fn ratio(n: f64, d: f64) -> Option<f64> {
+    (n > 0.0 && d > 0.0).then(|| (n / d * 10.0).round() / 10.0)
+}
