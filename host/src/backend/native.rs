@@ -365,7 +365,10 @@ impl NativeBackend {
                 ));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            // At most 10 ms between probes: a Python worker is ready after 0.3-0.5 s of
+            // imports, and a coarser step was late by half of it on average (a refused
+            // connection costs microseconds).
+            pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
 
