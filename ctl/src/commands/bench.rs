@@ -231,13 +231,14 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             "unit",
             "cjm is",
         ]);
-        for (what, ours, theirs, unit, times) in c.rows() {
+        for r in c.rows() {
             table.add_row(vec![
-                what.to_owned(),
-                ours.to_string(),
-                theirs.map_or_else(|| "-".to_owned(), |t| t.to_string()),
-                unit.to_owned(),
-                times.map_or_else(|| "-".to_owned(), compare::verdict),
+                r.what.to_owned(),
+                r.ours.to_string(),
+                r.theirs.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                r.unit.to_owned(),
+                r.times_faster
+                    .map_or_else(|| "-".to_owned(), compare::verdict),
             ]);
         }
         ctx.out.info(table);

@@ -214,48 +214,59 @@ pub async fn compare(
     Ok(Comparison { ours, theirs })
 }
 
+/// One workload's figures in both hosts.
+pub struct Compared {
+    pub what: &'static str,
+    pub ours: f64,
+    pub theirs: Option<f64>,
+    pub unit: &'static str,
+    /// How many times faster this host is: its rate over theirs, or their time over its own.
+    pub times_faster: Option<f64>,
+}
+
+impl Compared {
+    /// A time (lower is better).
+    fn time(what: &'static str, unit: &'static str, ours: f64, theirs: Option<f64>) -> Self {
+        Compared {
+            what,
+            ours,
+            theirs,
+            unit,
+            times_faster: theirs.and_then(|t| ratio(t, ours)),
+        }
+    }
+}
+
 impl Comparison {
-    /// (what, this host, cjm-substrate's, unit, how many times better this host is: its
-    /// figure over theirs for a rate, theirs over its own for a time).
-    pub fn rows(&self) -> Vec<(&'static str, f64, Option<f64>, &'static str, Option<f64>)> {
+    /// The workloads, in the order the table shows them.
+    pub fn rows(&self) -> Vec<Compared> {
         let (a, b) = (&self.ours, &self.theirs);
-        let faster = |ours: f64, theirs: f64| ratio(theirs, ours);
         vec![
-            (
+            Compared::time(
                 "load: spawn, ready, initialize",
+                "ms",
                 a.load_ms,
                 Some(b.load_ms),
-                "ms",
-                faster(a.load_ms, b.load_ms),
             ),
-            (
-                "call through the manager",
-                a.call_us,
-                Some(b.call_us),
-                "µs",
-                faster(a.call_us, b.call_us),
-            ),
-            (
+            Compared::time("call through the manager", "µs", a.call_us, Some(b.call_us)),
+            Compared::time(
                 "job, submit to done (journaled)",
+                "µs",
                 a.job_us,
                 Some(b.job_us),
-                "µs",
-                faster(a.job_us, b.job_us),
             ),
-            (
-                "jobs submitted one by one, then awaited",
-                a.burst_jobs_per_s,
-                Some(b.burst_jobs_per_s),
-                "jobs/s",
-                ratio(a.burst_jobs_per_s, b.burst_jobs_per_s),
-            ),
-            (
+            Compared {
+                what: "jobs submitted one by one, then awaited",
+                ours: a.burst_jobs_per_s,
+                theirs: Some(b.burst_jobs_per_s),
+                unit: "jobs/s",
+                times_faster: ratio(a.burst_jobs_per_s, b.burst_jobs_per_s),
+            },
+            Compared::time(
                 "3-node chain, submit to finished",
+                "µs",
                 a.chain_us.unwrap_or(f64::NAN),
                 b.chain_us,
-                "µs",
-                b.chain_us
-                    .and_then(|t| a.chain_us.and_then(|o| faster(o, t))),
             ),
         ]
     }
@@ -270,8 +281,8 @@ impl Comparison {
         let rows: Vec<Value> = self
             .rows()
             .into_iter()
-            .map(|(what, ours, theirs, unit, x)| {
-                json!({"what": what, "cjm": ours, "cjm_substrate": theirs, "unit": unit, "times_faster": x})
+            .map(|r| {
+                json!({"what": r.what, "cjm": r.ours, "cjm_substrate": r.theirs, "unit": r.unit, "times_faster": r.times_faster})
             })
             .collect();
         json!({"cjm_substrate_version": self.substrate_version(), "rows": rows})
