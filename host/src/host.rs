@@ -144,7 +144,7 @@ impl HostBuilder {
     }
 
     /// Sizes the wasm engine's instance pool: `slots` component instances alive at once,
-    /// idle ones included (default: 128 per core, 256 to 4,096); 0 maps memory per instance
+    /// idle ones included (default: 32 per core, 128 to 1,024); 0 maps memory per instance
     /// instead. When the pool is full, a call fails with a retriable `resource` error and
     /// the manager unloads idle capabilities before trying again.
     pub fn wasm_instance_slots(mut self, slots: u32) -> Self {

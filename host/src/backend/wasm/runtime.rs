@@ -46,14 +46,16 @@ pub enum Allocation {
 }
 
 impl Allocation {
-    /// The pool for this machine: 128 instances per core, at least 256 and at most 4,096.
-    /// Reserving it takes address space, not memory (about 8 GiB of address space per
-    /// instance slot).
+    /// The pool for this machine: 32 instances per core, at least 128 and at most 1,024.
+    /// Reserving it takes address space, not memory: about 4 GiB per slot (a wasm32
+    /// memory's reach plus its guard), so at most 4 TiB per engine, and a process can hold
+    /// many engines (a test binary does) before the 128 TiB of a 47-bit address space run
+    /// out; past that, an engine falls back to mapping on demand.
     pub fn for_machine() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let instances = u32::try_from(cores.saturating_mul(128))
+        let instances = u32::try_from(cores.saturating_mul(32))
             .unwrap_or(u32::MAX)
-            .clamp(256, 4096);
+            .clamp(128, 1024);
         Allocation::Pooled { instances }
     }
 
@@ -63,12 +65,14 @@ impl Allocation {
             Allocation::OnDemand => InstanceAllocationStrategy::OnDemand,
             Allocation::Pooled { instances } => {
                 // A component built for wasm32-wasip2 has a few core instances (the module
-                // and the shims the component model adds), one or two memories and tables.
+                // and the shims the component model adds), one memory and a table or two;
+                // one with more memories takes more slots (a full pool is a shortage the
+                // manager handles by unloading idle capabilities).
                 let mut pool = PoolingAllocationConfig::new();
                 pool.total_component_instances(instances)
                     .total_core_instances(instances.saturating_mul(4))
-                    .total_memories(instances.saturating_mul(2))
-                    .total_tables(instances.saturating_mul(4))
+                    .total_memories(instances)
+                    .total_tables(instances.saturating_mul(2))
                     .total_stacks(instances)
                     .max_memory_size(1 << 32)
                     .table_elements(TABLE_ELEMENTS)
@@ -421,10 +425,19 @@ mod tests {
 
     #[test]
     fn the_pool_is_reserved_or_the_engine_falls_back_to_on_demand() {
-        let rt = WasmRuntime::new(None).unwrap();
-        assert!(matches!(rt.allocation(), Allocation::Pooled { instances } if instances >= 256));
-        // 100,000 instances want 200,000 memory slots of 4 GiB: 800 TiB, far past a 47-bit
-        // address space, so the reservation fails and the engine maps memory per instance.
+        assert!(matches!(
+            Allocation::for_machine(),
+            Allocation::Pooled { instances } if (128..=1024).contains(&instances)
+        ));
+        let small = Allocation::Pooled { instances: 8 };
+        assert_eq!(
+            WasmRuntime::with_allocation(None, small)
+                .unwrap()
+                .allocation(),
+            small
+        );
+        // 100,000 memory slots of 4 GiB: 400 TiB, far past a 47-bit address space, so the
+        // reservation fails and the engine maps memory per instance.
         let rt =
             WasmRuntime::with_allocation(None, Allocation::Pooled { instances: 100_000 }).unwrap();
         assert_eq!(rt.allocation(), Allocation::OnDemand);
