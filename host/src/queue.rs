@@ -512,6 +512,14 @@ impl JobQueue {
         let waited = wait_done(&done, timeout, job_id).await;
         let job = waited.is_ok().then(|| self.get(job_id)).flatten();
         waited?;
+        // An outcome whose rows were never committed (a lost lease, a journal that kept
+        // failing while the host stopped) is not reported as one.
+        if !done.written() {
+            return Err(QueueError::Wedged(self.wedged().unwrap_or_else(|| {
+                format!("the outcome of job {job_id} could not be journaled")
+            }))
+            .into());
+        }
         match job {
             Some(job) => Ok(job),
             None => self.journal_record(job_id, Some(Duration::ZERO)).await,

@@ -172,11 +172,10 @@ async fn measure(host: &Host, samples: u32, n: u32) -> anyhow::Result<Vec<Row>> 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let config = ctx.config()?;
     // A venv that cannot run cjm-substrate is refused before anything is measured.
-    let python = args
-        .compare_python
-        .as_deref()
-        .map(compare::interpreter)
-        .transpose()?;
+    let python = match &args.compare_python {
+        Some(venv) => Some(compare::check(venv, &examples::workspace_root()?)?),
+        None => None,
+    };
     let caps = examples::prepare(ctx, &args.examples, &config)?;
     let (rows, comparison) = runtime()?.block_on(async {
         examples::install(ctx, &config, &caps).await?;

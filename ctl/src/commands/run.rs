@@ -172,7 +172,7 @@ async fn wasm_file(
     request: CallRequest,
 ) -> Result<Value, Error> {
     use cjm_host::backend::launch::Launch;
-    use cjm_host::backend::wasm::{DirGrant, SandboxGrants, WasmRuntime};
+    use cjm_host::backend::wasm::{Allocation, DirGrant, SandboxGrants, WasmRuntime};
     if !file.is_file() {
         return Err(Error::Io {
             path: file.to_owned(),
@@ -195,7 +195,7 @@ async fn wasm_file(
         capture_stdio: true,
         ..SandboxGrants::default()
     };
-    let runtime = WasmRuntime::new(None)?;
+    let runtime = WasmRuntime::with_allocation(None, Allocation::OnDemand)?;
     let backend = Launch::Wasm {
         runtime: &runtime,
         component: file.to_owned(),

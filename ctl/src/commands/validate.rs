@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cjm_host::Error;
 use cjm_host::backend::launch::Launch;
-use cjm_host::backend::wasm::{SandboxGrants, WasmRuntime};
+use cjm_host::backend::wasm::{Allocation, SandboxGrants, WasmRuntime};
 use cjm_host::backend::{NoDiagnostics, NoEvents};
 use cjm_host::install;
 use cjm_host::manifest::{self, Manifest, RuntimeKind, hash};
@@ -195,7 +195,7 @@ fn component_errors(path: &Path) -> (Vec<String>, Value) {
         .and_then(|tokio| {
             tokio
                 .block_on(async {
-                    let rt = WasmRuntime::new(None)?;
+                    let rt = WasmRuntime::with_allocation(None, Allocation::OnDemand)?;
                     Launch::Wasm {
                         runtime: &rt,
                         component: path.to_owned(),

@@ -469,7 +469,8 @@ fn bench_prints_a_table_of_medians_and_compares_with_cjm_substrate() {
         "{out}"
     );
     let compared = &out["compare_python"];
-    assert_eq!(compared["cjm_substrate_version"], "0.0.74", "{out}");
+    let version = cjm_tests::CJM_SUBSTRATE.trim_start_matches("cjm-substrate==");
+    assert_eq!(compared["cjm_substrate_version"], version, "{out}");
     let rows = compared["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 5, "{out}");
     for r in rows {

@@ -39,6 +39,7 @@ pub use error::SandboxError;
 pub use runtime::{Allocation, LoadedComponent, WasmRuntime};
 pub use sandbox::{DirGrant, SandboxGrants};
 
+use self::emit::LogBudget;
 use self::instance::{Hook, Instance, JsonExport, Outcome};
 use crate::backend::{Backend, CallControl, CallRequest, DiagnosticsSink, RuntimeKind};
 use crate::error::{Error, Result};
@@ -74,6 +75,9 @@ struct Pool {
     permits: Semaphore,
     /// Log records the rate limit dropped, over all instances.
     log_dropped: Arc<AtomicU64>,
+    /// Under per-call isolation, the one log budget of all its instances (each lives for
+    /// one call: a budget of its own would start full every call).
+    shared_budget: Option<Arc<Mutex<LogBudget>>>,
 }
 
 /// A wasm capability: a pool of sandboxed instances of one component.
@@ -152,12 +156,16 @@ impl WasmBackend {
         let component = runtime.load(path)?;
         let session: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let log_dropped = Arc::new(AtomicU64::new(0));
+        let shared_budget =
+            (grants.isolation == Isolation::PerCall).then(|| log_budget(&grants, &log_dropped));
         let mut first = Instance::new(
             &component,
             &grants,
             Arc::clone(&session),
             Arc::clone(&sink),
-            Arc::clone(&log_dropped),
+            shared_budget
+                .clone()
+                .unwrap_or_else(|| log_budget(&grants, &log_dropped)),
         )
         .await?;
         let raw = first.info(LIFECYCLE_LIMIT_SECS).await.map_err(|t| t.0)?;
@@ -188,6 +196,7 @@ impl WasmBackend {
                 }),
                 permits,
                 log_dropped,
+                shared_budget,
             }),
         })
     }
@@ -349,7 +358,13 @@ impl WasmBackend {
             state.idle.push(inst);
         }
         drop(_permit);
-        self.fill_pool().await
+        // Warming the spare instances is best effort: the configuration is applied (an
+        // instance took it); a full instance pool or a failing spare only means that the
+        // next calls instantiate their own.
+        if let Err(e) = self.fill_pool().await {
+            tracing::warn!(capability = %self.pool.info.name, error = %e, "cannot keep pool_size instances ready");
+        }
+        Ok(())
     }
 
     /// Brings the idle instances of the current configuration up to the sandbox's
@@ -407,12 +422,16 @@ impl WasmBackend {
 
 impl Pool {
     async fn new_instance(&self) -> Result<Instance> {
+        let budget = match &self.shared_budget {
+            Some(shared) => Arc::clone(shared),
+            None => log_budget(&self.grants, &self.log_dropped),
+        };
         Instance::new(
             &self.component,
             &self.grants,
             Arc::clone(&self.session),
             Arc::clone(&self.sink),
-            Arc::clone(&self.log_dropped),
+            budget,
         )
         .await
     }
@@ -420,6 +439,14 @@ impl Pool {
     fn lock(&self) -> MutexGuard<'_, PoolState> {
         self.state.lock()
     }
+}
+
+/// A budget of `log_records_per_second`, its refusals counted into `dropped`.
+fn log_budget(grants: &SandboxGrants, dropped: &Arc<AtomicU64>) -> Arc<Mutex<LogBudget>> {
+    Arc::new(Mutex::new(LogBudget::new(
+        grants.log_records_per_second,
+        Arc::clone(dropped),
+    )))
 }
 
 fn outcome_error(o: Outcome) -> Error {

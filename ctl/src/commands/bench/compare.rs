@@ -44,8 +44,18 @@ fn echo(text: &str) -> Map<String, Value> {
     m
 }
 
-/// The venv's interpreter, checked to import `cjm_substrate`.
-pub fn interpreter(venv: &Path) -> anyhow::Result<PathBuf> {
+/// The venv's interpreter, checked to import `cjm_substrate`, once the checkout's files the
+/// comparison runs (the script, the echo capability and its manifests) are found: all
+/// refused before anything is measured.
+pub fn check(venv: &Path, root: &Path) -> anyhow::Result<PathBuf> {
+    for needed in [script(root), echo_source(root), fixtures(root)] {
+        if !needed.exists() {
+            bail!(
+                "{} is missing: --compare-python runs from a checkout of cjm",
+                needed.display()
+            );
+        }
+    }
     let python = venv.join("bin").join("python");
     if !python.is_file() {
         bail!(
@@ -75,7 +85,7 @@ fn echo_data_dir(root: &Path, python: &Path) -> anyhow::Result<tempfile::TempDir
         .tempdir()?;
     let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(&manifests)?;
-    let fixtures = root.join("host/tests/fixtures/python/manifests");
+    let fixtures = fixtures(root);
     let path = fixtures.join(format!("{ECHO}.json"));
     let mut m: Value = serde_json::from_slice(
         &std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
@@ -88,6 +98,10 @@ fn echo_data_dir(root: &Path, python: &Path) -> anyhow::Result<tempfile::TempDir
     )?;
     std::fs::copy(fixtures.join(ADAPTER), manifests.join(ADAPTER))?;
     Ok(dir)
+}
+
+fn fixtures(root: &Path) -> PathBuf {
+    root.join("host/tests/fixtures/python/manifests")
 }
 
 fn echo_source(root: &Path) -> PathBuf {
@@ -167,10 +181,18 @@ async fn measure(
     Ok((call, job, rate, median(xs)))
 }
 
+/// How long cjm-substrate's host may take for all its workloads.
+const THEIRS_LIMIT: Duration = Duration::from_secs(1800);
+
+fn script(root: &Path) -> PathBuf {
+    root.join("ctl/assets/bench/compare_python.py")
+}
+
 /// The same workloads through cjm-substrate's host, by its own script in the venv.
-fn theirs(python: &Path, root: &Path, samples: u32, burst: u32) -> anyhow::Result<Figures> {
-    let script = root.join("ctl/assets/bench/compare_python.py");
-    let out = std::process::Command::new(python)
+async fn theirs(python: &Path, root: &Path, samples: u32, burst: u32) -> anyhow::Result<Figures> {
+    let script = script(root);
+    let mut command = tokio::process::Command::new(python);
+    command
         .arg(&script)
         .args([
             "--samples",
@@ -181,7 +203,15 @@ fn theirs(python: &Path, root: &Path, samples: u32, burst: u32) -> anyhow::Resul
         .arg("--echo-dir")
         .arg(echo_source(root))
         .stderr(std::process::Stdio::inherit())
-        .output()
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(THEIRS_LIMIT, command.output())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "cjm-substrate's host did not finish within {} s",
+                THEIRS_LIMIT.as_secs()
+            )
+        })?
         .with_context(|| format!("cannot run {}", script.display()))?;
     if !out.status.success() {
         bail!(
@@ -208,9 +238,7 @@ pub async fn compare(
 ) -> anyhow::Result<Comparison> {
     let data = echo_data_dir(root, python)?;
     let ours = ours(data.path(), samples, burst).await?;
-    let (python, root) = (python.to_owned(), root.to_owned());
-    let theirs =
-        tokio::task::spawn_blocking(move || theirs(&python, &root, samples, burst)).await??;
+    let theirs = theirs(python, root, samples, burst).await?;
     Ok(Comparison { ours, theirs })
 }
 

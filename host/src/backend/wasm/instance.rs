@@ -4,7 +4,6 @@
 
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use cjm_guest::contract::{CallError, Envelope, JobError, Progress};
@@ -187,19 +186,15 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    /// Instantiates `component` in a fresh store under `grants`; log records past the rate
-    /// are counted into `dropped`.
+    /// Instantiates `component` in a fresh store under `grants`; what it logs and prints is
+    /// stored within `budget`.
     pub(crate) async fn new(
         component: &LoadedComponent,
         grants: &SandboxGrants,
         session: Arc<str>,
         sink: Arc<dyn DiagnosticsSink>,
-        dropped: Arc<AtomicU64>,
+        budget: Arc<Mutex<LogBudget>>,
     ) -> Result<Self> {
-        let budget = Arc::new(Mutex::new(LogBudget::new(
-            grants.log_records_per_second,
-            dropped,
-        )));
         let capture = grants.capture_stdio.then(|| Capture {
             session: Arc::clone(&session),
             sink: Arc::clone(&sink),
@@ -249,8 +244,9 @@ impl Instance {
                 // evicts idle capabilities (freeing their instances) and retries.
                 if let Some(full) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
                     return Error::job(JobError::resource(format!(
-                        "the host's wasm instance pool is full ({full}); idle capabilities \
-                         must be unloaded first"
+                        "the host's wasm instance pool is full ({full}): raise the host's \
+                         wasm_instance_slots, or lower the max_concurrency or pool_size of \
+                         its wasm capabilities"
                     )));
                 }
                 Error::Sandbox(SandboxError::Engine(

@@ -28,11 +28,6 @@ async fn per_call_isolation_carries_nothing_between_calls_and_reuse_does() {
         let s = stats(&reused).await;
         assert_eq!(s["isolation"], "reuse", "{way:?}");
         assert_eq!(s["instances_retired"], 0, "{way:?}");
-        // Pooled unless this process ran out of address space for another pool.
-        assert!(
-            ["pooling", "on_demand"].contains(&s["allocator"].as_str().unwrap()),
-            "{s}"
-        );
 
         // Per call: each call sees only its own value, on an instance configured as the
         // capability is.
