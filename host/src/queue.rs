@@ -287,9 +287,7 @@ impl JobQueue {
     /// unknown or disabled instance, input past the bounds, a full or closed queue, or a
     /// wedged journal.
     pub async fn submit(&self, spec: JobSpec) -> Result<String> {
-        let mut ids = self.submit_many(vec![spec]).await?;
-        ids.pop()
-            .ok_or_else(|| Error::job(JobError::fatal("a submission returned no id")))
+        self.submit_one(spec, Ack::Committed).await
     }
 
     /// Submits a job for a caller that shows nothing but its outcome (the worker contract's
@@ -301,7 +299,11 @@ impl JobQueue {
     /// shown to anyone before the outcome: only a committed submission is promised to
     /// survive a crash of the host.
     pub async fn submit_for_outcome(&self, spec: JobSpec) -> Result<String> {
-        let mut ids = self.submit_traced(vec![spec], Ack::WithOutcome).await?;
+        self.submit_one(spec, Ack::WithOutcome).await
+    }
+
+    async fn submit_one(&self, spec: JobSpec, ack: Ack) -> Result<String> {
+        let mut ids = self.submit_traced(vec![spec], ack).await?;
         ids.pop()
             .ok_or_else(|| Error::job(JobError::fatal("a submission returned no id")))
     }

@@ -150,15 +150,14 @@ async fn a_composition_of_a_gone_host_resumes_from_its_journaled_results() {
     );
 }
 
-/// A host that stops leaving its work to the next (`stop_leaving_pending`, as `cjm-ctl serve`
-/// on SIGTERM) lets a running member finish but starts no further node and does not end
-/// the composition: the host that reconciles it runs the rest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_composition_left_by_a_stopping_host_is_finished_by_the_next() {
+/// On a warm probe, a composition of two nodes: `names.0` sleeps `seconds`, then `names.1`
+/// echoes bound to it. Returns the composition and the first node's job once it runs.
+async fn sleep_then_echo(
+    q: &cjm_host::queue::JobQueue,
+    names: (&str, &str),
+    seconds: f64,
+) -> (String, String) {
     use cjm_host::queue::{Composition, Node, OutputRef};
-    let dir = data_dir();
-    let a = recovering_host(dir.path()).await;
-    let q = a.queue();
     let warm = q
         .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
         .await
@@ -166,24 +165,35 @@ async fn a_composition_left_by_a_stopping_host_is_finished_by_the_next() {
     q.wait(&warm, None).await.unwrap();
     let comp = q
         .submit_composition(Composition::new(vec![
-            Node::new("first", "probe")
+            Node::new(names.0, "probe")
                 .arg("action", json!("sleep"))
-                .arg("seconds", json!(0.5)),
-            Node::new("second", "probe")
+                .arg("seconds", json!(seconds)),
+            Node::new(names.1, "probe")
                 .arg("action", json!("echo"))
-                .bind("n", OutputRef::field("first", "slept")),
+                .bind("n", OutputRef::field(names.0, "slept")),
         ]))
         .await
         .unwrap();
-    let first = loop {
+    loop {
         let run = q.composition(&comp).unwrap();
-        if let Some(job) = run.nodes["first"].job_id.clone()
+        if let Some(job) = run.nodes[names.0].job_id.clone()
             && q.get(&job).is_some_and(|j| j.status == JobStatus::Running)
         {
-            break job;
+            return (comp, job);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    }
+}
+
+/// A host that stops leaving its work to the next (`stop_leaving_pending`, as `cjm-ctl serve`
+/// on SIGTERM) lets a running member finish but starts no further node and does not end
+/// the composition: the host that reconciles it runs the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composition_left_by_a_stopping_host_is_finished_by_the_next() {
+    let dir = data_dir();
+    let a = recovering_host(dir.path()).await;
+    let q = a.queue();
+    let (comp, first) = sleep_then_echo(q, ("first", "second"), 0.5).await;
     a.stop_leaving_pending(Duration::from_secs(10))
         .await
         .unwrap();
@@ -215,7 +225,6 @@ async fn a_composition_left_by_a_stopping_host_is_finished_by_the_next() {
 /// again, and the composition ends cancelled, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_composition_of_a_gone_host_stays_cancelled() {
-    use cjm_host::queue::{Composition, Node, OutputRef};
     let dir = data_dir();
     let d = dir.path().to_owned();
     let (comp, slow) = gone_host(dir.path(), move || async move {
@@ -237,31 +246,7 @@ async fn a_cancelled_composition_of_a_gone_host_stays_cancelled() {
             .await
             .unwrap();
         let q = a.queue();
-        let warm = q
-            .submit(JobSpec::execute("probe", kwargs(json!({"action": "echo"}))))
-            .await
-            .unwrap();
-        q.wait(&warm, None).await.unwrap();
-        let comp = q
-            .submit_composition(Composition::new(vec![
-                Node::new("slow", "probe")
-                    .arg("action", json!("sleep"))
-                    .arg("seconds", json!(30)),
-                Node::new("after", "probe")
-                    .arg("action", json!("echo"))
-                    .bind("n", OutputRef::field("slow", "slept")),
-            ]))
-            .await
-            .unwrap();
-        let slow = loop {
-            let run = q.composition(&comp).unwrap();
-            if let Some(job) = run.nodes["slow"].job_id.clone()
-                && q.get(&job).is_some_and(|j| j.status == JobStatus::Running)
-            {
-                break job;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let (comp, slow) = sleep_then_echo(q, ("slow", "after"), 30.0).await;
         q.cancel_composition(&comp).unwrap();
         (a, (comp, slow))
     });
