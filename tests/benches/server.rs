@@ -1,8 +1,10 @@
 //! The HTTP service on loopback, a keep-alive client, journal on:
 //! - `http_call_wasm_noop`: `POST /v1/capabilities/noop/execute`, one request = submit, run
 //!   and answer (a job through the queue, its rows committed);
+//! - `http_health`: `GET /v1/health`, what a round trip through the service costs by itself;
+//! - `http_call_wasm_noop_direct`: the same call with `?direct=true` (no queue, no journal);
 //! - `http_submit_then_wait`: `POST /v1/jobs` then `GET /v1/jobs/{id}/wait`;
-//! - `http_jobs_per_second`: 8 clients calling at once;
+//! - `http_jobs_per_second`: 8 and 32 clients calling at once (2,000 calls in all);
 //! - `sse_follows_burst`: one event stream following a 10,000-job burst to its last row;
 //! - `sse_100_subscribers`: 100 streams each following a 1,000-job burst.
 //!
@@ -26,8 +28,11 @@ fn main() {
     divan::main();
 }
 
+/// The host serves on its own runtime; the clients run on another, with one thread, as
+/// a separate client process would: the host's threads run only the host.
 struct Env {
     _dir: tempfile::TempDir,
+    _server: tokio::runtime::Runtime,
     rt: tokio::runtime::Runtime,
     host: Host,
     client: Client,
@@ -43,12 +48,12 @@ fn env() -> Env {
             json!({"max_concurrency": 4, "pool_size": 4}),
         ),
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let server = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (host, client) = rt.block_on(async {
+    let (host, url) = server.block_on(async {
         let host = Host::builder()
             .data_dir(dir.path())
             .queue(QueueConfig {
@@ -64,13 +69,18 @@ fn env() -> Env {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = Server::new(host.clone(), ServerConfig::default());
         tokio::spawn(server.serve(listener, std::future::pending()));
-        let client = Client::new(url, None);
-        // One run first: the instance has its profile, the connection is open.
-        call(&client).await;
-        (host, client)
+        (host, url)
     });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = Client::new(url, None);
+    // One run first: the instance has its profile, the connection is open.
+    rt.block_on(call(&client));
     Env {
         _dir: dir,
+        _server: server,
         rt,
         host,
         client,
@@ -96,6 +106,40 @@ fn http_call_wasm_noop(bencher: Bencher) {
 }
 
 #[divan::bench(sample_count = 100, sample_size = 20)]
+fn http_health(bencher: Bencher) {
+    let e = env();
+    bencher.bench_local(|| {
+        e.rt.block_on(async {
+            let a = e
+                .client
+                .send(reqwest::Method::GET, "/v1/health", None)
+                .await
+                .unwrap();
+            assert_eq!(a.status, 200);
+        })
+    });
+}
+
+#[divan::bench(sample_count = 100, sample_size = 20)]
+fn http_call_wasm_noop_direct(bencher: Bencher) {
+    let e = env();
+    bencher.bench_local(|| {
+        e.rt.block_on(async {
+            let a = e
+                .client
+                .send(
+                    reqwest::Method::POST,
+                    "/v1/capabilities/noop/execute?direct=true",
+                    Some(&json!({"kwargs": {}})),
+                )
+                .await
+                .unwrap();
+            assert_eq!(a.status, 200);
+        })
+    });
+}
+
+#[divan::bench(sample_count = 100, sample_size = 20)]
 fn http_submit_then_wait(bencher: Bencher) {
     let e = env();
     bencher.bench_local(|| {
@@ -115,20 +159,20 @@ fn http_submit_then_wait(bencher: Bencher) {
     });
 }
 
-#[divan::bench(sample_count = 10, sample_size = 1)]
-fn http_jobs_per_second(bencher: Bencher) {
-    const CLIENTS: usize = 8;
-    const EACH: usize = 250;
+#[divan::bench(args = [8, 32], sample_count = 10, sample_size = 1)]
+fn http_jobs_per_second(bencher: Bencher, clients: usize) {
+    const JOBS: usize = 2_000;
+    let each = JOBS / clients;
     let e = env();
     bencher
-        .counter(ItemsCount::new(CLIENTS * EACH))
+        .counter(ItemsCount::new(clients * each))
         .bench_local(|| {
             e.rt.block_on(async {
                 let mut tasks = Vec::new();
-                for _ in 0..CLIENTS {
+                for _ in 0..clients {
                     let client = Client::new(e.client.url().to_owned(), None);
                     tasks.push(tokio::spawn(async move {
-                        for _ in 0..EACH {
+                        for _ in 0..each {
                             call(&client).await;
                         }
                     }));

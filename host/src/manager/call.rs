@@ -87,7 +87,8 @@ impl CapabilityManager {
                     usage,
                 )?;
             }
-            self.journal_accounts(&instance, &control, &request.envelope)?;
+            self.journal_accounts(&instance, &control, &request.envelope)
+                .await?;
             // The host's names for the failure: this instance, and when the host saw it.
             let result = result.map_err(|e| match e {
                 Error::Job(mut job) => {
@@ -269,11 +270,13 @@ impl CapabilityManager {
                     let weak = Arc::downgrade(&self.inner);
                     rt.spawn(async move {
                         tokio::time::sleep(SAMPLE_FLUSH).await;
-                        if let Some(inner) = weak.upgrade() {
-                            let manager = CapabilityManager { inner };
-                            if let Err(e) = manager.flush_samples() {
-                                tracing::error!(error = %e, "cannot write empirical samples");
-                            }
+                        let Some(inner) = weak.upgrade() else { return };
+                        let manager = CapabilityManager { inner };
+                        // SQLite waits on a blocking thread, never on the runtime's.
+                        let written =
+                            tokio::task::spawn_blocking(move || manager.flush_samples()).await;
+                        if let Ok(Err(e)) = written {
+                            tracing::error!(error = %e, "cannot write empirical samples");
                         }
                     });
                 }
@@ -285,25 +288,38 @@ impl CapabilityManager {
 
     /// Journals the accounts a call reported (once each), stamped with the instance and the
     /// call's envelope (job, run, composition, node, actor), `worker_reported`.
-    fn journal_accounts(
+    ///
+    /// Written in one transaction, on a blocking thread (never on the runtime's).
+    async fn journal_accounts(
         &self,
         instance: &Instance,
         control: &CallControl,
         envelope: &cjm_guest::contract::Envelope,
     ) -> Result<()> {
-        for account in control.take_accounts() {
-            let mut e = JournalEvent::new(account.event_type)
-                .instance(&instance.id)
-                .payload(account.payload);
-            e.capability_name = Some(instance.name.clone());
-            e.job_id.clone_from(&envelope.job_id);
-            e.run_id.clone_from(&envelope.run_id);
-            e.composition_id.clone_from(&envelope.composition_id);
-            e.node_id.clone_from(&envelope.node_id);
-            e.actor.clone_from(&envelope.actor);
-            e.worker_reported = true;
-            self.inner.stores.journal.append(&e)?;
+        let rows: Vec<JournalEvent> = control
+            .take_accounts()
+            .into_iter()
+            .map(|account| {
+                let mut e = JournalEvent::new(account.event_type)
+                    .instance(&instance.id)
+                    .payload(account.payload);
+                e.capability_name = Some(instance.name.clone());
+                e.job_id.clone_from(&envelope.job_id);
+                e.run_id.clone_from(&envelope.run_id);
+                e.composition_id.clone_from(&envelope.composition_id);
+                e.node_id.clone_from(&envelope.node_id);
+                e.actor.clone_from(&envelope.actor);
+                e.worker_reported = true;
+                e
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
         }
+        let manager = self.clone();
+        tokio::task::spawn_blocking(move || manager.inner.stores.journal.append_batch(&rows))
+            .await
+            .map_err(|e| Error::job(JobError::fatal(format!("journal write failed: {e}"))))??;
         Ok(())
     }
 

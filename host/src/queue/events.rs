@@ -313,6 +313,8 @@ struct Queued {
     /// Someone waits on what is queued: commit now.
     urgent: bool,
     closed: bool,
+    /// The writer sleeps with no deadline: a row queued now must wake it.
+    parked: bool,
 }
 
 /// The one emission path: items are queued in order (under the queue's state lock, so the
@@ -435,7 +437,9 @@ impl Emitter {
             if q.closed {
                 return None;
             }
+            q.parked = true;
             self.wake.wait(&mut q);
+            q.parked = false;
         }
     }
 
@@ -449,10 +453,14 @@ impl Emitter {
         q.items.push(item);
     }
 
-    /// Wakes the writer: what is queued is written now if anything waits on it, else within
-    /// [`COMMIT_DELAY`].
+    /// Wakes the writer when it must: what is queued is written now if anything waits on
+    /// it, else within [`COMMIT_DELAY`]. A writer already waiting out that delay is not
+    /// woken for more rows nothing waits on.
     pub(crate) fn flush(&self) {
-        self.wake.notify_one();
+        let q = self.lock();
+        if q.urgent || q.closed || (q.parked && !q.items.is_empty()) {
+            self.wake.notify_one();
+        }
     }
 
     /// Writes what is queued, then stops the writer.
