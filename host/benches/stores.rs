@@ -1,5 +1,6 @@
-//! Store throughput: journal appends (one transaction each, batched, 8 concurrent writers)
-//! and a diagnostics retention pass over a million rows.
+//! Store throughput: journal appends (one transaction each, batched, 8 concurrent writers),
+//! a job's four rows as the queue's writer commits them (one job per transaction, and a
+//! burst's worth per transaction) and a diagnostics retention pass over a million rows.
 //!
 //! `cargo bench -p cjm-host --bench stores`. Under `cargo test --benches` every benchmark
 //! runs once on small inputs.
@@ -72,6 +73,89 @@ fn journal_append_batched(bencher: Bencher) {
                 store.append_batch(chunk).expect("append batch");
             }
             events
+        });
+}
+
+/// The four rows the queue journals for one no-op job (its submission with the spec, its
+/// admission, running, completed with the job's snapshot), as large as the real ones.
+fn job_rows(host: &str) -> Vec<JournalEvent> {
+    let job = uuid::Uuid::now_v7().to_string();
+    let stamp = |mut e: JournalEvent| {
+        e.job_id = Some(job.clone());
+        e.capability_instance_id = Some("noop".into());
+        e.capability_name = Some("noop".into());
+        e
+    };
+    let submitted = stamp(
+        JournalEvent::new("job_submitted").payload(serde_json::json!({
+        "host_id": host, "attempt": 1, "spec": {
+            "instance_id": "noop", "capability_name": "noop", "channel": "execute",
+            "kwargs": {}, "envelope": {}, "priority": 0,
+            "retry": {"max_attempts": 1, "backoff_seconds": 1.0, "backoff_multiplier": 2.0,
+                      "max_backoff_seconds": 60.0, "retry_on": ["transient", "resource"]}}})),
+    );
+    let admitted = stamp(
+        JournalEvent::new("admission_decided").payload(serde_json::json!({
+        "lanes_in_use": 1, "lanes": 4, "exclusive": false, "measured": true,
+        "gpu_memory_mb": 0.0, "gpu_reserved_mb": 0.0, "memory_mb_peak": 0.0, "pending": 0})),
+    );
+    let running = stamp(JournalEvent::state_transition(
+        job.clone(),
+        "pending",
+        "running",
+    ));
+    let mut completed = stamp(JournalEvent::state_transition(
+        job.clone(),
+        "running",
+        "completed",
+    ));
+    completed.payload["job_snapshot"] = serde_json::json!({
+        "id": job, "capability_instance_id": "noop", "status": "completed", "priority": 0,
+        "submitted_at": "2026-12-05T03:12:25.586655+00:00",
+        "started_at": "2026-12-05T03:12:25.586672+00:00",
+        "completed_at": "2026-12-05T03:12:25.586711+00:00", "retry_count": 0,
+        "progress": 1.0, "result": {}, "kwargs": {}, "capability_name": "noop"});
+    vec![submitted, admitted, running, completed]
+}
+
+const JOBS: usize = 500;
+
+/// One job's four rows per transaction, under the host's lease, as the queue's writer
+/// commits a job that nothing else shares a transaction with: what a lone job's outcome
+/// costs before anyone may be told of it.
+#[divan::bench(sample_count = 20)]
+fn journal_commit_one_job_each(bencher: Bencher) {
+    let (_dir, store) = journal();
+    store.register_host("bench", 30.0).expect("register");
+    bencher
+        .counter(ItemsCount::new(JOBS))
+        .with_inputs(|| (0..JOBS).map(|_| job_rows("bench")).collect::<Vec<_>>())
+        .bench_local_values(|jobs| {
+            for rows in &jobs {
+                store.append_batch_as("bench", rows).expect("append");
+            }
+            jobs
+        });
+}
+
+/// 1,000 jobs' rows per transaction, as the writer commits a burst: the most jobs per
+/// second the journal takes on this disk.
+#[divan::bench(sample_count = 20)]
+fn journal_commit_jobs_batched(bencher: Bencher) {
+    let (_dir, store) = journal();
+    store.register_host("bench", 30.0).expect("register");
+    bencher
+        .counter(ItemsCount::new(10 * JOBS))
+        .with_inputs(|| {
+            (0..10 * JOBS)
+                .flat_map(|_| job_rows("bench"))
+                .collect::<Vec<_>>()
+        })
+        .bench_local_values(|rows| {
+            for chunk in rows.chunks(4_000) {
+                store.append_batch_as("bench", chunk).expect("append");
+            }
+            rows
         });
 }
 

@@ -506,6 +506,10 @@ impl JobQueue {
         let Some(done) = done else {
             return self.journal_record(job_id, timeout).await;
         };
+        // An outcome queued before this waiter came is written now, not with the next batch.
+        if !done.is_set() {
+            self.inner.emitter.hurry();
+        }
         // Counted out however this future ends (a caller may drop it).
         let _leaving = Leaving {
             inner: &self.inner,

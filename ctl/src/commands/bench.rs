@@ -31,6 +31,9 @@ pub struct Args {
     /// Jobs submitted at once for the throughput rows
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
     burst: u32,
+    /// Jobs, half wasm and half native, submitted at once for the peak-memory row
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    mixed: u32,
     /// Also run the same call, job, burst and chain workloads through cjm-substrate's own
     /// host from this venv (one with `cjm-substrate` installed) and print the ratios; the
     /// workload in both hosts is cjm-substrate's echo capability run by that venv's Python
@@ -92,7 +95,60 @@ async fn burst(host: &Host, instance: &str, n: u32) -> anyhow::Result<f64> {
     Ok(f64::from(n) / t.elapsed().as_secs_f64())
 }
 
-async fn measure(host: &Host, samples: u32, n: u32) -> anyhow::Result<Vec<Row>> {
+/// This process's resident memory, from `/proc/self/status` (Linux): now and at its
+/// peak since [`reset_peak`], in MB.
+fn resident_mb() -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = |key: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((kb("VmRSS:")? / 1024.0, kb("VmHWM:")? / 1024.0))
+}
+
+/// Starts a new peak of resident memory (Linux: `5` to `/proc/self/clear_refs`).
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The host's resident memory with both capabilities loaded and idle, then its peak while
+/// `n` jobs, half wasm and half native, are submitted at once and waited for. None where
+/// the kernel does not tell (not Linux).
+async fn memory(host: &Host, n: u32) -> anyhow::Result<Option<(f64, f64)>> {
+    let Some((idle, _)) = resident_mb() else {
+        return Ok(None);
+    };
+    if !reset_peak() {
+        return Ok(None);
+    }
+    let q = host.queue();
+    let specs = (0..n)
+        .map(|i| {
+            let instance = if i % 2 == 0 {
+                "text-stats"
+            } else {
+                "text-stats-native"
+            };
+            JobSpec::execute(instance, kwargs("a"))
+        })
+        .collect();
+    let ids = q.submit_many(specs).await?;
+    for id in &ids {
+        q.wait(id, None).await?;
+    }
+    Ok(resident_mb().map(|(_, peak)| (idle, peak)))
+}
+
+fn megabytes(mb: f64) -> f64 {
+    (mb * 10.0).round() / 10.0
+}
+
+async fn measure(host: &Host, samples: u32, n: u32, mixed: u32) -> anyhow::Result<Vec<Row>> {
     let q = host.queue();
     let m = host.manager();
     // First runs measure each (instance, config); then admission has profiles.
@@ -103,6 +159,19 @@ async fn measure(host: &Host, samples: u32, n: u32) -> anyhow::Result<Vec<Row>> 
         }
     }
     let mut rows = Vec::new();
+    // First, before the other rows' garbage is about.
+    if let Some((idle, peak)) = memory(host, mixed).await? {
+        rows.push(Row {
+            what: "host memory, both loaded, idle (RSS)",
+            value: megabytes(idle),
+            unit: "MB",
+        });
+        rows.push(Row {
+            what: "peak host memory, a burst of mixed jobs",
+            value: megabytes(peak),
+            unit: "MB",
+        });
+    }
     for (instance, kind) in [("text-stats", "wasm"), ("text-stats-native", "native")] {
         let direct = time(samples, || async {
             m.call(instance, CallRequest::execute(kwargs("a"))).await?;
@@ -180,7 +249,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let (rows, comparison) = runtime()?.block_on(async {
         examples::install(ctx, &config, &caps).await?;
         let host = examples::host(&config).await?;
-        let rows = measure(&host, args.samples, args.burst).await;
+        let rows = measure(&host, args.samples, args.burst, args.mixed).await;
         host.shutdown().await?;
         let comparison = match &python {
             Some(python) => {
@@ -201,6 +270,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         ctx.out.json(&json!({
             "samples": args.samples,
             "burst": args.burst,
+            "mixed": args.mixed,
             "rows": rows,
             "compare_python": comparison.as_ref().map(compare::Comparison::json),
         }));
@@ -216,9 +286,10 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     }
     ctx.out.info(table);
     ctx.out.info(format!(
-        "{} samples per one-at-a-time row, {} jobs per burst; data dir {}",
+        "{} samples per one-at-a-time row, {} jobs per burst, {} in the mixed one; data dir {}",
         args.samples,
         args.burst,
+        args.mixed,
         config.data_dir.display()
     ));
     if let Some(c) = comparison {

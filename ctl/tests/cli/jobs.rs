@@ -459,11 +459,18 @@ fn bench_prints_a_table_of_medians_and_compares_with_cjm_substrate() {
         "5",
         "--burst",
         "50",
+        "--mixed",
+        "100",
         "--compare-python",
         venv.to_str().unwrap(),
     ]);
     let rows = out["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 7, "{out}");
+    // Two memory rows where the kernel tells (Linux).
+    assert_eq!(
+        rows.len(),
+        if cfg!(target_os = "linux") { 9 } else { 7 },
+        "{out}"
+    );
     assert!(
         rows.iter().all(|r| r["median"].as_f64().unwrap() > 0.0),
         "{out}"

@@ -443,14 +443,36 @@ impl Emitter {
         }
     }
 
-    /// Queues an item (called under the queue's state lock: cheap, never blocks on I/O).
+    /// Queues an item (called under the queue's state lock: cheap, never blocks on I/O). A
+    /// [`Done`] is urgent: what is queued is written at once.
     pub(crate) fn push(&self, item: Item) {
+        let urgent = matches!(item, Item::Done(_));
+        self.queue(item, urgent);
+    }
+
+    /// Queues `done`, set once the rows queued before it are written: at once when
+    /// `urgent` (someone waits on it), else with the next batch, within [`COMMIT_DELAY`]
+    /// or as soon as someone [`hurry`](Self::hurry)s.
+    pub(crate) fn push_done(&self, done: Arc<Done>, urgent: bool) {
+        self.queue(Item::Done(done), urgent);
+    }
+
+    fn queue(&self, item: Item, urgent: bool) {
         let mut q = self.lock();
         if q.items.is_empty() {
             q.since = Some(Instant::now());
         }
-        q.urgent |= matches!(item, Item::Done(_));
+        q.urgent |= urgent;
         q.items.push(item);
+    }
+
+    /// Someone now waits on what is queued: it is written at once.
+    pub(crate) fn hurry(&self) {
+        let mut q = self.lock();
+        if !q.items.is_empty() && !q.urgent {
+            q.urgent = true;
+            self.wake.notify_one();
+        }
     }
 
     /// Wakes the writer when it must: what is queued is written now if anything waits on

@@ -386,7 +386,11 @@ impl Inner {
             &entry.job,
             payload,
         )));
-        self.emitter.push(Item::Done(Arc::clone(&entry.done)));
+        // Written at once for those waiting on the job now (a later waiter hurries it);
+        // otherwise with the next batch, so that a composition's members or a burst nobody
+        // waits on job by job share transactions.
+        self.emitter
+            .push_done(Arc::clone(&entry.done), entry.waiters > 0);
         match to {
             JobStatus::Completed => st.stats.completed += 1,
             JobStatus::Cancelled => st.stats.cancelled += 1,
