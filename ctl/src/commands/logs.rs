@@ -1,9 +1,11 @@
 //! `cjm-ctl logs`: the observability stores. Default: structured diagnostics records
 //! (worker log output, job-stamped); `--chunks`: raw stdout/stderr lines; `--journal`: the
-//! durable journal. `--follow` polls the store's seq cursor.
+//! durable journal. `--follow` polls the store's seq cursor. When a host serves the data dir
+//! (or with `--host`), the rows come through its API (`/v1/logs`, `/v1/journal`).
 
 use std::time::Duration;
 
+use cjm_host::client::{Client, ClientError};
 use cjm_host::records::Records;
 use cjm_host::store::{
     ChunkQuery, DiagnosticRecord, JournalEvent, JournalQuery, RecordQuery, StreamChunk,
@@ -33,7 +35,7 @@ pub struct Args {
     /// Show raw stdout/stderr chunks of workers
     #[arg(long, conflicts_with_all = ["job", "level"])]
     chunks: bool,
-    /// The most recent N entries (0 = all)
+    /// The most recent N entries (0 = all; at most 10,000 through a service)
     #[arg(short = 'n', long = "limit", default_value_t = 50)]
     limit: u64,
     /// Keep polling for new entries (Ctrl-C to stop)
@@ -131,18 +133,44 @@ impl Row {
     }
 }
 
-/// Runs `logs`.
+/// Where the rows come from.
+enum Source {
+    /// The data dir's stores, read here.
+    Local(Records),
+    /// The host serving the data dir (or `--host`), through `/v1/logs` and `/v1/journal`.
+    Service {
+        client: Client,
+        rt: tokio::runtime::Runtime,
+    },
+}
+
+/// Runs `logs`: through the host serving the data dir when one runs (or `--host`), else from
+/// the stores.
 pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let unknown = |job: &str| {
+        hint(
+            format!("unknown job '{job}': no journal row and no diagnostics record has that id"),
+            "job ids are full UUIDs; see recent ones with `cjm-ctl logs --journal`",
+        )
+    };
+    if let Some(client) = ctx.client()? {
+        let rt = crate::ctx::runtime()?;
+        if let Some(job) = &args.job {
+            match rt.block_on(client.job(job)) {
+                Err(ClientError::Api { status: 404, .. }) => return Err(unknown(job)),
+                other => {
+                    other?;
+                }
+            }
+        }
+        let following = client.url().to_owned();
+        return show(&args, ctx, &Source::Service { client, rt }, &following);
+    }
     let records = ctx.records()?;
     if let Some(job) = &args.job {
         let job = records.resolve_job(job)?;
         if !records.knows_job(&job)? {
-            return Err(hint(
-                format!(
-                    "unknown job '{job}': no journal row and no diagnostics record has that id"
-                ),
-                "job ids are full UUIDs; see recent ones with `cjm-ctl logs --journal`",
-            ));
+            return Err(unknown(&job));
         }
         args.job = Some(job);
     }
@@ -169,9 +197,15 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let following = store_path.display().to_string();
+    show(&args, ctx, &Source::Local(records), &following)
+}
+
+/// Prints the rows `args` asks for from `source`, then with `--follow` polls it for more.
+fn show(args: &Args, ctx: &Ctx, source: &Source, following: &str) -> anyhow::Result<()> {
     let level = args.level.as_ref().map(|l| l.to_ascii_uppercase());
     let fetch = |after: Option<i64>, limit: Option<u64>| {
-        fetch(&args, &records, level.as_deref(), after, limit)
+        fetch(args, source, level.as_deref(), after, limit)
     };
     let limit = (args.limit > 0).then_some(args.limit);
     let mut rows = fetch(None, limit)?;
@@ -191,10 +225,8 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     if !args.follow {
         return Ok(());
     }
-    ctx.out.note(format!(
-        "-- following {} (Ctrl-C to stop) --",
-        store_path.display()
-    ));
+    ctx.out
+        .note(format!("-- following {following} (Ctrl-C to stop) --"));
     let interval =
         Duration::try_from_secs_f64(args.interval.max(0.01)).unwrap_or(Duration::from_secs(1));
     loop {
@@ -211,11 +243,17 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
 /// first after `after` (following).
 fn fetch(
     args: &Args,
-    records: &Records,
+    source: &Source,
     level: Option<&str>,
     after: Option<i64>,
     limit: Option<u64>,
 ) -> anyhow::Result<Vec<Row>> {
+    let records = match source {
+        Source::Local(records) => records,
+        Source::Service { client, rt } => {
+            return rt.block_on(fetch_served(args, client, level, after, limit));
+        }
+    };
     let descending = after.is_none();
     let rows = if args.journal {
         records
@@ -258,4 +296,60 @@ fn fetch(
         }
     };
     Ok(rows)
+}
+
+/// [`fetch`] through the service: `/v1/journal` or `/v1/logs`, the newest rows from the
+/// start (at most 10,000 a page), oldest first after `after`.
+async fn fetch_served(
+    args: &Args,
+    client: &Client,
+    level: Option<&str>,
+    after: Option<i64>,
+    limit: Option<u64>,
+) -> anyhow::Result<Vec<Row>> {
+    let path = if args.journal {
+        "/v1/journal"
+    } else {
+        "/v1/logs"
+    };
+    let mut url = reqwest::Url::parse("http://host")?.join(path)?;
+    {
+        let mut q = url.query_pairs_mut();
+        if !args.journal {
+            q.append_pair("kind", if args.chunks { "chunks" } else { "records" });
+        }
+        if let Some(job) = &args.job {
+            q.append_pair("job", job);
+        }
+        if let Some(session) = &args.session {
+            q.append_pair("worker_session", session);
+        }
+        if let Some(level) = level {
+            q.append_pair("level", level);
+        }
+        match after {
+            Some(after) => q.append_pair("after", &after.to_string()),
+            None => q.append_pair("newest", "true"),
+        };
+        q.append_pair("limit", &limit.unwrap_or(10_000).to_string());
+    }
+    let target = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+    let mut page = client.json(reqwest::Method::GET, &target, None).await?;
+    let key = if args.journal { "rows" } else { "records" };
+    let items = match page.get_mut(key).map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => anyhow::bail!("unexpected answer from {}: no `{key}` list", client.url()),
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            Ok(if args.journal {
+                Row::Event(serde_json::from_value(item)?)
+            } else if args.chunks {
+                Row::Chunk(serde_json::from_value(item)?)
+            } else {
+                Row::Record(serde_json::from_value(item)?)
+            })
+        })
+        .collect()
 }

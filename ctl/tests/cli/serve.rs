@@ -187,6 +187,40 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
     for id in later.iter().chain([&waiting, &forever]) {
         assert!(listed.contains(&id.as_str()), "{id} not listed");
     }
+    // `logs` through the service: from another, empty data dir, with `--host`, it shows the
+    // served journal's rows (read locally there, it would have none).
+    let elsewhere = Env::new();
+    let out = elsewhere
+        .ctl()
+        .args(["--host", client.url(), "--json", "logs", "--journal"])
+        .args(["--job", &later[2]])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows[0]["event_type"], "job_submitted", "{rows:?}");
+    assert!(rows.iter().all(|r| r["job_id"] == later[2].as_str()));
+    assert_eq!(rows.last().unwrap()["payload"]["to"], "completed");
+    elsewhere
+        .ctl()
+        .args([
+            "--host",
+            client.url(),
+            "logs",
+            "--journal",
+            "--job",
+            "no-such-job",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("unknown job 'no-such-job'"));
 
     // SIGTERM: a clean exit, the discovery file gone; a restart keeps the history.
     let (status, log) = serving.stop();

@@ -1,5 +1,6 @@
 //! Server-Sent Events: the journal, live (`/v1/events`, for all, one job or one composition),
-//! and log records (`/v1/logs`, a query or a follow).
+//! and log records (`/v1/logs`, a query or a follow); the journal's rows as pages
+//! (`/v1/journal`).
 //!
 //! An event stream is the journal read forward from a cursor: the SSE `id` of each event is
 //! its journal `seq`, so a client reconnecting with `Last-Event-ID` (or `?after=`) misses
@@ -44,6 +45,65 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(events))
         .routes(routes!(logs))
+        .routes(routes!(journal))
+}
+
+/// Rows per answer of `/v1/logs` and `/v1/journal`: 500 unless asked, at most 10,000.
+fn page_limit(asked: Option<u64>) -> u64 {
+    asked.unwrap_or(500).clamp(1, 10_000)
+}
+
+/// `newest` reads back from the end: it takes no cursor and does not follow.
+fn check_newest(newest: bool, after: Option<i64>, follow: bool) -> Result<(), ApiError> {
+    if newest && (after.is_some() || follow) {
+        return Err(ApiError::invalid(
+            "newest reads the last rows: it takes no `after` and does not `follow`",
+            vec!["newest".into()],
+        ));
+    }
+    Ok(())
+}
+
+/// Which journal rows.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct JournalParams {
+    /// Only this job's rows.
+    job: Option<String>,
+    /// Only this worker session's.
+    worker_session: Option<String>,
+    /// After this `seq`, oldest first.
+    after: Option<i64>,
+    /// At most this many per answer (default 500, at most 10,000).
+    limit: Option<u64>,
+    /// The newest rows, newest first (without `after`).
+    #[serde(default)]
+    newest: bool,
+}
+
+/// Journal rows as JSON, a page at a time (`next_cursor`: the last `seq` in it, for `after`).
+#[utoipa::path(get, path = "/v1/journal", tag = "events", params(JournalParams),
+    responses((status = 200, description = "{\"rows\": [...], \"next_cursor\"}", body = Object),
+        (status = 422, description = "`newest` with `after`")))]
+async fn journal(
+    State(state): State<AppState>,
+    Query(p): Query<JournalParams>,
+) -> Result<Json<Value>, ApiError> {
+    check_newest(p.newest, p.after, false)?;
+    let query = JournalQuery {
+        job_id: p.job,
+        worker_session_id: p.worker_session,
+        after_seq: (!p.newest).then(|| p.after.unwrap_or(0)),
+        limit: Some(page_limit(p.limit)),
+        descending: p.newest,
+        ..JournalQuery::default()
+    };
+    let manager = state.host.manager().clone();
+    let rows = tokio::task::spawn_blocking(move || manager.journal().query(&query))
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    let last = rows.iter().filter_map(|r| r.seq).max();
+    Ok(Json(json!({"rows": rows, "next_cursor": last})))
 }
 
 /// Which events.
@@ -382,6 +442,9 @@ struct LogParams {
     /// Keep following as Server-Sent Events.
     #[serde(default)]
     follow: bool,
+    /// The newest rows, newest first (without `after` or `follow`).
+    #[serde(default)]
+    newest: bool,
 }
 
 /// Log records (or raw output chunks) as JSON, or followed as Server-Sent Events.
@@ -401,9 +464,11 @@ async fn logs(
             ));
         }
     };
-    let limit = p.limit.unwrap_or(500).clamp(1, 10_000);
+    check_newest(p.newest, p.after, p.follow)?;
+    let limit = page_limit(p.limit);
     let read = LogRead {
         chunks,
+        newest: p.newest,
         records: RecordQuery {
             job_id: p.job,
             worker_session_id: p.worker_session.clone(),
@@ -462,6 +527,8 @@ async fn logs(
 
 struct LogRead {
     chunks: bool,
+    /// The last rows, newest first (one page, no cursor).
+    newest: bool,
     records: RecordQuery,
     chunk_query: ChunkQuery,
 }
@@ -475,10 +542,13 @@ impl LogRead {
     ) -> Result<(Vec<Value>, Option<i64>), ApiError> {
         let manager = state.host.manager().clone();
         let chunks = self.chunks;
+        let from = (!self.newest).then_some(after);
         let mut records = self.records.clone();
-        records.after_seq = Some(after);
+        records.after_seq = from;
+        records.descending = self.newest;
         let mut chunk_query = self.chunk_query.clone();
-        chunk_query.after_seq = Some(after);
+        chunk_query.after_seq = from;
+        chunk_query.descending = self.newest;
         let items: Vec<Value> =
             tokio::task::spawn_blocking(move || -> crate::Result<Vec<Value>> {
                 let d = manager.diagnostics();

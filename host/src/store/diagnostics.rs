@@ -54,7 +54,7 @@ impl DiagnosticsSink for NoDiagnostics {
 pub const RETENTION_BATCH: usize = 5000;
 
 /// One structured log record.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiagnosticRecord {
     /// Store-assigned cursor.
     pub seq: Option<i64>,
@@ -91,7 +91,7 @@ impl DiagnosticRecord {
 }
 
 /// One raw stdout/stderr line, attributed to the worker session only.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamChunk {
     /// Store-assigned cursor.
     pub seq: Option<i64>,

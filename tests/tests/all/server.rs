@@ -160,6 +160,7 @@ async fn every_documented_route_answers_and_none_is_undocumented() {
         "/v1/compositions",
         "/v1/events",
         "/v1/logs",
+        "/v1/journal",
         "/v1/secrets",
         "/metrics",
     ] {

@@ -195,3 +195,63 @@ async fn jobs_compositions_and_secrets_over_the_api() {
     assert!(info["config_schema"]["properties"]["top_n"].is_object());
     host.shutdown().await.unwrap();
 }
+
+/// `/v1/journal` and `/v1/logs` read a page: the newest rows newest first, or the rows after
+/// a cursor oldest first (what `cjm-ctl logs` shows and follows through a service).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_and_log_pages_read_the_newest_or_after_a_cursor() {
+    let dir = data_dir();
+    let host = host(dir.path(), 1).await;
+    let router = Server::new(host.clone(), ServerConfig::default()).router();
+    let a = call(
+        &router,
+        Method::POST,
+        "/v1/capabilities/text-stats/execute",
+        r#"{"kwargs": {"text": "a b"}}"#,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let job = a.headers["x-cjm-job-id"].to_str().unwrap().to_owned();
+    let page = |uri: String| {
+        let router = router.clone();
+        async move {
+            let a = call(&router, Method::GET, &uri, Body::empty()).await;
+            assert_eq!(a.status, StatusCode::OK, "{uri}");
+            a.json()
+        }
+    };
+    // The job's rows, all of them, oldest first.
+    let all = page(format!("/v1/journal?job={job}")).await;
+    let seqs: Vec<i64> = all["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    assert!(seqs.len() >= 4, "{all}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(all["next_cursor"], *seqs.last().unwrap());
+    assert_eq!(all["rows"][0]["event_type"], "job_submitted");
+    // The newest two, newest first: the terminal row leads.
+    let newest = page(format!("/v1/journal?job={job}&newest=true&limit=2")).await;
+    let rows = newest["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{newest}");
+    assert_eq!(rows[0]["seq"], *seqs.last().unwrap());
+    assert_eq!(rows[0]["payload"]["to"], "completed");
+    // After a cursor: only what came later.
+    let later = page(format!("/v1/journal?job={job}&after={}", seqs[1])).await;
+    assert_eq!(later["rows"].as_array().unwrap().len(), seqs.len() - 2);
+    // Log pages take the same reading; newest has no cursor and does not follow.
+    let logs = page("/v1/logs?newest=true&limit=5".into()).await;
+    assert!(logs["records"].is_array(), "{logs}");
+    for bad in [
+        "/v1/journal?newest=true&after=3",
+        "/v1/logs?newest=true&follow=true",
+        "/v1/logs?newest=true&after=1",
+    ] {
+        let a = call(&router, Method::GET, bad, Body::empty()).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(a.json()["error"]["fields"][0], "newest", "{bad}");
+    }
+    host.shutdown().await.unwrap();
+}
