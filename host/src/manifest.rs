@@ -19,6 +19,7 @@ pub mod adapter;
 pub mod capability;
 mod error;
 pub mod hash;
+mod on_disk;
 /// JSON exactly as Python writes it (shared with the native worker).
 pub use cjm_guest::python::json as pyjson;
 pub mod runtime;

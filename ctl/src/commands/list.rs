@@ -2,9 +2,7 @@
 //! that can be seen without loading them (a changed component, a gone environment, a
 //! manifest whose witnesses disagree with its own code section).
 
-use std::path::Path;
-
-use cjm_host::manifest::{self, CapabilityManifest, Loaded, RuntimeKind, hash};
+use cjm_host::manifest;
 use comfy_table::Color;
 use serde_json::{Value, json};
 
@@ -22,59 +20,68 @@ pub struct Args {
 /// One row.
 struct Row {
     name: String,
-    kind: RuntimeKind,
+    kind: String,
     version: String,
     instances: usize,
     enabled: usize,
-    drift: Vec<&'static str>,
+    drift: Vec<String>,
     path: String,
     runs: String,
 }
 
-/// Runs `list`.
+impl Row {
+    /// A capability as the service lists it (its instances: those it holds).
+    fn served(item: &Value) -> Row {
+        let text = |key: &str| item[key].as_str().unwrap_or_default().to_owned();
+        let instances = item["instances"].as_array().map_or(&[][..], Vec::as_slice);
+        Row {
+            name: text("name"),
+            kind: text("kind"),
+            version: text("version"),
+            instances: instances.len(),
+            enabled: instances.iter().filter(|i| i["enabled"] == true).count(),
+            drift: item["drift"]
+                .as_array()
+                .map(|d| {
+                    d.iter()
+                        .filter_map(|f| f.as_str())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            path: text("manifest"),
+            runs: text("runs"),
+        }
+    }
+}
+
+/// Runs `list`: through the host serving the data dir when one runs (or `--host`), else
+/// from the data dir's manifests and config store.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let config = ctx.config()?;
-    let found = manifest::discover(&config.manifest_search_paths());
-    for e in &found.errors {
-        ctx.out.warn(format!("skipped: {e}"));
-    }
-    let configs = ctx.records()?.instance_configs()?;
-    let names: Vec<&str> = found
-        .capabilities
-        .iter()
-        .map(|c| c.manifest.name())
-        .collect();
-    let rows: Vec<Row> = found
-        .capabilities
-        .iter()
-        .map(|c| {
-            // Instance ids are the name itself or `name-<suffix>`; the longest matching
-            // name owns an id (so `a-b-1234` is `a-b`'s, not `a`'s).
-            let owned = configs.iter().filter(|(id, _)| {
-                cjm_host::manager::instance_owner(id, &names) == Some(c.manifest.name())
-            });
-            let (instances, enabled) =
-                owned.fold((0, 0), |(n, e), (_, r)| (n + 1, e + usize::from(r.enabled)));
-            Row {
-                name: c.manifest.name().to_owned(),
-                kind: c.manifest.runtime(),
-                version: c.manifest.code.version.clone(),
-                instances,
-                enabled,
-                drift: drift(c),
-                path: c.path.display().to_string(),
-                runs: runs(&c.manifest, c.dir()),
-            }
-        })
-        .collect();
-
+    let mut place = config.manifests_dir().display().to_string();
+    let rows = match ctx.client()? {
+        Some(client) => {
+            place = format!("the host at {}", client.url());
+            let answer = crate::ctx::runtime()?.block_on(client.json(
+                reqwest::Method::GET,
+                "/v1/capabilities",
+                None,
+            ))?;
+            answer["capabilities"]
+                .as_array()
+                .map(|items| items.iter().map(Row::served).collect())
+                .unwrap_or_default()
+        }
+        None => local_rows(ctx, &config)?,
+    };
     if ctx.out.json {
         ctx.out.json(&Value::Array(
             rows.iter()
                 .map(|r| {
                     json!({
                         "name": r.name,
-                        "kind": r.kind.to_string(),
+                        "kind": r.kind,
                         "version": r.version,
                         "instances": r.instances,
                         "enabled": r.enabled,
@@ -88,10 +95,8 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         return Ok(());
     }
     if rows.is_empty() {
-        ctx.out.info(format!(
-            "no capabilities installed in {}",
-            config.manifests_dir().display()
-        ));
+        ctx.out
+            .info(format!("no capabilities installed in {place}"));
         ctx.out
             .note("hint: install some with `cjm-ctl install-all --capabilities capabilities.yaml`");
         return Ok(());
@@ -109,7 +114,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         };
         let mut row = vec![
             comfy_table::Cell::new(&r.name),
-            comfy_table::Cell::new(r.kind.to_string()),
+            comfy_table::Cell::new(&r.kind),
             comfy_table::Cell::new(&r.version),
             comfy_table::Cell::new(if r.instances == 0 {
                 "-".to_owned()
@@ -128,69 +133,39 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drift visible without loading: the witnesses against the manifest's own code section,
-/// the component against its recorded sha256, the python env and the native program.
-fn drift(c: &Loaded<CapabilityManifest>) -> Vec<&'static str> {
-    let m = &c.manifest;
-    let mut flags = Vec::new();
-    if m.config_schema_drifted(m.code.config_schema.as_ref()) {
-        flags.push("schema-hash");
+/// The rows from the data dir: its manifests and the instances its config store records.
+fn local_rows(ctx: &Ctx, config: &cjm_host::config::HostConfig) -> anyhow::Result<Vec<Row>> {
+    let found = manifest::discover(&config.manifest_search_paths());
+    for e in &found.errors {
+        ctx.out.warn(format!("skipped: {e}"));
     }
-    if m.structural_surface_drifted(m.code.structural_surface.as_ref()) {
-        flags.push("surface-hash");
-    }
-    match m.runtime() {
-        RuntimeKind::Wasm => {
-            if let Some(w) = &m.install.wasm {
-                match hash::hash_file(&w.component_path(c.dir())) {
-                    Err(_) => flags.push("component-missing"),
-                    Ok(h) if h != w.sha256 => flags.push("component-changed"),
-                    Ok(_) => {}
-                }
+    let configs = ctx.records()?.instance_configs()?;
+    let names: Vec<&str> = found
+        .capabilities
+        .iter()
+        .map(|c| c.manifest.name())
+        .collect();
+    Ok(found
+        .capabilities
+        .iter()
+        .map(|c| {
+            // Instance ids are the name itself or `name-<suffix>`; the longest matching
+            // name owns an id (so `a-b-1234` is `a-b`'s, not `a`'s).
+            let owned = configs.iter().filter(|(id, _)| {
+                cjm_host::manager::instance_owner(id, &names) == Some(c.manifest.name())
+            });
+            let (instances, enabled) =
+                owned.fold((0, 0), |(n, e), (_, r)| (n + 1, e + usize::from(r.enabled)));
+            Row {
+                name: c.manifest.name().to_owned(),
+                kind: c.manifest.runtime().to_string(),
+                version: c.manifest.code.version.clone(),
+                instances,
+                enabled,
+                drift: c.drift_on_disk().into_iter().map(str::to_owned).collect(),
+                path: c.path.display().to_string(),
+                runs: c.runs(),
             }
-        }
-        RuntimeKind::Python => {
-            if !Path::new(&m.install.python_path).is_file() {
-                flags.push("env-missing");
-            }
-        }
-        RuntimeKind::Native => {
-            if let Some(n) = &m.install.native
-                && n.program(c.dir()).is_none()
-            {
-                flags.push("program-missing");
-            }
-        }
-    }
-    flags
-}
-
-fn runs(m: &CapabilityManifest, dir: &Path) -> String {
-    match m.runtime() {
-        RuntimeKind::Python => m.install.python_path.clone(),
-        RuntimeKind::Wasm => m
-            .install
-            .wasm
-            .as_ref()
-            .map_or_else(String::new, |w| normalize(&w.component_path(dir))),
-        RuntimeKind::Native => m
-            .install
-            .native
-            .as_ref()
-            .map_or_else(String::new, |n| n.command.join(" ")),
-    }
-}
-
-/// `a/manifests/../components/x.wasm` -> `a/components/x.wasm`, lexically.
-fn normalize(p: &Path) -> String {
-    let mut out = std::path::PathBuf::new();
-    for c in p.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out.display().to_string()
+        })
+        .collect())
 }

@@ -221,6 +221,29 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("unknown job 'no-such-job'"));
+    // `list` too: the served capabilities, as the data dir's own manifests describe them,
+    // with the instances the service holds.
+    let served = elsewhere.json(&["--host", client.url(), "list"]);
+    let local = env.json(&["--local", "list"]);
+    let by_name = |list: &Value, name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in {list}"))
+    };
+    for name in ["text-stats", "text-stats-native", "hostile"] {
+        let (s, l) = (by_name(&served, name), by_name(&local, name));
+        for key in ["kind", "version", "drift", "manifest", "runs"] {
+            assert_eq!(s[key], l[key], "{name} {key}");
+        }
+        assert_eq!(
+            (&s["instances"], &s["enabled"]),
+            (&serde_json::json!(1), &serde_json::json!(1)),
+            "{s}"
+        );
+    }
 
     // SIGTERM: a clean exit, the discovery file gone; a restart keeps the history.
     let (status, log) = serving.stop();

@@ -89,7 +89,7 @@ fn instance_summary(i: &Instance, busy: &std::collections::HashSet<String>) -> V
 
 /// Every installed capability with its loaded instances.
 #[utoipa::path(get, path = "/v1/capabilities", tag = "capabilities",
-    responses((status = 200, description = "Installed capabilities, each with kind, version, compatible adapters and loaded instances (enabled, state, drift, bound adapters)", body = Object)))]
+    responses((status = 200, description = "Installed capabilities, each with kind, version, compatible adapters, drift visible on disk, its manifest file, what runs it, and loaded instances (enabled, state, drift, bound adapters)", body = Object)))]
 async fn list(State(state): State<AppState>) -> Json<Value> {
     let manager = state.host.manager();
     let instances = manager.instances();
@@ -117,6 +117,9 @@ async fn list(State(state): State<AppState>) -> Json<Value> {
                 "description": m.code.description,
                 "instances": mine,
                 "adapters": compatible,
+                "drift": c.drift_on_disk(),
+                "manifest": c.path,
+                "runs": c.runs(),
             })
         })
         .collect();
