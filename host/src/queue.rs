@@ -119,8 +119,9 @@ struct Entry {
     bytes: usize,
     /// When it runs again after a failure.
     retry: RetryPolicy,
-    /// A copy of the call kept at admission while attempts remain.
-    retry_request: Option<CallRequest>,
+    /// A copy of the call kept at admission while attempts remain (boxed: most jobs have
+    /// none, and every waiting job pays for the field).
+    retry_request: Option<Box<CallRequest>>,
     /// Its kwargs file in the data dir (large kwargs), removed when it ends.
     payload_file: Option<String>,
     /// Whether it waits out a retry's delay (counted in `State::retry_waiting`).
@@ -141,7 +142,9 @@ struct CompositionEntry {
 
 #[derive(Default)]
 struct State {
-    jobs: HashMap<String, Entry>,
+    /// Boxed: the table holds a pointer per job, not a 2 KB entry, so a burst's table (and
+    /// its copy while it grows) stays small.
+    jobs: HashMap<String, Box<Entry>>,
     pending: PendingIndex,
     ledger: Ledger,
     history: VecDeque<String>,

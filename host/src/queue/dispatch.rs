@@ -101,7 +101,7 @@ impl Inner {
         st.pending.insert(&spec.instance_id, order, id.clone());
         st.jobs.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 job,
                 order,
                 request: Some(spec.request),
@@ -117,7 +117,7 @@ impl Inner {
                 retry_wait: false,
                 node_result: None,
                 admission,
-            },
+            }),
         );
         st.pending_bytes += bytes;
     }
@@ -300,7 +300,7 @@ impl Inner {
                 .unwrap_or_else(|| CallRequest::execute(Default::default()));
             // Attempts remain: keep the call for the next one.
             if entry.retry.max_attempts > entry.job.retry_count + 1 {
-                entry.retry_request = Some(request.clone());
+                entry.retry_request = Some(Box::new(request.clone()));
             }
             st.pending_bytes -= std::mem::take(&mut entry.bytes);
             self.emitter.push(Item::Event(job_event(

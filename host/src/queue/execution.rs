@@ -246,7 +246,7 @@ impl Inner {
                 if let Some(name) = entry.job.capability_name.clone().filter(|n| !n.is_empty()) {
                     je.capability_name = Some(name);
                 }
-                entry.job.raw_error = Some(raw);
+                entry.job.raw_error = Some(Box::new(raw));
                 (JobStatus::Failed, None, Some(je))
             }
         };
@@ -283,8 +283,8 @@ impl Inner {
             entry.retry_wait = true;
             st.retry_waiting += 1;
             entry.job.started_at = None;
-            entry.job.error.clone_from(&error);
-            entry.request = Some(request);
+            entry.job.error = error.clone().map(Box::new);
+            entry.request = Some(*request);
             self.emitter.push(Item::Event(job_event(
                 EventKind::StateTransition,
                 &entry.job,
@@ -310,7 +310,7 @@ impl Inner {
             entry.job.progress = 1.0;
         }
         entry.job.result.clone_from(&value);
-        entry.job.error.clone_from(&error);
+        entry.job.error = error.clone().map(Box::new);
         self.terminal(st, job_id, JobStatus::Running, status);
         let member = st
             .jobs

@@ -407,14 +407,15 @@ pub struct Job {
     /// memory after delivery: its approximate size in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result_dropped_bytes: Option<usize>,
-    /// Why it failed, as cjm-substrate's host records it (see [`host_view`]).
+    /// Why it failed, as cjm-substrate's host records it (see [`host_view`]). Boxed, as
+    /// `raw_error`: most jobs have none, and every job held in memory pays for the field.
     #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
-    pub error: Option<JobError>,
+    pub error: Option<Box<JobError>>,
     /// The error as the capability (or the host's own check) reported it, before that
     /// mapping: every field it sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
-    pub raw_error: Option<JobError>,
+    pub raw_error: Option<Box<JobError>>,
     /// The capability's answer when the task or method does not exist (its 404 detail).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_found: Option<String>,
@@ -497,7 +498,7 @@ impl Job {
             method: self.method.clone(),
             run_id: self.run_id.clone(),
             actor: self.actor.clone(),
-            error: self.error.clone(),
+            error: self.error.as_deref().cloned(),
             extra: Map::new(),
         }
     }
@@ -519,7 +520,7 @@ impl Job {
             status_message: String::new(),
             result: None,
             result_dropped_bytes: None,
-            error: s.error,
+            error: s.error.map(Box::new),
             raw_error: None,
             not_found: None,
             accounts: Vec::new(),

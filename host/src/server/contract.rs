@@ -281,7 +281,7 @@ async fn unary(state: &AppState, id: &str, request: CallRequest, direct: bool) -
                     (None, raw) => compact(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         &json!({"_job_error": wire_job_error(
-                            raw.as_ref().or(job.error.as_ref()).unwrap_or(&cjm_guest::JobError::fatal("the job failed")),
+                            raw.as_deref().or(job.error.as_deref()).unwrap_or(&cjm_guest::JobError::fatal("the job failed")),
                             &name,
                         )}),
                     ),

@@ -136,7 +136,7 @@ impl Guest {
                     JobStatus::Cancelled => Err(Error::Cancelled),
                     // The error as the guest raised it (`error` is the host's view of it,
                     // checked by the fidelity tests).
-                    _ => Err(Error::Job(Box::new(job.raw_error.unwrap()))),
+                    _ => Err(Error::Job(job.raw_error.unwrap())),
                 }
             }
         }
