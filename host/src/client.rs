@@ -192,8 +192,12 @@ impl Client {
 
     /// A job as the service knows it.
     pub async fn job(&self, id: &str) -> Result<Value> {
-        self.json(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
-            .await
+        self.json(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{}", segment(id)),
+            None,
+        )
+        .await
     }
 
     /// Waits (long polls, up to `timeout` per request) until job `id` ends.
@@ -202,7 +206,11 @@ impl Client {
             let job = self
                 .json(
                     reqwest::Method::GET,
-                    &format!("/v1/jobs/{id}/wait?timeout_s={}", timeout.as_secs_f64()),
+                    &format!(
+                        "/v1/jobs/{}/wait?timeout_s={}",
+                        segment(id),
+                        timeout.as_secs_f64()
+                    ),
                     None,
                 )
                 .await?;
@@ -219,7 +227,7 @@ impl Client {
     pub async fn cancel(&self, id: &str) -> Result<()> {
         self.json(
             reqwest::Method::POST,
-            &format!("/v1/jobs/{id}/cancel"),
+            &format!("/v1/jobs/{}/cancel", segment(id)),
             None,
         )
         .await
@@ -348,6 +356,13 @@ mod tests {
     use super::parse_event;
 
     #[test]
+    fn ids_stay_one_path_segment() {
+        assert_eq!(super::segment("0193-ab_c.d~"), "0193-ab_c.d~");
+        assert_eq!(super::segment("../../v1/health"), "..%2F..%2Fv1%2Fhealth");
+        assert_eq!(super::segment("a b?c#d"), "a%20b%3Fc%23d");
+    }
+
+    #[test]
     fn event_blocks_parse_as_the_sse_format_says() {
         let e = parse_event("id: 42\nevent: state_transition\ndata: {\"a\":\ndata: 1}").unwrap();
         assert_eq!(e.id, Some(42));
@@ -358,4 +373,18 @@ mod tests {
         assert!(parse_event(": keep-alive").is_none());
         assert_eq!(parse_event("data: é").unwrap().event, "message");
     }
+}
+
+/// `text` as one URL path segment: everything but unreserved characters percent-encoded, so
+/// an id like `../x` stays one segment.
+fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

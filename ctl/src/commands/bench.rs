@@ -162,12 +162,12 @@ async fn measure(host: &Host, samples: u32, n: u32, mixed: u32) -> anyhow::Resul
     // First, before the other rows' garbage is about.
     if let Some((idle, peak)) = memory(host, mixed).await? {
         rows.push(Row {
-            what: "host memory, both loaded, idle (RSS)",
+            what: "host memory, both loaded, idle (RSS, one run)",
             value: megabytes(idle),
             unit: "MB",
         });
         rows.push(Row {
-            what: "peak host memory, a burst of mixed jobs",
+            what: "peak host memory, mixed burst (one run)",
             value: megabytes(peak),
             unit: "MB",
         });

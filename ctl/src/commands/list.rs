@@ -68,10 +68,13 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
                 "/v1/capabilities",
                 None,
             ))?;
-            answer["capabilities"]
-                .as_array()
-                .map(|items| items.iter().map(Row::served).collect())
-                .unwrap_or_default()
+            let Some(items) = answer["capabilities"].as_array() else {
+                anyhow::bail!(
+                    "unexpected answer from {}: no `capabilities` list",
+                    client.url()
+                );
+            };
+            items.iter().map(Row::served).collect()
         }
         None => local_rows(ctx, &config)?,
     };

@@ -155,13 +155,19 @@ pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     };
     if let Some(client) = ctx.client()? {
         let rt = crate::ctx::runtime()?;
-        if let Some(job) = &args.job {
-            match rt.block_on(client.job(job)) {
-                Err(ClientError::Api { status: 404, .. }) => return Err(unknown(job)),
-                other => {
-                    other?;
-                }
+        if let Some(given) = &args.job {
+            // A short id is resolved from the data dir's journal when it has one (a host
+            // serving this data dir); through `--host` elsewhere, ids are given whole.
+            let records = ctx.records()?;
+            let job = if records.has_journal() {
+                records.resolve_job(given)?
+            } else {
+                given.clone()
+            };
+            if !rt.block_on(served_job_known(&client, &job))? {
+                return Err(unknown(&job));
             }
+            args.job = Some(job);
         }
         let following = client.url().to_owned();
         return show(&args, ctx, &Source::Service { client, rt }, &following);
@@ -298,8 +304,34 @@ fn fetch(
     Ok(rows)
 }
 
-/// [`fetch`] through the service: `/v1/journal` or `/v1/logs`, the newest rows from the
-/// start (at most 10,000 a page), oldest first after `after`.
+/// Whether the service knows job `id`: a journal row of it, or a log record.
+async fn served_job_known(client: &Client, id: &str) -> anyhow::Result<bool> {
+    match client.job(id).await {
+        Ok(_) => return Ok(true),
+        Err(ClientError::Api { status: 404, .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut url = reqwest::Url::parse("http://host/v1/logs")?;
+    url.query_pairs_mut()
+        .append_pair("job", id)
+        .append_pair("limit", "1");
+    let page = client
+        .json(reqwest::Method::GET, &target(&url), None)
+        .await?;
+    Ok(page["records"].as_array().is_some_and(|r| !r.is_empty()))
+}
+
+/// The path and query of `url`, as the client takes them.
+fn target(url: &reqwest::Url) -> String {
+    format!("{}?{}", url.path(), url.query().unwrap_or_default())
+}
+
+/// Rows per request through the service (its most).
+const SERVED_PAGE: u64 = 10_000;
+
+/// [`fetch`] through the service: `/v1/journal` or `/v1/logs`. From the start: the newest
+/// `limit` rows, newest first (at most [`SERVED_PAGE`]), or with no limit every row, read
+/// forward a page at a time. After a cursor: every row after it, oldest first.
 async fn fetch_served(
     args: &Args,
     client: &Client,
@@ -307,6 +339,43 @@ async fn fetch_served(
     after: Option<i64>,
     limit: Option<u64>,
 ) -> anyhow::Result<Vec<Row>> {
+    if after.is_none()
+        && let Some(n) = limit
+    {
+        return Ok(served_page(args, client, level, None, n).await?.0);
+    }
+    let mut rows = Vec::new();
+    let mut cursor = after.unwrap_or(0);
+    loop {
+        let (page, more) = served_page(args, client, level, Some(cursor), SERVED_PAGE).await?;
+        cursor = page
+            .iter()
+            .map(Row::seq)
+            .max()
+            .unwrap_or(cursor)
+            .max(cursor);
+        let empty = page.is_empty();
+        rows.extend(page);
+        if !more || empty {
+            break;
+        }
+    }
+    if after.is_none() {
+        // As the stores answer from the start: newest first.
+        rows.reverse();
+    }
+    Ok(rows)
+}
+
+/// One request: the newest `limit` rows (no `after`) or up to `limit` after `after`, and
+/// whether more are left to read.
+async fn served_page(
+    args: &Args,
+    client: &Client,
+    level: Option<&str>,
+    after: Option<i64>,
+    limit: u64,
+) -> anyhow::Result<(Vec<Row>, bool)> {
     let path = if args.journal {
         "/v1/journal"
     } else {
@@ -331,16 +400,21 @@ async fn fetch_served(
             Some(after) => q.append_pair("after", &after.to_string()),
             None => q.append_pair("newest", "true"),
         };
-        q.append_pair("limit", &limit.unwrap_or(10_000).to_string());
+        q.append_pair("limit", &limit.min(SERVED_PAGE).to_string());
     }
-    let target = format!("{}?{}", url.path(), url.query().unwrap_or_default());
-    let mut page = client.json(reqwest::Method::GET, &target, None).await?;
+    let mut page = client
+        .json(reqwest::Method::GET, &target(&url), None)
+        .await?;
     let key = if args.journal { "rows" } else { "records" };
     let items = match page.get_mut(key).map(Value::take) {
         Some(Value::Array(items)) => items,
         _ => anyhow::bail!("unexpected answer from {}: no `{key}` list", client.url()),
     };
-    items
+    // The journal says whether it cut the page; a log page is full when more may follow.
+    let more = page["more"]
+        .as_bool()
+        .unwrap_or(items.len() as u64 >= limit.min(SERVED_PAGE));
+    let rows = items
         .into_iter()
         .map(|item| {
             Ok(if args.journal {
@@ -351,5 +425,6 @@ async fn fetch_served(
                 Row::Record(serde_json::from_value(item)?)
             })
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<Row>>>()?;
+    Ok((rows, more))
 }

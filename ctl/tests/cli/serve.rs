@@ -221,6 +221,29 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("unknown job 'no-such-job'"));
+    // On the served data dir itself a short id resolves, and `-n 0` pages through all.
+    let out = env
+        .ctl()
+        .args([
+            "--json",
+            "logs",
+            "--journal",
+            "-n",
+            "0",
+            "--job",
+            &later[2][..24],
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        rows.len()
+    );
     // `list` too: the served capabilities, as the data dir's own manifests describe them,
     // with the instances the service holds.
     let served = elsewhere.json(&["--host", client.url(), "list"]);

@@ -567,13 +567,13 @@ impl Emitter {
     }
 
     fn write(&self, journal: &JournalStore, bus: &Bus, batch: &mut [Item]) {
-        let rows: Vec<JournalEvent> = batch
-            .iter_mut()
-            .filter_map(|i| match i {
-                Item::Event(e) if e.kind.journaled() => Some(e.take_row()),
-                _ => None,
-            })
-            .collect();
+        // Sized once for the batch (a burst's batch is tens of thousands of rows: growing it
+        // by doubling would copy them and hold both copies at the peak).
+        let mut rows: Vec<JournalEvent> = Vec::with_capacity(batch.len());
+        rows.extend(batch.iter_mut().filter_map(|i| match i {
+            Item::Event(e) if e.kind.journaled() => Some(e.take_row()),
+            _ => None,
+        }));
         let Some(seqs) = self.commit(journal, &rows) else {
             // Nothing waits forever on rows that were not written, and nobody is told
             // they were.

@@ -90,15 +90,29 @@ fn instance_summary(i: &Instance, busy: &std::collections::HashSet<String>) -> V
 /// Every installed capability with its loaded instances.
 #[utoipa::path(get, path = "/v1/capabilities", tag = "capabilities",
     responses((status = 200, description = "Installed capabilities, each with kind, version, compatible adapters, drift visible on disk, its manifest file, what runs it, and loaded instances (enabled, state, drift, bound adapters)", body = Object)))]
-async fn list(State(state): State<AppState>) -> Json<Value> {
+async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let manager = state.host.manager();
+    let manifests = manager.manifests();
+    // What the files on disk say (hashing components, finding programs) is read on a
+    // blocking thread, never on the runtime's.
+    let on_disk: Vec<(Vec<&'static str>, String)> = {
+        let manifests = manifests.clone();
+        tokio::task::spawn_blocking(move || {
+            manifests
+                .iter()
+                .map(|c| (c.drift_on_disk(), c.runs()))
+                .collect()
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+    };
     let instances = manager.instances();
     let adapters = manager.adapter_manifests();
     let busy = busy_instances(&state);
-    let items: Vec<Value> = manager
-        .manifests()
+    let items: Vec<Value> = manifests
         .iter()
-        .map(|c| {
+        .zip(on_disk)
+        .map(|(c, (drift, runs))| {
             let m = &c.manifest;
             let mine: Vec<Value> = instances
                 .iter()
@@ -117,13 +131,13 @@ async fn list(State(state): State<AppState>) -> Json<Value> {
                 "description": m.code.description,
                 "instances": mine,
                 "adapters": compatible,
-                "drift": c.drift_on_disk(),
-                "manifest": c.path,
-                "runs": c.runs(),
+                "drift": drift,
+                "manifest": c.path.display().to_string(),
+                "runs": runs,
             })
         })
         .collect();
-    Json(json!({ "capabilities": items }))
+    Ok(Json(json!({ "capabilities": items })))
 }
 
 /// One capability: an instance id (live info) or a capability name (its manifest).

@@ -64,6 +64,11 @@ fn check_newest(newest: bool, after: Option<i64>, follow: bool) -> Result<(), Ap
     Ok(())
 }
 
+/// Bytes of rows one `/v1/journal` answer carries at most: a page ends at the row that
+/// crosses it (rows carry kwargs and results inline up to 64 KiB each); at least one row is
+/// always sent.
+const JOURNAL_PAGE_BYTES: usize = 4 << 20;
+
 /// Which journal rows.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -74,27 +79,31 @@ struct JournalParams {
     worker_session: Option<String>,
     /// After this `seq`, oldest first.
     after: Option<i64>,
-    /// At most this many per answer (default 500, at most 10,000).
+    /// At most this many per answer (default 500, at most 10,000; fewer when the rows pass
+    /// 4 MiB).
     limit: Option<u64>,
     /// The newest rows, newest first (without `after`).
     #[serde(default)]
     newest: bool,
 }
 
-/// Journal rows as JSON, a page at a time (`next_cursor`: the last `seq` in it, for `after`).
+/// Journal rows as JSON, a page at a time: `next_cursor` is the last `seq` in it (for
+/// `after`), `more` whether rows were left out of it (by `limit` or its size).
 #[utoipa::path(get, path = "/v1/journal", tag = "events", params(JournalParams),
-    responses((status = 200, description = "{\"rows\": [...], \"next_cursor\"}", body = Object),
+    responses((status = 200, description = "{\"rows\": [...], \"next_cursor\", \"more\"}", body = Object),
         (status = 422, description = "`newest` with `after`")))]
 async fn journal(
     State(state): State<AppState>,
     Query(p): Query<JournalParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     check_newest(p.newest, p.after, false)?;
+    let limit = page_limit(p.limit);
     let query = JournalQuery {
         job_id: p.job,
         worker_session_id: p.worker_session,
         after_seq: (!p.newest).then(|| p.after.unwrap_or(0)),
-        limit: Some(page_limit(p.limit)),
+        // One more than asked: whether there is more to read.
+        limit: Some(limit + 1),
         descending: p.newest,
         ..JournalQuery::default()
     };
@@ -102,8 +111,28 @@ async fn journal(
     let rows = tokio::task::spawn_blocking(move || manager.journal().query(&query))
         .await
         .map_err(|e| ApiError::internal(&e))??;
-    let last = rows.iter().filter_map(|r| r.seq).max();
-    Ok(Json(json!({"rows": rows, "next_cursor": last})))
+    let mut body = b"{\"rows\":[".to_vec();
+    let (mut sent, mut last, mut more) = (0u64, None::<i64>, false);
+    for row in &rows {
+        if sent == limit || (sent > 0 && body.len() >= JOURNAL_PAGE_BYTES) {
+            more = true;
+            break;
+        }
+        if sent > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, row).map_err(|e| ApiError::internal(&e))?;
+        sent += 1;
+        last = last.max(row.seq);
+    }
+    body.extend_from_slice(
+        format!("],\"next_cursor\":{},\"more\":{more}}}", json!(last)).as_bytes(),
+    );
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 /// Which events.

@@ -231,19 +231,35 @@ async fn journal_and_log_pages_read_the_newest_or_after_a_cursor() {
     assert!(seqs.len() >= 4, "{all}");
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     assert_eq!(all["next_cursor"], *seqs.last().unwrap());
+    assert_eq!(all["more"], false);
     assert_eq!(all["rows"][0]["event_type"], "job_submitted");
     // The newest two, newest first: the terminal row leads.
     let newest = page(format!("/v1/journal?job={job}&newest=true&limit=2")).await;
     let rows = newest["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{newest}");
+    assert_eq!(newest["more"], true, "the job has more rows than two");
     assert_eq!(rows[0]["seq"], *seqs.last().unwrap());
     assert_eq!(rows[0]["payload"]["to"], "completed");
     // After a cursor: only what came later.
     let later = page(format!("/v1/journal?job={job}&after={}", seqs[1])).await;
     assert_eq!(later["rows"].as_array().unwrap().len(), seqs.len() - 2);
     // Log pages take the same reading; newest has no cursor and does not follow.
-    let logs = page("/v1/logs?newest=true&limit=5".into()).await;
-    assert!(logs["records"].is_array(), "{logs}");
+    let diagnostics = host.manager().diagnostics();
+    for message in ["first", "second", "third"] {
+        let mut r = cjm_host::store::DiagnosticRecord::new("INFO", message);
+        r.job_id = Some(job.clone());
+        diagnostics.append_record(&r).unwrap();
+    }
+    let logs = page(format!("/v1/logs?job={job}&newest=true&limit=2")).await;
+    let messages: Vec<&str> = logs["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["third", "second"], "{logs}");
+    let logs = page(format!("/v1/logs?job={job}")).await;
+    assert_eq!(logs["records"][0]["message"], "first", "{logs}");
     for bad in [
         "/v1/journal?newest=true&after=3",
         "/v1/logs?newest=true&follow=true",
