@@ -350,6 +350,20 @@ fn parse_event(block: &str) -> Option<ServerEvent> {
     (lines > 0).then_some(event)
 }
 
+/// `text` as one URL path segment: everything but unreserved characters percent-encoded, so
+/// an id like `../x` stays one segment.
+fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -373,18 +387,4 @@ mod tests {
         assert!(parse_event(": keep-alive").is_none());
         assert_eq!(parse_event("data: é").unwrap().event, "message");
     }
-}
-
-/// `text` as one URL path segment: everything but unreserved characters percent-encoded, so
-/// an id like `../x` stays one segment.
-fn segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
