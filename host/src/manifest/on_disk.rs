@@ -1,7 +1,12 @@
 //! What an installed capability's files say without loading it: drift that can be seen on
 //! disk, and what runs it. `cjm-ctl list` and the service's capability list show both.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
 
 use super::{CapabilityManifest, Loaded, RuntimeKind, hash};
 
@@ -21,10 +26,10 @@ impl Loaded<CapabilityManifest> {
         match m.runtime() {
             RuntimeKind::Wasm => {
                 if let Some(w) = &m.install.wasm {
-                    match hash::hash_file(&w.component_path(self.dir())) {
-                        Err(_) => flags.push("component-missing"),
-                        Ok(h) if h != w.sha256 => flags.push("component-changed"),
-                        Ok(_) => {}
+                    match component_hash(&w.component_path(self.dir())) {
+                        None => flags.push("component-missing"),
+                        Some(h) if h != w.sha256 => flags.push("component-changed"),
+                        Some(_) => {}
                     }
                 }
             }
@@ -63,6 +68,25 @@ impl Loaded<CapabilityManifest> {
     }
 }
 
+/// A file's sha256, remembered by its size and modification time: the service's capability
+/// list is polled (the dashboard asks every 2 s), and a component of tens of MB would be
+/// read and hashed each time.
+fn component_hash(path: &Path) -> Option<String> {
+    type Seen = HashMap<PathBuf, (u64, SystemTime, String)>;
+    static SEEN: LazyLock<Mutex<Seen>> = LazyLock::new(Mutex::default);
+    let meta = std::fs::metadata(path).ok()?;
+    let stamp = (meta.len(), meta.modified().ok()?);
+    if let Some((len, modified, sha)) = SEEN.lock().get(path)
+        && (*len, *modified) == stamp
+    {
+        return Some(sha.clone());
+    }
+    let sha = hash::hash_file(path).ok()?;
+    SEEN.lock()
+        .insert(path.to_owned(), (stamp.0, stamp.1, sha.clone()));
+    Some(sha)
+}
+
 /// `a/manifests/../components/x.wasm` -> `a/components/x.wasm`, lexically.
 fn normalize(p: &Path) -> String {
     let mut out = std::path::PathBuf::new();
@@ -75,4 +99,24 @@ fn normalize(p: &Path) -> String {
         }
     }
     out.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn a_remembered_hash_follows_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.wasm");
+        std::fs::write(&path, b"one").unwrap();
+        let first = super::component_hash(&path).unwrap();
+        assert_eq!(super::component_hash(&path).unwrap(), first);
+        std::fs::write(&path, b"other").unwrap();
+        let second = super::component_hash(&path).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(second, super::hash::hash_file(&path).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(super::component_hash(&path), None);
+    }
 }
