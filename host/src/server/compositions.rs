@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -10,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::error::{ApiError, parse_body};
+use super::error::{ApiError, Query, parse_body};
 use crate::queue::{Composition, CompositionRun, QueueError};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {

@@ -8,7 +8,8 @@
 //! job's id rides on `X-CJM-Job-Id`.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cjm_guest::contract::Envelope;
@@ -21,7 +22,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::capabilities::instance;
-use super::error::{ApiError, parse_value};
+use super::error::{ApiError, Query, parse_value};
 use crate::backend::{CallRequest, Target};
 use crate::queue::{Job, JobSpec, JobStatus};
 

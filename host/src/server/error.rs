@@ -185,3 +185,29 @@ pub(super) fn wait_timeout(
     }
     Ok(std::time::Duration::from_secs_f64(secs).min(max))
 }
+
+/// `axum::extract::Query` whose rejection is the API's error answer (400, `bad_request`,
+/// saying which parameter), not axum's plain-text one.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "bad query string: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -15,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::capabilities::instance;
-use super::error::{ApiError, parse_body, parse_value};
+use super::error::{ApiError, Query, parse_body, parse_value};
 use crate::backend::{CallRequest, Target};
 use crate::queue::{Job, JobFilter, JobSpec, QueueError, RetryPolicy};
 use crate::store::{JournalQuery, RecordQuery};

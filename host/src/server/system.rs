@@ -134,7 +134,7 @@ struct WaitingParams {
     responses((status = 200, description = "{\"waiting\": [WaitReason...]}", body = Object)))]
 async fn waiting(
     State(state): State<AppState>,
-    axum::extract::Query(params): axum::extract::Query<WaitingParams>,
+    super::error::Query(params): super::error::Query<WaitingParams>,
 ) -> Result<Json<Value>, ApiError> {
     let queue = state.host.queue();
     if let Some(jobs) = params.jobs {

@@ -390,6 +390,28 @@ async fn bad_input_gets_clear_errors_and_the_host_stays_up() {
         assert_eq!(a.status, StatusCode::NOT_FOUND, "{uri}");
         assert_eq!(a.kind(), "not_found");
     }
+    // A query string that does not parse: the API's error, naming the parameter.
+    for uri in [
+        "/v1/journal?limit=abc",
+        "/v1/logs?after=x",
+        "/v1/jobs?limit=-1",
+        "/v1/jobs/some-id/wait?timeout_s=soon",
+        "/v1/events?after=z",
+        "/v1/queue/waiting?limit=many",
+        "/v1/capabilities/text-stats/execute?direct=perhaps",
+    ] {
+        let method = if uri.contains("/execute") {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let a = call(&router, method, uri, "{}").await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(a.kind(), "bad_request", "{uri}");
+        let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+        let name = uri.split('?').nth(1).unwrap().split('=').next().unwrap();
+        assert!(message.contains(name), "{uri}: {message}");
+    }
     let a = call(
         &router,
         Method::POST,
