@@ -87,16 +87,22 @@ fn env() -> Env {
     }
 }
 
+/// `method path` with `body`, answered 200.
+async fn ok(client: &Client, method: reqwest::Method, path: &str, body: Option<&Value>) {
+    let a = client.send(method, path, body).await.unwrap();
+    assert_eq!(a.status, 200, "{path}");
+}
+
+/// The no-op through the queue.
 async fn call(client: &Client) {
-    let a = client
-        .send(
-            reqwest::Method::POST,
-            "/v1/capabilities/noop/execute",
-            Some(&json!({"kwargs": {}})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(a.status, 200);
+    let body = json!({"kwargs": {}});
+    ok(
+        client,
+        reqwest::Method::POST,
+        "/v1/capabilities/noop/execute",
+        Some(&body),
+    )
+    .await;
 }
 
 #[divan::bench(sample_count = 100, sample_size = 20)]
@@ -109,33 +115,21 @@ fn http_call_wasm_noop(bencher: Bencher) {
 fn http_health(bencher: Bencher) {
     let e = env();
     bencher.bench_local(|| {
-        e.rt.block_on(async {
-            let a = e
-                .client
-                .send(reqwest::Method::GET, "/v1/health", None)
-                .await
-                .unwrap();
-            assert_eq!(a.status, 200);
-        })
+        e.rt.block_on(ok(&e.client, reqwest::Method::GET, "/v1/health", None))
     });
 }
 
 #[divan::bench(sample_count = 100, sample_size = 20)]
 fn http_call_wasm_noop_direct(bencher: Bencher) {
     let e = env();
+    let body = json!({"kwargs": {}});
     bencher.bench_local(|| {
-        e.rt.block_on(async {
-            let a = e
-                .client
-                .send(
-                    reqwest::Method::POST,
-                    "/v1/capabilities/noop/execute?direct=true",
-                    Some(&json!({"kwargs": {}})),
-                )
-                .await
-                .unwrap();
-            assert_eq!(a.status, 200);
-        })
+        e.rt.block_on(ok(
+            &e.client,
+            reqwest::Method::POST,
+            "/v1/capabilities/noop/execute?direct=true",
+            Some(&body),
+        ))
     });
 }
 

@@ -78,21 +78,23 @@ where
     Ok(median(xs))
 }
 
-/// Jobs per second for `n` jobs submitted at once.
-async fn burst(host: &Host, instance: &str, n: u32) -> anyhow::Result<f64> {
+/// Submits `specs` at once and waits for all of them; how long that took.
+async fn all_at_once(host: &Host, specs: Vec<JobSpec>) -> anyhow::Result<Duration> {
     let q = host.queue();
     let t = Instant::now();
-    let ids = q
-        .submit_many(
-            (0..n)
-                .map(|_| JobSpec::execute(instance, kwargs("a")))
-                .collect(),
-        )
-        .await?;
+    let ids = q.submit_many(specs).await?;
     for id in &ids {
         q.wait(id, None).await?;
     }
-    Ok(f64::from(n) / t.elapsed().as_secs_f64())
+    Ok(t.elapsed())
+}
+
+/// Jobs per second for `n` jobs submitted at once.
+async fn burst(host: &Host, instance: &str, n: u32) -> anyhow::Result<f64> {
+    let specs = (0..n)
+        .map(|_| JobSpec::execute(instance, kwargs("a")))
+        .collect();
+    Ok(f64::from(n) / all_at_once(host, specs).await?.as_secs_f64())
 }
 
 /// This process's resident memory, from `/proc/self/status` (Linux): now and at its
@@ -126,7 +128,6 @@ async fn memory(host: &Host, n: u32) -> anyhow::Result<Option<(f64, f64)>> {
     if !reset_peak() {
         return Ok(None);
     }
-    let q = host.queue();
     let specs = (0..n)
         .map(|i| {
             let instance = if i % 2 == 0 {
@@ -137,10 +138,7 @@ async fn memory(host: &Host, n: u32) -> anyhow::Result<Option<(f64, f64)>> {
             JobSpec::execute(instance, kwargs("a"))
         })
         .collect();
-    let ids = q.submit_many(specs).await?;
-    for id in &ids {
-        q.wait(id, None).await?;
-    }
+    all_at_once(host, specs).await?;
     Ok(resident_mb().map(|(_, peak)| (idle, peak)))
 }
 

@@ -190,21 +190,14 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
     // `logs` through the service: from another, empty data dir, with `--host`, it shows the
     // served journal's rows (read locally there, it would have none).
     let elsewhere = Env::new();
-    let out = elsewhere
-        .ctl()
-        .args(["--host", client.url(), "--json", "logs", "--journal"])
-        .args(["--job", &later[2]])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = elsewhere.json_lines(&[
+        "--host",
+        client.url(),
+        "logs",
+        "--journal",
+        "--job",
+        &later[2],
+    ]);
     assert_eq!(rows[0]["event_type"], "job_submitted", "{rows:?}");
     assert!(rows.iter().all(|r| r["job_id"] == later[2].as_str()));
     assert_eq!(rows.last().unwrap()["payload"]["to"], "completed");
@@ -222,28 +215,8 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
         .code(1)
         .stderr(predicate::str::contains("unknown job 'no-such-job'"));
     // On the served data dir itself a short id resolves, and `-n 0` pages through all.
-    let out = env
-        .ctl()
-        .args([
-            "--json",
-            "logs",
-            "--journal",
-            "-n",
-            "0",
-            "--job",
-            &later[2][..24],
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).lines().count(),
-        rows.len()
-    );
+    let all = env.json_lines(&["logs", "--journal", "-n", "0", "--job", &later[2][..24]]);
+    assert_eq!(all.len(), rows.len());
     // `list` too: the served capabilities, as the data dir's own manifests describe them,
     // with the instances the service holds.
     let served = elsewhere.json(&["--host", client.url(), "list"]);

@@ -56,6 +56,20 @@ impl Env {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     }
+
+    /// [`Env::json`] for a command that prints one JSON object per line (`logs`).
+    pub fn json_lines(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.ctl().arg("--json").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
 }
 
 /// The text-stats example built as a wasm component (by cjm-tests' build script).
