@@ -53,7 +53,9 @@ struct PoolState {
     config: Option<Value>,
     /// Bumped on every configuration change; instances of an older generation are dropped.
     generation: u64,
-    idle: Vec<Instance>,
+    /// Boxed: an instance (its store handle and the bindings' export handles) is hundreds of
+    /// bytes, moved on every checkout and hand-back; a box moves as a pointer.
+    idle: Vec<Box<Instance>>,
     shut_down: bool,
     instantiated: u64,
     discarded: u64,
@@ -101,7 +103,7 @@ impl std::fmt::Debug for WasmBackend {
 /// aborted task) never leaves a half-run instance in the pool, and always frees its permit.
 struct Slot<'p> {
     pool: &'p Pool,
-    instance: Option<Instance>,
+    instance: Option<Box<Instance>>,
     _permit: SemaphorePermit<'p>,
 }
 
@@ -188,7 +190,7 @@ impl WasmBackend {
                 state: Mutex::new(PoolState {
                     config: None,
                     generation: 0,
-                    idle: vec![first],
+                    idle: vec![Box::new(first)],
                     shut_down: false,
                     instantiated: 1,
                     discarded: 0,
@@ -248,44 +250,49 @@ impl WasmBackend {
     /// `max_instances` are busy; a fresh one is made when none is idle.
     async fn checkout(&self) -> Result<Slot<'_>> {
         let permit = self.permit().await?;
-        let (found, config, generation) = {
+        let found = {
             let mut state = self.pool.lock();
             if state.shut_down {
                 return Err(self.stopped());
             }
-            let Some(config) = state.config.clone() else {
+            let Some(config) = &state.config else {
                 return Err(Error::job(JobError::fatal(format!(
                     "capability '{}' is not initialized",
                     self.pool.info.name
                 ))));
             };
-            let generation = state.generation;
-            let found = loop {
+            // The configuration is copied only when an instance must be made for it.
+            let fresh = (Value::clone(config), state.generation);
+            loop {
                 match state.idle.pop() {
-                    Some(i) if i.generation == generation => break Some(i),
+                    Some(i) if i.generation == fresh.1 => break Ok(i),
                     Some(_) => state.discarded += 1,
-                    None => break None,
+                    None => break Err(fresh),
                 }
-            };
-            (found, config, generation)
+            }
         };
         let instance = match found {
-            Some(i) => i,
-            None => {
-                let mut i = self.pool.new_instance().await?;
-                i.initialize(&config, LIFECYCLE_LIMIT_SECS)
-                    .await
-                    .map_err(|o| self.stamp(outcome_error(o)))?;
-                i.generation = generation;
-                self.pool.lock().instantiated += 1;
-                i
-            }
+            Ok(i) => i,
+            // Boxed: instantiating is the rare path, and its future is large; inline, every
+            // warm call's future would carry (and copy) its space.
+            Err((config, generation)) => Box::pin(self.fresh_instance(config, generation)).await?,
         };
         Ok(Slot {
             pool: &self.pool,
             instance: Some(instance),
             _permit: permit,
         })
+    }
+
+    /// A new instance initialized with `config`, of configuration `generation`.
+    async fn fresh_instance(&self, config: Value, generation: u64) -> Result<Box<Instance>> {
+        let mut i = self.pool.new_instance().await?;
+        i.initialize(&config, LIFECYCLE_LIMIT_SECS)
+            .await
+            .map_err(|o| self.stamp(outcome_error(o)))?;
+        i.generation = generation;
+        self.pool.lock().instantiated += 1;
+        Ok(i)
     }
 
     /// Runs `f` on a checked-out instance and hands the instance back unless it trapped. A
@@ -296,7 +303,7 @@ impl WasmBackend {
         f: impl for<'i> FnOnce(&'i mut Instance) -> BoxFuture<'i, Result<T, Outcome>>,
     ) -> Result<T> {
         let mut slot = self.checkout().await?;
-        let Some(inst) = slot.instance.as_mut() else {
+        let Some(inst) = slot.instance.as_deref_mut() else {
             return Err(self.stopped());
         };
         let out = AssertUnwindSafe(f(inst)).catch_unwind().await;
@@ -421,7 +428,7 @@ impl WasmBackend {
 }
 
 impl Pool {
-    async fn new_instance(&self) -> Result<Instance> {
+    async fn new_instance(&self) -> Result<Box<Instance>> {
         let budget = match &self.shared_budget {
             Some(shared) => Arc::clone(shared),
             None => log_budget(&self.grants, &self.log_dropped),
@@ -434,6 +441,7 @@ impl Pool {
             budget,
         )
         .await
+        .map(Box::new)
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {

@@ -431,7 +431,11 @@ impl Instance {
         let env = wit_envelope(envelope);
         let f: ExportCall<Result<String, wit::CallError>> = match target {
             crate::backend::Target::Execute { args } => {
-                let args = Value::Array(args.clone()).to_string();
+                let args = if args.is_empty() {
+                    "[]".to_owned()
+                } else {
+                    Value::Array(args.clone()).to_string()
+                };
                 Box::new(move |b, s| {
                     Box::pin(async move {
                         b.cjm_capability_guest()
