@@ -97,6 +97,10 @@ struct Inner {
     /// Requests in flight to the worker (calls, streams, lifecycle): while any is, the
     /// worker is not idle and its health is not probed.
     busy: std::sync::atomic::AtomicUsize,
+    /// The `/health` answer that found the worker ready, for the introspection that follows
+    /// (cjm-substrate's `/health` takes about 45 ms: asking twice made a Python worker's
+    /// load slower than under cjm-substrate's own host).
+    ready_health: Mutex<Option<Value>>,
 }
 
 /// Counts one request in flight for as long as it lives.
@@ -160,6 +164,7 @@ impl NativeBackend {
                 config: Mutex::new(None),
                 supervision: Mutex::new(supervise::Supervision::default()),
                 busy: std::sync::atomic::AtomicUsize::new(0),
+                ready_health: Mutex::new(None),
             }),
         };
         me.ensure_worker().await?;
@@ -345,7 +350,10 @@ impl NativeBackend {
             {
                 let body = r.bytes().await.unwrap_or_default();
                 return match serde_json::from_slice::<Value>(&body) {
-                    Ok(_) => Ok(()),
+                    Ok(health) => {
+                        *self.inner.ready_health.lock() = Some(health);
+                        Ok(())
+                    }
                     Err(e) => Err(self.worker_failed(
                         p,
                         &format!(

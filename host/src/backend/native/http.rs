@@ -14,10 +14,23 @@ pub(super) struct Answer {
 
 impl NativeBackend {
     pub(super) async fn read_info(&self) -> Result<CapabilityInfo> {
-        let health = self.get_json("/health").await?;
-        let schema = self.get_json("/config_schema").await?;
+        // The reads at once (each on its own connection): nothing orders them. `/health`
+        // was read by the readiness probe already.
+        let ready_health = self.inner.ready_health.lock().take();
+        let health = async {
+            match ready_health {
+                Some(health) => Ok(health),
+                None => self.get_json("/health").await,
+            }
+        };
+        let (health, schema, surface) = tokio::join!(
+            health,
+            self.get_json("/config_schema"),
+            self.get_json("/structural_surface")
+        );
+        let (health, schema) = (health?, schema?);
         // A worker that predates /structural_surface has none: recorded as empty, not fatal.
-        let surface = match self.get_json("/structural_surface").await {
+        let surface = match surface {
             Ok(v) => serde_json::from_value(v).unwrap_or_default(),
             Err(Error::NotFound(_)) => StructuralSurface::default(),
             Err(e) => return Err(e),

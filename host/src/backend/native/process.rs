@@ -306,6 +306,9 @@ impl Process {
     /// Waits up to `limit` for the worker to exit (polling: the child is a std process).
     async fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = std::time::Instant::now() + limit;
+        // A worker asked to stop is usually gone within a millisecond: look again soon,
+        // then every 5 ms.
+        let mut pause = Duration::from_micros(200);
         loop {
             if let Some(status) = self.exited() {
                 return Some(status);
@@ -313,7 +316,8 @@ impl Process {
             if std::time::Instant::now() >= deadline {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
     }
 
