@@ -54,7 +54,9 @@ struct PoolState {
     /// Bumped on every configuration change; instances of an older generation are dropped.
     generation: u64,
     /// Boxed: an instance (its store handle and the bindings' export handles) is hundreds of
-    /// bytes, moved on every checkout and hand-back; a box moves as a pointer.
+    /// bytes, moved on every checkout and hand-back; a box moves as a pointer (the warm
+    /// call's time in `memcpy` 21 -> 13 %).
+    #[expect(clippy::vec_box, reason = "instances move in and out on every call")]
     idle: Vec<Box<Instance>>,
     shut_down: bool,
     instantiated: u64,
