@@ -253,7 +253,8 @@ impl WasmBackend {
     async fn checkout(&self) -> Result<Slot<'_>> {
         let permit = self.permit().await?;
         let found = {
-            let mut state = self.pool.lock();
+            let mut guard = self.pool.lock();
+            let state = &mut *guard;
             if state.shut_down {
                 return Err(self.stopped());
             }
@@ -263,13 +264,13 @@ impl WasmBackend {
                     self.pool.info.name
                 ))));
             };
-            // The configuration is copied only when an instance must be made for it.
-            let fresh = (Value::clone(config), state.generation);
+            let generation = state.generation;
             loop {
                 match state.idle.pop() {
-                    Some(i) if i.generation == fresh.1 => break Ok(i),
+                    Some(i) if i.generation == generation => break Ok(i),
                     Some(_) => state.discarded += 1,
-                    None => break Err(fresh),
+                    // The configuration is copied only when an instance must be made for it.
+                    None => break Err((config.clone(), generation)),
                 }
             }
         };
