@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use cjm_host::Host;
+use cjm_host::backend::CallRequest;
 use cjm_host::config::QueueConfig;
 use cjm_host::queue::{Composition, JobSpec, Node, OutputRef};
 use cjm_tests::{fixtures, kwargs, native_install, wasm_install, write_manifest};
@@ -196,6 +197,18 @@ fn one_at_a_time_wasm_noop(bencher: Bencher, tracing: &str) {
     let none = tracing::Dispatch::none();
     let here = dispatch.as_ref().unwrap_or(&none);
     bencher.bench_local(|| tracing::dispatcher::with_default(here, || e.rt.block_on(noop_job(&q))));
+}
+
+/// A warm no-op call through the manager, no queue and no journal (what an embedder's
+/// `manager().call` costs over the backend's own, measured by `--bench wasm`).
+#[divan::bench(sample_count = 100, sample_size = 100)]
+fn manager_call_wasm_noop(bencher: Bencher) {
+    let e = env();
+    let m = e.host.manager().clone();
+    bencher.bench_local(|| {
+        e.rt.block_on(m.call("noop", CallRequest::execute(kwargs(json!({})))))
+            .unwrap()
+    });
 }
 
 #[divan::bench(sample_count = 100, sample_size = 20)]

@@ -219,12 +219,14 @@ pub struct BufferedSample {
     pub sample: ResourceSample,
 }
 
-fn fold_into(
+/// Folds `samples`, in order, into the aggregate of (`instance_id`, `config_hash`): one read
+/// and one write of its row, however many samples.
+fn fold_into<'s>(
     tx: &rusqlite::Transaction<'_>,
     instance_id: &str,
     capability_name: &str,
     config_hash: &str,
-    sample: &ResourceSample,
+    samples: impl IntoIterator<Item = &'s ResourceSample>,
 ) -> rusqlite::Result<EmpiricalRecord> {
     let select = format!(
         "SELECT {COLUMNS} FROM empirical_resources WHERE instance_id = ?1 AND config_hash = ?2"
@@ -239,7 +241,9 @@ fn fold_into(
     let mut record = existing
         .unwrap_or_else(|| EmpiricalRecord::first(instance_id, capability_name, config_hash));
     record.capability_name = capability_name.to_owned();
-    record.fold(sample);
+    for sample in samples {
+        record.fold(sample);
+    }
     let usage = serde_json::to_string(&record.api_usage_totals)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     tx.prepare_cached(&insert)?.execute(params![
@@ -286,7 +290,7 @@ impl EmpiricalStore {
         sample: &ResourceSample,
     ) -> Result<EmpiricalRecord> {
         self.db
-            .write(|tx| fold_into(tx, instance_id, capability_name, config_hash, sample))
+            .write(|tx| fold_into(tx, instance_id, capability_name, config_hash, [sample]))
     }
 
     /// Folds many samples, each `(instance_id, capability_name, config_hash, sample)`, in one
@@ -295,14 +299,25 @@ impl EmpiricalStore {
         if samples.is_empty() {
             return Ok(());
         }
+        // Grouped by aggregate, each group in arrival order: a busy instance's samples of one
+        // flush cost one read and one write of its row, not one of each per call.
+        let mut groups: BTreeMap<(&str, &str), Vec<&BufferedSample>> = BTreeMap::new();
+        for s in samples {
+            groups
+                .entry((&s.instance_id, &s.config_hash))
+                .or_default()
+                .push(s);
+        }
         self.db.write(|tx| {
-            for s in samples {
+            for ((instance_id, config_hash), group) in &groups {
+                // The latest name, as folding them one by one left it.
+                let name = group.last().map_or("", |s| s.capability_name.as_str());
                 fold_into(
                     tx,
-                    &s.instance_id,
-                    &s.capability_name,
-                    &s.config_hash,
-                    &s.sample,
+                    instance_id,
+                    name,
+                    config_hash,
+                    group.iter().map(|s| &s.sample),
                 )?;
             }
             Ok(())
@@ -453,6 +468,63 @@ mod tests {
         assert_eq!(store.list_records(None).unwrap().len(), 3);
         assert!(store.delete_record("llm", "h").unwrap());
         assert!(!store.delete_record("llm", "h").unwrap());
+    }
+
+    #[test]
+    fn a_batch_folds_as_its_samples_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = EmpiricalStore::open(&dir.path().join("one.db")).unwrap();
+        let batch = EmpiricalStore::open(&dir.path().join("batch.db")).unwrap();
+        // Two aggregates, their samples interleaved, one of them already on disk.
+        let keys = [
+            ("a", "h1"),
+            ("b", "h2"),
+            ("a", "h1"),
+            ("a", "h1"),
+            ("b", "h2"),
+        ];
+        let samples: Vec<BufferedSample> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (id, hash))| {
+                let f = i as f64;
+                let mut s = sample(10.0 + f, 100.0 * f, f, 0.5 + f * f, i != 2);
+                s.api_usage.insert("tokens".into(), f);
+                BufferedSample {
+                    instance_id: (*id).into(),
+                    capability_name: format!("cap-{id}"),
+                    config_hash: (*hash).into(),
+                    sample: s,
+                }
+            })
+            .collect();
+        let first = sample(3.0, 7.0, 0.0, 2.0, true);
+        for store in [&one, &batch] {
+            store.record_sample("a", "cap-a", "h1", &first).unwrap();
+        }
+        for s in &samples {
+            one.record_sample(
+                &s.instance_id,
+                &s.capability_name,
+                &s.config_hash,
+                &s.sample,
+            )
+            .unwrap();
+        }
+        batch.record_samples(&samples).unwrap();
+        let strip = |mut records: Vec<EmpiricalRecord>| {
+            for r in &mut records {
+                r.last_observed = String::new();
+            }
+            records
+        };
+        let (by_one, by_batch) = (
+            strip(one.list_records(None).unwrap()),
+            strip(batch.list_records(None).unwrap()),
+        );
+        assert_eq!(by_one.len(), 2);
+        assert_eq!(by_one, by_batch);
+        assert_eq!(by_batch[0].sample_count, 4);
     }
 
     #[test]
