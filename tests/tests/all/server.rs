@@ -76,6 +76,15 @@ impl Answer {
     }
 }
 
+/// The string `field` of every object in the array `list` (an answer's rows), in order.
+fn strings<'v>(list: &'v Value, field: &str) -> Vec<&'v str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[field].as_str().unwrap())
+        .collect()
+}
+
 async fn call(router: &Router, method: Method, uri: &str, body: impl Into<Body>) -> Answer {
     call_with(router, method, uri, body, None).await
 }

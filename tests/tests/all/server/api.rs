@@ -114,12 +114,7 @@ async fn jobs_compositions_and_secrets_over_the_api() {
     )
     .await
     .json();
-    let types: Vec<&str> = t["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap())
-        .collect();
+    let types = strings(&t["events"], "event_type");
     assert_eq!(types.first(), Some(&"job_submitted"));
     assert!(types.contains(&"admission_decided"));
     // A composition across kinds.
@@ -251,12 +246,7 @@ async fn journal_and_log_pages_read_the_newest_or_after_a_cursor() {
         diagnostics.append_record(&r).unwrap();
     }
     let logs = page(format!("/v1/logs?job={job}&newest=true&limit=2")).await;
-    let messages: Vec<&str> = logs["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["message"].as_str().unwrap())
-        .collect();
+    let messages = strings(&logs["records"], "message");
     assert_eq!(messages, ["third", "second"], "{logs}");
     let logs = page(format!("/v1/logs?job={job}")).await;
     assert_eq!(logs["records"][0]["message"], "first", "{logs}");
