@@ -1,6 +1,7 @@
 //! Native backend benchmarks: spawn to ready and a small call through the host, for the real
 //! cjm-substrate Python worker and for a Rust worker built on cjm-native-worker; and the
-//! Python call sent bare over keep-alive HTTP (the host's own overhead is the difference).
+//! calls sent bare over keep-alive HTTP (the host's own overhead is the difference); and a
+//! bare one-byte round trip over a Unix socket, this machine's floor for any of them.
 //! `cargo bench -p cjm-tests --bench native`
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -106,6 +107,31 @@ fn python_call_through_host(bencher: Bencher) {
 #[divan::bench(sample_count = 300)]
 fn rust_call_through_host(bencher: Bencher) {
     call_through_host(bencher, rust(), json!({"text": ""}));
+}
+
+/// The machine's floor for any round trip to another process: one byte written to a Unix
+/// socket and read back, echoed by a thread blocked on the other end (the wake-up of a
+/// sleeping thread on another CPU, both ways: no HTTP, no JSON, no runtime).
+#[divan::bench(sample_count = 300, sample_size = 100)]
+fn socket_round_trip_floor(bencher: Bencher) {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let (mut here, mut there) = UnixStream::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        while there.read_exact(&mut b).is_ok() {
+            if there.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let mut b = [0u8; 1];
+    bencher.bench_local(|| {
+        here.write_all(b"x").unwrap();
+        here.read_exact(&mut b).unwrap();
+    });
+    drop(here);
+    echo.join().unwrap();
 }
 
 /// The same calls sent bare with a keep-alive client: the floor the host adds to.

@@ -1,7 +1,8 @@
 //! Wasm backend benchmarks: a warm no-op call (on a current-thread and a multi-threaded
 //! runtime), a warm call reading one granted file, a `segment_text` over 10 KB of English, a
 //! load from the precompile cache, a fresh instantiation from the engine's instance pool and
-//! mapped on demand, and a no-op call under `isolation: per_call` (a fresh instance each).
+//! mapped on demand (and without `initialize`), a no-op call under `isolation: per_call` (a
+//! fresh instance each), and the engine's own floor for a call without this host.
 //! `cargo bench -p cjm-tests --bench wasm`
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -171,6 +172,73 @@ fn fresh_instantiation(bencher: Bencher, allocation: &str) {
     let b = ready(&f, fixtures::NOOP);
     bencher.bench_local(|| f.tokio.block_on(b.instantiate_fresh()).unwrap());
 }
+
+/// The same without `initialize`: the engine's instantiation and teardown alone (a new store
+/// with this host's WASI context and limits, the component instantiated from the pool,
+/// dropped).
+#[divan::bench]
+fn fresh_instantiation_bare(bencher: Bencher) {
+    let f = fixture();
+    let b = ready(&f, fixtures::NOOP);
+    bencher.bench_local(|| f.tokio.block_on(b.instantiate_bare()).unwrap());
+}
+
+/// The engine's floor for a call, without this host: a minimal component (no WASI, no JSON)
+/// on this host's engine, its exports called synchronously and through `call_async` (a
+/// fiber per call, which a deadline on a guest blocked in a host call needs): `nop` takes
+/// and returns nothing; `echo` takes an 8-byte string and returns it, copied in and out of
+/// the guest's memory as a JSON argument and answer are.
+#[divan::bench(args = ["nop_sync", "nop_async", "echo_sync", "echo_async"])]
+fn engine_floor_call(bencher: Bencher, how: &str) {
+    use wasmtime::component::{Component, Linker};
+    let f = fixture();
+    let engine = f.rt.engine();
+    let component = Component::new(engine, wat::parse_str(FLOOR_COMPONENT).unwrap()).unwrap();
+    let mut store = wasmtime::Store::new(engine, ());
+    // The engine counts epochs for deadlines; this store never reaches its own.
+    store.set_epoch_deadline(1 << 40);
+    let instance = Linker::new(engine)
+        .instantiate(&mut store, &component)
+        .unwrap();
+    let nop = instance
+        .get_typed_func::<(), ()>(&mut store, "nop")
+        .unwrap();
+    let echo = instance
+        .get_typed_func::<(&str,), (String,)>(&mut store, "echo")
+        .unwrap();
+    let arg = r#"{"x": 1}"#;
+    match how {
+        "nop_sync" => bencher.bench_local(|| nop.call(&mut store, ()).unwrap()),
+        "nop_async" => {
+            bencher.bench_local(|| f.tokio.block_on(nop.call_async(&mut store, ())).unwrap())
+        }
+        "echo_sync" => bencher.bench_local(|| echo.call(&mut store, (arg,)).unwrap()),
+        _ => bencher.bench_local(|| {
+            f.tokio
+                .block_on(echo.call_async(&mut store, (arg,)))
+                .unwrap()
+        }),
+    }
+}
+
+/// `nop: func()` and `echo: func(s: string) -> string`: a bump allocator that always
+/// answers offset 64, and `echo` hands back the string it was given.
+const FLOOR_COMPONENT: &str = r#"
+(component
+  (core module $m
+    (memory (export "memory") 1)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 64))
+    (func (export "nop"))
+    (func (export "echo") (param $ptr i32) (param $len i32) (result i32)
+      (i32.store (i32.const 0) (local.get $ptr))
+      (i32.store (i32.const 4) (local.get $len))
+      (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (func (export "nop") (canon lift (core func $i "nop")))
+  (func (export "echo") (param "s" string) (result string)
+    (canon lift (core func $i "echo") (memory (core memory $i "memory"))
+      (realloc (core func $i "realloc")))))
+"#;
 
 /// A no-op `execute` under `isolation: per_call`: a fresh configured instance for the call,
 /// dropped after it (compare `noop_execute_warm`, which reuses one).

@@ -228,6 +228,13 @@ impl WasmBackend {
         Ok(())
     }
 
+    /// A fresh instance made and dropped without its `initialize`: the engine's own
+    /// instantiation and teardown, which [`Self::instantiate_fresh`] adds the guest's
+    /// `initialize` to. Public for benchmarks.
+    pub async fn instantiate_bare(&self) -> Result<()> {
+        self.pool.new_instance().await.map(drop)
+    }
+
     fn call_limit(&self, control: &CallControl) -> f64 {
         match control.deadline() {
             Some(d) => d
