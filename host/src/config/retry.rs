@@ -35,6 +35,12 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Whether it is the default policy (a single attempt, the default backoff and
+    /// categories): a journaled spec leaves it out.
+    pub(crate) fn is_default(&self) -> bool {
+        *self == RetryPolicy::default()
+    }
+
     /// Up to `max_attempts` attempts with the default backoff and categories.
     pub fn attempts(max_attempts: u32) -> Self {
         RetryPolicy {

@@ -212,8 +212,8 @@ pub struct SpecRecord {
     /// the inline limit): the job cannot be rerun from this record, only its node re-bound.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kwargs_left_out: bool,
-    /// Correlation and control flags.
-    #[serde(default)]
+    /// Correlation and control flags (left out when none is set).
+    #[serde(default, skip_serializing_if = "envelope_is_empty")]
     pub envelope: cjm_guest::contract::Envelope,
     /// Its priority.
     #[serde(default)]
@@ -221,9 +221,15 @@ pub struct SpecRecord {
     /// Its wall-clock limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<f64>,
-    /// The retry policy in force (its own, else its capability's).
-    #[serde(default)]
+    /// The retry policy in force (its own, else its capability's), left out when it is the
+    /// default: most jobs' rows then carry no policy, and a host reading one back gets the
+    /// same default.
+    #[serde(default, skip_serializing_if = "super::RetryPolicy::is_default")]
     pub retry: super::RetryPolicy,
+}
+
+fn envelope_is_empty(envelope: &cjm_guest::contract::Envelope) -> bool {
+    *envelope == cjm_guest::contract::Envelope::default()
 }
 
 /// A JSON payload kept in a file of the data dir rather than in a journal row (0600): a
@@ -576,4 +582,41 @@ pub fn host_view(raw: &JobError, instance_id: &str) -> JobError {
     e.capability_instance_id = Some(instance_id.to_owned());
     e.occurred_at = Some(cjm_guest::python::time::now_iso());
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::RetryPolicy;
+    use serde_json::json;
+
+    fn record(spec: &JobSpec, retry: &RetryPolicy) -> Value {
+        serde_json::to_value(SpecRecord::of(spec, Some("echo"), retry, None)).unwrap()
+    }
+
+    #[test]
+    fn a_default_policy_and_an_empty_envelope_are_left_out_of_the_row_and_read_back() {
+        let mut kw = Map::new();
+        kw.insert("text".into(), json!("a"));
+        let spec = JobSpec::execute("echo", kw);
+        let row = record(&spec, &RetryPolicy::default());
+        assert!(row.get("retry").is_none(), "{row}");
+        assert!(row.get("envelope").is_none(), "{row}");
+        let back: SpecRecord = serde_json::from_value(row).unwrap();
+        assert_eq!(back.retry, RetryPolicy::default());
+        let again = back.to_spec(std::path::Path::new("/nonexistent")).unwrap();
+        assert_eq!(again.retry, Some(RetryPolicy::default()));
+        assert_eq!(again.request.envelope, spec.request.envelope);
+        assert_eq!(again.request.kwargs, spec.request.kwargs);
+
+        // Anything else is kept as it was.
+        let spec = spec.run_id("nightly").actor("ops");
+        let policy = RetryPolicy::attempts(3);
+        let row = record(&spec, &policy);
+        assert_eq!(row["retry"]["max_attempts"], json!(3));
+        assert_eq!(row["envelope"]["run_id"], json!("nightly"));
+        let back: SpecRecord = serde_json::from_value(row).unwrap();
+        assert_eq!(back.retry, policy);
+        assert_eq!(back.envelope, spec.request.envelope);
+    }
 }
