@@ -130,6 +130,24 @@ impl Ctx {
     }
 }
 
+/// Parses a `--timeout`: a positive number of seconds, within the host's bound.
+pub fn positive_seconds(text: &str) -> Result<f64, String> {
+    parse_seconds(text, true)
+}
+
+/// Parses a `--grace`: a number of seconds, 0 or more, within the host's bound.
+pub fn seconds(text: &str) -> Result<f64, String> {
+    parse_seconds(text, false)
+}
+
+fn parse_seconds(text: &str, positive: bool) -> Result<f64, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    cjm_host::bounds::seconds(secs, positive).map(|_| secs)
+}
+
 /// A tokio runtime for the commands that talk to capabilities.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()

@@ -7,6 +7,23 @@
 use cjm_guest::contract::JobError;
 use serde_json::Value;
 
+/// The longest time a caller may give, in seconds (a job's timeout, a grace period): about
+/// 31 years.
+pub const MAX_SECONDS: f64 = 1e9;
+
+/// `secs` as a duration when it is a finite number of seconds from 0 (above 0 when
+/// `positive`) to [`MAX_SECONDS`]; else what it must be, to follow the value's name.
+pub fn seconds(secs: f64, positive: bool) -> Result<std::time::Duration, String> {
+    let low = if positive { secs > 0.0 } else { secs >= 0.0 };
+    if secs.is_finite() && low && secs <= MAX_SECONDS {
+        return Ok(std::time::Duration::from_secs_f64(secs));
+    }
+    Err(format!(
+        "must be a {}number of seconds, at most {MAX_SECONDS:e}",
+        if positive { "positive " } else { "" }
+    ))
+}
+
 /// How deep kwargs and arguments may nest (serde_json's own parsing limit).
 pub const MAX_JSON_DEPTH: usize = 128;
 

@@ -368,6 +368,7 @@ impl JobQueue {
             } else {
                 spec.request
                     .check_bounds()
+                    .and_then(|()| spec.retry.as_ref().map_or(Ok(()), RetryPolicy::check))
                     .map_err(|e| Some(Error::job(e)))
                     .and_then(|()| inner.check_instance(&spec.instance_id).map_err(Some))
             };

@@ -204,6 +204,10 @@ impl Server {
             ))
             .merge(dashboard::routes())
             .layer(axum::middleware::from_fn(auth::same_origin))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::loopback_host,
+            ))
             .layer(DefaultBodyLimit::max(max_body))
             .layer(axum::middleware::from_fn(traced))
             .with_state(state);

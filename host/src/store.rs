@@ -47,8 +47,8 @@ pub use diagnostics::{
 pub use empirical::{BufferedSample, EmpiricalRecord, EmpiricalStore, Peaks, ResourceSample};
 pub use error::StoreError;
 pub use journal::{
-    HostRecord, JobSnapshot, JournalEvent, JournalQuery, JournalStore, Leftovers, Liveness,
-    OpenComposition, OpenJob, OrphanCancel, event_types, hostname,
+    HostRecord, JobSnapshot, JournalEvent, JournalQuery, JournalStore, LatestJobRows, Leftovers,
+    Liveness, OpenComposition, OpenJob, OrphanCancel, event_types, hostname,
 };
 pub use secrets::{SecretStore, SecretValue};
 

@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long, env = "CJM_LOG", value_name = "FILTER")]
     log_level: Option<String>,
     /// Seconds running jobs get to finish once the client is gone
-    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS", value_parser = crate::ctx::seconds)]
     grace: f64,
 }
 
@@ -50,11 +50,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             running.url
         );
     }
-    let grace = Duration::from_secs_f64(if args.grace.is_finite() {
-        args.grace.max(0.0)
-    } else {
-        5.0
-    });
+    let grace = Duration::from_secs_f64(args.grace);
     runtime()?.block_on(async {
         let host = Host::builder().config(config).build().await?;
         super::serve::load_enabled(&host).await;

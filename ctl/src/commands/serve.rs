@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cjm_host::Host;
-use cjm_host::server::discovery::{self, Discovery};
+use cjm_host::server::discovery::{self, Discovery, ServeLock};
 use cjm_host::server::{Server, ServerConfig, Token};
 use serde_json::json;
 
@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long)]
     require_token: bool,
     /// Seconds running jobs get to finish on shutdown
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", value_parser = crate::ctx::seconds)]
     grace: f64,
     /// Log level or filter (default: info)
     #[arg(long, env = "CJM_LOG", value_name = "FILTER")]
@@ -45,23 +45,23 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let _traces = init_logging(args.log_level.as_deref().unwrap_or("info"))?;
     let config = ctx.config()?;
     let data_dir = config.data_dir.clone();
-    if let Some(running) = Discovery::find(&data_dir) {
-        return Err(hint(
-            format!(
+    // Held until this process ends: a second service on the data dir, even one started at
+    // the same moment, is refused.
+    let Some(_lock) = ServeLock::take(&data_dir)? else {
+        let what = match Discovery::find(&data_dir) {
+            Some(running) => format!(
                 "a host already serves {} at {} (pid {})",
                 data_dir.display(),
                 running.url,
                 running.pid
             ),
-            "stop it first, or use another --data-dir",
-        ));
-    }
-    if !(args.grace.is_finite() && args.grace >= 0.0) {
-        return Err(hint(
-            "--grace must be a number of seconds",
-            "for example --grace 10",
-        ));
-    }
+            None => format!(
+                "another cjm-ctl serve holds {} (it is starting or stopping)",
+                data_dir.display()
+            ),
+        };
+        return Err(hint(what, "stop it first, or use another --data-dir"));
+    };
     let loopback = args.bind.ip().is_loopback();
     let needs_token = !loopback || args.require_token;
     let rt = runtime()?;

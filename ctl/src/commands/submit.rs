@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long)]
     run_id: Option<String>,
     /// Cancel the job when it runs longer than this many seconds
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", value_parser = crate::ctx::positive_seconds)]
     timeout: Option<f64>,
     /// Submit the composition in this JSON file instead of one job
     #[arg(long, value_name = "FILE")]
@@ -128,7 +128,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
                     spec = spec.run_id(r.clone());
                 }
                 if let Some(t) = args.timeout {
-                    spec = spec.timeout(Duration::from_secs_f64(t.max(0.0)));
+                    spec = spec.timeout(Duration::from_secs_f64(t));
                 }
                 job_run(ctx, &host, spec).await
             }

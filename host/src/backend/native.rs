@@ -39,6 +39,9 @@ const LIFECYCLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time allowed to a progress poll or a cancel request during a call: a worker that cannot
 /// answer these in a second is hung, and the call's deadline or a forced cancel handles it.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time allowed to a status read asked for by a caller (`/health`, `/stats`): a stopped or
+/// hung worker makes the read fail as `transient` instead of holding the caller.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle worker may take to answer its `/health` probe.
 pub const IDLE_HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 

@@ -34,7 +34,35 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The most attempts a policy may ask for: a job failing fast under a larger count would fill
+/// the journal with attempts.
+pub const MAX_ATTEMPTS: u32 = 100;
+
 impl RetryPolicy {
+    /// Refuses a policy past the bounds: more than [`MAX_ATTEMPTS`] attempts, or a delay that
+    /// is not a number of seconds of at least 0 (typed `user_input`, naming the field).
+    pub fn check(&self) -> Result<(), JobError> {
+        if self.max_attempts > MAX_ATTEMPTS {
+            return Err(JobError::user_input(format!(
+                "retry.max_attempts is {}: at most {MAX_ATTEMPTS} attempts",
+                self.max_attempts
+            ))
+            .with_fields(["retry.max_attempts"]));
+        }
+        for (field, secs) in [
+            ("retry.backoff_seconds", self.backoff_seconds),
+            ("retry.max_backoff_seconds", self.max_backoff_seconds),
+        ] {
+            if !(secs.is_finite() && secs >= 0.0) {
+                return Err(JobError::user_input(format!(
+                    "{field} must be a number of seconds, 0 or more"
+                ))
+                .with_fields([field]));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether it is the default policy (a single attempt, the default backoff and
     /// categories): a journaled spec leaves it out.
     pub(crate) fn is_default(&self) -> bool {
@@ -100,6 +128,32 @@ mod tests {
         assert!(!p.retries(&JobError::transient("no").with_retriable(false), 1));
         assert!(!p.retries(&JobError::user_input("bad"), 1));
         assert!(!RetryPolicy::default().retries(&transient, 1));
+    }
+
+    #[test]
+    fn policies_past_the_bounds_are_refused_naming_the_field() {
+        assert!(RetryPolicy::attempts(MAX_ATTEMPTS).check().is_ok());
+        let e = RetryPolicy::attempts(u32::MAX).check().unwrap_err();
+        assert_eq!(
+            e.fields_invalid,
+            Some(vec!["retry.max_attempts".to_owned()])
+        );
+        for bad in [f64::NAN, f64::INFINITY, -1.0] {
+            let p = RetryPolicy {
+                backoff_seconds: bad,
+                ..RetryPolicy::default()
+            };
+            assert_eq!(
+                p.check().unwrap_err().fields_invalid,
+                Some(vec!["retry.backoff_seconds".to_owned()])
+            );
+        }
+        assert!(
+            RetryPolicy::default()
+                .backoff(Duration::ZERO)
+                .check()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -311,8 +311,7 @@ impl SpecRecord {
         spec.priority = self.priority;
         spec.timeout = self
             .timeout_s
-            .filter(|t| t.is_finite() && *t >= 0.0)
-            .map(Duration::from_secs_f64);
+            .and_then(|t| Duration::try_from_secs_f64(t).ok());
         spec.retry = Some(self.retry.clone());
         Ok(spec)
     }

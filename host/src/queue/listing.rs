@@ -2,12 +2,12 @@
 //! hosts): the last state of each, newest first, with filters and a cursor. What `cjm-ctl
 //! jobs` prints and `GET /v1/jobs` answers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
 use crate::Result;
-use crate::store::{JournalQuery, JournalStore, Liveness, event_types};
+use crate::store::{JournalStore, LatestJobRows, Liveness, event_types};
 
 /// Which jobs.
 #[derive(Debug, Clone, Default)]
@@ -36,78 +36,63 @@ pub struct JobPage {
     pub next_cursor: Option<i64>,
 }
 
-/// The jobs of `journal` matching `filter`.
+/// The jobs of `journal` matching `filter`: one page, read through the journal's indexes
+/// (the newest row of each job, then the submission rows of the jobs on the page), so a
+/// page costs the same in a journal of millions of rows.
 pub fn list_jobs(journal: &JournalStore, filter: &JobFilter) -> Result<JobPage> {
-    let mut rows = Vec::new();
-    for kind in [
-        event_types::STATE_TRANSITION,
-        event_types::JOB_SUBMITTED,
-        event_types::JOB_ADOPTED,
-    ] {
-        rows.extend(journal.query(&JournalQuery {
-            event_type: Some(kind.into()),
-            run_id: filter.run_id.clone(),
-            capability_instance_id: filter.instance_id.clone(),
-            descending: true,
-            ..JournalQuery::default()
-        })?);
-    }
-    rows.sort_by_key(|e| std::cmp::Reverse(e.seq));
-    let (owners, submitted) = owners_and_submissions(&rows);
-    let gone = gone_hosts(journal)?;
-    // The newest row of each job gives its state (a job with no transition yet waits) and
-    // its place in the listing.
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut jobs: Vec<Value> = Vec::new();
-    let mut more = false;
+    // One more than the page: whether another page follows.
+    let mut rows = journal.latest_job_rows(&LatestJobRows {
+        status: filter.status.as_deref(),
+        run_id: filter.run_id.as_deref(),
+        instance_id: filter.instance_id.as_deref(),
+        before: filter.before,
+        limit: filter.limit.saturating_add(1),
+    })?;
+    let more = rows.len() > filter.limit;
+    rows.truncate(filter.limit);
+    let gone = if rows.is_empty() {
+        BTreeMap::new()
+    } else {
+        gone_hosts(journal)?
+    };
+    let mut jobs: Vec<Value> = Vec::with_capacity(rows.len());
     for e in rows {
         let Some(id) = e.job_id.clone() else { continue };
-        if !seen.insert(id.clone()) {
-            continue;
-        }
         let seq = e.seq.unwrap_or(0);
-        if filter.before.is_some_and(|before| seq >= before) {
-            continue;
-        }
         let state = if e.event_type == event_types::STATE_TRANSITION {
             e.payload["to"].as_str().unwrap_or("").to_owned()
         } else {
             "pending".to_owned()
         };
-        if filter.status.as_deref().is_some_and(|s| s != state) {
-            continue;
-        }
-        if jobs.len() >= filter.limit {
-            more = true;
-            break;
-        }
+        let submissions = journal.job_submissions(&id)?;
+        // Its owner now: its newest submission or adoption.
+        let owner = submissions
+            .first()
+            .and_then(|s| s.payload["host_id"].as_str());
+        // What it was submitted as.
+        let submitted = submissions
+            .iter()
+            .rfind(|s| s.event_type == event_types::JOB_SUBMITTED);
         let terminal = matches!(state.as_str(), "completed" | "failed" | "cancelled");
         // A job left unfinished by a gone host is said so: it ends when a host reconciles
         // it (`cjm-ctl serve`, an embedded host) or `cjm-ctl cancel` ends it.
         let host_gone = (!terminal)
-            .then(|| owners.get(&id).and_then(|h| gone.get(h)))
+            .then(|| owner.and_then(|h| gone.get(h)))
             .flatten()
             .cloned();
         let snap = e.job_snapshot();
-        let (submitted_at, priority, task, method) = match submitted.get(&id) {
-            Some((ts, priority, task, method)) => (
-                Some(ts.clone()),
-                priority.clone(),
-                task.clone(),
-                method.clone(),
-            ),
-            None => (None, Value::Null, Value::Null, Value::Null),
-        };
+        let spec = submitted.map_or(&Value::Null, |s| &s.payload["spec"]);
         jobs.push(json!({
             "host_gone": host_gone,
             "id": id,
             "instance_id": e.capability_instance_id,
             "status": state,
             "at": e.ts,
-            "submitted_at": snap.as_ref().and_then(|s| s.submitted_at.clone()).or(submitted_at),
-            "priority": priority,
-            "task_name": task,
-            "method": method,
+            "submitted_at": snap.as_ref().and_then(|s| s.submitted_at.clone())
+                .or_else(|| submitted.map(|s| s.ts.clone())),
+            "priority": spec["priority"],
+            "task_name": spec["task"],
+            "method": spec["method"],
             "started_at": snap.as_ref().and_then(|s| s.started_at.clone()),
             "completed_at": snap.as_ref().and_then(|s| s.completed_at.clone()),
             "run_id": e.run_id,
@@ -121,42 +106,6 @@ pub fn list_jobs(journal: &JournalStore, filter: &JobFilter) -> Result<JobPage> 
         .then(|| jobs.last().and_then(|j| j["cursor"].as_i64()))
         .flatten();
     Ok(JobPage { jobs, next_cursor })
-}
-
-/// What each job was submitted as (when, at which priority, which task and method), keyed
-/// by job.
-type Submitted = BTreeMap<String, (String, Value, Value, Value)>;
-
-/// Who owns each job now (its latest submission or adoption row), and what each was
-/// submitted as, from rows newest first.
-fn owners_and_submissions(
-    rows: &[crate::store::JournalEvent],
-) -> (BTreeMap<String, String>, Submitted) {
-    let mut owners: BTreeMap<String, String> = BTreeMap::new();
-    // What each job was submitted as: when, at which priority, which task and method.
-    let mut submitted: Submitted = BTreeMap::new();
-    for e in rows {
-        if e.event_type != event_types::STATE_TRANSITION
-            && let (Some(id), Some(host)) = (&e.job_id, e.payload["host_id"].as_str())
-        {
-            owners.entry(id.clone()).or_insert_with(|| host.to_owned());
-        }
-        if e.event_type == event_types::JOB_SUBMITTED
-            && let Some(id) = &e.job_id
-        {
-            let spec = &e.payload["spec"];
-            submitted.insert(
-                id.clone(),
-                (
-                    e.ts.clone(),
-                    spec["priority"].clone(),
-                    spec["task"].clone(),
-                    spec["method"].clone(),
-                ),
-            );
-        }
-    }
-    (owners, submitted)
 }
 
 /// The hosts on the data dir that are gone, each with why.

@@ -131,6 +131,46 @@ pub(super) async fn same_origin(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// Without a token (a loopback-only service), refuses a request that names a host other than
+/// `localhost`, `127.0.0.1` (any loopback address) or `[::1]`: a web page whose own name was
+/// re-pointed at 127.0.0.1 (DNS rebinding) is same-origin with itself, so [`same_origin`]
+/// alone would let it drive this host. A request without `Host` (not a browser) passes; with
+/// a token, any name does (the token guards the service).
+pub(super) async fn loopback_host(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.config.token.is_none()
+        && let Some(host) = request.headers().get(header::HOST)
+        && !is_loopback_host(host.to_str().unwrap_or_default())
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "without a token this host answers requests addressed to localhost, 127.0.0.1 or [::1] only; \
+             serve with --require-token to reach it by another name",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header (`name[:port]`, `[v6][:port]`) names a loopback host.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or("", |(name, _)| name),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn refuse(message: &str) -> Response {
     let mut response =
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
@@ -152,5 +192,36 @@ impl utoipa::Modify for BearerScheme {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_host_names() {
+        for ok in [
+            "localhost",
+            "LOCALHOST:8631",
+            "127.0.0.1",
+            "127.0.0.1:8631",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:8631",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for no in [
+            "evil.example",
+            "evil.example:8631",
+            "localhost.evil.example",
+            "10.0.0.1:8631",
+            "[::2]:8631",
+            "::1",
+            "",
+        ] {
+            assert!(!is_loopback_host(no), "{no}");
+        }
     }
 }

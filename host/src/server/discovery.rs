@@ -1,7 +1,7 @@
 //! The discovery file: a running service says where it is (`<data dir>/serve.json`: address,
 //! pid, how to authenticate), so the CLI on the same data dir becomes its client. Written
 //! when the service listens, removed when it exits; a file whose process is gone is stale and
-//! ignored.
+//! ignored. One service per data dir: it holds `serve.lock` while it runs.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,40 @@ use serde::{Deserialize, Serialize};
 pub const FILE: &str = "serve.json";
 /// The token file's name in the data dir (0600).
 pub const TOKEN_FILE: &str = "serve.token";
+
+/// The lock file's name in the data dir: held (`flock`) by the one service of the data dir
+/// for as long as it runs; the kernel releases it when the process ends, however it ends.
+pub const LOCK_FILE: &str = "serve.lock";
+
+/// The data dir's service lock, held while this value lives.
+#[derive(Debug)]
+pub struct ServeLock {
+    _file: std::fs::File,
+}
+
+impl ServeLock {
+    /// Takes the service lock of `data_dir` (created as needed); `None` when another process
+    /// holds it, even one still starting (two services started at the same moment: one
+    /// wins).
+    pub fn take(data_dir: &Path) -> crate::Result<Option<ServeLock>> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::create_dir_all(data_dir).map_err(|e| crate::Error::io(data_dir, e))?;
+        let path = data_dir.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| crate::Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(ServeLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(crate::Error::io(&path, e)),
+        }
+    }
+}
 
 /// What the discovery file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

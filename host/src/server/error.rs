@@ -183,7 +183,7 @@ pub(super) fn wait_timeout(
             vec!["timeout_s".into()],
         ));
     }
-    Ok(std::time::Duration::from_secs_f64(secs).min(max))
+    Ok(std::time::Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max)))
 }
 
 /// `axum::extract::Query` whose rejection is the API's error answer (400, `bad_request`,

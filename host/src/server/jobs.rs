@@ -2,8 +2,6 @@
 //! jobs), reorder, list (from the journal, with filters and a cursor), a job's journal
 //! timeline, accounts and logs.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -112,13 +110,10 @@ impl SubmitBody {
         request.envelope.control = self.control;
         let mut spec = JobSpec::call(self.capability, request).priority(self.priority);
         if let Some(t) = self.timeout_s {
-            if !(t.is_finite() && t > 0.0 && t < 1e9) {
-                return Err(ApiError::invalid(
-                    "timeout_s must be a positive number of seconds",
-                    vec!["timeout_s".into()],
-                ));
-            }
-            spec = spec.timeout(Duration::from_secs_f64(t));
+            let timeout = crate::bounds::seconds(t, true).map_err(|why| {
+                ApiError::invalid(format!("timeout_s {why}"), vec!["timeout_s".into()])
+            })?;
+            spec = spec.timeout(timeout);
         }
         if let Some(retry) = self.retry {
             spec = spec.retry(retry);

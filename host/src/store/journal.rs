@@ -396,6 +396,21 @@ const INSERT: &str = "INSERT INTO journal (event_id, ts, event_type, run_id, job
 const COLUMNS: &str = "seq, event_id, ts, event_type, run_id, job_id, composition_id, node_id, capability_instance_id, \
      capability_name, config_hash, task_name, method, worker_session_id, actor, worker_reported, payload";
 
+/// Which jobs' newest rows [`JournalStore::latest_job_rows`] reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LatestJobRows<'a> {
+    /// Only jobs in this state now.
+    pub status: Option<&'a str>,
+    /// Only jobs of this run.
+    pub run_id: Option<&'a str>,
+    /// Only jobs on this instance.
+    pub instance_id: Option<&'a str>,
+    /// Only jobs whose newest row is before this `seq`.
+    pub before: Option<i64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
 /// The journal store.
 #[derive(Debug)]
 pub struct JournalStore {
@@ -487,6 +502,60 @@ impl JournalStore {
         self.db.with(|conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), row_to_event)?;
+            rows.collect()
+        })
+    }
+
+    /// The newest row of each job among its `job_submitted`, `job_adopted` and
+    /// `state_transition` rows (the row that says its state now), newest first, before cursor
+    /// `before`, at most `limit`: of jobs whose newest row has state `status` (`pending` for a
+    /// submission or adoption), `run_id` and `instance_id` where given. A page of a job
+    /// listing, read through the indexes: a journal of millions of rows costs a page what a
+    /// small one does (a filter on a rare state scans until it fills the page).
+    pub fn latest_job_rows(&self, filter: &LatestJobRows<'_>) -> Result<Vec<JournalEvent>> {
+        const STATES: &str = "('state_transition', 'job_submitted', 'job_adopted')";
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM journal AS j WHERE j.event_type IN {STATES} \
+             AND j.job_id IS NOT NULL AND j.seq < ?"
+        );
+        let mut args = vec![SqlValue::Integer(filter.before.unwrap_or(i64::MAX))];
+        for (clause, value) in [
+            (" AND j.run_id = ?", filter.run_id),
+            (" AND j.capability_instance_id = ?", filter.instance_id),
+            (
+                " AND (CASE WHEN j.event_type = 'state_transition' \
+                 THEN json_extract(j.payload, '$.to') ELSE 'pending' END) = ?",
+                filter.status,
+            ),
+        ] {
+            if let Some(v) = value {
+                sql.push_str(clause);
+                args.push(SqlValue::Text(v.to_owned()));
+            }
+        }
+        sql.push_str(&format!(
+            " AND NOT EXISTS (SELECT 1 FROM journal AS k WHERE k.job_id = j.job_id \
+             AND k.seq > j.seq AND k.event_type IN {STATES}) ORDER BY j.seq DESC LIMIT ?"
+        ));
+        args.push(SqlValue::Integer(
+            i64::try_from(filter.limit).unwrap_or(i64::MAX),
+        ));
+        self.db.with(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), row_to_event)?;
+            rows.collect()
+        })
+    }
+
+    /// A job's `job_submitted` and `job_adopted` rows, newest first.
+    pub fn job_submissions(&self, job_id: &str) -> Result<Vec<JournalEvent>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM journal WHERE job_id = ?1 \
+             AND event_type IN ('job_submitted', 'job_adopted') ORDER BY seq DESC"
+        );
+        self.db.with(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([job_id], row_to_event)?;
             rows.collect()
         })
     }

@@ -202,11 +202,11 @@ impl Backend for NativeBackend {
         if let Some(why) = self.inner.supervision.lock().failed() {
             return Ok(json!({"status": "failed", "name": self.name(), "reason": why}));
         }
-        self.get_json("/health").await
+        self.get_json_within("/health", STATUS_TIMEOUT).await
     }
 
     async fn stats(&self) -> Result<Value> {
-        self.get_json("/stats").await
+        self.get_json_within("/stats", STATUS_TIMEOUT).await
     }
 
     async fn initialize(&self, config: Value) -> Result<()> {
@@ -361,7 +361,7 @@ impl Backend for NativeBackend {
             tokio::select! {
                 status = &mut hook => return status,
                 _ = poll.tick() => {
-                    let now = self.get_json("/progress").await.ok().and_then(|v| serde_json::from_value::<Progress>(v).ok());
+                    let now = self.get_json_within("/progress", STATUS_TIMEOUT).await.ok().and_then(|v| serde_json::from_value::<Progress>(v).ok());
                     if now.is_some() && now != last {
                         last = now;
                         since = Instant::now();

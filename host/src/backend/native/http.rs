@@ -141,9 +141,12 @@ impl NativeBackend {
     }
 
     pub(super) async fn get_json(&self, path: &str) -> Result<Value> {
-        let a = self
-            .send(Method::GET, path, None, Some(LIFECYCLE_TIMEOUT))
-            .await?;
+        self.get_json_within(path, LIFECYCLE_TIMEOUT).await
+    }
+
+    /// A GET answered within `timeout`, else a `transient` error.
+    pub(super) async fn get_json_within(&self, path: &str, timeout: Duration) -> Result<Value> {
+        let a = self.send(Method::GET, path, None, Some(timeout)).await?;
         self.answer_json(path, a)
     }
 

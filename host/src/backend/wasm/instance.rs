@@ -264,7 +264,9 @@ impl Instance {
 
     fn begin(&mut self, control: Option<Arc<CallControl>>, job_id: Option<String>, limit: f64) {
         let state = self.store.data_mut();
-        state.deadline = Instant::now().checked_add(Duration::from_secs_f64(limit.max(0.0)));
+        state.deadline = Duration::try_from_secs_f64(limit.max(0.0))
+            .ok()
+            .and_then(|d| Instant::now().checked_add(d));
         state.call = control;
         state.job_id = job_id;
         state.last_panic = None;

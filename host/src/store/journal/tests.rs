@@ -355,3 +355,87 @@ fn a_kill9_mid_append_loses_no_committed_event() {
     let next = store.append(&JournalEvent::new("after")).unwrap();
     assert!(next > committed.iter().map(|c| c.0).max().unwrap());
 }
+
+#[test]
+fn latest_job_rows_give_each_job_its_newest_state_paged_and_filtered() {
+    let (_dir, store) = open();
+    let submitted = |job: &str, instance: &str| {
+        let mut e = JournalEvent::new(event_types::JOB_SUBMITTED).job(job);
+        e.capability_instance_id = Some(instance.into());
+        e
+    };
+    let moved = |job: &str, instance: &str, from: &str, to: &str| {
+        let mut e = JournalEvent::state_transition(job, from, to);
+        e.capability_instance_id = Some(instance.into());
+        e
+    };
+    // a: retried, then completed; b: waits; c: failed; noise rows of other types between.
+    let rows = [
+        submitted("a", "x"),
+        moved("a", "x", "pending", "running"),
+        submitted("b", "y"),
+        JournalEvent::new(event_types::ADMISSION_DECIDED).job("a"),
+        moved("a", "x", "running", "pending"),
+        submitted("c", "x"),
+        moved("c", "x", "pending", "running"),
+        moved("a", "x", "pending", "running"),
+        moved("c", "x", "running", "failed"),
+        moved("a", "x", "running", "completed"),
+        JournalEvent::new(event_types::WORKER_SPAWNED),
+    ];
+    let seqs = store.append_batch(&rows).unwrap();
+    let page = |f: LatestJobRows<'_>| -> Vec<(String, i64)> {
+        store
+            .latest_job_rows(&f)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.job_id.unwrap(), e.seq.unwrap()))
+            .collect()
+    };
+    let all = LatestJobRows {
+        limit: 10,
+        ..LatestJobRows::default()
+    };
+    // Each job once, at its newest row, newest first.
+    assert_eq!(
+        page(all),
+        [
+            ("a".to_owned(), seqs[9]),
+            ("c".to_owned(), seqs[8]),
+            ("b".to_owned(), seqs[2])
+        ]
+    );
+    // A page and the next, from the cursor.
+    assert_eq!(
+        page(LatestJobRows { limit: 1, ..all }),
+        [("a".to_owned(), seqs[9])]
+    );
+    assert_eq!(
+        page(LatestJobRows {
+            before: Some(seqs[9]),
+            limit: 1,
+            ..all
+        }),
+        [("c".to_owned(), seqs[8])]
+    );
+    // The state is the newest row's: a job that was pending once is not listed as pending.
+    let by_status = |status| {
+        page(LatestJobRows {
+            status: Some(status),
+            ..all
+        })
+    };
+    assert_eq!(by_status("pending"), [("b".to_owned(), seqs[2])]);
+    assert_eq!(by_status("failed"), [("c".to_owned(), seqs[8])]);
+    assert_eq!(by_status("completed"), [("a".to_owned(), seqs[9])]);
+    assert!(by_status("running").is_empty());
+    assert_eq!(
+        page(LatestJobRows {
+            instance_id: Some("y"),
+            ..all
+        }),
+        [("b".to_owned(), seqs[2])]
+    );
+    // What each job was submitted as, for the listing.
+    assert_eq!(store.job_submissions("a").unwrap()[0].seq, Some(seqs[0]));
+}

@@ -272,6 +272,35 @@ async fn a_browser_on_another_origin_cannot_drive_the_host() {
         host.manager().instance("text-stats").is_ok(),
         "not unloaded"
     );
+    // DNS rebinding: a page of another name re-pointed at 127.0.0.1 is same-origin with
+    // itself; without a token only loopback names are answered, the dashboard included.
+    let named = |name: &'static str, uri: &'static str| {
+        let router = router.clone();
+        async move {
+            router
+                .oneshot(
+                    Request::builder()
+                        .uri(uri)
+                        .header("host", name)
+                        .header("origin", format!("http://{name}"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for uri in ["/v1/jobs", "/v1/secrets", "/"] {
+        assert_eq!(
+            named("evil.example:8631", uri).await,
+            StatusCode::FORBIDDEN,
+            "{uri}"
+        );
+        for name in ["localhost:8631", "127.0.0.1:8631", "[::1]:8631"] {
+            assert_eq!(named(name, uri).await, StatusCode::OK, "{name}{uri}");
+        }
+    }
     // The bearer scheme is case-insensitive.
     let token = Token::generate();
     let guarded = Server::new(
