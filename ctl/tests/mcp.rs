@@ -91,6 +91,15 @@ fn check(report: &Value, data: &Path) {
     let distinct: std::collections::BTreeSet<String> =
         progress.iter().map(Value::to_string).collect();
     assert_eq!(distinct.len(), 1, "{progress:?}");
+    // A job that reports progress and ends at once: its last progress still arrives, before
+    // the answer (the throttle may drop the ones between).
+    assert_eq!(report["flood_result"]["is_error"], false);
+    let flood = report["flood"].as_array().unwrap();
+    assert_eq!(
+        flood.last().map(|p| &p["message"]),
+        Some(&Value::from("step 3")),
+        "{flood:?}"
+    );
     // The client's cancellation cancelled the job: the journal says so, and who asked.
     let journal = JournalStore::open(&data.join("journal.db")).unwrap();
     let rows = journal.query(&JournalQuery::default()).unwrap();

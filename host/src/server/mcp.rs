@@ -202,15 +202,8 @@ impl Tools {
             tokio::select! {
                 job = &mut wait => break job,
                 event = events.next(), if progress.is_some() => {
-                    if let (Some(event), Some(token)) = (event, &progress)
-                        && event.kind == EventKind::ProgressChanged
-                    {
-                        let p = event.payload["progress"].as_f64().unwrap_or(0.0);
-                        let m = event.payload["message"].as_str().unwrap_or("");
-                        if sent.as_ref().is_none_or(|(sp, sm)| *sp != p || sm != m) {
-                            notify_progress(context, token, p, m).await;
-                            sent = Some((p, m.to_owned()));
-                        }
+                    if let (Some(event), Some(token)) = (event, &progress) {
+                        forward_progress(context, token, &mut sent, &event).await;
                     }
                 }
                 () = context.ct.cancelled(), if !cancelled => {
@@ -222,6 +215,13 @@ impl Tools {
             }
         };
         guard.disarm();
+        // Progress the job reported before it ended but this loop had not read yet (a fast
+        // job's, all of it): the last one always arrives, before the answer.
+        if let Some(token) = &progress {
+            while let Some(event) = events.try_next() {
+                forward_progress(context, token, &mut sent, &event).await;
+            }
+        }
         let job = match job {
             Ok(job) => job,
             Err(e) => {
@@ -262,6 +262,24 @@ impl Tools {
                 )
             }
         }
+    }
+}
+
+/// Sends a `progress_changed` event as a notification, unless it repeats the last one sent.
+async fn forward_progress(
+    context: &RequestContext<RoleServer>,
+    token: &rmcp::model::ProgressToken,
+    sent: &mut Option<(f64, String)>,
+    event: &crate::queue::JobEvent,
+) {
+    if event.kind != EventKind::ProgressChanged {
+        return;
+    }
+    let p = event.payload["progress"].as_f64().unwrap_or(0.0);
+    let m = event.payload["message"].as_str().unwrap_or("");
+    if sent.as_ref().is_none_or(|(sp, sm)| *sp != p || sm != m) {
+        notify_progress(context, token, p, m).await;
+        *sent = Some((p, m.to_owned()));
     }
 }
 

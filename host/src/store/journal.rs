@@ -515,13 +515,16 @@ impl JournalStore {
     pub fn latest_job_rows(&self, filter: &LatestJobRows<'_>) -> Result<Vec<JournalEvent>> {
         const STATES: &str = "('state_transition', 'job_submitted', 'job_adopted')";
         let mut sql = format!(
-            "SELECT {COLUMNS} FROM journal AS j WHERE j.event_type IN {STATES} \
+            "SELECT {COLUMNS} FROM journal AS j WHERE +j.event_type IN {STATES} \
              AND j.job_id IS NOT NULL AND j.seq < ?"
         );
+        // The rows are read newest first by `seq` until the page is full: the unary `+`
+        // keeps SQLite from reading them through the type or instance index instead, which
+        // would sort every row of the journal first.
         let mut args = vec![SqlValue::Integer(filter.before.unwrap_or(i64::MAX))];
         for (clause, value) in [
             (" AND j.run_id = ?", filter.run_id),
-            (" AND j.capability_instance_id = ?", filter.instance_id),
+            (" AND +j.capability_instance_id = ?", filter.instance_id),
             (
                 " AND (CASE WHEN j.event_type = 'state_transition' \
                  THEN json_extract(j.payload, '$.to') ELSE 'pending' END) = ?",
