@@ -38,6 +38,7 @@ pub fn router(worker: Worker) -> Router {
         .route("/health", get(health))
         .route("/stats", get(stats))
         .route("/structural_surface", get(structural_surface))
+        .route("/tasks", get(tasks))
         .route("/config_schema", get(config_schema))
         .route("/config", get(config))
         .route("/config_options", get(config_options))
@@ -114,6 +115,12 @@ async fn progress(State(w): State<Worker>) -> Response {
 
 async fn structural_surface(State(w): State<Worker>) -> Response {
     info_field(&w, |info| json!(info.structural_surface)).await
+}
+
+/// The tasks it serves through `/task` (an addition to cjm-substrate's contract: a host that
+/// asks a Python worker gets a 404 and reads its tasks from its adapters instead).
+async fn tasks(State(w): State<Worker>) -> Response {
+    info_field(&w, |info| json!(info.tasks)).await
 }
 
 async fn config_schema(State(w): State<Worker>) -> Response {

@@ -77,6 +77,8 @@ async fn python_worker_execute_task_and_typed_errors() {
     assert_eq!(b.info().name, "cjm-capability-echo");
     assert_eq!(b.info().version, "0.1.0");
     assert!(b.info().config_schema.is_object());
+    // A Python worker has no `/tasks`: its tasks are its adapters'.
+    assert!(b.info().tasks.is_empty());
     assert_eq!(
         b.info()
             .structural_surface

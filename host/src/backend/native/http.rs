@@ -23,16 +23,24 @@ impl NativeBackend {
                 None => self.get_json("/health").await,
             }
         };
-        let (health, schema, surface) = tokio::join!(
+        let (health, schema, surface, tasks) = tokio::join!(
             health,
             self.get_json("/config_schema"),
-            self.get_json("/structural_surface")
+            self.get_json("/structural_surface"),
+            self.get_json("/tasks")
         );
         let (health, schema) = (health?, schema?);
         // A worker that predates /structural_surface has none: recorded as empty, not fatal.
         let surface = match surface {
             Ok(v) => serde_json::from_value(v).unwrap_or_default(),
             Err(Error::NotFound(_)) => StructuralSurface::default(),
+            Err(e) => return Err(e),
+        };
+        // The tasks a cjm-native-worker serves (`/tasks`, an addition to the contract; a
+        // Python worker has none to tell: its tasks are its adapters').
+        let tasks = match tasks {
+            Ok(v) => task_names(v),
+            Err(Error::NotFound(_)) => Vec::new(),
             Err(e) => return Err(e),
         };
         let text = |k: &str| {
@@ -59,7 +67,7 @@ impl NativeBackend {
             description: text("description"),
             config_schema: schema,
             structural_surface: surface,
-            tasks: Vec::new(),
+            tasks,
             extra,
         })
     }
@@ -310,3 +318,24 @@ pub(super) fn snippet(body: &[u8]) -> String {
         cut
     }
 }
+
+/// The task names of a worker's `/tasks` answer: strings, at most [`MAX_TASKS`] of them, each
+/// a name a tool can carry (anything else is left out).
+fn task_names(answer: Value) -> Vec<String> {
+    let Value::Array(items) = answer else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|t| match t {
+            Value::String(name) if !name.is_empty() && name.len() <= MAX_TASK_NAME => Some(name),
+            _ => None,
+        })
+        .take(MAX_TASKS)
+        .collect()
+}
+
+/// The most tasks read from a worker.
+const MAX_TASKS: usize = 256;
+/// The longest task name read from a worker.
+const MAX_TASK_NAME: usize = 128;
