@@ -1,7 +1,7 @@
 //! Bounds on what callers hand the host: how deep JSON may nest and how large it is. Every
 //! entry point that takes JSON values from a caller (the manager's calls, queue submissions,
 //! compositions; the command line and the HTTP API parse with serde_json, whose parser stops
-//! at the same depth) checks them, so no input can exhaust a thread's stack or the host's
+//! a whole document at [`MAX_DOCUMENT_DEPTH`]) checks them, so no input can exhaust a thread's stack or the host's
 //! memory. The walks here are iterative: checking a hostile value cannot overflow either.
 
 use cjm_guest::contract::JobError;
@@ -24,8 +24,14 @@ pub fn seconds(secs: f64, positive: bool) -> Result<std::time::Duration, String>
     ))
 }
 
-/// How deep kwargs and arguments may nest (serde_json's own parsing limit).
-pub const MAX_JSON_DEPTH: usize = 128;
+/// How deep kwargs and arguments may nest. Below serde_json's own parsing limit
+/// ([`MAX_DOCUMENT_DEPTH`]) by enough for what wraps them (a request body, a journal row and
+/// the API answer that carries it), so the typed error is what a caller past it sees, and
+/// every document that carries accepted kwargs parses again.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+/// How deep a whole JSON document may nest: serde_json's parsing limit.
+pub const MAX_DOCUMENT_DEPTH: usize = 128;
 
 /// Refuses `value` (named `what` in the error) when it nests deeper than [`MAX_JSON_DEPTH`].
 pub fn check_depth(what: &str, value: &Value) -> Result<(), JobError> {

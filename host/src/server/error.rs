@@ -165,9 +165,17 @@ pub(super) fn parse_value(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     }
     // serde_json refuses nesting past 128 on its own (and so never overflows the stack);
     // the host's bound is checked on what parsed.
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
-    crate::bounds::check_depth("body", &value).map_err(|e| ApiError::bad_request(e.message))?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(if e.to_string().starts_with("recursion limit exceeded") {
+            format!(
+                "the body nests deeper than {} levels (kwargs may nest {})",
+                crate::bounds::MAX_DOCUMENT_DEPTH,
+                crate::bounds::MAX_JSON_DEPTH
+            )
+        } else {
+            format!("body is not valid JSON: {e}")
+        })
+    })?;
     Ok(value)
 }
 
