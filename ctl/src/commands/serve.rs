@@ -72,7 +72,10 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         let token = if needs_token {
             let token = match Token::read(&token_file) {
                 Ok(token) => token,
-                Err(_) => {
+                Err(e) => {
+                    if token_file.exists() {
+                        tracing::warn!(error = %e, "a new token replaces the one in the data dir");
+                    }
                     let token = Token::generate();
                     token.write(&token_file)?;
                     token

@@ -12,6 +12,9 @@ use subtle::ConstantTimeEq as _;
 use super::AppState;
 use super::error::ApiError;
 
+/// The shortest token a token file may hold (a generated one has 64 characters).
+pub const MIN_TOKEN_LEN: usize = 32;
+
 /// A bearer token. Its `Debug` shows no part of it.
 #[derive(Clone)]
 pub struct Token(String);
@@ -38,15 +41,27 @@ impl Token {
         (!text.is_empty()).then(|| Token(text.to_owned()))
     }
 
-    /// The token of `path` (a token file).
+    /// The token of `path` (a token file): refused when others may read or write the file,
+    /// or when the token is shorter than [`MIN_TOKEN_LEN`] characters (one not made here:
+    /// guessable).
     pub fn read(path: &Path) -> crate::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
-        Token::new(&text).ok_or_else(|| {
+        use std::os::unix::fs::MetadataExt as _;
+        let bad = |why: &str| {
             crate::Error::io(
                 path,
-                std::io::Error::new(std::io::ErrorKind::InvalidData, "the token file is empty"),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned()),
             )
-        })
+        };
+        let meta = std::fs::metadata(path).map_err(|e| crate::Error::io(path, e))?;
+        if meta.mode() & 0o077 != 0 {
+            return Err(bad("the token file is open to other users (it must be 0600)"));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+        match Token::new(&text) {
+            Some(token) if token.0.len() >= MIN_TOKEN_LEN => Ok(token),
+            Some(_) => Err(bad("the token in the file is too short to be safe")),
+            None => Err(bad("the token file is empty")),
+        }
     }
 
     /// Writes the token to `path`, readable by its owner only (0600, replaced atomically).
@@ -197,7 +212,23 @@ impl utoipa::Modify for BearerScheme {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_host;
+    use super::{Token, is_loopback_host};
+
+    #[test]
+    fn a_token_file_open_to_others_or_weak_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.token");
+        let token = Token::generate();
+        token.write(&path).unwrap();
+        assert_eq!(Token::read(&path).unwrap().expose(), token.expose());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Token::read(&path).is_err(), "readable by others");
+        std::fs::write(&path, "a").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = Token::read(&path).unwrap_err().to_string();
+        assert!(e.contains("too short"), "{e}");
+    }
 
     #[test]
     fn loopback_host_names() {
