@@ -1,5 +1,6 @@
 //! A worker's environment: the manifest's `worker_env` contract resolved from the secret
-//! store, the instance's persisted overrides and the defaults; setting secrets and
+//! store, the instance's persisted overrides and the defaults (every secret of the capability
+//! when it declares no contract); setting secrets and
 //! overrides (each respawns the workers it concerns).
 
 use super::*;
@@ -38,6 +39,16 @@ impl CapabilityManager {
                 Some(v) => out.push((spec.name.clone(), v, spec.secret)),
                 None if spec.required => missing.push(spec.name.clone()),
                 None => {}
+            }
+        }
+        // A manifest that declares no `worker_env` (a native worker installed from a
+        // capabilities.yaml) gets every secret set for its capability.
+        if m.code.worker_env.as_ref().is_none_or(Vec::is_empty) {
+            let secrets = &self.inner.stores.secrets;
+            for key in secrets.list_keys(name, None)? {
+                if let Some(value) = secrets.get(name, &key, None)? {
+                    out.push((key, value.expose().to_owned(), true));
+                }
             }
         }
         if !missing.is_empty() {
@@ -101,6 +112,24 @@ impl CapabilityManager {
     /// loaded instances, since worker environments are fixed at spawn. The value never
     /// reaches the journal or an error message.
     pub async fn set_secret(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        let refuse = |field: &str, why: String| {
+            Err(Error::job(JobError::user_input(why).with_fields([field])))
+        };
+        // It becomes an environment variable: a name the environment can carry.
+        let named = key.len() <= 128
+            && key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !named {
+            return refuse(
+                "key",
+                format!(
+                    "'{key}' is not a variable name (letters, digits and '_', not starting with a digit)"
+                ),
+            );
+        }
+        if value.is_empty() {
+            return refuse("value", "the secret's value is empty".to_owned());
+        }
         let loaded = self.manifest(name)?;
         // A wasm guest sees only the secrets its sandbox grants: one that would never reach
         // it is refused rather than stored for nothing.
@@ -113,6 +142,26 @@ impl CapabilityManager {
                 ))
                 .with_fields(["key"]),
             ));
+        }
+        // A worker's environment holds the secrets its manifest's `worker_env` declares (all
+        // of them when it declares none): one a declared contract leaves out would never
+        // reach it.
+        let declared = loaded
+            .manifest
+            .code
+            .worker_env
+            .as_deref()
+            .unwrap_or_default();
+        if loaded.manifest.install.wasm.is_none()
+            && !declared.is_empty()
+            && !declared.iter().any(|spec| spec.secret && spec.name == key)
+        {
+            return refuse(
+                "key",
+                format!(
+                    "capability '{name}' declares no secret '{key}' in its worker_env, so its worker would never see it: declare it (`worker_env: [{{name: {key}, secret: true}}]` in capabilities.yaml, or the manifest's code.worker_env) and reinstall"
+                ),
+            );
         }
         self.inner
             .stores

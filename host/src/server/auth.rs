@@ -54,7 +54,9 @@ impl Token {
         };
         let meta = std::fs::metadata(path).map_err(|e| crate::Error::io(path, e))?;
         if meta.mode() & 0o077 != 0 {
-            return Err(bad("the token file is open to other users (it must be 0600)"));
+            return Err(bad(
+                "the token file is open to other users (it must be 0600)",
+            ));
         }
         let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
         match Token::new(&text) {

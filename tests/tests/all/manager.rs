@@ -275,6 +275,29 @@ async fn loads_run_concurrently_bindings_secrets_and_drift() {
         before, after,
         "the worker was respawned with the new environment"
     );
+    // Its manifest declares no `worker_env`: the worker sees every secret of its capability.
+    let env = |name: &str| {
+        let m = m.clone();
+        let name = name.to_owned();
+        async move {
+            m.call(
+                "p",
+                CallRequest::execute(kwargs(json!({"action": "env", "name": name}))),
+            )
+            .await
+            .unwrap()["value"]
+                .clone()
+        }
+    };
+    assert_eq!(env("API_KEY").await, "s3cret");
+    // A key that is no variable name, or an empty value, is refused naming the field.
+    for (key, value, field) in [("A=B", "v", "key"), ("1X", "v", "key"), ("OK", "", "value")] {
+        let e = job(m
+            .set_secret("probe", key, value)
+            .await
+            .map(|()| Value::Null));
+        assert_eq!(e.fields_invalid, Some(vec![field.to_owned()]), "{key}");
+    }
     let journal = m.journal().query(&JournalQuery::default()).unwrap();
     assert!(
         !serde_json::to_string(&journal.iter().map(|e| &e.payload).collect::<Vec<_>>())
