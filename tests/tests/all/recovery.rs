@@ -193,6 +193,7 @@ async fn a_host_killed_mid_burst_loses_nothing_and_leaves_no_orphan() {
     eprintln!("crash test: {rounds} rounds, seed {seed}");
     let mut rng = Lcg(seed);
     let dir = data_dir();
+    let mut killed: Vec<u32> = Vec::new();
     let mut acknowledged: BTreeSet<String> = BTreeSet::new();
     let (mut adopted, mut ended) = (0, 0);
     for round in 0..rounds {
@@ -227,6 +228,7 @@ async fn a_host_killed_mid_burst_loses_nothing_and_leaves_no_orphan() {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        killed.push(child.id());
         // Every id it printed before dying was acknowledged.
         reader.join().unwrap();
         acknowledged.extend(rx.try_iter());
@@ -283,6 +285,19 @@ async fn a_host_killed_mid_burst_loses_nothing_and_leaves_no_orphan() {
         "crash test: {} acknowledged jobs and compositions, {adopted} jobs adopted, {ended} ended, {resumed} compositions resumed by reconciliation",
         acknowledged.len()
     );
+    // A killed host's worker socket directories are removed by the next host process that
+    // spawns a worker (each round's child does, for the rounds before it).
+    let left: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| {
+            killed[..killed.len().saturating_sub(1)]
+                .iter()
+                .any(|pid| name.starts_with(&format!("cjm-worker-{pid}-")))
+        })
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
     // The dead hosts are all reconciled; the journal names who did it.
     let journal = JournalStore::open(&dir.path().join("journal.db")).unwrap();
     let hosts = journal.hosts().unwrap();

@@ -343,20 +343,58 @@ impl Drop for Process {
 }
 
 /// A fresh directory for worker session `session`'s socket, mode 0700, under the temp dir
-/// (`/tmp` when that path would make the socket's too long for `sun_path`). Creating it
-/// fails if it exists: nobody can prepare it in advance.
+/// (`/tmp` when that path would make the socket's too long for `sun_path`), named after this
+/// host process. Creating it fails if it exists: nobody can prepare it in advance. The first
+/// call of a process removes the directories hosts that are gone left behind (killed before
+/// their workers' directories were dropped).
 fn private_dir(session: &str) -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt as _;
-    let name = format!("cjm-worker-{session}");
+    let name = format!("{SOCKET_DIR_PREFIX}{}-{session}", std::process::id());
     let mut dir = std::env::temp_dir().join(&name);
     if dir.as_os_str().len() > 90 {
         dir = PathBuf::from("/tmp").join(&name);
+    }
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    if let Some(parent) = dir.parent() {
+        SWEPT.call_once(|| sweep_gone_hosts_dirs(parent));
     }
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
         .map_err(|e| Error::io(&dir, e))?;
     Ok(dir)
+}
+
+/// How a worker socket's directory is named: this prefix, the host's pid, `-`, the session.
+const SOCKET_DIR_PREFIX: &str = "cjm-worker-";
+
+/// Removes this user's worker socket directories in `parent` whose host process is gone.
+fn sweep_gone_hosts_dirs(parent: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    // This process's user: the owner of its `/proc` entry (Linux; elsewhere nothing is swept).
+    let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SOCKET_DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let mine = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+        let gone = pid > 0
+            && nix::sys::signal::kill(Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH);
+        if mine && gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Spawns `cmd` from one thread that lives as long as the host. `PR_SET_PDEATHSIG` fires when
