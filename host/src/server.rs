@@ -209,6 +209,10 @@ impl Server {
                 auth::loopback_host,
             ))
             .layer(DefaultBodyLimit::max(max_body))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                error::body_limit,
+            ))
             .layer(axum::middleware::from_fn(traced))
             .with_state(state);
         Server { router, stop }

@@ -152,6 +152,44 @@ pub(super) async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The body bound as the API answers it: a request whose declared `Content-Length` passes
+/// the bound is refused at once (not read), and a body found too long while it is read gets
+/// the API's error shape instead of the extractor's plain text. Both are 413.
+pub(super) async fn body_limit(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let max = state.config.max_body_bytes;
+    let too_long = |what: String| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("{what}: the service takes bodies of at most {max} bytes (serve --max-body)"),
+        )
+        .into_response()
+    };
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared
+        && n > u64::try_from(max).unwrap_or(u64::MAX)
+    {
+        return too_long(format!("the body is {n} bytes"));
+    }
+    let response = next.run(request).await;
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return too_long("the body is too long".to_owned());
+    }
+    response
+}
+
 /// The JSON object of a request body: parsed, bounded in depth, or a clear 400.
 pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value = parse_value(body)?;

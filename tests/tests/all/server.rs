@@ -570,6 +570,21 @@ async fn bad_input_gets_clear_errors_and_the_host_stays_up() {
     );
     let a = call(&router, Method::POST, "/v1/jobs", big).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(a.kind(), "payload_too_large", "the API's error shape");
+    // A declared length past the bound is refused before any of the body is read.
+    let a = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/v1/jobs")
+                .header("content-length", "99999999999")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Bad query values.
     let a = call(
         &router,
