@@ -175,6 +175,21 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
     }
     assert_eq!(got, expected, "the resumed stream missed or repeated rows");
     drop(events);
+    // A cursor past the journal's end (another data dir's) starts from now: new rows come.
+    let mut events = rt.block_on(client.events("", Some(i64::MAX / 2))).unwrap();
+    let id = rt
+        .block_on(
+            client.submit(
+                &serde_json::json!({"capability": "text-stats", "kwargs": {"text": "after"}}),
+            ),
+        )
+        .unwrap();
+    let e = rt
+        .block_on(events.next())
+        .unwrap()
+        .expect("the stream ended");
+    assert_eq!(e.json()["job_id"], id.as_str(), "{:?}", e.json());
+    drop(events);
 
     // `jobs` through the service lists what it ran.
     let jobs = env.json(&["jobs", "-n", "50"]);

@@ -186,15 +186,16 @@ async fn events(
         .tail
         .get_or_init(|| JournalTail::start(&state))
         .subscribe();
-    let after = match resume.or(params.after) {
-        Some(seq) => seq,
-        None => {
-            let manager = state.host.manager().clone();
-            tokio::task::spawn_blocking(move || manager.journal().last_seq())
-                .await
-                .map_err(|e| ApiError::internal(&e))??
-        }
-    };
+    let manager = state.host.manager().clone();
+    let newest = tokio::task::spawn_blocking(move || manager.journal().last_seq())
+        .await
+        .map_err(|e| ApiError::internal(&e))??;
+    // A cursor past the journal's end is another journal's (a client that followed another
+    // data dir on this address): it would wait for rows this journal may never reach, so the
+    // stream starts from now.
+    let after = resume
+        .or(params.after)
+        .map_or(newest, |seq| seq.min(newest));
     query.limit = Some(PAGE);
     let follow = Follow {
         state: state.clone(),
