@@ -32,7 +32,7 @@ pub struct GlobalArgs {
     pub config: Option<PathBuf>,
     /// Talk to the host serving at URL [default: the data dir's `cjm-ctl serve`, when one
     /// runs]; its token, if it needs one, in CJM_TOKEN
-    #[arg(long = "host", global = true, env = "CJM_HOST", value_name = "URL")]
+    #[arg(long = "host", global = true, env = "CJM_HOST", value_name = "URL", value_parser = host_url)]
     pub host: Option<String>,
     /// Run in this process even when a host serves the data dir
     #[arg(long, global = true, conflicts_with = "host")]
@@ -127,6 +127,18 @@ impl Ctx {
         }
         let config = self.config()?;
         Ok(cjm_host::client::Client::discover(&config.data_dir))
+    }
+}
+
+/// Parses a `--host`: an `http://` or `https://` URL.
+fn host_url(text: &str) -> Result<String, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!(
+            "'{text}' is not an http(s) URL (for example http://127.0.0.1:8631)"
+        )),
     }
 }
 

@@ -13,10 +13,10 @@ use crate::ctx::{Ctx, hint};
 )]
 pub struct Args {
     /// At most this many jobs, newest first
-    #[arg(short = 'n', long, default_value_t = 20)]
-    limit: usize,
+    #[arg(short = 'n', long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    limit: u16,
     /// Only jobs in this state (pending, running, completed, failed, cancelled)
-    #[arg(long)]
+    #[arg(long, value_parser = ["pending", "running", "completed", "failed", "cancelled"])]
     status: Option<String>,
     /// Only jobs of this run
     #[arg(long)]
@@ -80,7 +80,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         .jobs(&cjm_host::queue::JobFilter {
             status: args.status,
             run_id: args.run_id,
-            limit: args.limit,
+            limit: usize::from(args.limit),
             ..Default::default()
         })?
         .jobs;

@@ -514,8 +514,10 @@ function progressCell(j) {
   const pct = Math.max(0, Math.min(1, j.progress || 0)) * 100;
   const bar = h('span', {});
   bar.style.width = `${pct}%`;
+  // A finished job's last message ("sleeping") would read as what it does now.
+  const msg = j.status === 'running' ? (j.status_message || '') : '';
   return [h('span', { class: 'bar', title: `${pct.toFixed(0)} %` }, bar),
-    h('span', { class: 'progress-msg' }, j.status_message || '')];
+    h('span', { class: 'progress-msg' }, msg)];
 }
 
 function jobsPage(main) {
