@@ -325,6 +325,9 @@ impl JournalTail {
             };
             loop {
                 let mut batch: Vec<Arc<Item>> = Vec::new();
+                // Liveness events that came after a journaled one: sent after the rows read
+                // for it, so a job's progress never comes before its submission.
+                let mut after_rows: Vec<Arc<Item>> = Vec::new();
                 let mut read = false;
                 tokio::select! {
                     live = subscription.next() => {
@@ -332,6 +335,8 @@ impl JournalTail {
                         let mut take = |e: JobEvent| {
                             if e.kind.journaled() {
                                 read = true;
+                            } else if read {
+                                after_rows.push(Arc::new(Item::live(&e)));
                             } else {
                                 batch.push(Arc::new(Item::live(&e)));
                             }
@@ -363,6 +368,7 @@ impl JournalTail {
                         batch.push(Arc::new(Item::row(row)));
                     }
                 }
+                batch.append(&mut after_rows);
                 if !batch.is_empty() {
                     // No stream listening is fine: the next one catches up on its own.
                     let _ = sender.send(Arc::new(batch));
