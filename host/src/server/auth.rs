@@ -42,7 +42,7 @@ impl Token {
     }
 
     /// The token of `path` (a token file): refused when others may read or write the file,
-    /// or when the token is shorter than [`MIN_TOKEN_LEN`] characters (one not made here:
+    /// or when the token is shorter than 32 characters (one not made here:
     /// guessable).
     pub fn read(path: &Path) -> crate::Result<Self> {
         use std::os::unix::fs::MetadataExt as _;
