@@ -220,7 +220,7 @@ impl Out {
         let hint = e.chain().find_map(|c| c.downcast_ref::<Hinted>());
         if self.json {
             // Scripts get the same shape as the API's errors, on stderr.
-            let kind = if is_usage(e) { "usage" } else { "failure" };
+            let kind = error_kind(e);
             let mut error = serde_json::json!({"kind": kind, "message": format!("{e:#}")});
             if let Some(h) = hint {
                 error["hint"] = serde_json::json!(h.hint);
@@ -291,6 +291,29 @@ impl fmt::Display for Hinted {
 
 impl std::error::Error for Hinted {}
 
+/// An error of a known kind (a typed job error's category), which `--json` reports.
+#[derive(Debug)]
+pub struct Kinded {
+    message: String,
+    kind: String,
+}
+
+impl fmt::Display for Kinded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Kinded {}
+
+/// An error `message` of `kind`.
+pub fn kinded(kind: impl fmt::Display, message: impl fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Kinded {
+        message: message.to_string(),
+        kind: kind.to_string(),
+    })
+}
+
 /// An error `message` with `hint`.
 pub fn hint(message: impl fmt::Display, hint: impl fmt::Display) -> anyhow::Error {
     anyhow::Error::new(Hinted {
@@ -310,6 +333,41 @@ pub fn usage(message: impl fmt::Display, hint: impl fmt::Display) -> anyhow::Err
 }
 
 /// Whether `e` is a usage error.
+/// The kind a `--json` error says: `usage`, the service's own kind, a typed job error's
+/// category (`user_input`, `transient`, `resource`, `fatal`), `not_found`, `cancelled`, else
+/// `failure`.
+fn error_kind(e: &anyhow::Error) -> String {
+    if is_usage(e) {
+        return "usage".to_owned();
+    }
+    for cause in e.chain() {
+        if let Some(k) = cause.downcast_ref::<Kinded>() {
+            return k.kind.clone();
+        }
+        if let Some(cjm_host::client::ClientError::Api { kind, .. }) = cause.downcast_ref() {
+            return kind.clone();
+        }
+        let category = |job: &cjm_guest::JobError| {
+            serde_json::to_value(job.category)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "failure".to_owned())
+        };
+        if let Some(job) = cause.downcast_ref::<cjm_guest::JobError>() {
+            return category(job);
+        }
+        if let Some(host) = cause.downcast_ref::<cjm_host::Error>() {
+            return match host {
+                cjm_host::Error::Job(job) => category(job),
+                cjm_host::Error::NotFound(_) => "not_found".to_owned(),
+                cjm_host::Error::Cancelled => "cancelled".to_owned(),
+                _ => "failure".to_owned(),
+            };
+        }
+    }
+    "failure".to_owned()
+}
+
 pub fn is_usage(e: &anyhow::Error) -> bool {
     e.chain()
         .any(|c| c.downcast_ref::<Hinted>().is_some_and(|h| h.usage))

@@ -251,7 +251,7 @@ fn failed(e: &cjm_host::contract::JobError) -> anyhow::Error {
     if let Some(fields) = &e.fields_invalid {
         msg.push_str(&format!(" (fields: {})", fields.join(", ")));
     }
-    anyhow::anyhow!(msg)
+    crate::ctx::kinded(e.category, msg)
 }
 
 fn not_found(what: &str) -> anyhow::Error {

@@ -403,6 +403,15 @@ fn scripting_edges() {
     assert_eq!(out.status.code(), Some(1));
     let err: Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(err["error"]["kind"], "failure");
+    // A typed job error says its category.
+    let out = env
+        .ctl()
+        .args(["--json", "--local", "run", "text-stats", r#"{"text": 5}"#])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let typed: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(typed["error"]["kind"], "user_input", "{typed}");
     assert!(
         err["error"]["hint"]
             .as_str()
