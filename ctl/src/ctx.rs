@@ -217,20 +217,35 @@ impl Out {
 
     /// `error: ...` and, when one is attached, `hint: ...` on stderr.
     pub fn error(&self, e: &anyhow::Error) {
-        let hint = e.chain().find_map(|c| c.downcast_ref::<Hinted>());
+        // A service that wants its token: that is what to do, whatever else the command
+        // would hint.
+        let unauthorized = e.chain().any(|c| {
+            matches!(
+                c.downcast_ref(),
+                Some(cjm_host::client::ClientError::Api { status: 401, .. })
+            )
+        });
+        let hint = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<Hinted>())
+            .map(|h| h.hint.as_str())
+            .filter(|_| !unauthorized)
+            .or(unauthorized.then_some(
+                "the service requires its bearer token: set CJM_TOKEN to the contents of the data dir's serve.token",
+            ));
         if self.json {
             // Scripts get the same shape as the API's errors, on stderr.
             let kind = error_kind(e);
             let mut error = serde_json::json!({"kind": kind, "message": format!("{e:#}")});
             if let Some(h) = hint {
-                error["hint"] = serde_json::json!(h.hint);
+                error["hint"] = serde_json::json!(h);
             }
             eprintln!("{}", serde_json::json!({ "error": error }));
             return;
         }
         eprintln!("{}: {e:#}", self.paint_err("error", Color::Red));
         if let Some(h) = hint {
-            eprintln!("{}: {}", self.paint_err("hint", Color::Cyan), h.hint);
+            eprintln!("{}: {}", self.paint_err("hint", Color::Cyan), h);
         }
     }
 
