@@ -174,6 +174,16 @@ impl Client {
         })
     }
 
+    /// Stores a secret for `capability` (`PUT /v1/secrets/{capability}/{key}`): the
+    /// service's loaded instances of it reload to see it.
+    pub async fn set_secret(&self, capability: &str, key: &str, value: &str) -> Result<()> {
+        let path = format!("/v1/secrets/{}/{}", segment(capability), segment(key));
+        let body = serde_json::json!({ "value": value });
+        self.json(reqwest::Method::PUT, &path, Some(&body))
+            .await
+            .map(drop)
+    }
+
     /// `GET /v1/health`.
     pub async fn health(&self) -> Result<Value> {
         self.json(reqwest::Method::GET, "/v1/health", None).await

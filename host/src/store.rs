@@ -64,6 +64,9 @@ pub(crate) type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 #[derive(Debug)]
 pub(crate) struct Db {
     conn: Mutex<Connection>,
+    /// A read-only connection for long reads ([`Db::read`]), opened on first use: a read
+    /// that scans (a listing filtered on a rare state) never holds the writer's lock.
+    reader: std::sync::OnceLock<Mutex<Connection>>,
     path: PathBuf,
     store: &'static str,
 }
@@ -137,6 +140,7 @@ impl Db {
         }
         Ok(Db {
             conn: Mutex::new(conn),
+            reader: std::sync::OnceLock::new(),
             path: path.to_owned(),
             store,
         })
@@ -160,6 +164,37 @@ impl Db {
     ) -> Result<T> {
         let mut conn = self.lock();
         f(&mut conn).map_err(|e| self.error(e))
+    }
+
+    /// Runs the read `f` on the store's read-only connection (WAL: it sees every committed
+    /// write and blocks none), or on the main one if it cannot be opened.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let reader = match self.reader.get() {
+            Some(reader) => Some(reader),
+            None => match self.open_reader() {
+                Ok(conn) => Some(self.reader.get_or_init(|| Mutex::new(conn))),
+                Err(e) => {
+                    tracing::debug!(store = self.store, error = %e, "no read-only connection; reading on the main one");
+                    None
+                }
+            },
+        };
+        match reader {
+            Some(reader) => f(&mut reader.lock()).map_err(|e| self.error(e)),
+            None => self.with(f),
+        }
+    }
+
+    fn open_reader(&self) -> rusqlite::Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&self.path, flags)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Half the writer's cache: what a scan reads again comes from the OS page cache.
+        conn.execute_batch("PRAGMA cache_size=-2048")?;
+        Ok(conn)
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction (the write lock taken up front, so a

@@ -34,8 +34,8 @@ impl std::fmt::Debug for Args {
 }
 
 /// Runs `set-secret`.
-pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    let value = match args.value {
+pub fn run(mut args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let value = match args.value.take() {
         Some(v) => v,
         None if std::io::stdin().is_terminal() => {
             rpassword::prompt_password(format!("value of {} for {}: ", args.key, args.name))?
@@ -52,6 +52,11 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             "give it with --value, the prompt or stdin",
         ));
     }
+    // Through a serving host: its loaded instances of the capability reload to see it.
+    if let Some(client) = ctx.client()? {
+        runtime()?.block_on(client.set_secret(&args.name, &args.key, &value))?;
+        return stored(ctx, &args);
+    }
     let config = ctx.config()?;
     // Checked before the manager opens (and creates) the stores.
     let found = cjm_host::manifest::discover(&config.manifest_search_paths());
@@ -67,6 +72,10 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         let _ = manager.shutdown().await;
         r
     })?;
+    stored(ctx, &args)
+}
+
+fn stored(ctx: &Ctx, args: &Args) -> anyhow::Result<()> {
     if ctx.out.json {
         ctx.out
             .json(&json!({"name": args.name, "key": args.key, "stored": true}));

@@ -191,6 +191,21 @@ fn serve_runs_jobs_over_http_streams_events_and_restarts_with_history() {
     assert_eq!(e.json()["job_id"], id.as_str(), "{:?}", e.json());
     drop(events);
 
+    // A secret set while the service runs goes through it (its workers reload to see it).
+    env.ctl()
+        .args([
+            "set-secret",
+            "text-stats-native",
+            "SERVED_KEY",
+            "--value",
+            "v-1",
+        ])
+        .assert()
+        .success();
+    let listed = rt
+        .block_on(client.json(reqwest::Method::GET, "/v1/secrets", None))
+        .unwrap();
+    assert!(listed.to_string().contains("SERVED_KEY"), "{listed}");
     // `jobs` through the service lists what it ran.
     let jobs = env.json(&["jobs", "-n", "50"]);
     let listed: Vec<&str> = jobs

@@ -130,6 +130,13 @@ impl CapabilityManager {
         if value.is_empty() {
             return refuse("value", "the secret's value is empty".to_owned());
         }
+        if value.contains('\0') {
+            return refuse(
+                "value",
+                "the secret's value holds a NUL byte, which an environment variable cannot carry"
+                    .to_owned(),
+            );
+        }
         let loaded = self.manifest(name)?;
         // A wasm guest sees only the secrets its sandbox grants: one that would never reach
         // it is refused rather than stored for nothing.

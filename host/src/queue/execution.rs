@@ -188,8 +188,10 @@ impl Inner {
         }))
     }
 
+    /// A running job's progress: queued with the rows of its state changes, so a listener
+    /// never gets it before the job's own rows (it goes out after the next commit).
     pub(super) fn progress(&self, job_id: &str, p: &cjm_guest::contract::Progress) {
-        let event = {
+        {
             let mut st = self.lock();
             // A late poll of a call that already ended changes nothing.
             let Some(entry) = st
@@ -201,13 +203,14 @@ impl Inner {
             };
             entry.job.progress = p.progress;
             entry.job.status_message.clone_from(&p.message);
-            job_event(
+            let event = job_event(
                 EventKind::ProgressChanged,
                 &entry.job,
                 json!({"progress": p.progress, "message": p.message}),
-            )
-        };
-        self.bus.publish(&event);
+            );
+            self.emitter.push(Item::Event(event));
+        }
+        self.flush();
     }
 
     pub(super) fn cancel_phase(&self, job_id: &str, phase: CancelPhase) {

@@ -543,7 +543,7 @@ impl JournalStore {
         args.push(SqlValue::Integer(
             i64::try_from(filter.limit).unwrap_or(i64::MAX),
         ));
-        self.db.with(|conn| {
+        self.db.read(|conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), row_to_event)?;
             rows.collect()
@@ -556,7 +556,7 @@ impl JournalStore {
             "SELECT {COLUMNS} FROM journal WHERE job_id = ?1 \
              AND event_type IN ('job_submitted', 'job_adopted') ORDER BY seq DESC"
         );
-        self.db.with(|conn| {
+        self.db.read(|conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map([job_id], row_to_event)?;
             rows.collect()

@@ -291,7 +291,12 @@ async fn loads_run_concurrently_bindings_secrets_and_drift() {
     };
     assert_eq!(env("API_KEY").await, "s3cret");
     // A key that is no variable name, or an empty value, is refused naming the field.
-    for (key, value, field) in [("A=B", "v", "key"), ("1X", "v", "key"), ("OK", "", "value")] {
+    for (key, value, field) in [
+        ("A=B", "v", "key"),
+        ("1X", "v", "key"),
+        ("OK", "", "value"),
+        ("OK", "a\0b", "value"),
+    ] {
         let e = job(m
             .set_secret("probe", key, value)
             .await

@@ -710,7 +710,7 @@ function jobPage(main, id) {
           ['capability', j.instance_id], ['task', j.task_name ? `${j.task_name}.${j.method}` : 'execute'],
           ['priority', String(j.priority || 0)], ['submitted', j.submitted_at], ['started', j.started_at],
           ['completed', j.completed_at], ['duration', duration(j)], ['attempts', j.retry_count !== undefined ? String(j.retry_count + 1) : ''],
-          ['run id', j.run_id], ['actor', j.actor], ['message', j.status_message],
+          ['run id', j.run_id], ['actor', j.actor], ['message', j.status === 'running' ? j.status_message : ''],
         ])), h('h3', {}, 'Arguments'), h('pre', { id: 'kwargs' }, submittedArgs === undefined ? '…' : pretty(submittedArgs))),
         h('section', {},
           h('h2', {}, j.error ? 'Error' : 'Result'),
