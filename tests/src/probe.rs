@@ -85,7 +85,16 @@ impl Capability for Probe {
                 "input" => JobError::user_input("bad text").with_fields(["text"]),
                 "transient" => JobError::transient("try later").with_retry_after(2.5),
                 "resource" => {
-                    JobError::resource("out of VRAM").with_shortfall("gpu_vram_mb", 4096.0, 1024.0)
+                    let e = JobError::resource("out of VRAM").with_shortfall(
+                        "gpu_vram_mb",
+                        4096.0,
+                        1024.0,
+                    );
+                    // When it asks to be tried again no sooner than `after` seconds.
+                    match opt_arg::<f64>(&kwargs, "after")? {
+                        Some(after) => e.with_retry_after(after),
+                        None => e,
+                    }
                 }
                 _ => JobError::fatal("broken"),
             }

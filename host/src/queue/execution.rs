@@ -275,8 +275,15 @@ impl Inner {
             && let Some(request) = entry.retry_request.take()
         {
             let attempt = entry.job.retry_count + 1;
-            // Never sooner than the capability asked (`retry_after_seconds`).
-            let asked = super::retry::seconds(e.retry_after_seconds.unwrap_or(0.0));
+            // Never sooner than the capability asked (`retry_after_seconds`, of any category:
+            // the recorded error keeps it only on a transient one, as cjm-substrate's does).
+            let asked = entry
+                .job
+                .raw_error
+                .as_ref()
+                .and_then(|raw| raw.retry_after_seconds)
+                .or(e.retry_after_seconds);
+            let asked = super::retry::seconds(asked.unwrap_or(0.0));
             let delay = entry
                 .retry
                 .delay(attempt, super::retry::jitter())

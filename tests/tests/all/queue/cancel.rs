@@ -202,6 +202,28 @@ async fn failed_jobs_are_retried_by_their_policy() {
     assert_eq!(job.retry_count, 2);
     assert_eq!(retries(&id), [json!(2), json!(3)]);
 
+    // A resource error that asks for a delay waits it out, though the recorded error (as
+    // cjm-substrate records a resource error) does not carry it.
+    let mut on_resource = RetryPolicy::attempts(2).backoff(Duration::from_millis(1));
+    on_resource.on = vec![cjm_guest::contract::ErrorCategory::Resource];
+    let id = q
+        .submit(
+            JobSpec::execute(
+                "p",
+                probe("fail", json!({"kind": "resource", "after": 0.4})),
+            )
+            .retry(on_resource),
+        )
+        .await
+        .unwrap();
+    let job = q.wait(&id, T).await.unwrap();
+    assert_eq!(job.retry_count, 1);
+    let waited = rows(q, &id)
+        .into_iter()
+        .find_map(|r| r.payload["retry"]["delay_ms"].as_f64())
+        .unwrap();
+    assert!(waited >= 400.0, "retried after {waited} ms");
+
     // A fatal error is not retried.
     let id = q
         .submit(JobSpec::execute("p", fail("fatal")).retry(own))
