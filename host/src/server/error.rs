@@ -110,6 +110,13 @@ impl From<Error> for ApiError {
                 "resource",
                 j.message.clone(),
             ),
+            // A worker that did not answer in time, or could not be started: worth trying
+            // again, and the caller is told why.
+            Error::Job(j) if j.category == ErrorCategory::Transient => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                j.message.clone(),
+            ),
             _ => ApiError::internal(&e),
         }
     }
@@ -254,6 +261,45 @@ where
                 "bad query string: {}",
                 rejection.body_text()
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cjm_guest::contract::JobError;
+
+    #[test]
+    fn typed_job_errors_keep_their_kind_and_message() {
+        let cases = [
+            (
+                JobError::user_input("bad"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+            ),
+            (
+                JobError::transient("slow worker"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+            ),
+            (
+                JobError::resource("no memory"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "resource",
+            ),
+            (
+                JobError::fatal("broken"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+        ];
+        for (job, status, kind) in cases {
+            let message = job.message.clone();
+            let e = ApiError::from(Error::job(job));
+            assert_eq!((e.status, e.kind), (status, kind));
+            // What a caller may retry says why; a fatal error is referenced in the log.
+            assert_eq!(e.message == message, kind != "internal", "{}", e.message);
         }
     }
 }
