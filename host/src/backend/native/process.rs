@@ -199,6 +199,8 @@ impl Process {
         // The worker's private channel: no other user can reach a socket in a 0700 directory
         // (a loopback port answers any local process).
         let dir = private_dir(&session)?;
+        // Removed again if the worker cannot be started (a spawned one's `Process` owns it).
+        let unused = RemoveOnDrop(Some(dir.clone()));
         let socket = dir.join("w.sock");
         let listener = UnixListener::bind(&socket).map_err(|e| Error::io(&socket, e))?;
         let fd: OwnedFd = listener.into();
@@ -240,6 +242,7 @@ impl Process {
         std_cmd.env(key, token);
         let mut child =
             spawn_from_lasting_thread(std_cmd).map_err(|e| Error::io(&spec.program, e))?;
+        unused.keep();
         let pid = child.id();
         let tail = Tail::default();
         let mut pumps = Vec::new();
@@ -363,6 +366,23 @@ fn private_dir(session: &str) -> Result<PathBuf> {
         .create(&dir)
         .map_err(|e| Error::io(&dir, e))?;
     Ok(dir)
+}
+
+/// A directory removed when this value is dropped, unless [`kept`](Self::keep).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// How a worker socket's directory is named: this prefix, the host's pid, `-`, the session.
