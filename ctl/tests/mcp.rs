@@ -168,3 +168,35 @@ fn an_mcp_client_uses_the_service_over_streamable_http() {
     });
     assert_eq!(status, 401);
 }
+
+/// A line that is not JSON (or nests past the parser's limit) gets JSON-RPC's parse error,
+/// and the session goes on: a client is never left waiting for an answer to it.
+#[test]
+fn a_line_that_is_not_json_gets_a_parse_error_over_stdio() {
+    let env = Env::new();
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let out = env
+        .ctl()
+        .arg("mcp")
+        .write_stdin(format!("not json\n{deep}\n{init}\n"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let codes: Vec<&Value> = answers.iter().map(|a| &a["error"]["code"]).collect();
+    assert_eq!(
+        codes[..2],
+        [&Value::from(-32700), &Value::from(-32700)],
+        "{answers:?}"
+    );
+    assert_eq!(answers[2]["id"], 1, "the session went on: {answers:?}");
+    assert!(answers[2]["result"]["serverInfo"].is_object());
+}

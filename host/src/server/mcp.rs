@@ -502,15 +502,80 @@ pub(super) fn http_service(
 /// Serves [`Tools`] over stdin/stdout until the client goes away (`cjm-ctl mcp`).
 pub async fn serve_stdio(host: Host) -> std::io::Result<()> {
     use rmcp::ServiceExt as _;
-    let running = Tools::new(host)
-        .serve(rmcp::transport::stdio())
-        .await
-        .map_err(|e| std::io::Error::other(format!("the MCP session did not start: {e}")))?;
-    running
-        .waiting()
-        .await
-        .map_err(|e| std::io::Error::other(format!("the MCP session failed: {e}")))?;
-    Ok(())
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    // The session reads and writes through in-process pipes: a line that is not JSON gets
+    // JSON-RPC's parse error here (the SDK drops it unanswered, and the client would wait
+    // forever), and one writer keeps every answer a whole line.
+    let (mut to_session, session_in) = tokio::io::duplex(64 * 1024);
+    let (session_out, from_session) = tokio::io::duplex(64 * 1024);
+    let (errors, mut parse_errors) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let reader = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).split(b'\n');
+        while let Ok(Some(line)) = lines.next_segment().await {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            // Parsed whole (within serde_json's nesting limit, which the SDK's own parse
+            // has too): what passes here, the session reads.
+            let answer = match serde_json::from_slice::<Value>(&line) {
+                Ok(Value::Object(_) | Value::Array(_)) => None,
+                Ok(_) => Some((-32600, "Invalid Request: not a JSON-RPC message".to_owned())),
+                Err(e) => Some((-32700, format!("Parse error: {e}"))),
+            };
+            match answer {
+                None => {
+                    let sent = async {
+                        to_session.write_all(&line).await?;
+                        to_session.write_all(b"\n").await
+                    };
+                    if sent.await.is_err() {
+                        break;
+                    }
+                }
+                Some((code, message)) => {
+                    let answer = json!({"jsonrpc": "2.0", "id": null,
+                        "error": {"code": code, "message": message}});
+                    let _ = errors.send(answer.to_string());
+                }
+            }
+        }
+        // Dropping the pipe ends the session: stdin is closed.
+    });
+    let writer = tokio::spawn(async move {
+        let mut out = tokio::io::stdout();
+        let mut answers = tokio::io::BufReader::new(from_session).split(b'\n');
+        loop {
+            let line = tokio::select! {
+                line = answers.next_segment() => match line {
+                    Ok(Some(line)) => line,
+                    _ => break,
+                },
+                Some(error) = parse_errors.recv() => error.into_bytes(),
+            };
+            let written = async {
+                out.write_all(&line).await?;
+                out.write_all(b"\n").await?;
+                out.flush().await
+            };
+            if written.await.is_err() {
+                break;
+            }
+        }
+    });
+    let served = async {
+        let running = Tools::new(host)
+            .serve((session_in, session_out))
+            .await
+            .map_err(|e| std::io::Error::other(format!("the MCP session did not start: {e}")))?;
+        running
+            .waiting()
+            .await
+            .map_err(|e| std::io::Error::other(format!("the MCP session failed: {e}")))
+    };
+    let outcome = served.await;
+    reader.abort();
+    let _ = writer.await;
+    outcome.map(drop)
 }
 
 #[cfg(test)]
