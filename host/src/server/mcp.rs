@@ -499,6 +499,43 @@ pub(super) fn http_service(
     )
 }
 
+/// The largest message read from stdin (as `cjm-ctl serve`'s default body bound).
+const MAX_STDIO_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// The next line of `input` without its newline, or `Err(bytes)` for one longer than `max`
+/// (read through and dropped, never held); `None` at the end of the input.
+async fn bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
+    input: &mut R,
+    max: usize,
+) -> std::io::Result<Option<Result<Vec<u8>, usize>>> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut line = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let buf = input.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(match len {
+                0 => None,
+                _ if len > max => Some(Err(len)),
+                _ => Some(Ok(line)),
+            });
+        }
+        let end = buf.iter().position(|&b| b == b'\n');
+        let chunk = &buf[..end.unwrap_or(buf.len())];
+        len = len.saturating_add(chunk.len());
+        if len <= max {
+            line.extend_from_slice(chunk);
+        } else {
+            line = Vec::new();
+        }
+        let used = end.map_or(buf.len(), |i| i + 1);
+        input.consume(used);
+        if end.is_some() {
+            return Ok(Some(if len > max { Err(len) } else { Ok(line) }));
+        }
+    }
+}
+
 /// Serves [`Tools`] over stdin/stdout until the client goes away (`cjm-ctl mcp`).
 pub async fn serve_stdio(host: Host) -> std::io::Result<()> {
     use rmcp::ServiceExt as _;
@@ -510,20 +547,26 @@ pub async fn serve_stdio(host: Host) -> std::io::Result<()> {
     let (session_out, from_session) = tokio::io::duplex(64 * 1024);
     let (errors, mut parse_errors) = tokio::sync::mpsc::unbounded_channel::<String>();
     let reader = tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).split(b'\n');
-        while let Ok(Some(line)) = lines.next_segment().await {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            // Parsed whole (within serde_json's nesting limit, which the SDK's own parse
-            // has too): what passes here, the session reads.
-            let answer = match serde_json::from_slice::<Value>(&line) {
-                Ok(Value::Object(_) | Value::Array(_)) => None,
-                Ok(_) => Some((-32600, "Invalid Request: not a JSON-RPC message".to_owned())),
-                Err(e) => Some((-32700, format!("Parse error: {e}"))),
+        let mut input = tokio::io::BufReader::new(tokio::io::stdin());
+        while let Ok(Some(read)) = bounded_line(&mut input, MAX_STDIO_MESSAGE).await {
+            let answer = match read {
+                Ok(line) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                // Parsed whole (within serde_json's nesting limit, which the SDK's own parse
+                // has too): what passes here, the session reads.
+                Ok(line) => match serde_json::from_slice::<Value>(&line) {
+                    Ok(Value::Object(_) | Value::Array(_)) => Ok(line),
+                    Ok(_) => Err((-32600, "Invalid Request: not a JSON-RPC message".to_owned())),
+                    Err(e) => Err((-32700, format!("Parse error: {e}"))),
+                },
+                Err(bytes) => Err((
+                    -32600,
+                    format!(
+                        "Invalid Request: a message of {bytes} bytes, more than {MAX_STDIO_MESSAGE}"
+                    ),
+                )),
             };
             match answer {
-                None => {
+                Ok(line) => {
                     let sent = async {
                         to_session.write_all(&line).await?;
                         to_session.write_all(b"\n").await
@@ -532,7 +575,7 @@ pub async fn serve_stdio(host: Host) -> std::io::Result<()> {
                         break;
                     }
                 }
-                Some((code, message)) => {
+                Err((code, message)) => {
                     let answer = json!({"jsonrpc": "2.0", "id": null,
                         "error": {"code": code, "message": message}});
                     let _ = errors.send(answer.to_string());
@@ -545,12 +588,15 @@ pub async fn serve_stdio(host: Host) -> std::io::Result<()> {
         let mut out = tokio::io::stdout();
         let mut answers = tokio::io::BufReader::new(from_session).split(b'\n');
         loop {
+            // Errors first: every one was queued before the session's output could end
+            // (the session ends only once the reader is done), so none is left behind.
             let line = tokio::select! {
+                biased;
+                Some(error) = parse_errors.recv() => error.into_bytes(),
                 line = answers.next_segment() => match line {
                     Ok(Some(line)) => line,
                     _ => break,
                 },
-                Some(error) = parse_errors.recv() => error.into_bytes(),
             };
             let written = async {
                 out.write_all(&line).await?;
@@ -581,6 +627,24 @@ pub async fn serve_stdio(host: Host) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stdin_lines_are_read_within_their_bound() {
+        let mut input: &[u8] = b"{}\nabcdefghij\n\nlast";
+        let mut read = Vec::new();
+        while let Some(line) = bounded_line(&mut input, 5).await.unwrap() {
+            read.push(line);
+        }
+        assert_eq!(
+            read,
+            [
+                Ok(b"{}".to_vec()),
+                Err(10),
+                Ok(Vec::new()),
+                Ok(b"last".to_vec())
+            ]
+        );
+    }
 
     #[test]
     fn tool_names_follow_the_rules_and_stay_distinct() {
