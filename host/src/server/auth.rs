@@ -175,10 +175,16 @@ pub(super) async fn loopback_host(
 
 /// Whether a `Host` header (`name[:port]`, `[v6][:port]`) names a loopback host.
 fn is_loopback_host(host: &str) -> bool {
+    let port = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
     let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map_or("", |(name, _)| name),
+        // `[v6]` or `[v6]:port`, nothing else after the bracket.
+        Some(rest) => match rest.split_once(']') {
+            Some((name, "")) => name,
+            Some((name, after)) if after.strip_prefix(':').is_some_and(port) => name,
+            _ => "",
+        },
         None => match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some((name, p)) if port(p) => name,
             _ => host,
         },
     };
@@ -251,6 +257,8 @@ mod tests {
             "localhost.evil.example",
             "10.0.0.1:8631",
             "[::2]:8631",
+            "[::1]evil.example",
+            "[::1]:80x",
             "::1",
             "",
         ] {
