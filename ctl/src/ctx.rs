@@ -362,18 +362,12 @@ fn error_kind(e: &anyhow::Error) -> String {
         if let Some(cjm_host::client::ClientError::Api { kind, .. }) = cause.downcast_ref() {
             return kind.clone();
         }
-        let category = |job: &cjm_guest::JobError| {
-            serde_json::to_value(job.category)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_else(|| "failure".to_owned())
-        };
         if let Some(job) = cause.downcast_ref::<cjm_guest::JobError>() {
-            return category(job);
+            return job.category.to_string();
         }
         if let Some(host) = cause.downcast_ref::<cjm_host::Error>() {
             return match host {
-                cjm_host::Error::Job(job) => category(job),
+                cjm_host::Error::Job(job) => job.category.to_string(),
                 cjm_host::Error::NotFound(_) => "not_found".to_owned(),
                 cjm_host::Error::Cancelled => "cancelled".to_owned(),
                 _ => "failure".to_owned(),

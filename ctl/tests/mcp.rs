@@ -180,14 +180,9 @@ fn a_line_that_is_not_json_gets_a_parse_error_over_stdio() {
         .ctl()
         .arg("mcp")
         .write_stdin(format!("not json\n{deep}\n{init}\n"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .assert()
+        .success();
+    let answers: Vec<Value> = String::from_utf8_lossy(&out.get_output().stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();

@@ -1,8 +1,9 @@
-//! Bounds on what callers hand the host: how deep JSON may nest and how large it is. Every
-//! entry point that takes JSON values from a caller (the manager's calls, queue submissions,
-//! compositions; the command line and the HTTP API parse with serde_json, whose parser stops
-//! a whole document at [`MAX_DOCUMENT_DEPTH`]) checks them, so no input can exhaust a thread's stack or the host's
-//! memory. The walks here are iterative: checking a hostile value cannot overflow either.
+//! Bounds on what callers hand the host: how deep JSON may nest, how large it is, how many
+//! seconds a caller may ask for. Every entry point that takes JSON values from a caller (the
+//! manager's calls, queue submissions, compositions; the command line and the HTTP API parse
+//! with serde_json, whose parser stops a whole document at [`MAX_DOCUMENT_DEPTH`]) checks
+//! them, so no input can exhaust a thread's stack or the host's memory. The walks here are
+//! iterative: checking a hostile value cannot overflow either.
 
 use cjm_guest::contract::JobError;
 use serde_json::Value;

@@ -514,13 +514,13 @@ impl JournalStore {
     /// small one does (a filter on a rare state scans until it fills the page).
     pub fn latest_job_rows(&self, filter: &LatestJobRows<'_>) -> Result<Vec<JournalEvent>> {
         const STATES: &str = "('state_transition', 'job_submitted', 'job_adopted')";
+        // The rows are read newest first by `seq` until the page is full: the unary `+`
+        // keeps SQLite from reading them through the type or instance index instead, which
+        // would sort every row of the journal first.
         let mut sql = format!(
             "SELECT {COLUMNS} FROM journal AS j WHERE +j.event_type IN {STATES} \
              AND j.job_id IS NOT NULL AND j.seq < ?"
         );
-        // The rows are read newest first by `seq` until the page is full: the unary `+`
-        // keeps SQLite from reading them through the type or instance index instead, which
-        // would sort every row of the journal first.
         let mut args = vec![SqlValue::Integer(filter.before.unwrap_or(i64::MAX))];
         for (clause, value) in [
             (" AND j.run_id = ?", filter.run_id),

@@ -443,32 +443,21 @@ async fn bad_input_gets_clear_errors_and_the_host_stays_up() {
     );
     // Nesting: kwargs past the host's bound get the typed error naming the field; a body
     // past the parser's limit is said to be too deep, not invalid.
-    let nest = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
-    let a = call(
-        &router,
-        Method::POST,
-        "/v1/jobs",
+    // A job whose one kwarg nests `n` levels.
+    let nested_job = |n: usize| {
         format!(
-            r#"{{"capability": "text-stats", "kwargs": {{"text": {}}}}}"#,
-            nest(110)
-        ),
-    )
-    .await;
+            r#"{{"capability": "text-stats", "kwargs": {{"text": {}1{}}}}}"#,
+            "[".repeat(n),
+            "]".repeat(n)
+        )
+    };
+    let a = call(&router, Method::POST, "/v1/jobs", nested_job(110)).await;
     assert!(a.status.is_client_error(), "{}", a.status);
     let e = &a.json()["error"];
     assert_eq!(e["kind"], "invalid", "{e}");
     assert_eq!(e["fields"], json!(["text"]), "{e}");
     assert!(e["message"].as_str().unwrap().contains("100 levels"), "{e}");
-    let a = call(
-        &router,
-        Method::POST,
-        "/v1/jobs",
-        format!(
-            r#"{{"capability": "text-stats", "kwargs": {{"text": {}}}}}"#,
-            nest(200)
-        ),
-    )
-    .await;
+    let a = call(&router, Method::POST, "/v1/jobs", nested_job(200)).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(
         a.json()["error"]["message"]

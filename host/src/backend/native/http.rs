@@ -31,18 +31,12 @@ impl NativeBackend {
         );
         let (health, schema) = (health?, schema?);
         // A worker that predates /structural_surface has none: recorded as empty, not fatal.
-        let surface = match surface {
-            Ok(v) => serde_json::from_value(v).unwrap_or_default(),
-            Err(Error::NotFound(_)) => StructuralSurface::default(),
-            Err(e) => return Err(e),
-        };
+        let surface = optional(surface)?
+            .map(|v| serde_json::from_value(v).unwrap_or_default())
+            .unwrap_or_default();
         // The tasks a cjm-native-worker serves (`/tasks`, an addition to the contract; a
         // Python worker has none to tell: its tasks are its adapters').
-        let tasks = match tasks {
-            Ok(v) => task_names(v),
-            Err(Error::NotFound(_)) => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let tasks = optional(tasks)?.map(task_names).unwrap_or_default();
         let text = |k: &str| {
             health
                 .get(k)
@@ -316,6 +310,15 @@ pub(super) fn snippet(body: &[u8]) -> String {
         format!("{cut}...")
     } else {
         cut
+    }
+}
+
+/// The answer of an endpoint a worker may not have: its 404 is none.
+fn optional(answer: Result<Value>) -> Result<Option<Value>> {
+    match answer {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
